@@ -1,0 +1,107 @@
+"""Collectives used by the math path. Each takes the group explicitly; group=None or a
+world of one is the identity, so single-process code needs no process group."""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+def world_size(group: Optional[Any]) -> int:
+    """Size of ``group``; 1 when there is no group."""
+    if group is None or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def rank(group: Optional[Any]) -> int:
+    """Rank in ``group``; 0 when there is no group."""
+    if group is None or not dist.is_initialized():
+        return 0
+    return dist.get_rank(group)
+
+
+def all_reduce(x: torch.Tensor, op: str = "sum", group: Optional[Any] = None) -> torch.Tensor:
+    """Out-of-place all-reduce (no autograd). ``op`` in {sum, max, min}."""
+    if world_size(group) == 1:
+        return x
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    y = x.clone()
+    dist.all_reduce(y, op=ops[op], group=group)
+    return y
+
+
+def gather_sizes(n: int, group: Optional[Any], device: Any = "cpu") -> List[int]:
+    """All ranks' values of a local integer (e.g. ragged batch sizes), replicated."""
+    ws = world_size(group)
+    if ws == 1:
+        return [int(n)]
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    out = [torch.zeros_like(t) for _ in range(ws)]
+    dist.all_gather(out, t, group=group)
+    return [int(o.item()) for o in out]
+
+
+def _gather_ragged(x: torch.Tensor, sizes: List[int], group: Any) -> torch.Tensor:
+    """Concatenate per-rank tensors of ragged first dimension (pads to the max)."""
+    n_max = max(sizes)
+    pad = torch.zeros((n_max - x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    xp = torch.cat([x.contiguous(), pad], 0)
+    out = [torch.empty_like(xp) for _ in sizes]
+    dist.all_gather(out, xp, group=group)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)], 0)
+
+
+class _AllGatherGrad(torch.autograd.Function):
+    """Forward: concatenate every rank's ``x`` along dim 0 (ragged sizes allowed).
+    Backward: all-reduce (sum) the gradient of the concatenation, return this rank's slice.
+
+    Gradient-scale convention: the summed gradient is what the loss on the global batch
+    sends to this rank's inputs; no 1/world_size factor is applied here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any, sizes: List[int], r: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.group, ctx.sizes, ctx.rank = group, sizes, r
+        return _gather_ragged(x, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return g[start : start + ctx.sizes[ctx.rank]], None, None, None
+
+
+def all_gather_with_grad(x: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
+    """[B_local, ...] -> [B_global, ...] replicated, rank order; backward returns each rank
+    the summed gradient of its own rows. Identity for world size 1."""
+    ws = world_size(group)
+    if ws == 1:
+        return x
+    sizes = gather_sizes(x.shape[0], group, x.device)
+    return _AllGatherGrad.apply(x, group, sizes, rank(group))
+
+
+def all_gather_nograd(x: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
+    """Like :func:`all_gather_with_grad` without autograd (labels, indices)."""
+    ws = world_size(group)
+    if ws == 1:
+        return x
+    sizes = gather_sizes(x.shape[0], group, x.device)
+    return _gather_ragged(x, sizes, group)
+
+
+def broadcast_object(obj: Any, src: int = 0, group: Optional[Any] = None) -> Any:
+    """Broadcast a picklable object from ``src``; identity for world size 1."""
+    if world_size(group) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def barrier(group: Optional[Any] = None) -> None:
+    if world_size(group) > 1:
+        dist.barrier(group=group)

@@ -1,0 +1,49 @@
+"""ParallelContext: rank, world size and the process group, passed explicitly.
+
+World size 1 needs no process group (``group=None``): every collective helper in
+``xclass.dist.collectives`` is then the identity.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Who this process is. ``group`` is None when world_size == 1 and no group exists."""
+
+    rank: int = 0
+    world_size: int = 1
+    group: Optional[Any] = None
+    local_rank: int = 0
+
+    @classmethod
+    def single(cls) -> "ParallelContext":
+        """One process, no process group."""
+        return cls()
+
+    @classmethod
+    def from_env(cls, group: Any = None) -> "ParallelContext":
+        """Take rank/world size from an initialised default group, else from env, else single."""
+        if dist.is_available() and dist.is_initialized():
+            g = group if group is not None else dist.group.WORLD
+            return cls(
+                rank=dist.get_rank(g),
+                world_size=dist.get_world_size(g),
+                group=g,
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            )
+        return cls.single()
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0: the only rank that prints progress and writes shared files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
