@@ -1,0 +1,1 @@
+"""Classifier heads (sharded over classes). Registry: :data:`xclass.heads.base.HEADS`."""

@@ -1,0 +1,74 @@
+"""The head contract shared by every classifier head (margin heads, Z-loss, XMC heads).
+
+A head is an ``nn.Module`` built by a registered factory::
+
+    head = HEADS.get(cfg.head.name)(cfg.head, num_classes=C, embedding_dim=d, ctx=ctx, seed=s)
+    out = head(emb, labels)          # emb [B_local, d] sharded over the batch; labels [B_local]
+    out.loss.backward()              # or engine.backward(out.loss)
+    opt = head.make_optimizer(cfg.optim)   # HeadOptimizer: step(), zero_grad(), state_dict()
+
+Gradient-scale convention (every head follows it; tests check it): ``out.loss`` is the
+mean over the *global* batch (replicated on every rank). The gradient a head sends back
+into ``emb`` is ``world_size * d loss / d emb_local`` so that the data-parallel *average*
+of encoder gradients (DDP, DeepSpeed) equals the single-process gradient on the
+concatenated batch. Head weight gradients are exact ``d loss / d W_local`` and are never
+averaged across ranks: heads stay out of data-parallel engines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Protocol
+
+import torch
+
+from xclass.registry import Registry
+
+IGNORE_INDEX = -100
+
+HEADS: Registry = Registry("head")
+
+
+@dataclass
+class HeadOutput:
+    """loss: scalar, mean over the global batch, replicated. metrics: detached scalars."""
+
+    loss: torch.Tensor
+    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class HeadOptimizer(Protocol):
+    def step(self) -> None: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def state_dict(self) -> Dict[str, Any]: ...
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+class Head(Protocol):
+    num_classes: int
+
+    def __call__(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput: ...
+
+    def make_optimizer(self, optim_cfg: Any) -> HeadOptimizer: ...
+
+    def local_weight(self) -> "tuple[torch.Tensor, int]":
+        """This rank's class vectors [C_local, d] (materialised) and its first global class id."""
+        ...
+
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
+        """Raw scores [B, C_local] of (replicated) embeddings against this rank's classes."""
+        ...
+
+
+def set_lr(opt: Any, lr: float) -> None:
+    """Set the learning rate of a torch optimizer or a head optimizer exposing ``lr``."""
+    if hasattr(opt, "param_groups"):
+        for g in opt.param_groups:
+            g["lr"] = lr
+    else:
+        opt.lr = lr
+
+
+def head_lr(optim_cfg: Any) -> float:
+    """Learning rate for the head: optim.head_lr when set, else optim.lr."""
+    hl: Optional[float] = getattr(optim_cfg, "head_lr", None)
+    return float(hl if hl is not None else optim_cfg.lr)
