@@ -1,0 +1,295 @@
+"""Typed, frozen run configuration loaded from YAML.
+
+``load_config(path, overrides)`` reads a YAML file, merges its ``base:`` include (a path
+relative to the file; bases may chain), applies ``key.path=value`` overrides, and builds a
+:class:`RunConfig`. Unknown keys and wrong types raise :class:`ConfigError` naming the key
+path and the file. Component-specific keyword dictionaries (``*.params``,
+``head.margin_params``) are checked by the component that consumes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+from xclass.config_types import ConfigError, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "face"
+    """One of face, speaker, quic, xmc (selects schema, input columns and evaluation)."""
+    path: str = "runs/data/face"
+    """Dataset directory written by ``xclass make-data`` (train.parquet, test.parquet, meta.json)."""
+    num_classes: int = 0
+    """Number of training classes; 0 = read from the dataset's meta.json."""
+    batch_size: int = 64
+    """Global batch size (split over workers; each rank reads batch_size / world_size rows)."""
+    seed: int = 0
+    """Seed of the data order (shuffling depends only on seed, epoch, rank and world size)."""
+    generate: Dict[str, Any] = field(default_factory=dict)
+    """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "mlp"
+    """Encoder registry name (see ``xclass.models.ENCODERS``)."""
+    embedding_dim: int = 128
+    """Output embedding size d."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the encoder factory (checked by the factory)."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    name: str = "margin"
+    """Head registry name (``xclass.heads.base.HEADS``): margin, zloss, zloss_efficient, ..."""
+    margin: str = "arcface"
+    """Margin registry name for margin heads (softmax, cosface, arcface, ...)."""
+    margin_params: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the margin (s, m, ...)."""
+    sample_rate: float = 1.0
+    """Partial-FC rate of sampled negative classes per rank (1.0 = exact full softmax)."""
+    label_smoothing: float = 0.0
+    """Label smoothing over the global class count."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """Extra head keyword arguments (e.g. Z-loss a, b)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    """Encoder optimizer: sgd or adamw (the head uses the same kind unless it has its own rule)."""
+    lr: float = 0.1
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 / decoupled weight decay."""
+    head_lr: Optional[float] = None
+    """Head learning rate (default: lr)."""
+    schedule: str = "cosine"
+    """constant, cosine or linear (decay to 0 at the last step)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    grad_clip: float = 0.0
+    """Global gradient-norm clip for encoder and head together (0 = off)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    """Passes over the training data."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = epochs decide)."""
+    out_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png."""
+    seed: int = 0
+    """Seed of model initialisation."""
+    log_every: int = 10
+    """Steps between metric lines."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    precision: str = "fp32"
+    """fp32 or bf16 (autocast for the encoder; heads accumulate in fp32)."""
+    resume: bool = True
+    """Resume from the latest checkpoint in out_dir if there is one."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "flat"
+    """flat (exact inner product), hnsw or ivfpq."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """Index parameters (hnsw: M, ef_construction, ef_search; ivfpq: nlist, m, nbits, nprobe)."""
+    use_gpu: bool = False
+    """Use GPU faiss when available."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: List[int] = field(default_factory=lambda: [1, 3, 5])
+    """Cut-offs for P@k, nDCG@k, PSP@k, recall@k."""
+    batch_size: int = 1024
+    """Query chunk size."""
+    propensity_a: float = 0.55
+    """Inverse-propensity constant A (XMC)."""
+    propensity_b: float = 1.5
+    """Inverse-propensity constant B (XMC)."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Index used for retrieval."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    workers: int = 1
+    """Number of training processes (Ray workers)."""
+    address: Optional[str] = None
+    """Ray address: None = start a local instance; 'auto' or HOST:PORT = join a cluster."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: int = 1
+    """CPU cores reserved per worker."""
+    max_failures: int = 0
+    """Restarts from the last checkpoint after a worker failure."""
+    backend: str = "gloo"
+    """torch.distributed backend (gloo on CPU, nccl on GPU)."""
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    enabled: bool = False
+    """Wrap the encoder with deepspeed.initialize."""
+    zero_stage: int = 0
+    """ZeRO stage 0, 1 or 2 for the encoder."""
+    bf16: bool = False
+    """bf16 training of the encoder."""
+    config: Optional[str] = None
+    """Optional DeepSpeed JSON (relative to the YAML); keys here override it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "RunConfig":
+        return from_dict(cls, d, source=source)
+
+    def digest(self) -> str:
+        """Short hash of the model-shaping fields (stored in checkpoint manifests)."""
+        keep = {"model": to_dict(self.model), "head": to_dict(self.head), "task": self.data.task}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def deep_merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive dict merge: ``over`` wins; nested mappings merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_raw(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
+    """YAML with its ``base:`` chain merged (base first). Relative paths resolved per file."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ConfigError(f"{path}: circular base: include")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return _resolve_paths(raw, os.path.dirname(path))
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key 'base' must be a file path string")
+    parent = load_raw(os.path.join(os.path.dirname(path), base), tuple(_seen) + (path,))
+    return deep_merge(parent, _resolve_paths(raw, os.path.dirname(path)))
+
+
+def _resolve_paths(raw: Dict[str, Any], here: str) -> Dict[str, Any]:
+    """deepspeed.config is relative to the YAML that names it."""
+    ds = raw.get("deepspeed")
+    if isinstance(ds, dict) and isinstance(ds.get("config"), str) and not os.path.isabs(ds["config"]):
+        raw = deep_merge(raw, {"deepspeed": {"config": os.path.normpath(os.path.join(here, ds["config"]))}})
+    return raw
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, val = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(val) if val.strip() else ""
+    except yaml.YAMLError:
+        value = val
+    out: Dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Load ``path`` (or the defaults when None), apply overrides, validate, freeze."""
+    raw = load_raw(path) if path else {}
+    for o in overrides:
+        raw = deep_merge(raw, parse_override(o))
+    return from_dict(RunConfig, raw, source=path or "<defaults>")
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> List[str]:
+    """``key.path (type, default): docstring`` lines, for --help and the README."""
+    import ast
+    import inspect
+
+    docs: Dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = str(b.value.value)  # type: ignore[attr-defined]
+    except (OSError, TypeError):
+        pass
+    hints = typing.get_type_hints(cls)
+    lines: List[str] = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            lines += describe(t, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tname = getattr(t, "__name__", str(t)).replace("typing.", "")
+        lines.append(f"{prefix}{f.name} ({tname}, default {default!r}): {docs.get(f.name, '')}")
+    return lines
