@@ -1,0 +1,147 @@
+"""Verification metrics (face 1:1, speaker trials) on precomputed pair scores, numpy only.
+
+Every function takes ``scores`` [n] float (higher = more likely the same identity) and
+``target`` [n] bool (True = same identity / target trial). Registered metrics
+(``protocol = "verification"``) are ``fn(scores, target, **params) -> float``.
+
+* ROC: one point per distinct score threshold ("accept if score >= t"), plus (0, 0).
+* EER as in voxceleb_trainer ``tuneThreshold``: idx = argmin |FNR - FPR|, EER = max(FPR, FNR).
+* minDCF (NIST SRE16): min_t C_miss P_miss P_tgt + C_fa P_fa (1 - P_tgt), divided by
+  min(C_miss P_tgt, C_fa (1 - P_tgt)).
+* TAR@FAR: ``rule="nearest"`` takes the best TPR at the ROC FPR nearest the target
+  (insightface ``eval_ijbc``, except that ties at that FPR take the best TPR rather than the
+  first point); ``rule="le"`` the best TPR with FPR <= target.
+* k-fold accuracy (insightface LFW protocol): contiguous folds, the threshold maximising
+  accuracy on the other folds is applied to the held-out fold; mean and std over folds.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from xclass.eval.metrics import register
+
+
+def _validate(scores: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(target).astype(bool).ravel()
+    if s.shape != t.shape:
+        raise ValueError(f"scores {s.shape} and target {t.shape} differ in length")
+    if not np.isfinite(s).all():
+        raise ValueError(f"non-finite score at row {int(np.flatnonzero(~np.isfinite(s))[0])}")
+    if t.all() or not t.any():
+        raise ValueError("verification needs both target and non-target pairs")
+    return s, t
+
+
+def roc(scores: np.ndarray, target: np.ndarray):
+    """Full ROC: returns (fpr [m], tpr [m], thresholds [m]), fpr/tpr non-decreasing;
+    the first point is (0, 0) with threshold +inf (accept nothing)."""
+    s, t = _validate(scores, target)
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]   # end of each tie group
+    tp = np.cumsum(t)[last]
+    fp = np.cumsum(~t)[last]
+    tpr = np.r_[0.0, tp / t.sum()]
+    fpr = np.r_[0.0, fp / (~t).sum()]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def det_curve(scores: np.ndarray, target: np.ndarray):
+    """(fpr [m], fnr [m], thresholds [m]) for a DET plot."""
+    fpr, tpr, thr = roc(scores, target)
+    return fpr, 1.0 - tpr, thr
+
+
+@register("eer", "verification", higher_is_better=False)
+def eer(scores: np.ndarray, target: np.ndarray) -> float:
+    fpr, tpr, _ = roc(scores, target)
+    fnr = 1.0 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return float(max(fpr[i], fnr[i]))
+
+
+@register("min_dcf", "verification", higher_is_better=False)
+def min_dcf(scores: np.ndarray, target: np.ndarray, p_target: float = 0.01,
+            c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    fpr, tpr, _ = roc(scores, target)
+    # the ROC's last point accepts everything (fpr = 1); add nothing else: (0,0) is included
+    cdet = c_miss * (1.0 - tpr) * p_target + c_fa * fpr * (1.0 - p_target)
+    return float(cdet.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+@register("tar_at_far", "verification")
+def tar_at_far(scores: np.ndarray, target: np.ndarray, far: float = 1e-3,
+               rule: str = "nearest") -> float:
+    fpr, tpr, _ = roc(scores, target)
+    if rule == "nearest":
+        # among ROC points at the nearest FPR take the best TPR: a plain argmin would return
+        # the (0, 0) start point whenever the target is below 1 / n_nontarget
+        near = fpr[int(np.argmin(np.abs(fpr - far)))]
+        return float(tpr[fpr == near].max())
+    if rule == "le":
+        return float(tpr[fpr <= far].max())
+    raise ValueError(f"unknown TAR@FAR rule {rule!r}; use 'nearest' or 'le'")
+
+
+def _accuracy_per_threshold(s: np.ndarray, t: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """Accuracy of "same iff score > thr" for every threshold in ``thr`` [m]."""
+    pos = np.sort(s[t])
+    neg = np.sort(s[~t])
+    tp = len(pos) - np.searchsorted(pos, thr, side="right")     # pos with s > thr
+    tn = np.searchsorted(neg, thr, side="right")                # neg with s <= thr
+    return (tp + tn) / len(s)
+
+
+def _candidate_thresholds(s: np.ndarray) -> np.ndarray:
+    u = np.unique(s)
+    return np.r_[u[0] - 1.0, (u[:-1] + u[1:]) / 2.0, u[-1]]
+
+
+def kfold_accuracy(scores: np.ndarray, target: np.ndarray, n_folds: int = 10,
+                   thresholds: Optional[np.ndarray] = None):
+    """Returns (mean accuracy, std accuracy, per-fold best thresholds [n_folds]).
+
+    ``thresholds``: the grid to search (ascending). None = every midpoint between distinct
+    training scores (exact best). insightface's grid on squared L2 distance of unit vectors
+    ``0:0.01:4`` is ``thresholds = 1 - np.arange(0, 4, 0.01)[::-1] / 2`` on cosine scores.
+    """
+    s, t = _validate(scores, target)
+    if len(s) < n_folds:
+        raise ValueError(f"{len(s)} pairs cannot be split into {n_folds} folds")
+    folds = np.array_split(np.arange(len(s)), n_folds)   # same sizes as KFold(shuffle=False)
+    accs, best = [], []
+    for test_idx in folds:
+        train = np.ones(len(s), dtype=bool)
+        train[test_idx] = False
+        grid = _candidate_thresholds(s[train]) if thresholds is None else np.asarray(thresholds)
+        thr = grid[int(np.argmax(_accuracy_per_threshold(s[train], t[train], grid)))]
+        pred = s[test_idx] > thr
+        accs.append(float(np.mean(pred == t[test_idx])))
+        best.append(float(thr))
+    return float(np.mean(accs)), float(np.std(accs)), np.asarray(best)
+
+
+@register("verif_acc_kfold", "verification")
+def verif_acc_kfold(scores: np.ndarray, target: np.ndarray, n_folds: int = 10) -> float:
+    return kfold_accuracy(scores, target, n_folds)[0]
+
+
+def verification_report(scores: np.ndarray, target: np.ndarray, protocol: str = "face",
+                        fars=(1e-1, 1e-2, 1e-3, 1e-4), p_targets=(0.01, 0.05)) -> dict:
+    """All metrics of one protocol: ``face`` (10-fold acc, TAR@FAR, EER) or ``speaker``
+    (EER, minDCF at each P_target with C_miss = C_fa = 1)."""
+    out = {"n_pairs": int(len(scores)), "n_target": int(np.sum(target)), "eer": eer(scores, target)}
+    if protocol == "face":
+        mean, std, _ = kfold_accuracy(scores, target)
+        out["acc_10fold"], out["acc_10fold_std"] = mean, std
+        for far in fars:
+            out[f"TAR@FAR={far:g}"] = tar_at_far(scores, target, far)
+    elif protocol == "speaker":
+        for p in p_targets:
+            out[f"minDCF(p={p:g})"] = min_dcf(scores, target, p)
+    else:
+        raise ValueError(f"unknown verification protocol {protocol!r}")
+    return out
