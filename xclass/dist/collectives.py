@@ -105,3 +105,25 @@ def broadcast_object(obj: Any, src: int = 0, group: Optional[Any] = None) -> Any
 def barrier(group: Optional[Any] = None) -> None:
     if world_size(group) > 1:
         dist.barrier(group=group)
+
+
+def average_gradients(params: List[torch.Tensor], group: Optional[Any] = None) -> None:
+    """Data-parallel average of replicated parameters' gradients (in place, one flat
+    all-reduce). Used for the encoder when DeepSpeed is off; heads never come here."""
+    ws = world_size(group)
+    grads = [p.grad for p in params if p.grad is not None]
+    if ws == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat /= ws
+    off = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[off : off + n].view_as(g))
+        off += n
+
+
+def sharded_sq_norm(local_sq: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
+    """Sum over ranks of a per-rank squared norm (for class-sharded parameters)."""
+    return all_reduce(local_sq, "sum", group)

@@ -1,0 +1,65 @@
+"""One place that imports every registering module and builds components from config.
+
+Registries fill up as a side effect of importing the modules that define their items;
+``load_all()`` imports them so a name in a config always resolves.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+
+REGISTERING_MODULES: Tuple[str, ...] = (
+    "xclass.losses.margins",
+    "xclass.heads.sharded",
+    "xclass.zloss",
+    "xclass.models",
+    "xclass.eval.metrics",
+)
+
+
+def load_all() -> None:
+    """Import every module that registers margins, heads, encoders, decoders or metrics."""
+    for mod in REGISTERING_MODULES:
+        importlib.import_module(mod)
+
+
+def build_encoder(model_cfg: Any, meta: Mapping[str, Any]) -> torch.nn.Module:
+    """The encoder named in the config (registry ``xclass.models.ENCODERS``)."""
+    from xclass.models import build_encoder as _build
+
+    return _build(model_cfg, meta)
+
+
+def make_decoder(task: str, meta: Mapping[str, Any]) -> Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
+    """batch (numpy dict from the reader) -> (encoder inputs, labels)."""
+    from xclass.models import decode_batch
+
+    def decode(batch: Dict[str, Any]):
+        return decode_batch(task, batch, meta)
+
+    return decode
+
+
+def input_columns(task: str, meta: Mapping[str, Any]) -> List[str]:
+    """The Parquet columns the task's decoder reads (labels included)."""
+    from xclass.models import input_columns as _cols
+
+    return list(_cols(task, meta))
+
+
+def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: Any) -> Any:
+    """This rank's streaming reader of the training split (deterministic per seed/epoch/rank)."""
+    from xclass.data.reader import ParquetReader
+
+    per_rank = max(1, cfg.data.batch_size // ctx.world_size)
+    return ParquetReader(list(paths), input_columns(cfg.data.task, meta), rank=ctx.rank,
+                         world_size=ctx.world_size, batch_rows=per_rank, seed=cfg.data.seed)
+
+
+def reshard_head(setup: Any, path: str, manifest: Dict[str, Any], ctx: Any) -> None:
+    """Load head shards saved at another world size into this rank's shard."""
+    from xclass.train.reshard import load_resharded
+
+    load_resharded(setup, path, manifest, ctx)

@@ -1,0 +1,178 @@
+"""From a trained run directory to embedding Parquet files and FAISS indexes.
+
+``embed_split`` encodes a Parquet split with the run's encoder (batched, progress on
+stderr) and writes ``id``, ``label``/``labels`` and ``embedding``; ``export_head`` writes
+the classifier head's class vectors as label embeddings, one Parquet file per saved shard
+(never all shards in memory at once). The CLI glue hands those files to
+``xclass.eval.cli`` for index building and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from xclass import components
+from xclass.config import RunConfig, load_config
+from xclass.dist import ParallelContext
+from xclass.heads.base import HEADS
+from xclass.train import checkpoint as ckpt
+from xclass.train.setup import load_meta, split_files
+
+
+def load_run(run_dir: str) -> RunConfig:
+    p = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"{p}: not a run directory (no config.yaml)")
+    return load_config(p)
+
+
+def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any]) -> torch.nn.Module:
+    """The run's encoder with the newest checkpoint's weights, in eval mode."""
+    components.load_all()
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    enc = components.build_encoder(cfg.model, meta)
+    state = torch.load(os.path.join(path, "encoder.pt"), map_location="cpu", weights_only=False)
+    enc.load_state_dict(state["module"])
+    return enc.eval()
+
+
+def _write_atomic(table: pa.Table, path: str) -> None:
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
+                data_path: Optional[str] = None) -> str:
+    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet."""
+    cfg = load_run(run_dir)
+    data_path = data_path or cfg.data.path
+    meta = load_meta(data_path)
+    enc = load_encoder(run_dir, cfg, meta)
+    decode = components.make_decoder(cfg.data.task, meta)
+    from xclass.data.reader import ParquetReader
+
+    reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, meta),
+                           rank=0, world_size=1, batch_rows=batch_rows, seed=0)
+    reader.set_epoch(0)
+    ids: List[np.ndarray] = []
+    embs: List[np.ndarray] = []
+    labels: List[Any] = []
+    t0, n = time.perf_counter(), 0
+    with torch.no_grad():
+        for batch in reader:
+            inputs, _ = decode(batch)
+            embs.append(enc(inputs).float().numpy())
+            ids.append(np.asarray(batch["id"], dtype=np.int64))
+            labels.append(_labels_of(batch))
+            n += len(ids[-1])
+            print(f"\r[xclass export] {split}: {n} rows, {n / (time.perf_counter() - t0):.0f} rows/s",
+                  end="", file=sys.stderr)
+    print(file=sys.stderr)
+    emb = np.concatenate(embs) if embs else np.zeros((0, cfg.model.embedding_dim), np.float32)
+    cols: Dict[str, pa.Array] = {
+        "id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+    }
+    cols.update(_label_column(labels))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    _write_atomic(pa.table(cols), out_path)
+    return out_path
+
+
+def _labels_of(batch: Dict[str, Any]) -> Any:
+    if "label" in batch:
+        return np.asarray(batch["label"], dtype=np.int64)
+    return batch.get("labels")
+
+
+def _label_column(parts: List[Any]) -> Dict[str, pa.Array]:
+    if not parts or parts[0] is None:
+        return {}
+    if isinstance(parts[0], np.ndarray) and parts[0].dtype != object:
+        return {"label": pa.array(np.concatenate(parts))}
+    rows: List[List[int]] = []
+    for p in parts:
+        rows.extend(_ragged_rows(p))
+    return {"labels": pa.array(rows, type=pa.list_(pa.int64()))}
+
+
+def _ragged_rows(p: Any) -> List[List[int]]:
+    """Rows of a ragged label column as the reader yields it (object array or (values, offsets))."""
+    if isinstance(p, tuple):
+        values, offsets = p
+        return [list(map(int, values[offsets[i]:offsets[i + 1]])) for i in range(len(offsets) - 1)]
+    return [list(map(int, r)) for r in p]
+
+
+def export_head(run_dir: str, out_dir: str) -> List[str]:
+    """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard."""
+    cfg = load_run(run_dir)
+    components.load_all()
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
+    m = ckpt.read_manifest(path)
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    for r in range(int(m["world_size"])):
+        ctx = ParallelContext(rank=r, world_size=int(m["world_size"]), group=None)
+        head = HEADS.get(cfg.head.name)(cfg.head, num_classes=int(m["num_classes"]),
+                                        embedding_dim=int(m["embedding_dim"]), ctx=ctx, seed=cfg.train.seed)
+        head.load_state_dict(ckpt.load_head_state(path, r)["head"])
+        with torch.no_grad():
+            w, start = head.local_weight()
+        w = w.float().numpy()
+        ids = np.arange(start, start + w.shape[0], dtype=np.int64)
+        table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(w.reshape(-1)), w.shape[1])})
+        f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
+        _write_atomic(table, f)
+        files.append(f)
+        del head, w
+    return files
+
+
+def add_export_cli_args(p: argparse.ArgumentParser) -> None:
+    from xclass.eval.cli import add_export_args
+
+    p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
+    p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
+    p.add_argument("--head", action="store_true",
+                   help="with --run: export the classifier head's class vectors as the label index")
+    add_export_args(p)
+
+
+def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
+    from xclass.eval.cli import add_evaluate_args
+
+    add_evaluate_args(p)
+
+
+def run_export_cli(args: argparse.Namespace) -> int:
+    from xclass.eval.cli import run_export
+
+    if getattr(args, "run", None):
+        out = os.path.abspath(args.out)
+        os.makedirs(out, exist_ok=True)
+        if args.head:
+            args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
+        else:
+            args.embeddings = [embed_split(args.run, args.split, os.path.join(out, f"{args.split}_embeddings.parquet"))]
+    return int(run_export(args) or 0)
+
+
+def run_evaluate_cli(args: argparse.Namespace) -> int:
+    from xclass.eval.cli import run_evaluate
+
+    return int(run_evaluate(args) or 0)

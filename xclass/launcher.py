@@ -1,0 +1,114 @@
+"""How ``xclass train`` starts the one loop: in this process, or on Ray Train workers.
+
+One command from a laptop to a cluster: ``cluster.workers == 1`` with no address trains
+in-process; otherwise a Ray Train ``TorchTrainer`` runs :func:`worker_main` on N workers
+(an embedded local Ray when ``cluster.address`` is unset, else the given cluster). Ray
+only launches: the worker calls :func:`xclass.train.loop.train` like any other caller.
+Fault tolerance: Ray restarts the worker group up to ``cluster.max_failures`` times and
+the loop resumes from the newest checkpoint in ``train.out_dir`` (which must therefore be
+on storage every node can reach).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from xclass.config import RunConfig
+
+# Ray on a CPU box: no dashboard, no usage stats, loopback node address (see feasibility.md).
+LOCAL_NODE_IP = "127.0.0.2"
+
+
+def run_training(cfg: RunConfig) -> Dict[str, Any]:
+    """Train ``cfg``; returns the final metrics row of rank 0."""
+    if cfg.cluster.workers <= 1 and not cfg.cluster.address:
+        _cpu_env(cfg)
+        from xclass.dist import ParallelContext
+        from xclass.train.loop import train
+
+        return train(cfg, ParallelContext.single())
+    return run_on_ray(cfg)
+
+
+def _cpu_env(cfg: RunConfig) -> None:
+    if not cfg.cluster.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def ray_init(cfg: RunConfig) -> None:
+    """Join ``cluster.address`` or start a quiet local Ray sized for the job."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    common = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                  configure_logging=True)
+    if cfg.cluster.address:
+        ray.init(address=cfg.cluster.address, **common)
+        return
+    ncpu = max(os.cpu_count() or 1, cfg.cluster.workers * cfg.cluster.cpus_per_worker)
+    ray.init(num_cpus=ncpu, _node_ip_address=LOCAL_NODE_IP,
+             object_store_memory=200 * 2**20, **common)
+
+
+def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
+    """Run :func:`worker_main` on ``cluster.workers`` Ray Train workers."""
+    _cpu_env(cfg)
+    ray_init(cfg)
+    from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = os.path.abspath(cfg.train.out_dir)
+    cfg_dict = cfg.to_dict()
+    cfg_dict["train"]["out_dir"] = out
+    if cfg.deepspeed.config:
+        cfg_dict["deepspeed"]["config"] = os.path.abspath(cfg.deepspeed.config)
+    cfg_dict["data"]["path"] = os.path.abspath(cfg.data.path)
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"cfg": cfg_dict},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.cluster.workers, use_gpu=cfg.cluster.use_gpu,
+            resources_per_worker={"CPU": cfg.cluster.cpus_per_worker,
+                                  **({"GPU": 1} if cfg.cluster.use_gpu else {})}),
+        torch_config=TorchConfig(backend=cfg.cluster.backend),
+        run_config=RayRunConfig(name="xclass", storage_path=os.path.join(out, "ray"),
+                                failure_config=FailureConfig(max_failures=cfg.cluster.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    final = _final_row(out)
+    return final
+
+
+def _final_row(run_dir: str) -> Dict[str, Any]:
+    from xclass.train.report import read_metrics
+
+    rows = read_metrics(run_dir)
+    return rows[-1] if rows else {}
+
+
+def worker_main(config: Dict[str, Any]) -> None:
+    """Ray Train worker: rebuild the config, take rank/world from Ray's process group, train."""
+    import torch
+
+    cfg = RunConfig.from_dict(config["cfg"], source="<ray worker config>")
+    _cpu_env(cfg)
+    torch.set_num_threads(max(1, cfg.cluster.cpus_per_worker))
+    import ray.train
+
+    from xclass.dist import ParallelContext
+    from xclass.train.loop import train
+
+    ctx = ParallelContext.from_env()
+    ctx = ParallelContext(ctx.rank, ctx.world_size, ctx.group,
+                          ray.train.get_context().get_local_rank())
+
+    def report(metrics: Dict[str, Any], path: Optional[str]) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    train(cfg, ctx, report=report)

@@ -1,0 +1,122 @@
+"""Checkpoints: encoder state, one head shard per rank, and a manifest.
+
+Layout (``run/checkpoints/step_00000100/``)::
+
+    manifest.json        step, epoch, world_size, num_classes, embedding_dim, shard ranges,
+                         config digest, data position; written last by rank 0
+    encoder.pt           plain engine state (rank 0), or deepspeed/ (every rank writes its part)
+    head-r00000.pt       rank r's head module state + head optimizer state + RNG state
+
+Writes go to ``step_XXXXXXXX.tmp/`` and are renamed when every rank has finished, so an
+interrupted write never replaces the previous checkpoint. Only the last ``keep`` are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from xclass.dist import ParallelContext
+from xclass.dist.collectives import barrier, broadcast_object
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used with this run (names the file and the field)."""
+
+
+def ckpt_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def list_checkpoints(run_dir: str) -> List[str]:
+    """Complete checkpoints (with a manifest), oldest first."""
+    root = ckpt_root(run_dir)
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root)
+                   if n.startswith("step_") and not n.endswith(".tmp")
+                   and os.path.exists(os.path.join(root, n, MANIFEST)))
+    return [os.path.join(root, n) for n in names]
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def head_file(path: str, rank: int) -> str:
+    return os.path.join(path, f"head-r{rank:05d}.pt")
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    tmp = path + ".part"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: str, step: int, ctx: ParallelContext, manifest: Dict[str, Any],
+                    head_state: Dict[str, Any], encoder_save: Callable[[str], None],
+                    keep: int = 2) -> str:
+    """Write one checkpoint from every rank; returns its final path.
+
+    ``encoder_save(tmp_dir)`` writes the encoder (rank 0 only for plain engines; all ranks
+    for DeepSpeed). ``head_state`` is this rank's head shard state.
+    """
+    final = os.path.join(ckpt_root(run_dir), f"step_{step:08d}")
+    tmp = final + ".tmp"
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier(ctx.group)
+    _atomic_torch_save(head_state, head_file(tmp, ctx.rank))
+    encoder_save(tmp)
+    barrier(ctx.group)
+    if ctx.is_main:
+        with open(os.path.join(tmp, MANIFEST + ".part"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        os.replace(os.path.join(tmp, MANIFEST + ".part"), os.path.join(tmp, MANIFEST))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(ctx.group)
+    return final
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    mp = os.path.join(path, MANIFEST)
+    try:
+        with open(mp) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST}; not a complete checkpoint") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{mp}: corrupt manifest: {exc}") from None
+
+
+def check_compatible(path: str, manifest: Dict[str, Any], expect: Dict[str, Any]) -> None:
+    """Refuse a checkpoint whose shape-defining fields differ from this run's."""
+    for key in ("num_classes", "embedding_dim", "head", "encoder"):
+        if key in expect and manifest.get(key) != expect[key]:
+            raise CheckpointError(
+                f"{os.path.join(path, MANIFEST)}: checkpoint has {key}={manifest.get(key)!r} but "
+                f"this run's config has {key}={expect[key]!r}; use a new train.out_dir or fix the config")
+
+
+def find_resume(run_dir: str, ctx: ParallelContext) -> Optional[str]:
+    """The newest complete checkpoint, agreed by all ranks (rank 0 decides)."""
+    path = latest_checkpoint(run_dir) if ctx.is_main else None
+    return broadcast_object(path, 0, ctx.group)
+
+
+def load_head_state(path: str, rank: int) -> Dict[str, Any]:
+    f = head_file(path, rank)
+    if not os.path.exists(f):
+        raise CheckpointError(f"{f}: missing head shard for rank {rank}")
+    return torch.load(f, map_location="cpu", weights_only=False)

@@ -1,0 +1,44 @@
+"""Gradient-norm clipping with the same rule for the encoder and the head.
+
+Each part is clipped by its own global norm with the same threshold: the encoder's
+gradients are replicated after averaging (its norm is local), the head's are sharded
+over classes (its squared norm is summed over ranks). DeepSpeed clips the encoder itself
+(``gradient_clipping``), so the DeepSpeed path only clips the head here, with the same rule.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List
+
+import torch
+
+from xclass.dist import ParallelContext
+from xclass.dist.collectives import sharded_sq_norm
+
+
+def _sq_norm(params: List[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    return sum((g * g).sum().double() for g in grads)  # type: ignore[return-value]
+
+
+def _scale(params: List[torch.Tensor], norm: float, max_norm: float) -> None:
+    if max_norm > 0 and norm > max_norm and math.isfinite(norm):
+        c = max_norm / (norm + 1e-6)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(c)
+
+
+def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
+    """Clip encoder and head gradients (each to ``max_norm``); return the total norm
+    before clipping, sqrt(|g_enc|^2 + |g_head|^2), replicated on every rank."""
+    head_params = [p for p in s.head.parameters() if p.requires_grad]
+    enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
+    head_sq = float(sharded_sq_norm(_sq_norm(head_params), ctx.group))
+    enc_sq = float(_sq_norm(enc_params)) if not s.uses_deepspeed else 0.0
+    _scale(head_params, math.sqrt(head_sq), max_norm)
+    if not s.uses_deepspeed:
+        _scale(enc_params, math.sqrt(enc_sq), max_norm)
+    return math.sqrt(head_sq + enc_sq)

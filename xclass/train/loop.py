@@ -1,0 +1,115 @@
+"""The one explicit training loop. Single process, torchrun and Ray workers all call
+:func:`train`; nothing else trains.
+
+Per optimizer step (``grad_accum`` micro-batches): encoder forward on this rank's rows
+-> head (gathers the global batch, sharded over classes) -> backward -> encoder grads
+averaged (or DeepSpeed) -> clip -> LR schedule -> head step + encoder step -> log ->
+checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from xclass.config import RunConfig, save_config
+from xclass.dist import ParallelContext
+from xclass.train import checkpoint as ckpt
+from xclass.train.clip import clip_gradients
+from xclass.train.report import RunLog, get_logger, plot_training
+from xclass.train.schedule import lr_at
+from xclass.train.setup import Setup, build_setup, encoder_state, head_memory_mb, restore
+
+
+def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
+          report: Optional[Callable[[Dict[str, Any], Optional[str]], None]] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this process's rank. Returns the final metrics row (replicated).
+
+    ``report(metrics, checkpoint_dir)`` is called after every checkpoint (Ray Train passes
+    ``ray.train.report``'s adapter here); it is never needed for correctness.
+    """
+    ctx = ctx or ParallelContext.from_env()
+    log = get_logger(ctx)
+    run_dir = cfg.train.out_dir
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    s: Setup = build_setup(cfg, ctx)
+    step, epoch, batch_in_epoch = restore(s, cfg, ctx, log)
+    total = s.total_steps
+    runlog = RunLog(run_dir, ctx, total, step, progress=cfg.train.progress)
+    ga = max(1, cfg.train.grad_accum)
+    last: Dict[str, Any] = {}
+    t_last, n_last, step_last = time.perf_counter(), 0, step
+    log.info(f"step {step}: training {total} steps, world size {ctx.world_size}, "
+             f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
+    while step < total:
+        s.reader.set_epoch(epoch)
+        for micro, batch in enumerate(s.reader.iter_from(batch_in_epoch)):
+            inputs, labels = s.decode(batch)
+            emb = s.engine(inputs)
+            out = s.head(emb, labels)
+            s.engine.backward(out.loss)
+            n_last += int(labels.shape[0])
+            if not s.engine.at_boundary():
+                s.engine.step()
+                continue
+            s.engine.grads_ready()
+            gnorm = clip_gradients(s, cfg.optim.grad_clip, ctx)
+            lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
+            s.engine.set_lr(lr)
+            s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
+            s.head_opt.step()
+            s.head_opt.zero_grad()
+            s.engine.step()
+            step += 1
+            s.reader_position = (epoch, micro + 1 + batch_in_epoch)
+            loss = float(out.loss.detach())
+            if step % cfg.train.log_every == 0 or step == total:
+                dt = time.perf_counter() - t_last
+                sps = n_last * ctx.world_size / max(dt, 1e-9)
+                last = {"epoch": epoch, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                        "samples_per_s": sps, "head_mem_mb": head_memory_mb(s),
+                        "step_ms": 1000 * dt / max(1, step - step_last)}
+                last.update({k: float(v) for k, v in out.metrics.items()})
+                runlog.log(step, last)
+                runlog.advance(step - step_last, {"loss": f"{loss:.4f}", "samples/s": f"{sps:.0f}",
+                                                  "head MB": f"{last['head_mem_mb']:.1f}"})
+                t_last, n_last, step_last = time.perf_counter(), 0, step
+            if _want_checkpoint(cfg, step, total):
+                path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
+                if report is not None:
+                    report({"step": step, "loss": loss, **last}, path)
+            if step >= total:
+                break
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
+            continue
+        break
+    runlog.close()
+    if ctx.is_main:
+        plot_training(run_dir)
+    log.info(f"step {step}: done; run directory {os.path.abspath(run_dir)}")
+    return {"step": step, **last}
+
+
+def _want_checkpoint(cfg: RunConfig, step: int, total: int) -> bool:
+    every = cfg.train.checkpoint_every
+    return step == total or (every > 0 and step % every == 0)
+
+
+def save(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, epoch: int, batch: int) -> str:
+    """Write a checkpoint of encoder, head shard and data position; returns its path."""
+    manifest = {
+        "step": step, "epoch": epoch, "batch_in_epoch": batch, "world_size": ctx.world_size,
+        "num_classes": s.num_classes, "embedding_dim": cfg.model.embedding_dim,
+        "head": cfg.head.name, "encoder": cfg.model.encoder, "config_digest": cfg.digest(),
+        "shard_ranges": s.shard_ranges, "task": cfg.data.task,
+        "deepspeed": bool(cfg.deepspeed.enabled),
+    }
+    head_state = {"head": s.head.state_dict(), "optimizer": s.head_opt.state_dict(),
+                  "rng": torch.get_rng_state(), "step": step}
+    return ckpt.save_checkpoint(cfg.train.out_dir, step, ctx, manifest, head_state,
+                                lambda d: encoder_state(s, ctx, d), keep=cfg.train.keep_last)

@@ -1,0 +1,129 @@
+"""Builds what the loop needs from a config: data reader, decoder, encoder engine, head,
+head optimizer; restores them from the newest checkpoint."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+
+from xclass import components
+from xclass.config import RunConfig
+from xclass.dist import ParallelContext
+from xclass.heads.base import HEADS, head_lr, set_lr
+from xclass.train import checkpoint as ckpt
+from xclass.train.engine import build_engine
+
+
+@dataclass
+class Setup:
+    reader: Any
+    decode: Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]
+    engine: Any
+    head: Any
+    head_opt: Any
+    num_classes: int
+    total_steps: int
+    shard_ranges: List[List[int]]
+    head_peak_lr: float
+    uses_deepspeed: bool
+    reader_position: Tuple[int, int] = (0, 0)
+
+    def set_head_lr(self, lr: float) -> None:
+        set_lr(self.head_opt, lr)
+
+
+def load_meta(data_path: str) -> Dict[str, Any]:
+    """The dataset's meta.json (written by ``xclass make-data`` or an importer)."""
+    p = os.path.join(data_path, "meta.json")
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"{p}: dataset not found (run `xclass make-data` or set data.path)")
+    with open(p) as f:
+        return json.load(f)
+
+
+def split_files(data_path: str, split: str) -> List[str]:
+    """``DIR/split.parquet`` or the parts under ``DIR/split/``."""
+    single = os.path.join(data_path, f"{split}.parquet")
+    if os.path.exists(single):
+        return [single]
+    parts = sorted(glob.glob(os.path.join(data_path, split, "*.parquet")))
+    if not parts:
+        raise FileNotFoundError(f"{data_path}: no {split}.parquet or {split}/*.parquet")
+    return parts
+
+
+def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
+    """Everything the loop uses, built identically on every rank (same seeds)."""
+    components.load_all()
+    meta = load_meta(cfg.data.path)
+    num_classes = cfg.data.num_classes or int(meta["num_classes"])
+    torch.manual_seed(cfg.train.seed)
+    encoder = components.build_encoder(cfg.model, meta)
+    head = HEADS.get(cfg.head.name)(cfg.head, num_classes=num_classes,
+                                    embedding_dim=cfg.model.embedding_dim, ctx=ctx, seed=cfg.train.seed)
+    engine = build_engine(encoder, cfg, ctx)
+    head_opt = head.make_optimizer(cfg.optim)
+    reader = components.make_reader(split_files(cfg.data.path, "train"), cfg, meta, ctx)
+    ga = max(1, cfg.train.grad_accum)
+    per_epoch = max(1, reader.batches_per_epoch() // ga)
+    total = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    decode = components.make_decoder(cfg.data.task, meta)
+    ranges = _shard_ranges(head, ctx)
+    return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
+                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled))
+
+
+def _shard_ranges(head: Any, ctx: ParallelContext) -> List[List[int]]:
+    from xclass.dist.collectives import all_gather_nograd
+
+    w, start = head.local_weight()
+    mine = torch.tensor([[start, start + w.shape[0]]], dtype=torch.int64)
+    return all_gather_nograd(mine, ctx.group).tolist()
+
+
+def head_memory_mb(s: Setup) -> float:
+    """This rank's head parameters + optimizer state, in MiB."""
+    n = sum(t.numel() * t.element_size() for t in s.head.state_dict().values() if torch.is_tensor(t))
+    st = s.head_opt.state_dict().get("state", {})
+    for v in (st.values() if isinstance(st, dict) else []):
+        if isinstance(v, dict):
+            n += sum(t.numel() * t.element_size() for t in v.values() if torch.is_tensor(t))
+    return n / 2**20
+
+
+def encoder_state(s: Setup, ctx: ParallelContext, directory: str) -> None:
+    """Write the encoder into a checkpoint directory being assembled."""
+    if s.uses_deepspeed:
+        s.engine.save(os.path.join(directory, "deepspeed"), tag="encoder")
+        if ctx.is_main:  # ZeRO <= 2 keeps full weights on every rank: also a plain copy
+            torch.save({"module": s.engine.module.state_dict()}, os.path.join(directory, "encoder.pt"))
+    elif ctx.is_main:
+        torch.save(s.engine.state_dict(), os.path.join(directory, "encoder.pt"))
+
+
+def restore(s: Setup, cfg: RunConfig, ctx: ParallelContext, log: logging.Logger) -> Tuple[int, int, int]:
+    """Resume from the newest checkpoint in train.out_dir; returns (step, epoch, batch)."""
+    path = ckpt.find_resume(cfg.train.out_dir, ctx) if cfg.train.resume else None
+    if path is None:
+        return 0, 0, 0
+    m = ckpt.read_manifest(path)
+    ckpt.check_compatible(path, m, {"num_classes": s.num_classes, "embedding_dim": cfg.model.embedding_dim,
+                                    "head": cfg.head.name, "encoder": cfg.model.encoder})
+    if m["world_size"] != ctx.world_size:
+        components.reshard_head(s, path, m, ctx)
+    else:
+        hs = ckpt.load_head_state(path, ctx.rank)
+        s.head.load_state_dict(hs["head"])
+        s.head_opt.load_state_dict(hs["optimizer"])
+        torch.set_rng_state(hs["rng"])
+    if s.uses_deepspeed:
+        s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
+    else:
+        s.engine.load_state_dict(torch.load(os.path.join(path, "encoder.pt"), weights_only=False))
+    log.info(f"step {m['step']}: resumed from {path}")
+    return int(m["step"]), int(m["epoch"]), int(m["batch_in_epoch"])
