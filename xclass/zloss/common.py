@@ -1,0 +1,154 @@
+"""Pieces shared by the dense and the factored Z-loss heads: class split, labels, init,
+hyper-parameters and the two small autograd helpers of the sharded path."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from xclass.dist import collectives as coll
+from xclass.zloss.losses import SPHERICAL_LOSSES
+
+
+def class_range(num_classes: int, rank: int, world: int) -> Tuple[int, int]:
+    """[start, end) of this rank's classes; uneven split, the first C % W ranks get one more."""
+    base, extra = divmod(num_classes, world)
+    start = base * rank + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@dataclass
+class ZParams:
+    """head_cfg.params of both Z-loss heads.
+
+    loss: spherical loss name (zloss | squared | log_spherical | log_taylor); loss_params: its
+    keyword hyper-parameters (zloss: a, b; log_spherical: eps), also accepted at top level.
+    bias_feature: constant appended to every embedding in place of a per-class bias (0: none).
+    init_std: std of the initial W (columns centred over all classes). dtype of the big
+    matrix (float32 | float64). Factored head only: stabilize_period (singular-value check
+    of U every N updates), sv_band (allowed singular values of U), guard_tau (dense fallback
+    when min |eig(C)| < tau), resync_on_save (recompute Q, w_bar in state_dict()).
+    """
+
+    loss: str = "zloss"
+    loss_params: Dict[str, Any] = field(default_factory=dict)
+    bias_feature: float = 1.0
+    init_std: float = 0.01
+    center_init: bool = True
+    dtype: str = "float32"
+    stabilize_period: int = 10
+    sv_band: Tuple[float, float] = (0.5, 2.0)
+    guard_tau: float = 1e-2
+    resync_on_save: bool = True
+
+    @classmethod
+    def parse(cls, params: Optional[Dict[str, Any]]) -> "ZParams":
+        p = dict(params or {})
+        known = set(cls.__dataclass_fields__)
+        lp = dict(p.pop("loss_params", {}) or {})
+        for key in ("a", "b", "eps", "rel_tiny"):
+            if key in p:
+                lp[key] = p.pop(key)
+        bad = sorted(set(p) - known)
+        if bad:
+            raise KeyError(f"head.params: unknown key(s) {bad}; known: {sorted(known | {'a', 'b', 'eps'})}")
+        out = cls(loss_params=lp, **p)
+        SPHERICAL_LOSSES.get(out.loss)  # unknown loss names fail here, listing the known ones
+        if out.dtype not in ("float32", "float64"):
+            raise ValueError(f"head.params.dtype must be float32 or float64, got {out.dtype!r}")
+        out.sv_band = tuple(out.sv_band)  # type: ignore[assignment]
+        return out
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+
+def split_labels(labels: torch.Tensor, num_classes: int, start: int, end: int
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """labels [m] or [m, K] int64 (negative = padding / ignore) ->
+    (mask [m, K] real positives, local_idx [m, K] valid row ids of this shard (0 where not
+    local), local [m, K] bool: positive whose class lives on this shard)."""
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    lab = labels.long()
+    if lab.dim() == 1:
+        lab = lab[:, None]
+    if lab.dim() != 2:
+        raise ValueError(f"labels must be [B] or [B, K], got shape {tuple(labels.shape)}")
+    mask = lab >= 0
+    if bool((lab[mask] >= num_classes).any()):
+        raise ValueError(f"label >= num_classes ({num_classes}): max {int(lab.max())}")
+    local = mask & (lab >= start) & (lab < end)
+    idx = torch.where(local, lab - start, torch.zeros_like(lab))
+    return mask, idx, local
+
+
+def init_rows(num_classes: int, dim: int, start: int, end: int, p: ZParams, seed: int,
+              group: Any, block: int = 65536) -> torch.Tensor:
+    """Rows [start, end) of the initial W [C, dim] (float64), identical for any class split:
+    block b of rows is drawn from a generator seeded by (seed, b). Columns are centred over
+    all C classes (zloss.md 3.4: w_bar ~ 0 avoids the sigma^2 cancellation)."""
+    out = torch.empty(end - start, dim, dtype=torch.float64)
+    for b in range(start // block, (end + block - 1) // block):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
+        rows = torch.randn(block, dim, generator=g, dtype=torch.float64) * p.init_std
+        lo, hi = max(start, b * block), min(end, (b + 1) * block)
+        out[lo - start:hi - start] = rows[lo - b * block:hi - b * block]
+    if p.center_init:
+        colsum = coll.all_reduce(out.sum(0), "sum", group)
+        out -= colsum / num_classes
+    return out
+
+
+def append_bias(h: torch.Tensor, bias_feature: float) -> torch.Tensor:
+    """[m, d] -> [m, d + 1] with the constant column, or unchanged when bias_feature == 0."""
+    if bias_feature == 0:
+        return h
+    return torch.cat([h, h.new_full((h.shape[0], 1), bias_feature)], 1)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies by ``k`` (the world-size factor of base.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.k = k
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g * ctx.k, None
+
+
+def gather_embeddings(emb: torch.Tensor, group: Any) -> torch.Tensor:
+    """emb [B_local, d] -> [B_global, d] replicated. The gradient reaching emb is
+    world_size * dL/d emb_local (gradient-scale convention of xclass.heads.base)."""
+    ws = coll.world_size(group)
+    x = _ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb
+    return coll.all_gather_with_grad(x, group)
+
+
+class _SumShards(torch.autograd.Function):
+    """Forward: all-reduce SUM of per-shard partial statistics. Backward: identity, because
+    the loss built on the sum is computed identically on every rank (replicated), so each
+    rank already holds dL/d(sum) = dL/d(own partial)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        return coll.all_reduce(x, "sum", group).clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g, None
+
+
+def sum_shards(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """Autograd-aware SUM over class shards; identity for one process."""
+    return x if coll.world_size(group) == 1 else _SumShards.apply(x, group)
+
+
+def gather_labels(labels: torch.Tensor, group: Any) -> torch.Tensor:
+    """Labels [B_local(, K)] -> [B_global(, K)] replicated."""
+    return coll.all_gather_nograd(labels.contiguous(), group)

@@ -1,0 +1,133 @@
+"""Exact O(d^2)-per-example SGD for spherical losses (Vincent, de Brebisson & Bouthillier 2015).
+
+The output layer of one class shard is kept implicitly as ``W = V U + 1 omega^T`` with
+bookkeeping ``Q = W^T W`` and ``w_bar = W^T 1`` (zloss.md 3.1). Shapes, for a shard of
+D_r classes, inputs of width d' (embedding + constant feature) and a batch of m rows:
+
+    V [D_r, d'] (float32/64, the only D-sized tensor)   U, Uinv, Q [d', d'] float64
+    omega, w_bar [d'] float64                            H [m, d'] float64, replicated
+    idx [m, K] local row ids, local [m, K] bool (target lives on this shard)
+    gA [m, K], gq [m], gs [m] float64: dL/dA, dL/dq, dL/ds of the replicated loss
+
+All functions below act on one shard ``st`` (any object with those attributes) and are
+exact for that shard: the per-shard partial statistics/gradients are summed by the caller.
+Only rows ``idx[local]`` of V are read or written by a training step.
+"""
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def forward_stats(st: Any, H: Tensor, idx: Tensor, local: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Shard-partial statistics: A [m, K] target outputs (0 where not local), q [m] = sum o^2
+    and s [m] = sum o over this shard's classes. O(m d^2 + m K d)."""
+    q = ((H @ st.Q) * H).sum(1)
+    s = H @ st.wbar
+    Ht = H @ st.U.t()                                    # rows (U h_j)^T
+    Vsel = st.V[idx].double()                            # [m, K, d']
+    A = torch.einsum("jkd,jd->jk", Vsel, Ht) + (H @ st.omega)[:, None]
+    return torch.where(local, A, torch.zeros_like(A)), q, s
+
+
+def _zh(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
+    """(Zh [m, d'] = Ydot W + gs w_bar^T, ybar [m] = row sums of gA); gA is 0 off-shard."""
+    ybar = gA.sum(1)
+    Yhat = torch.einsum("jk,jkd->jd", gA, st.V[idx].double())
+    Zh = Yhat @ st.U + ybar[:, None] * st.omega[None, :] + gs[:, None] * st.wbar[None, :]
+    return Zh, ybar
+
+
+def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor) -> Tensor:
+    """This shard's part of dL/dH = G W [m, d'], G = 2 diag(gq) O + gs 1^T + Ydot."""
+    Zh, _ = _zh(st, H, idx, gA, gs)
+    return 2.0 * gq[:, None] * (H @ st.Q) + Zh
+
+
+def _target_gram(idx: Tensor, local: Tensor, gA: Tensor) -> Tensor:
+    """YY = Ydot Ydot^T [m, m]: sum of gA[j,k] gA[l,k'] over equal (local) targets."""
+    m, K = idx.shape
+    f_idx, f_g = idx.reshape(-1), torch.where(local, gA, torch.zeros_like(gA)).reshape(-1)
+    E = (f_idx[:, None] == f_idx[None, :]).double() * f_g[:, None] * f_g[None, :]
+    return E.reshape(m, K, m, K).sum((1, 3))
+
+
+def _output_gram(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
+                 Zh: Tensor, ybar: Tensor) -> Tensor:
+    """M = G G^T [m, m] of this shard's output gradient, without forming G (zloss.md B4)."""
+    D = st.V.shape[0]
+    HQH = H @ st.Q @ H.t()
+    HZ = H @ Zh.t()
+    M = 4.0 * gq[:, None] * HQH * gq[None, :] + D * torch.outer(gs, gs) + _target_gram(idx, local, gA)
+    M = M + 2.0 * gq[:, None] * HZ + 2.0 * HZ.t() * gq[None, :]
+    return M + torch.outer(gs, ybar) + torch.outer(ybar, gs)
+
+
+def needs_dense_step(C: Tensor, tau: float) -> bool:
+    """True when C = I - 2 eta H^T diag(gq) H is nearly singular (min |eig| < tau). Skips the
+    O(d^3) eigvalsh when ||C - I||_F < 1 - tau already bounds every eigenvalue above tau."""
+    eye = torch.eye(C.shape[0], dtype=C.dtype)
+    if float(torch.linalg.matrix_norm(C - eye)) < 1.0 - tau:
+        return False
+    return bool(torch.linalg.eigvalsh(C).abs().min() < tau)
+
+
+def _scatter_rows(st: Any, idx: Tensor, local: Tensor, gA: Tensor, P: Tensor, eta: float) -> None:
+    """V[idx[j,k]] -= eta gA[j,k] P[j] for local targets; duplicates accumulate."""
+    K = idx.shape[1]
+    sel = local.reshape(-1)
+    rows = (gA.reshape(-1, 1) * P.repeat_interleave(K, 0))[sel]
+    st.V.index_add_(0, idx.reshape(-1)[sel], (-eta * rows).to(st.V.dtype))
+
+
+def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gs: Tensor,
+                eta: float, block: int) -> None:
+    """Exact fallback (zloss_check correction 2): V <- (V U + 1 omega^T) C - eta 1 (H^T gs)^T
+    - eta Ydot^T H, then U = Uinv = I, omega = 0. O(D d^2)."""
+    shift = eta * (H.t() @ gs)
+    for lo in range(0, st.V.shape[0], block):
+        Wb = (st.V[lo:lo + block].double() @ st.U + st.omega) @ C - shift
+        st.V[lo:lo + block] = Wb.to(st.V.dtype)
+    eye = torch.eye(C.shape[0], dtype=torch.float64)
+    st.U.copy_(eye)
+    st.Uinv.copy_(eye)
+    st.omega.zero_()
+    _scatter_rows(st, idx, local, gA, H, eta)
+
+
+def sgd_update(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
+               eta: float, weight_decay: float = 0.0, tau: float = 1e-2, block: int = 65536) -> bool:
+    """Exact W <- W - eta (G^T H + weight_decay W) on the factors (zloss.md B5-B10 + correction 1).
+    All inputs must come from the current (pre-update) state. Returns True if the dense
+    fallback was taken."""
+    decay = 1.0 - eta * weight_decay
+    if decay <= 0:
+        raise ValueError(f"lr * weight_decay must be < 1, got {eta * weight_decay}")
+    e = eta / decay                     # run the plain step with eta/(1 - eta lambda), then scale
+    D = st.V.shape[0]
+    Zh, ybar = _zh(st, H, idx, gA, gs)
+    gradH = 2.0 * gq[:, None] * (H @ st.Q) + Zh
+    HMH = H.t() @ _output_gram(st, H, idx, local, gA, gq, gs, Zh, ybar) @ H
+    s = H @ st.wbar
+    C = torch.eye(H.shape[1], dtype=torch.float64) - 2.0 * e * H.t() @ (gq[:, None] * H)
+    dense = needs_dense_step(C, tau)
+    if dense:
+        _dense_step(st, C, H, idx, local, gA, gs, e, block)
+    else:
+        st.U.copy_(st.U @ C)
+        st.Uinv.copy_(torch.linalg.inv(st.U))   # recompute (mode 5): iterated Woodbury drifts
+        st.omega.copy_(C @ st.omega - e * (H.t() @ gs))
+        _scatter_rows(st, idx, local, gA, H @ st.Uinv, e)   # must use the new U^-1
+    Q = st.Q - e * (gradH.t() @ H + H.t() @ gradH) + (e * e) * HMH
+    st.Q.copy_(0.5 * (Q + Q.t()))
+    st.wbar.sub_(e * (H.t() @ (2.0 * gq * s + D * gs + ybar)))
+    if weight_decay:
+        st.U.mul_(decay)
+        st.Uinv.div_(decay)
+        st.omega.mul_(decay)
+        st.Q.mul_(decay * decay)
+        st.wbar.mul_(decay)
+    return dense
