@@ -1,0 +1,26 @@
+"""Debug entry without Ray: ``torchrun --nproc_per_node 2 launch/torchrun_train.py CONFIG [k=v ...]``.
+
+Runs the same loop (xclass.train.loop.train) on torchrun's processes over gloo (CPU) or
+nccl (``cluster.backend=nccl``). Ray is the supported launcher; this is for debugging.
+"""
+import os
+import sys
+
+import torch.distributed as dist
+
+from xclass.config import load_config
+from xclass.dist import ParallelContext
+from xclass.dist.launch import clean_exit
+from xclass.train.loop import train
+
+
+def main() -> None:
+    cfg = load_config(sys.argv[1], sys.argv[2:])
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not cfg.cluster.use_gpu else "cuda")
+    dist.init_process_group(cfg.cluster.backend)
+    train(cfg, ParallelContext.from_env())
+    clean_exit(0)
+
+
+if __name__ == "__main__":
+    main()
