@@ -1,0 +1,79 @@
+"""Head factories registered in HEADS: "margin" (sharded, any margin) and "softmax_dense"
+(the single-process dense baseline: full weight, plain autograd, torch optimizers)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn as nn
+
+from xclass.heads.base import HEADS, HeadOutput, head_lr
+from xclass.heads.sharded import ShardedMarginHead, init_class_rows
+from xclass.losses import MARGINS
+from xclass.losses.reference import dense_margin_loss, dense_scores
+
+
+def build_margin(head_cfg: Any) -> Any:
+    """The margin named by ``head_cfg.margin`` with ``head_cfg.margin_params`` as keyword arguments."""
+    params: Dict[str, Any] = dict(getattr(head_cfg, "margin_params", None) or {})
+    return MARGINS.build(str(head_cfg.margin), **params)
+
+
+@HEADS.register("margin")
+def margin_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int) -> nn.Module:
+    """Sharded margin head. head_cfg fields: margin, margin_params, sample_rate, label_smoothing,
+    params (extra ShardedMarginHead kwargs: init_std, bias_init)."""
+    extra: Dict[str, Any] = dict(getattr(head_cfg, "params", None) or {})
+    try:
+        return ShardedMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,
+                                 ctx=ctx, seed=seed, sample_rate=float(getattr(head_cfg, "sample_rate", 1.0)),
+                                 label_smoothing=float(getattr(head_cfg, "label_smoothing", 0.0)), **extra)
+    except TypeError as exc:
+        raise TypeError(f"head 'margin': bad head.params {sorted(extra)}: {exc}") from exc
+
+
+class DenseMarginHead(nn.Module):
+    """One process, all C classes: weight [C * K, d] Parameter; loss from losses.reference."""
+
+    def __init__(self, margin: Any, *, num_classes: int, embedding_dim: int, seed: int = 0,
+                 label_smoothing: float = 0.0, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.margin, self.num_classes, self.seed = margin, num_classes, seed
+        self.label_smoothing = label_smoothing
+        self.weight = nn.Parameter(init_class_rows(0, num_classes, margin.sub_centers, embedding_dim, seed, init_std))
+        self.bias = nn.Parameter(torch.tensor([margin.init_bias(num_classes)])) \
+            if margin.objective == "binary" else None
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        loss = dense_margin_loss(emb, labels, self.weight, self.margin, bias=self.bias,
+                                 step=int(self.step_count), seed=self.seed, label_smoothing=self.label_smoothing)
+        return HeadOutput(loss=loss, metrics={"loss": loss.detach()})
+
+    def local_weight(self) -> Tuple[torch.Tensor, int]:
+        return self.weight.detach(), 0
+
+    @torch.no_grad()
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
+        s = dense_scores(emb, self.weight, self.margin.normalized).float()
+        return s.view(s.shape[0], -1, self.margin.sub_centers).amax(-1)
+
+    def make_optimizer(self, optim_cfg: Any) -> torch.optim.Optimizer:
+        lr, wd = head_lr(optim_cfg), float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0)
+        if optim_cfg.name == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
+        if optim_cfg.name == "adamw":
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd,
+                                     betas=tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999)))
+        raise ValueError(f"head optimizer {optim_cfg.name!r} not in ('sgd', 'adamw')")
+
+
+@HEADS.register("softmax_dense")
+def softmax_dense_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int) -> nn.Module:
+    """Dense baseline; world size 1 only (it holds all C class vectors)."""
+    if getattr(ctx, "world_size", 1) != 1:
+        raise ValueError("head 'softmax_dense' holds every class vector; use head 'margin' when world_size > 1")
+    if float(getattr(head_cfg, "sample_rate", 1.0)) < 1.0:
+        raise ValueError("head 'softmax_dense' does not sample classes; use head 'margin'")
+    return DenseMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,
+                           seed=seed, label_smoothing=float(getattr(head_cfg, "label_smoothing", 0.0)))

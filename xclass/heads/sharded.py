@@ -1,0 +1,178 @@
+"""ShardedMarginHead: class vectors split over the ranks of a process group, any registered margin.
+
+Per step, on every rank of ``ctx.group`` (world size W, uneven class split, ragged batches):
+  1. all-gather the batch embeddings [B_local, d] -> [B_g, d] (and labels, no grad);
+  2. (Partial FC) keep positives + negatives sampled by global class id at ``sample_rate``;
+  3. scores [B_g, C_active_local] against this rank's rows only, upcast to fp32;
+  4. margin on the local shard (pure), then the sharded objective (2 collectives of O(B_g)).
+No rank ever holds all C class vectors or a [B_g, C] tensor.
+
+Gradient-scale convention (see xclass.heads.base): ``loss`` is the mean over the global batch's
+non-ignored rows, replicated. The all-gather backward sums every rank's contribution, which
+is the exact d loss / d emb_local; the head multiplies it by W so that the data-parallel
+*average* of encoder gradients equals the single-process gradient. Weight gradients are exact
+d loss / d W_local and the head stays out of DDP/DeepSpeed averaging.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xclass.dist import collectives as C
+from xclass.heads.base import IGNORE_INDEX, HeadOutput
+from xclass.heads.partition import class_range, to_local
+from xclass.heads.sampling import sample_classes
+from xclass.losses.seeding import mix_key
+from xclass.losses.margins import MarginAux
+from xclass.losses.objectives import GradSumAcross, binary_ce, softmax_ce
+
+INIT_BLOCK = 4096  # classes per init generator: init depends on (seed, global class id) only
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``k`` (the W factor of the convention)."""
+
+    @staticmethod
+    def forward(ctx, x, k: float):  # type: ignore[override]
+        ctx.k = k
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g * ctx.k, None
+
+
+def init_class_rows(start: int, stop: int, k: int, d: int, seed: int, std: float) -> torch.Tensor:
+    """[(stop - start) * k, d] fp32 rows for global classes [start, stop), class-major; row values
+    depend only on (seed, class id), so every world size builds the same head."""
+    out = torch.empty((stop - start) * k, d)
+    for b in range(start // INIT_BLOCK, (stop - 1) // INIT_BLOCK + 1):
+        lo, hi = b * INIT_BLOCK, (b + 1) * INIT_BLOCK
+        g = torch.Generator().manual_seed(mix_key(seed, b, 0x1417))
+        block = torch.randn((hi - lo) * k, d, generator=g).mul_(std)
+        a, z = max(lo, start), min(hi, stop)
+        out[(a - start) * k:(z - start) * k] = block[(a - lo) * k:(z - lo) * k]
+    return out
+
+
+class ShardedMarginHead(nn.Module):
+    """Margin head over classes ``[start, stop)`` of ``num_classes``.
+
+    weight: [C_local * K, d] fp32, sharded over classes (K = margin.sub_centers, class-major).
+    bias: [1] replicated (binary objectives only). step_count: optimizer steps taken (buffer).
+    """
+
+    def __init__(self, margin: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int = 0,
+                 sample_rate: float = 1.0, label_smoothing: float = 0.0, init_std: float = 0.01,
+                 bias_init: Optional[float] = None) -> None:
+        super().__init__()
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if label_smoothing and margin.objective != "softmax":
+            raise ValueError(f"label_smoothing applies to softmax margins, not {type(margin).__name__}")
+        self.margin, self.ctx, self.seed = margin, ctx, int(seed)
+        self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
+        self.sample_rate, self.label_smoothing = float(sample_rate), float(label_smoothing)
+        self.k = int(margin.sub_centers)
+        self.start, self.stop = class_range(num_classes, ctx.rank, ctx.world_size)
+        rows = init_class_rows(self.start, self.stop, self.k, embedding_dim, self.seed, init_std)
+        # Partial FC keeps W out of autograd: the optimizer updates only the sampled rows
+        self.weight = nn.Parameter(rows, requires_grad=self.sample_rate >= 1.0)
+        self.bias: Optional[nn.Parameter] = None
+        if margin.objective == "binary":
+            b0 = margin.init_bias(num_classes) if bias_init is None else bias_init
+            self.bias = nn.Parameter(torch.tensor([float(b0)]))
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self.active: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (row ids, leaf rows)
+
+    @property
+    def group(self) -> Any:
+        return self.ctx.group if self.ctx.world_size > 1 else None
+
+    # ------------------------------------------------------------------ forward pieces
+    def _check_labels(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
+        if emb.dim() != 2 or emb.shape[1] != self.embedding_dim:
+            raise ValueError(f"head: embeddings must be [B, {self.embedding_dim}], got {tuple(emb.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != emb.shape[0] or labels.is_floating_point():
+            raise ValueError(f"head: labels must be an integer [B={emb.shape[0]}] tensor, got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_classes))
+        if bool(bad.any()):
+            raise ValueError(f"head: label {int(labels[bad][0])} outside [0, {self.num_classes}) "
+                             f"(use {IGNORE_INDEX} to ignore a row)")
+
+    def _active_rows(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """(class rows [R, d] used this step, target remapped to them, global active class count)."""
+        if self.sample_rate >= 1.0 or not self.training:
+            self.active = None
+            return self.weight, target, self.num_classes
+        idx = sample_classes(self.start, self.stop, target, self.sample_rate, self.seed,
+                             int(self.step_count))
+        rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k, device=idx.device)).reshape(-1)
+        leaf = self.weight.detach().index_select(0, rows).requires_grad_(torch.is_grad_enabled())
+        self.active = (rows, leaf)
+        t = torch.where(target >= 0, torch.searchsorted(idx, target.clamp(min=0)), target)
+        n_active = int(C.all_reduce(torch.tensor([idx.numel()]), "sum", self.group)) \
+            if self.label_smoothing else 0
+        return leaf, t, n_active
+
+    def _scores(self, emb_g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """[B_g, R] scores in the embedding dtype (bf16/fp16 GEMM allowed), cast to fp32 after."""
+        if self.margin.normalized:
+            emb_g = F.normalize(emb_g.float(), dim=1).to(emb_g.dtype)
+            w = F.normalize(w, dim=1)
+        return (emb_g @ w.to(emb_g.dtype).t()).float()
+
+    def _target_cos(self, cos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        c = cos.detach().view(cos.shape[0], -1, self.k).amax(-1)
+        local = c.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+        return C.all_reduce(torch.where(target >= 0, local, torch.zeros_like(local)), "sum", self.group)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """emb [B_local, d] sharded over the batch (ragged sizes allowed); labels [B_local] global
+        ids or IGNORE_INDEX. Returns the global-batch mean loss (replicated)."""
+        self._check_labels(emb, labels)
+        ws = self.ctx.world_size
+        emb_g = C.all_gather_with_grad(_ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb, self.group)
+        labels_g = C.all_gather_nograd(labels.to(torch.int64), self.group)
+        valid = labels_g != IGNORE_INDEX
+        target = to_local(labels_g, self.start, self.stop)
+        w, target, n_active = self._active_rows(target)
+        cos = self._scores(emb_g, w)
+        tcos = self._target_cos(cos, target) if self.margin.needs_target_cos else None
+        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos)
+        logits = self.margin(cos, target, aux)
+        if self.margin.objective == "binary":
+            b = GradSumAcross.apply(self.bias, self.group)
+            per = binary_ce(logits + b, target, valid, lam=self.margin.lam,
+                            weight=self.margin.loss_weight, group=self.group)
+        else:
+            per = softmax_ce(logits, target, valid, group=self.group, label_smoothing=self.label_smoothing,
+                             num_classes=n_active or self.num_classes)
+        n = valid.sum().clamp(min=1)
+        loss = per.sum() / n
+        return HeadOutput(loss=loss, metrics={"loss": loss.detach(), "valid_rows": n.detach()})
+
+    # ------------------------------------------------------------------ contract
+    def local_weight(self) -> Tuple[torch.Tensor, int]:
+        """([C_local * K, d] class rows, class-major, first global class id of this rank)."""
+        return self.weight.detach(), self.start
+
+    @torch.no_grad()
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
+        """[B, C_local] fp32 scores of replicated embeddings against this rank's classes
+        (cosines, max over sub-centres, when the margin is normalised; dot products otherwise)."""
+        cos = self._scores(emb, self.weight)
+        return cos.view(cos.shape[0], -1, self.k).amax(-1)
+
+    def make_optimizer(self, optim_cfg: Any):
+        from xclass.heads.optim import build_head_optimizer
+
+        return build_head_optimizer(self, optim_cfg)
+
+    def extra_repr(self) -> str:
+        return (f"margin={self.margin}, classes=[{self.start}, {self.stop}) of {self.num_classes}, "
+                f"d={self.embedding_dim}, sample_rate={self.sample_rate}")

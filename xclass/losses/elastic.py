@@ -1,0 +1,101 @@
+"""ElasticFace (Boutros et al., CVPRW 2022): per-sample margins m_i ~ N(m, sigma).
+
+The draws are keyed by (seed, step) over the *global* batch rows, so every rank and the dense
+reference see the same margins. The '+' variants give easier samples (larger target cosine)
+smaller margins: the margins sorted ascending are *scattered* to rows sorted by target cosine
+descending (the reference code gathers with the permutation instead, which scrambles the
+pairing; see heads.md section 5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xclass.losses.seeding import mix_key
+from xclass.losses.margins import MARGINS, MarginAux, angular, replace_target, safe_map
+
+
+def elastic_draws(n: int, seed: int, step: int) -> torch.Tensor:
+    """[n] standard normals, a pure function of (seed, step, n) (CPU generator, fp32)."""
+    g = torch.Generator().manual_seed(mix_key(seed, step, 0xE1A5))
+    return torch.randn(n, generator=g)
+
+
+def plus_assign(margins: torch.Tensor, target_cos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """margins [B], target_cos [B], valid [B] bool -> [B]: over valid rows, the k-th smallest
+    margin goes to the row with the k-th largest target cosine (Spearman -1); others unchanged."""
+    out = margins.clone()
+    rows = valid.nonzero().squeeze(1)
+    order = torch.argsort(target_cos[rows], descending=True, stable=True)
+    out[rows[order]] = torch.sort(margins[rows]).values
+    return out
+
+
+@dataclass(frozen=True)
+class _Elastic:
+    s: float = 64.0
+    m: float = 0.5
+    sigma: float = 0.05
+    plus: bool = False
+    grad: str = "exact"
+    fallback: str = "continuous"
+    eps: float = 1e-5
+    normalized = True
+    objective = "softmax"
+    sub_centers = 1
+
+    @property
+    def needs_target_cos(self) -> bool:
+        return self.plus
+
+    def margins(self, aux: MarginAux, n: int, device) -> torch.Tensor:
+        """[n] per-row margins for the global batch rows of this step."""
+        m = self.m + self.sigma * elastic_draws(n, aux.seed, aux.step)
+        if self.plus:
+            if aux.target_cos is None or aux.valid is None:
+                raise ValueError("ElasticFace+ needs aux.target_cos and aux.valid")
+            m = plus_assign(m, aux.target_cos.cpu(), aux.valid.cpu())
+        return m.to(device)
+
+    def value(self, c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, cos: torch.Tensor, target: torch.Tensor, aux: MarginAux) -> torch.Tensor:
+        m = self.margins(aux, cos.shape[0], cos.device)
+        f = lambda c: self.value(c, m)  # noqa: E731
+        return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps))
+
+
+@MARGINS.register("elastic_arc")
+@dataclass(frozen=True)
+class ElasticArc(_Elastic):
+    """Target ``s * cos(theta + m_i)``; s = 64, m = 0.5, sigma = 0.05."""
+
+    def value(self, c, m):
+        return angular(c, 1.0, m, 0.0, self.fallback)
+
+
+@MARGINS.register("elastic_arc_plus")
+@dataclass(frozen=True)
+class ElasticArcPlus(ElasticArc):
+    sigma: float = 0.0175
+    plus: bool = True
+
+
+@MARGINS.register("elastic_cos")
+@dataclass(frozen=True)
+class ElasticCos(_Elastic):
+    """Target ``s * (cos - m_i)``; s = 64, m = 0.35, sigma = 0.05."""
+
+    m: float = 0.35
+
+    def value(self, c, m):
+        return c - m
+
+
+@MARGINS.register("elastic_cos_plus")
+@dataclass(frozen=True)
+class ElasticCosPlus(ElasticCos):
+    sigma: float = 0.02
+    plus: bool = True
