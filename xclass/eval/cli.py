@@ -1,0 +1,165 @@
+"""argparse front ends for ``xclass export-index`` and ``xclass evaluate``.
+
+Plain-Python entry points (what the CLI calls):
+
+* :func:`xclass.eval.export.export_index` ``(sources, out_dir, spec, ...) -> manifest``
+* :func:`xclass.eval.searcher.ShardedIndex.open` ``(dir, ...)`` -> ``.search(q, k)``
+* :func:`xclass.eval.evaluate.evaluate_xmc` / ``evaluate_verification`` / ``evaluate_identification``
+* :func:`xclass.eval.report.write_report`, :func:`xclass.eval.report.print_table`
+
+``run_export(args)`` / ``run_evaluate(args)`` return 0 on success and 2 on bad input or a bad
+index (the message, naming file/column/row, goes to stderr); ``args`` can be any namespace
+with the attributes :func:`add_export_args` / :func:`add_evaluate_args` define.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _ints(text: str):
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", nargs="+", required=True,
+                   help="embedding Parquet file(s), directories or globs (id, embedding)")
+    p.add_argument("--out", required=True, help="output index directory")
+    p.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivfpq", "ivfflat"])
+    p.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-construction", type=int, default=80)
+    p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--nlist", type=int, default=1024)
+    p.add_argument("--pq-m", type=int, default=16)
+    p.add_argument("--pq-bits", type=int, default=8)
+    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--train-size", type=int, default=100_000)
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help="max vectors per index shard (default: one shard per input file)")
+    p.add_argument("--batch-rows", type=int, default=65536)
+    p.add_argument("--gpu", action="store_true", help="use GPU faiss when available")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _spec(args):
+    from xclass.eval.index import IndexSpec
+    return IndexSpec(kind=args.index_type, metric=args.metric, hnsw_m=args.hnsw_m,
+                     ef_construction=args.ef_construction, ef_search=args.ef_search,
+                     nlist=args.nlist, pq_m=args.pq_m, pq_bits=args.pq_bits, nprobe=args.nprobe,
+                     train_size=args.train_size)
+
+
+def _guard(fn, args) -> int:
+    try:
+        return fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as exc:
+        print(f"xclass: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_export(args) -> int:
+    return _guard(_run_export, args)
+
+
+def _run_export(args) -> int:
+    from xclass.eval.export import export_index
+    man = export_index(args.embeddings, args.out, _spec(args), batch_rows=args.batch_rows,
+                       shard_rows=args.shard_rows, use_gpu=args.gpu, overwrite=args.overwrite)
+    print(f"exported {man['ntotal']} vectors (d={man['dim']}, {man['spec']['kind']}, "
+          f"{man['metric']}) into {len(man['shards'])} shard(s) at {args.out}")
+    return 0
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", required=True, choices=["xmc", "face", "speaker", "ident"])
+    p.add_argument("--index", help="exported index directory (xmc, ident)")
+    p.add_argument("--queries", help="query embedding Parquet with label/labels (xmc, ident)")
+    p.add_argument("--embeddings", help="embedding Parquet for face/speaker pairs")
+    p.add_argument("--pairs", help="face pairs Parquet (a, b, same) or speaker trials (enroll, test, target)")
+    p.add_argument("--gallery", help="gallery embedding Parquet with 'label' (ident)")
+    p.add_argument("--out", default=None, help="report directory (metrics.json, summary.md, PNGs)")
+    p.add_argument("--ks", type=_ints, default=(1, 3, 5), help="e.g. 1,3,5,10,100")
+    p.add_argument("--train-labels", help="training Parquet (labels) for propensities (PSP)")
+    p.add_argument("--prop-a", type=float, default=0.55)
+    p.add_argument("--prop-b", type=float, default=1.5)
+    p.add_argument("--filter", dest="filter_file", help="'row label' pairs removed before ranking")
+    p.add_argument("--empty-rows", default="keep", choices=["keep", "drop"])
+    p.add_argument("--majority-k", type=int, default=5)
+    p.add_argument("--batch-rows", type=int, default=4096)
+    p.add_argument("--ef-search", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_evaluate(args) -> int:
+    return _guard(_run_evaluate, args)
+
+
+def _need(args, *names):
+    missing = [n for n in names if not getattr(args, n, None)]
+    if missing:
+        raise ValueError(f"protocol {args.protocol!r} needs --{', --'.join(m.replace('_', '-') for m in missing)}")
+
+
+def _open_index(args):
+    from xclass.eval.searcher import ShardedIndex
+    return ShardedIndex.open(args.index, use_gpu=args.gpu, ef_search=args.ef_search,
+                             nprobe=args.nprobe)
+
+
+def _run_evaluate(args) -> int:
+    from xclass.eval import evaluate as ev
+    from xclass.eval.report import print_table, write_report
+    header = {"protocol": args.protocol}
+    curves = None
+    if args.protocol == "xmc":
+        _need(args, "index", "queries")
+        index = _open_index(args)
+        inv = None
+        if args.train_labels:
+            n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
+            inv = ev.propensity_from_train(args.train_labels, n_labels, args.prop_a, args.prop_b)
+        filt = ev.read_filter(args.filter_file) if args.filter_file else None
+        metrics = ev.evaluate_xmc(index, args.queries, args.ks, inv_prop=inv, filter_pairs=filt,
+                                  batch_rows=args.batch_rows, empty_rows=args.empty_rows,
+                                  progress=not args.quiet)
+        header.update({"index": args.index, "index_type": index.spec.kind, "queries": args.queries,
+                       "propensity_A_B": [args.prop_a, args.prop_b] if inv is not None else None,
+                       "filter_file": args.filter_file, "empty_rows": args.empty_rows})
+    elif args.protocol in ("face", "speaker"):
+        _need(args, "embeddings", "pairs")
+        metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol)
+        header.update({"embeddings": args.embeddings, "pairs": args.pairs,
+                       "score": "cosine", "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})
+    else:
+        _need(args, "index", "queries", "gallery")
+        metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries,
+                                             args.ks, args.majority_k, args.batch_rows,
+                                             progress=not args.quiet)
+        header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries})
+    print_table(metrics, f"{args.protocol} metrics")
+    if args.out:
+        files = write_report(args.out, metrics, header, curves, plots=not args.no_plots)
+        print(f"report written to {os.path.abspath(args.out)} ({len(files['plots'])} plots)")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry: ``python -m xclass.eval.cli {export-index,evaluate} ...``."""
+    ap = argparse.ArgumentParser(prog="xclass-eval")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    add_export_args(sub.add_parser("export-index"))
+    add_evaluate_args(sub.add_parser("evaluate"))
+    args = ap.parse_args(argv)
+    return run_export(args) if args.cmd == "export-index" else run_evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

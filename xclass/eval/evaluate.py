@@ -1,0 +1,152 @@
+"""Evaluation protocols over embeddings: XMC retrieval, face/speaker verification, identification.
+
+Queries are streamed in chunks of ``batch_rows`` (bounded memory); per chunk the index returns
+top-K ids, and only the compact :class:`~xclass.eval.metrics.Ranking` (K bools + K gains per
+row) is kept, never an n x L score matrix.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from xclass.eval.identification import identification_report
+from xclass.eval.io import Source, iter_batches, label_column, num_rows, read_all, read_columns
+from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
+from xclass.eval.verification import verification_report
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit="q", disable=not enabled, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def propensity_from_train(train: Source, n_labels: int, a: float = 0.55, b: float = 1.5):
+    """Inverse propensities [n_labels] from a training Parquet's ``labels``/``label`` column."""
+    counts = np.zeros(n_labels, dtype=np.int64)
+    n = 0
+    for batch in iter_batches(train, 1 << 18, with_labels=True):
+        lab = batch.labels.indices
+        if len(lab) and lab.max() >= n_labels:
+            n_labels = int(lab.max()) + 1
+            counts = np.pad(counts, (0, n_labels - len(counts)))
+        counts += np.bincount(lab, minlength=n_labels)
+        n += batch.labels.n_rows
+    return inverse_propensity(counts, n, a, b)
+
+
+def read_filter(path: str) -> np.ndarray:
+    """XC-repository filter file: whitespace separated ``row label`` pairs -> [m, 2] int64."""
+    try:
+        arr = np.loadtxt(path, dtype=np.int64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected 'row label' integer pairs per line ({exc})") from exc
+    if arr.size == 0:
+        return np.zeros((0, 2), np.int64)
+    if arr.shape[1] != 2:
+        raise ValueError(f"{path}: expected 2 columns (row label), found {arr.shape[1]}")
+    return arr
+
+
+def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
+                 inv_prop: Optional[np.ndarray] = None, filter_pairs: Optional[np.ndarray] = None,
+                 batch_rows: int = 4096, empty_rows: str = "keep", progress: bool = True) -> dict:
+    """XMC metrics of ``queries`` (with ``labels``/``label``) retrieved from ``index``
+    (a :class:`~xclass.eval.searcher.ShardedIndex` or anything with ``search(q, k)``)."""
+    if empty_rows not in ("keep", "drop"):
+        raise ValueError(f"empty_rows must be 'keep' or 'drop', got {empty_rows!r}")
+    K = max(ks)
+    extra = 0
+    if filter_pairs is not None and len(filter_pairs):
+        extra = int(np.bincount(filter_pairs[:, 0]).max())   # widest filtered row
+    if inv_prop is not None:
+        hi = max(index.manifest["shards"][-1]["id_max"] if hasattr(index, "manifest") else 0, 0)
+        if len(inv_prop) <= hi:      # labels never seen in training: count 0
+            raise ValueError(f"inverse propensities cover {len(inv_prop)} labels, index ids reach {hi}")
+    parts, bar = [], _progress(num_rows(queries), "xmc eval", progress)
+    for b in iter_batches(queries, batch_rows, with_labels=True):
+        _, I = index.search(b.emb, K + extra)
+        if extra:
+            sel = (filter_pairs[:, 0] >= b.offset) & (filter_pairs[:, 0] < b.offset + len(b.ids))
+            pairs = filter_pairs[sel] - np.array([b.offset, 0])
+            I, _ = remove_pairs(I, None, pairs, K)
+        parts.append(Ranking.build(I[:, :K], b.labels, inv_prop))
+        if bar is not None:
+            bar.update(len(b.ids))
+    if bar is not None:
+        bar.close()
+    r = Ranking.concat(parts)
+    n_empty = int((r.n_true == 0).sum())
+    if empty_rows == "drop":
+        r = r.drop_empty()
+    out = xmc_metrics(r, ks)
+    out.update({"n_queries": int(len(r.n_true)), "n_empty_rows": n_empty})
+    return out
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str, where: str) -> np.ndarray:
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids[order], wanted)
+    pos = np.clip(pos, 0, len(ids) - 1)
+    bad = ids[order][pos] != wanted
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: {what} row {i} refers to id {int(wanted[i])}, "
+                         "not present in the embedding file")
+    return order[pos]
+
+
+def pair_scores(emb: Source, a: np.ndarray, b: np.ndarray, where: str = "pairs") -> np.ndarray:
+    """Cosine similarity of embedding pairs given by ids ``a``, ``b`` [m]."""
+    data = read_all(emb)
+    x = data.emb / np.maximum(np.linalg.norm(data.emb, axis=1, keepdims=True), 1e-12)
+    ra = _rows_of(data.ids, np.asarray(a, np.int64), "column 'a'/'enroll'", where)
+    rb = _rows_of(data.ids, np.asarray(b, np.int64), "column 'b'/'test'", where)
+    return np.einsum("ij,ij->i", x[ra], x[rb]).astype(np.float64)
+
+
+def evaluate_verification(emb: Source, pairs: str, protocol: str = "face") -> Tuple[dict, dict]:
+    """Face (pairs file ``a, b, same``) or speaker (trials ``enroll, test, target``).
+    Returns (metrics, curves) where curves holds the raw ``scores`` and ``target``."""
+    cols = ("a", "b", "same") if protocol == "face" else ("enroll", "test", "target")
+    a, b, t = read_columns(pairs, cols, ("int", "int", "bool"))
+    s = pair_scores(emb, a, b, where=str(pairs))
+    return verification_report(s, t, protocol), {"scores": s, "target": t}
+
+
+def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
+                            majority_k: int = 5, batch_rows: int = 4096,
+                            progress: bool = True) -> dict:
+    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``."""
+    g_ids, g_lab = [], []
+    for b in iter_batches(gallery, 1 << 18, with_labels=True):
+        if np.any(np.diff(b.labels.indptr) != 1):
+            raise ValueError(f"{gallery}: identification needs exactly one label per gallery row")
+        g_ids.append(b.ids)
+        g_lab.append(b.labels.indices)
+    g_ids, g_lab = np.concatenate(g_ids), np.concatenate(g_lab)
+    order = np.argsort(g_ids)
+    g_ids, g_lab = g_ids[order], g_lab[order]
+    K = max(max(ks), majority_k)
+    nl, ql, sc = [], [], []
+    bar = _progress(num_rows(queries), "identification", progress)
+    for b in iter_batches(queries, batch_rows, with_labels=True):
+        D, I = index.search(b.emb, K)
+        pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
+        nl.append(np.where((I >= 0) & (g_ids[pos] == I), g_lab[pos], -1))
+        ql.append(b.labels.indices[b.labels.indptr[:-1]])
+        sc.append(D)
+        if bar is not None:
+            bar.update(len(b.ids))
+    if bar is not None:
+        bar.close()
+    return identification_report(np.concatenate(nl), np.concatenate(ql), ks, majority_k,
+                                 np.concatenate(sc))
+
+
+__all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",
+           "propensity_from_train", "read_filter", "pair_scores", "label_column"]
