@@ -1,0 +1,223 @@
+"""Task decoders: the reader's numpy batch -> (encoder inputs, labels) as CPU tensors.
+
+Reader layout (``xclass.data.reader``): scalar columns ``[n]``, fixed-size lists ``[n, k]``,
+variable lists as CSR (``batch[c]`` flat values + ``batch[c + "_offsets"]`` int64 ``[n+1]``).
+Every decoder is vectorised numpy (no per-row Python loops, except for PNG/JPEG bytes) and
+accepts empty batches (``n = 0``). Decoded input names:
+
+=========  =====================================================================
+face       ``image`` uint8 ``[B, C, H, W]`` (a channels-last view of the HWC bytes)
+speaker    ``fbank`` float32 ``[B, T_max, n_mels]`` zero-padded, ``lengths`` int64 ``[B]``
+quic       ``pkt_sizes``/``pkt_dirs``/``pkt_iat`` float32 ``[B, N]``, ``lengths`` int64
+           ``[B]`` (= num_packets clipped to N), ``flow_stats`` float32 ``[B, S]``
+xmc        ``tokens`` int64 ``[B, L_max]`` (0-padded), ``lengths`` int64 ``[B]``,
+           ``num_labels`` int64 ``[B]``
+any        ``features`` float32 ``[B, F]``
+=========  =====================================================================
+
+Labels: int64 ``[B]`` for face/speaker/quic (and ``label_id`` for ``xmc_labels``); for xmc
+int64 ``[B, K_max]`` padded with ``IGNORE = -100``. ``None`` when the label column was not read.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xclass.data.schema import DataError
+from xclass.models.registry import ENCODER_INPUTS, meta_get
+from xclass.registry import Registry
+
+IGNORE = -100
+Batch = Mapping[str, np.ndarray]
+Decoded = Tuple[Dict[str, Tensor], Optional[Tensor]]
+DECODERS: Registry[Callable[[Batch, Mapping[str, Any]], Decoded]] = Registry("decoder")
+
+#: Columns of each task's native input (what ``input_columns`` asks the reader for).
+NATIVE_COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "face": ("image",), "speaker": ("fbank", "num_frames"),
+    "quic": ("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets", "flow_stats"),
+    "xmc": ("tokens",), "xmc_labels": ("tokens",),
+}
+LABEL_COLUMNS = {"face": "label", "speaker": "label", "quic": "label", "xmc": "labels",
+                 "xmc_labels": "label_id"}
+
+
+def input_columns(task: str, encoder: str, with_labels: bool = True) -> List[str]:
+    """Parquet columns to read for ``encoder`` on ``task`` (labels first, when asked)."""
+    if task not in NATIVE_COLUMNS:
+        raise KeyError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
+    cols = ["features"] if ENCODER_INPUTS.get(encoder) == "features" else list(NATIVE_COLUMNS[task])
+    return ([LABEL_COLUMNS[task]] if with_labels else []) + cols
+
+
+def pad_ragged(values: np.ndarray, offsets: np.ndarray, pad: Any = 0,
+               width: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """CSR rows -> (``[n, L]`` padded with ``pad``, lengths ``[n]`` int64), no Python loop.
+
+    ``L`` = longest row (or ``width``, then longer rows are truncated and their lengths
+    clipped). ``values[offsets[i]:offsets[i+1]]`` is row ``i``; ``values`` may have
+    trailing dims (``[nnz, ...]`` gives ``[n, L, ...]``).
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    L = int(lengths.max(initial=0)) if width is None else int(width)
+    out = np.full((n, L) + values.shape[1:], pad, dtype=values.dtype)
+    keep = np.minimum(lengths, L)
+    rows = np.repeat(np.arange(n), keep)
+    # Position of each kept value within its row: global index minus its row's first index.
+    starts = np.repeat(np.cumsum(keep) - keep, keep)
+    cols = np.arange(len(rows)) - starts
+    out[rows, cols] = values[np.repeat(offsets[:-1], keep) + cols]
+    return out, keep.astype(np.int64)
+
+
+def _ragged(batch: Batch, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    if name + "_offsets" not in batch:
+        raise DataError(f"expected a list column (with '{name}_offsets' from the reader)",
+                        column=name)
+    return batch[name], batch[name + "_offsets"]
+
+
+def _first_bad_row(bad: np.ndarray) -> int:
+    return int(np.flatnonzero(bad)[0])
+
+
+def _features(batch: Batch, out: Dict[str, Tensor]) -> None:
+    if "features" in batch:
+        f = np.asarray(batch["features"])
+        out["features"] = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
+
+
+def _single_labels(batch: Batch, column: str) -> Optional[Tensor]:
+    if column not in batch:
+        return None
+    return torch.from_numpy(np.asarray(batch[column]).astype(np.int64, copy=False))
+
+
+def _require_input(task: str, batch: Batch, out: Dict[str, Tensor]) -> None:
+    if not out:
+        raise DataError(f"{task} batch has no input columns (expected "
+                        f"{' + '.join(NATIVE_COLUMNS[task])} or features); got {sorted(batch)}")
+
+
+def decode_batch(task: str, batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    """Decode one reader batch of ``task`` (face, speaker, quic, xmc, xmc_labels).
+
+    Returns ``(inputs, labels)``: CPU tensors sharded over the batch (this rank's rows).
+    """
+    return DECODERS.get(task)(batch, meta)
+
+
+def _images_from_bytes(blobs: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image  # only for binary (PNG/JPEG) image columns
+
+    h, w, c = shape
+    out = np.empty((len(blobs), h, w, c), dtype=np.uint8)
+    for i, b in enumerate(blobs):  # a codec call per image: no vectorised form exists
+        img = np.asarray(Image.open(io.BytesIO(b)).convert("L" if c == 1 else "RGB"))
+        if img.shape[:2] != (h, w):
+            raise DataError(f"image is {img.shape[1]}x{img.shape[0]}, meta.json says {w}x{h}",
+                            row=i, column="image")
+        out[i] = img.reshape(h, w, c)
+    return out
+
+
+@DECODERS.register("face")
+def decode_face(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    out: Dict[str, Tensor] = {}
+    if "image" in batch:
+        h, w, c = (int(meta_get(meta, k, "face decoder", "image"))
+                   for k in ("height", "width", "channels"))
+        img = batch["image"]
+        if img.dtype == object:
+            img = _images_from_bytes(img, (h, w, c))
+        elif img.ndim != 2 or img.shape[1] != h * w * c:
+            raise DataError(f"image rows have {img.shape[1:]} values, meta.json says "
+                            f"H*W*C = {h}*{w}*{c}", column="image")
+        hwc = torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8).reshape(-1, h, w, c))
+        # NCHW view of NHWC memory = channels_last layout: no copy, and conv kernels like it.
+        out["image"] = hwc.permute(0, 3, 1, 2)
+    _features(batch, out)
+    _require_input("face", batch, out)
+    return out, _single_labels(batch, "label")
+
+
+@DECODERS.register("speaker")
+def decode_speaker(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    out: Dict[str, Tensor] = {}
+    if "fbank" in batch:
+        n_mels = int(meta_get(meta, "n_mels", "speaker decoder", "fbank"))
+        values, offsets = _ragged(batch, "fbank")
+        frames = np.asarray(batch["num_frames"], dtype=np.int64)
+        bad = np.diff(offsets) != frames * n_mels
+        if bad.any():
+            i = _first_bad_row(bad)
+            raise DataError(f"fbank has {np.diff(offsets)[i]} values, num_frames*n_mels = "
+                            f"{frames[i]}*{n_mels}", row=i, column="fbank")
+        fb, lengths = pad_ragged(values.astype(np.float32, copy=False).reshape(-1, n_mels),
+                                 offsets // n_mels)
+        out["fbank"], out["lengths"] = torch.from_numpy(fb), torch.from_numpy(lengths)
+    _features(batch, out)
+    _require_input("speaker", batch, out)
+    return out, _single_labels(batch, "label")
+
+
+@DECODERS.register("quic")
+def decode_quic(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    out: Dict[str, Tensor] = {}
+    if "pkt_sizes" in batch:
+        for name in ("pkt_sizes", "pkt_dirs", "pkt_iat"):
+            out[name] = torch.from_numpy(np.ascontiguousarray(batch[name], dtype=np.float32))
+        n_pkt = out["pkt_sizes"].shape[1]
+        lengths = np.minimum(np.asarray(batch["num_packets"], dtype=np.int64), n_pkt)
+        out["lengths"] = torch.from_numpy(lengths)
+        if "flow_stats" in batch:
+            out["flow_stats"] = torch.from_numpy(
+                np.ascontiguousarray(batch["flow_stats"], dtype=np.float32))
+    _features(batch, out)
+    _require_input("quic", batch, out)
+    return out, _single_labels(batch, "label")
+
+
+def _tokens(batch: Batch, meta: Mapping[str, Any], who: str, out: Dict[str, Tensor]) -> None:
+    if "tokens" not in batch:
+        return
+    vocab = int(meta_get(meta, "vocab_size", who, "tokens"))
+    values, offsets = _ragged(batch, "tokens")
+    bad = (values < 0) | (values >= vocab)
+    if bad.any():
+        i = int(np.searchsorted(offsets, _first_bad_row(bad), side="right") - 1)
+        raise DataError(f"token id {values[bad][0]} outside [0, vocab_size={vocab})",
+                        row=i, column="tokens")
+    tok, lengths = pad_ragged(values.astype(np.int64, copy=False), offsets, 0)
+    out["tokens"], out["lengths"] = torch.from_numpy(tok), torch.from_numpy(lengths)
+
+
+@DECODERS.register("xmc")
+def decode_xmc(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    out: Dict[str, Tensor] = {}
+    _tokens(batch, meta, "xmc decoder", out)
+    _features(batch, out)
+    _require_input("xmc", batch, out)
+    labels = None
+    if "labels" in batch:
+        values, offsets = _ragged(batch, "labels")
+        lab, counts = pad_ragged(values.astype(np.int64, copy=False), offsets, IGNORE)
+        labels = torch.from_numpy(lab)
+        out["num_labels"] = torch.from_numpy(counts)
+    return out, labels
+
+
+@DECODERS.register("xmc_labels")
+def decode_xmc_labels(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
+    """The XMC label table (label_id, tokens): inputs for the label (item) tower."""
+    out: Dict[str, Tensor] = {}
+    _tokens(batch, meta, "xmc_labels decoder", out)
+    _features(batch, out)
+    _require_input("xmc_labels", batch, out)
+    return out, _single_labels(batch, "label_id")
