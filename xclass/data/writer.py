@@ -43,8 +43,8 @@ class PartWriter:
     """Write record batches to ``path`` (one file) or ``path/part-00000.parquet``... .
 
     ``rows_per_file=None`` writes one file. Otherwise the writer rotates to a new part
-    every ``rows_per_file`` rows (it never splits a chunk, so parts are approximately
-    that size). Row groups hold ``row_group_rows`` rows.
+    every ``rows_per_file`` rows (exactly; the last part holds the rest). Row groups hold
+    up to ``row_group_rows`` rows.
     """
 
     def __init__(self, path: str, schema: pa.Schema, *, row_group_rows: int,
@@ -68,18 +68,24 @@ class PartWriter:
         self._rows_in_file = 0
 
     def write(self, columns: Mapping[str, pa.Array]) -> None:
-        """Append one chunk given as ``{column: arrow array}`` in schema order."""
+        """Append one chunk given as ``{column: arrow array}``; splits it across parts if needed."""
         batch = pa.RecordBatch.from_arrays([columns[f.name] for f in self.schema],
                                            schema=self.schema)
-        if self._writer is not None and self.rows_per_file is not None \
-                and self._rows_in_file >= self.rows_per_file:
-            self._writer.close()
-            self._writer = None
-        if self._writer is None:
-            self._open()
-        self._writer.write_batch(batch, row_group_size=self.row_group_rows)
-        self._rows_in_file += batch.num_rows
-        self.rows += batch.num_rows
+        while True:
+            if self._writer is not None and self.rows_per_file is not None \
+                    and self._rows_in_file >= self.rows_per_file:
+                self._writer.close()
+                self._writer = None
+            if self._writer is None:
+                self._open()
+            room = batch.num_rows if self.rows_per_file is None else self.rows_per_file - self._rows_in_file
+            part = batch.slice(0, room)
+            self._writer.write_batch(part, row_group_size=self.row_group_rows)
+            self._rows_in_file += part.num_rows
+            self.rows += part.num_rows
+            batch = batch.slice(part.num_rows)
+            if batch.num_rows == 0:
+                return
 
     def close(self) -> List[str]:
         if self._writer is None:  # no rows: still write a valid (empty) file
