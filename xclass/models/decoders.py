@@ -76,6 +76,18 @@ def pad_ragged(values: np.ndarray, offsets: np.ndarray, pad: Any = 0,
     return out, keep.astype(np.int64)
 
 
+def _tensor(x: np.ndarray, dtype: Any) -> Tensor:
+    """Contiguous, writable array of ``dtype`` -> tensor sharing its memory.
+
+    Arrow hands out read-only zero-copy buffers; torch must not alias those (an in-place
+    op would write into Arrow memory), so they are copied, as is any dtype conversion.
+    """
+    x = np.ascontiguousarray(x, dtype=dtype)
+    if not x.flags.writeable:
+        x = x.copy()
+    return torch.from_numpy(x)
+
+
 def _ragged(batch: Batch, name: str) -> Tuple[np.ndarray, np.ndarray]:
     if name + "_offsets" not in batch:
         raise DataError(f"expected a list column (with '{name}_offsets' from the reader)",
@@ -90,13 +102,13 @@ def _first_bad_row(bad: np.ndarray) -> int:
 def _features(batch: Batch, out: Dict[str, Tensor]) -> None:
     if "features" in batch:
         f = np.asarray(batch["features"])
-        out["features"] = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
+        out["features"] = _tensor(f, np.float32)
 
 
 def _single_labels(batch: Batch, column: str) -> Optional[Tensor]:
     if column not in batch:
         return None
-    return torch.from_numpy(np.asarray(batch[column]).astype(np.int64, copy=False))
+    return _tensor(batch[column], np.int64)
 
 
 def _require_input(task: str, batch: Batch, out: Dict[str, Tensor]) -> None:
@@ -139,7 +151,7 @@ def decode_face(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
         elif img.ndim != 2 or img.shape[1] != h * w * c:
             raise DataError(f"image rows have {img.shape[1:]} values, meta.json says "
                             f"H*W*C = {h}*{w}*{c}", column="image")
-        hwc = torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8).reshape(-1, h, w, c))
+        hwc = _tensor(img, np.uint8).reshape(-1, h, w, c)
         # NCHW view of NHWC memory = channels_last layout: no copy, and conv kernels like it.
         out["image"] = hwc.permute(0, 3, 1, 2)
     _features(batch, out)
@@ -172,13 +184,12 @@ def decode_quic(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
     out: Dict[str, Tensor] = {}
     if "pkt_sizes" in batch:
         for name in ("pkt_sizes", "pkt_dirs", "pkt_iat"):
-            out[name] = torch.from_numpy(np.ascontiguousarray(batch[name], dtype=np.float32))
+            out[name] = _tensor(batch[name], np.float32)
         n_pkt = out["pkt_sizes"].shape[1]
         lengths = np.minimum(np.asarray(batch["num_packets"], dtype=np.int64), n_pkt)
         out["lengths"] = torch.from_numpy(lengths)
         if "flow_stats" in batch:
-            out["flow_stats"] = torch.from_numpy(
-                np.ascontiguousarray(batch["flow_stats"], dtype=np.float32))
+            out["flow_stats"] = _tensor(batch["flow_stats"], np.float32)
     _features(batch, out)
     _require_input("quic", batch, out)
     return out, _single_labels(batch, "label")

@@ -77,6 +77,17 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
             channels: Sequence[int] = (32, 64, 64), kernels: Sequence[int] = (7, 5, 3),
             stats_hidden: int = 32, hidden: int = 128, dropout: float = 0.1,
             size_scale: float = 1500.0, gem_p: float = 3.0) -> FlowCNN:
-    """FlowCNN over the packet sequences + flow stats; needs ``num_stats`` in meta.json."""
-    return FlowCNN(int(meta_get(meta, "num_stats", "encoder 'flowcnn'", "flow_stats")), embedding_dim, tuple(channels),
-                   tuple(kernels), stats_hidden, hidden, dropout, size_scale, gem_p)
+    """FlowCNN over the packet sequences + flow stats.
+
+    The stats width comes from meta.json: ``inputs.flow_stats`` (the list of stat names)
+    or ``num_stats`` (0 = no stats branch).
+    """
+    return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
+                   stats_hidden, hidden, dropout, size_scale, gem_p)
+
+
+def _num_stats(meta: Dict[str, Any]) -> int:
+    if "num_stats" in meta:
+        return int(meta["num_stats"])
+    names = meta_get(meta, "flow_stats", "encoder 'flowcnn'", "inputs")
+    return len(names)
