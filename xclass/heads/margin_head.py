@@ -59,13 +59,18 @@ class DenseMarginHead(nn.Module):
         return s.view(s.shape[0], -1, self.margin.sub_centers).amax(-1)
 
     def make_optimizer(self, optim_cfg: Any) -> torch.optim.Optimizer:
+        """torch SGD / AdamW; a step hook advances ``step_count`` (margin schedules, ElasticFace draws)."""
         lr, wd = head_lr(optim_cfg), float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0)
+        opt: torch.optim.Optimizer
         if optim_cfg.name == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
-        if optim_cfg.name == "adamw":
-            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd,
-                                     betas=tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999)))
-        raise ValueError(f"head optimizer {optim_cfg.name!r} not in ('sgd', 'adamw')")
+            opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
+        elif optim_cfg.name == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd,
+                                    betas=tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999)))
+        else:
+            raise ValueError(f"head optimizer {optim_cfg.name!r} not in ('sgd', 'adamw')")
+        opt.register_step_post_hook(lambda *_: self.step_count.add_(1))
+        return opt
 
 
 @HEADS.register("softmax_dense")

@@ -70,9 +70,10 @@ def replace_target(cos: torch.Tensor, target: torch.Tensor, s: float,
     logits = cos.float() * s
     idx = target.clamp(min=0).unsqueeze(1)
     ct = cos.gather(1, idx).squeeze(1).float()
-    cur = logits.gather(1, idx).squeeze(1)
-    val = torch.where(target >= 0, s * new(ct), cur)
-    return logits.scatter(1, idx, val.unsqueeze(1))
+    val = torch.where(target >= 0, s * new(ct), s * ct)
+    # in place: nothing in the graph saved ``logits`` (a product with a constant), so this
+    # avoids a second [B, C] buffer
+    return logits.scatter_(1, idx, val.unsqueeze(1))
 
 
 def angular(c: torch.Tensor, m1, m2, m3, fallback: str, easy: bool = False) -> torch.Tensor:

@@ -10,8 +10,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from xclass.heads.base import IGNORE_INDEX
 from xclass.losses.margins import MarginAux
+
+IGNORE_INDEX = -100  # same value as xclass.heads.base.IGNORE_INDEX (losses do not import heads)
 
 
 def dense_scores(emb: torch.Tensor, weight: torch.Tensor, normalized: bool) -> torch.Tensor:
