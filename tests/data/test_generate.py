@@ -202,4 +202,4 @@ def test_learnable_but_not_trivial(tmp_path, task):
     meta = make_data(task, str(tmp_path / task), 40, rows_per_class=12, seed=2, progress=False, **SMALL[task])
     b = read(str(tmp_path / task / "train.parquet"))
     acc, single = _nearest_mean(_raw_features(task, b, meta), b["label"])
-    assert acc > 0.5 and single < 0.25 and acc > 2.5 * single, (acc, single)
+    assert acc > 0.4 and single < 0.3 and acc > 2.5 * single, (acc, single)
