@@ -227,7 +227,8 @@ class ParquetReader:
             t = pa.concat_tables([self._read(p) for p in win])
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, self.epoch, self.rank, w])
-                t = t.take(pa.array(rng.permutation(n)))
+                # take on one contiguous chunk is ~10x faster than on a chunked list column
+                t = t.combine_chunks().take(pa.array(rng.permutation(n)))
             yield t.slice(skip_rows)
             skip_rows = 0
 
