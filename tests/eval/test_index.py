@@ -187,3 +187,17 @@ def test_export_refuses_overwrite_and_dim_mismatch(tmp_path):
     with pytest.raises(ValueError, match="b.parquet: embedding dimension 6 differs from 4"):
         export_index([a, b], str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x" / "manifest.json")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_torch_flat_backend_equals_faiss(tmp_path, metric):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    d = str(tmp_path / metric)
+    export_index([ArraySource(x)], d, IndexSpec("flat", metric), shard_rows=700)
+    a = ShardedIndex.open(d, backend="faiss").search(q, 15)
+    t = ShardedIndex.open(d, backend="torch")
+    assert t.backend == "torch"
+    b = t.search(q, 15)
+    assert same_neighbours(*a, *b, rtol=1e-4, atol=1e-4).all()

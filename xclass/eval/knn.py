@@ -100,3 +100,41 @@ def same_neighbours(D_ref: np.ndarray, I_ref: np.ndarray, D: np.ndarray, I: np.n
         strict_b = ~np.isclose(D[i], kth, rtol=rtol, atol=atol)
         ok[i] = set(I_ref[i][strict].tolist()) == set(I[i][strict_b].tolist())
     return ok
+
+
+def torch_flat_topk(xb: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int,
+                    higher_is_better: bool = True, q_chunk: int = 1024,
+                    db_chunk: int = 262144) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k with torch GEMM + ``topk`` (faster than faiss' CPU heap
+    selection for k <= ~100). xb [N, d] float32 (may be a read-only mmap view), q [n, d].
+    Scores are computed block by block: memory <= q_chunk x db_chunk floats. For L2 metric
+    the squared distance ||q||^2 - 2 q.x + ||x||^2 is ranked ascending."""
+    import torch
+    out_D, out_I = [], []
+    blocks = [(b, torch.from_numpy(np.ascontiguousarray(xb[b:b + db_chunk])))
+              for b in range(0, len(xb), db_chunk)]
+    norms = None if higher_is_better else [(x * x).sum(1) for _, x in blocks]
+    for s in range(0, len(q), q_chunk):
+        qt = torch.from_numpy(np.ascontiguousarray(q[s:s + q_chunk]))
+        Ds, Is = [], []
+        for j, (b, x) in enumerate(blocks):
+            S = qt @ x.T
+            if norms is not None:      # ascending distance == descending (2 q.x - ||x||^2)
+                S = 2 * S - norms[j]
+            kk = min(k, S.shape[1])
+            v, i = torch.topk(S, kk, dim=1)
+            Ds.append(v)
+            Is.append(i + b)
+        v, pos = torch.topk(torch.cat(Ds, 1), min(k, sum(d.shape[1] for d in Ds)), dim=1)
+        I = torch.gather(torch.cat(Is, 1), 1, pos).numpy()
+        D = v.numpy()
+        if norms is not None:
+            D = (qt * qt).sum(1, keepdim=True).numpy() - D
+        out_D.append(D)
+        out_I.append(ids[I])
+    D, I = np.concatenate(out_D), np.concatenate(out_I)
+    if D.shape[1] < k:
+        pad = k - D.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=_worst(higher_is_better))
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    return D, I

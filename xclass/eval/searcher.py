@@ -9,7 +9,7 @@ from typing import List, Optional
 import numpy as np
 
 from xclass.eval import index as xi
-from xclass.eval.knn import GPU_MAX_K, merge_topk, search_k_limited
+from xclass.eval.knn import GPU_MAX_K, merge_topk, search_k_limited, torch_flat_topk
 
 faiss = xi.faiss
 
@@ -26,8 +26,12 @@ class ShardedIndex:
     """All shards of an exported index. ``search(q, k)`` -> (D [n, k], I [n, k] global ids)."""
 
     def __init__(self, path: str, manifest: dict, shards: List, spec: xi.IndexSpec,
-                 use_gpu: bool = False):
+                 use_gpu: bool = False, backend: str = "auto"):
+        if backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"backend must be auto, faiss or torch, got {backend!r}")
         self.path, self.manifest, self.spec = path, manifest, spec
+        # CPU flat shards: torch GEMM + topk beats faiss' heap selection ("auto" picks it)
+        self.backend = "torch" if (backend != "faiss" and spec.kind == "flat") else "faiss"
         self.cpu_shards = shards
         self._parts: dict = {}
         self.use_gpu = use_gpu and xi.gpu_available()
@@ -46,7 +50,7 @@ class ShardedIndex:
     @classmethod
     def open(cls, path: str, *, mmap: bool = True, use_gpu: bool = False,
              ef_search: Optional[int] = None, nprobe: Optional[int] = None,
-             check_norms: bool = True) -> "ShardedIndex":
+             check_norms: bool = True, backend: str = "auto") -> "ShardedIndex":
         mpath = os.path.join(path, "manifest.json")
         if not os.path.isfile(mpath):
             _fail(path, "no manifest.json: not an exported xclass index (or an interrupted export)")
@@ -68,7 +72,7 @@ class ShardedIndex:
             _fail(path, "shard sizes do not add up to the manifest's ntotal")
         if check_norms and spec.normalize:
             cls._check_norms(path, shards)
-        return cls(path, man, shards, spec, use_gpu)
+        return cls(path, man, shards, spec, use_gpu, backend)
 
     @staticmethod
     def _load_shard(path: str, sh: dict, man: dict, spec: xi.IndexSpec, mmap: bool):
@@ -124,6 +128,9 @@ class ShardedIndex:
         return merge_topk(Ds, Is, k, self.spec.higher_is_better)
 
     def _search_shard(self, s, cpu_s, q, k):
+        if self.backend == "torch" and not self.use_gpu and s.ntotal:
+            return torch_flat_topk(_flat_vectors(cpu_s), xi.ids_of(cpu_s), q, k,
+                                   self.spec.higher_is_better)
         if not self.use_gpu or k <= GPU_MAX_K or s is cpu_s:
             return s.search(q, k)
         if self.spec.kind != "flat":
@@ -133,6 +140,14 @@ class ShardedIndex:
             self._parts[key] = _gpu_flat_parts(cpu_s, self.spec, k)
         return search_k_limited(self._parts[key], cpu_s.search, q, k,
                                 GPU_MAX_K, self.spec.higher_is_better)[:2]
+
+
+def _flat_vectors(idmap) -> np.ndarray:
+    """Zero-copy [ntotal, d] float32 view of an IDMap(IndexFlat)'s storage (works on mmap)."""
+    flat = faiss.downcast_index(idmap.index)
+    codes = faiss.vector_to_array(flat.codes) if not hasattr(flat, "get_xb") else \
+        faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
+    return np.asarray(codes).view(np.float32).reshape(flat.ntotal, flat.d)
 
 
 def _gpu_flat_parts(cpu_s, spec: xi.IndexSpec, k: int):
