@@ -149,3 +149,16 @@ def test_empty_last_batch_keeps_steps_equal(tmp_path):
 def test_missing_column_names_file(files):
     with pytest.raises(DataError, match="part-0.parquet.*column 'nope'"):
         ParquetReader(files, ["id", "nope"], rank=0, world_size=1, batch_rows=4)
+
+
+def test_auto_buffer_is_sized_in_bytes(tmp_path):
+    p = str(tmp_path / "wide.parquet")
+    rows = np.zeros((64, 1000), np.float32)  # ~4 kB per row
+    pq.write_table(pa.table({"id": np.arange(64), "v": pa.FixedSizeListArray.from_arrays(
+        pa.array(rows.reshape(-1)), 1000)}), p, row_group_size=8)
+    rd = ParquetReader(p, ["id", "v"], batch_rows=4, buffer_bytes=40_000)
+    assert 8 <= rd.buffer_rows <= 12  # ~40 kB / ~4 kB per row
+    assert ParquetReader(p, ["id", "v"], batch_rows=32, buffer_bytes=40_000).buffer_rows == 32  # >= batch
+    assert ParquetReader(p, ["id"], batch_rows=4, buffer_bytes=40_000).buffer_rows == 5000  # 8 B rows
+    ids = np.concatenate([b["id"] for b in rd])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(64))

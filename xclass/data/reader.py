@@ -10,7 +10,8 @@ Epoch plan (the same on every rank, computed from file metadata only):
 3. The rank's slice is cut into *windows* of whole pieces holding >= ``buffer_rows`` rows;
    each window is read, permuted by ``rng(seed, epoch, rank, window)`` and appended to the
    output stream, which is cut into batches of ``batch_rows`` rows. Memory is bounded by
-   one window + one batch.
+   about two windows (read + permuted copy) + one batch; a window is at least one row
+   group, so write files with row groups of moderate size (the generators do).
 
 Equal step counts: every rank yields ``batches_per_epoch()`` batches. With
 ``drop_last=False`` that is ``ceil(ceil(N/W) / batch_rows)``; all batches are full except
@@ -68,6 +69,25 @@ def expand_paths(paths: Union[str, Sequence[str]]) -> List[str]:
     return out
 
 
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _decoded_bytes(rg_meta, columns: Sequence[str]) -> int:
+    """Approximate in-memory bytes of ``columns`` in one row group (leaf values x width).
+
+    Encoded sizes are useless here (a column of zeros encodes to a few bytes); the leaf
+    value count is exact. Byte arrays fall back to their uncompressed encoded size.
+    """
+    wanted, total = set(columns), 0
+    for j in range(rg_meta.num_columns):
+        col = rg_meta.column(j)
+        if col.path_in_schema.split(".")[0] not in wanted:
+            continue
+        width = _WIDTH.get(col.physical_type)
+        total += col.num_values * width if width else col.total_uncompressed_size
+    return total
+
+
 def table_to_numpy(table: pa.Table) -> Dict[str, np.ndarray]:
     """Arrow table -> dict of numpy arrays (layout described in the module docstring)."""
     out: Dict[str, np.ndarray] = {}
@@ -98,11 +118,14 @@ class ParquetReader:
         drop_last: see "Equal step counts" above.
         shuffle: False keeps file/row-group/row order (evaluation, embedding export).
         buffer_rows: rows shuffled together (bounded memory; larger = better mixing).
+            Default: about ``buffer_bytes`` of decoded data (estimated from Parquet
+            metadata: leaf value counts), at least ``batch_rows``, at most 65536 rows.
+        buffer_bytes: target window size when ``buffer_rows`` is None (default 64 MiB).
     """
 
     def __init__(self, paths, columns: Sequence[str], *, rank: int = 0, world_size: int = 1,
                  batch_rows: int, seed: int = 0, drop_last: bool = False, shuffle: bool = True,
-                 buffer_rows: int = 65536) -> None:
+                 buffer_rows: Optional[int] = None, buffer_bytes: int = 64 << 20) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_rows <= 0:
@@ -111,13 +134,17 @@ class ParquetReader:
         self.columns = list(columns)
         self.rank, self.world_size, self.batch_rows = rank, world_size, batch_rows
         self.seed, self.drop_last, self.shuffle = seed, drop_last, shuffle
-        self.buffer_rows = max(1, buffer_rows)
         self._groups: List[Tuple[int, int, int]] = []  # (file, row group, rows)
+        self._bytes = 0  # decoded bytes of the read columns (sizes the shuffle window)
         self.metadata: Dict = {}
         self._schema: Optional[pa.Schema] = None
         for fi, path in enumerate(self.files):
             self._scan(fi, path)
         self.num_rows = sum(n for _, _, n in self._groups)
+        if buffer_rows is None:
+            per_row = max(1.0, self._bytes / max(1, self.num_rows))
+            buffer_rows = min(65536, max(batch_rows, int(buffer_bytes / per_row)))
+        self.buffer_rows = max(1, buffer_rows)
         self.epoch, self._skip = 0, 0
         self._batch_index = 0
         self._handles: Dict[int, pq.ParquetFile] = {}
@@ -135,7 +162,9 @@ class ParquetReader:
             self._schema = pa.schema([schema.field(c) for c in self.columns])
             self.metadata = read_task_meta(schema)
         for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
+            meta = pf.metadata.row_group(rg)
+            n = meta.num_rows
+            self._bytes += _decoded_bytes(meta, self.columns)
             if n:
                 self._groups.append((fi, rg, n))
 
