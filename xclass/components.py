@@ -42,20 +42,29 @@ def make_decoder(task: str, meta: Mapping[str, Any]) -> Callable[[Dict[str, Any]
     return decode
 
 
-def input_columns(task: str, meta: Mapping[str, Any]) -> List[str]:
-    """The Parquet columns the task's decoder reads (labels included)."""
-    from xclass.models import input_columns as _cols
+def input_columns(task: str, encoder: str) -> List[str]:
+    """The Parquet columns to read: ``id``, the label column and the encoder's inputs."""
+    from xclass.models.decoders import input_columns as _cols
 
-    return list(_cols(task, meta))
+    return ["id"] + _cols(task, encoder)
 
 
 def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: Any) -> Any:
     """This rank's streaming reader of the training split (deterministic per seed/epoch/rank)."""
     from xclass.data.reader import ParquetReader
 
+    if cfg.data.shard_mode == "global_batch":
+        from xclass.train.global_batch import GlobalBatchSlicer
+
+        full = ParquetReader(list(paths), input_columns(cfg.data.task, cfg.model.encoder), rank=0, world_size=1,
+                             batch_rows=cfg.data.batch_size, seed=cfg.data.seed, drop_last=True)
+        return GlobalBatchSlicer(full, ctx.rank, ctx.world_size)
+    if cfg.data.shard_mode != "rows":
+        raise KeyError(f"unknown data.shard_mode {cfg.data.shard_mode!r} (rows, global_batch)")
     per_rank = max(1, cfg.data.batch_size // ctx.world_size)
-    return ParquetReader(list(paths), input_columns(cfg.data.task, meta), rank=ctx.rank,
-                         world_size=ctx.world_size, batch_rows=per_rank, seed=cfg.data.seed)
+    return ParquetReader(list(paths), input_columns(cfg.data.task, cfg.model.encoder), rank=ctx.rank,
+                         world_size=ctx.world_size, batch_rows=per_rank, seed=cfg.data.seed,
+                         drop_last=True)
 
 
 def reshard_head(setup: Any, path: str, manifest: Dict[str, Any], ctx: Any) -> None:

@@ -33,6 +33,8 @@ class DataConfig:
     """Global batch size (split over workers; each rank reads batch_size / world_size rows)."""
     seed: int = 0
     """Seed of the data order (shuffling depends only on seed, epoch, rank and world size)."""
+    shard_mode: str = "rows"
+    """rows: each rank reads its own rows once; global_batch: world-size-invariant batches."""
     generate: Dict[str, Any] = field(default_factory=dict)
     """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
 
@@ -153,10 +155,10 @@ class ClusterConfig:
 class DeepSpeedConfig:
     enabled: bool = False
     """Wrap the encoder with deepspeed.initialize."""
-    zero_stage: int = 0
-    """ZeRO stage 0, 1 or 2 for the encoder."""
-    bf16: bool = False
-    """bf16 training of the encoder."""
+    zero_stage: Optional[int] = None
+    """ZeRO stage 0, 1 or 2 for the encoder (None: the JSON's stage, else 0)."""
+    bf16: Optional[bool] = None
+    """bf16 training of the encoder (None: the JSON's setting, else off)."""
     config: Optional[str] = None
     """Optional DeepSpeed JSON (relative to the YAML); keys here override it."""
 

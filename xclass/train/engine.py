@@ -104,10 +104,15 @@ def deepspeed_config(cfg: Any, ctx: ParallelContext) -> Dict[str, Any]:
         "wall_clock_breakdown": False,
     })
     zero = dict(ds.get("zero_optimization", {}))
-    zero["stage"] = int(cfg.deepspeed.zero_stage)
+    if cfg.deepspeed.zero_stage is not None:
+        zero["stage"] = int(cfg.deepspeed.zero_stage)
+    zero.setdefault("stage", 0)
+    if zero["stage"] not in (0, 1, 2):
+        raise ValueError(f"deepspeed.zero_stage={zero['stage']}: the encoder supports ZeRO 0, 1, 2")
     ds["zero_optimization"] = zero
-    if cfg.deepspeed.bf16:
-        ds["bf16"] = {"enabled": True}
+    if cfg.deepspeed.bf16 is not None:
+        ds["bf16"] = {"enabled": bool(cfg.deepspeed.bf16)}
+    ds.setdefault("zero_allow_untested_optimizer", True)
     return ds
 
 
@@ -124,7 +129,7 @@ class DeepSpeedEngine:
             model=encoder, optimizer=opt, config=deepspeed_config(cfg, ctx),
             dist_init_required=False)
         self.module = self.engine.module
-        self.bf16 = bool(cfg.deepspeed.bf16)
+        self.bf16 = bool(self.engine.bfloat16_enabled())
 
     def __call__(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         if self.bf16:

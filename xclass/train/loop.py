@@ -18,7 +18,7 @@ from xclass.config import RunConfig, save_config
 from xclass.dist import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.clip import clip_gradients
-from xclass.train.report import RunLog, get_logger, plot_training
+from xclass.train.report import RunLog, get_logger, plot_training, write_worker_info
 from xclass.train.schedule import lr_at
 from xclass.train.setup import Setup, build_setup, encoder_state, head_memory_mb, restore
 
@@ -37,6 +37,7 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     s: Setup = build_setup(cfg, ctx)
+    write_worker_info(run_dir, ctx)
     step, epoch, batch_in_epoch = restore(s, cfg, ctx, log)
     total = s.total_steps
     runlog = RunLog(run_dir, ctx, total, step, progress=cfg.train.progress)
@@ -47,7 +48,9 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
              f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
     while step < total:
         s.reader.set_epoch(epoch)
-        for micro, batch in enumerate(s.reader.iter_from(batch_in_epoch)):
+        if batch_in_epoch:
+            s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
+        for micro, batch in enumerate(s.reader):
             inputs, labels = s.decode(batch)
             emb = s.engine(inputs)
             out = s.head(emb, labels)

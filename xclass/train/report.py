@@ -78,6 +78,21 @@ def _tensorboard(run_dir: str) -> Optional[Any]:
     return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
+def write_worker_info(run_dir: str, ctx: ParallelContext) -> None:
+    """``workers/rank{r}.json``: pid, host and start time of each rank (operators and tests
+    use it to find a worker process)."""
+    import socket
+
+    d = os.path.join(run_dir, "workers")
+    os.makedirs(d, exist_ok=True)
+    info = {"rank": ctx.rank, "world_size": ctx.world_size, "pid": os.getpid(),
+            "host": socket.gethostname(), "started": time.time()}
+    tmp = os.path.join(d, f".rank{ctx.rank}.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(d, f"rank{ctx.rank}.json"))
+
+
 def read_metrics(run_dir: str, rank: int = 0) -> List[Dict[str, Any]]:
     p = metrics_path(run_dir, rank)
     if not os.path.exists(p):
