@@ -62,7 +62,7 @@ def _singular_lr(batches):
     probe = build("zloss_efficient", init_std=1e-3)
     H, y = batches[0]
     probe(H.clone().requires_grad_(True), y).loss.backward()
-    Hp, _, _, _, gq, _ = probe._pending[0]
+    Hp, gq = probe._pending[0][0], probe._pending[0][4]
     lam = torch.linalg.eigvalsh(Hp.t() @ (gq[:, None] * Hp))
     return float(1.0 / (2.0 * lam.max()))
 

@@ -87,18 +87,21 @@ def split_labels(labels: torch.Tensor, num_classes: int, start: int, end: int
 
 def init_rows(num_classes: int, dim: int, start: int, end: int, p: ZParams, seed: int,
               group: Any, block: int = 65536) -> torch.Tensor:
-    """Rows [start, end) of the initial W [C, dim] (float64), identical for any class split:
-    block b of rows is drawn from a generator seeded by (seed, b). Columns are centred over
-    all C classes (zloss.md 3.4: w_bar ~ 0 avoids the sigma^2 cancellation)."""
-    out = torch.empty(end - start, dim, dtype=torch.float64)
+    """Rows [start, end) of the initial W [C, dim] in ``p.dtype``, identical for any class
+    split: block b of rows is drawn (float64) from a generator seeded by (seed, b). Columns
+    are centred over all C classes (zloss.md 3.4: w_bar ~ 0 avoids the sigma^2 cancellation).
+    Peak extra memory O(block * dim)."""
+    out = torch.empty(end - start, dim, dtype=p.torch_dtype)
+    colsum = torch.zeros(dim, dtype=torch.float64)
     for b in range(start // block, (end + block - 1) // block):
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
         rows = torch.randn(block, dim, generator=g, dtype=torch.float64) * p.init_std
         lo, hi = max(start, b * block), min(end, (b + 1) * block)
-        out[lo - start:hi - start] = rows[lo - b * block:hi - b * block]
+        part = rows[lo - b * block:hi - b * block]
+        colsum += part.sum(0)
+        out[lo - start:hi - start] = part.to(out.dtype)
     if p.center_init:
-        colsum = coll.all_reduce(out.sum(0), "sum", group)
-        out -= colsum / num_classes
+        out -= (coll.all_reduce(colsum, "sum", group) / num_classes).to(out.dtype)
     return out
 
 

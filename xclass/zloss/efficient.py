@@ -54,8 +54,8 @@ class _FactoredStats(torch.autograd.Function):
         g = g.double()
         gA = torch.where(ctx.local, g[:, :K], torch.zeros_like(g[:, :K]))
         gq, gs = g[:, K].contiguous(), g[:, K + 1].contiguous()
-        gradH = F.grad_h(head, ctx.H64, ctx.idx, gA, gq, gs)
-        head._pending.append((ctx.H64, ctx.idx, ctx.local, gA, gq, gs))
+        gradH, Zh = F.grad_h(head, ctx.H64, ctx.idx, gA, gq, gs)
+        head._pending.append((ctx.H64, ctx.idx, ctx.local, gA, gq, gs, gradH, Zh))
         return gradH.to(ctx.in_dtype), None, None, None
 
 
@@ -95,10 +95,13 @@ class FactoredZLossHead(nn.Module):
         dim = embedding_dim + (1 if p.bias_feature != 0 else 0)
         w0 = init_rows(num_classes, dim, self.start, self.end, p, seed, ctx.group)
         eye = torch.eye(dim, dtype=torch.float64)
-        self.register_buffer("V", w0.to(p.torch_dtype))
+        self.register_buffer("V", w0)
         for name, val in (("U", eye), ("Uinv", eye.clone()), ("omega", torch.zeros(dim, dtype=torch.float64)),
-                          ("Q", w0.t() @ w0), ("wbar", w0.sum(0)), ("n_updates", torch.zeros((), dtype=torch.int64))):
+                          ("Q", torch.zeros(dim, dim, dtype=torch.float64)),
+                          ("wbar", torch.zeros(dim, dtype=torch.float64)),
+                          ("n_updates", torch.zeros((), dtype=torch.int64))):
             self.register_buffer(name, val)
+        mt.resync(self, block)   # Q = W0^T W0, w_bar = W0^T 1 accumulated in float64
         self._pending: List[Tuple[torch.Tensor, ...]] = []
         self.dense_steps = 0          # how often the singular-C guard fell back (diagnostic)
 
@@ -130,8 +133,10 @@ class FactoredZLossHead(nn.Module):
         gA = torch.cat([pad(p[3], 0.0) for p in self._pending])
         gq = torch.cat([p[4] for p in self._pending])
         gs = torch.cat([p[5] for p in self._pending])
+        gradH = torch.cat([p[6] for p in self._pending])
+        Zh = torch.cat([p[7] for p in self._pending])
         self._pending.clear()
-        return H, idx, local, gA, gq, gs
+        return H, idx, local, gA, gq, gs, gradH, Zh
 
     @torch.no_grad()
     def apply_update(self, lr: float, weight_decay: float = 0.0) -> None:
@@ -140,9 +145,9 @@ class FactoredZLossHead(nn.Module):
         if not self._pending or lr == 0:
             self._pending.clear()
             return
-        H, idx, local, gA, gq, gs = self._take_pending()
+        H, idx, local, gA, gq, gs, gradH, Zh = self._take_pending()
         if F.sgd_update(self, H, idx, local, gA, gq, gs, float(lr), float(weight_decay),
-                        self.p.guard_tau, self.block):
+                        self.p.guard_tau, self.block, pre=(gradH, Zh)):
             self.dense_steps += 1
         self.n_updates += 1
         mt.maintain(self, int(self.n_updates), self.p.stabilize_period, self.p.sv_band, self.block)

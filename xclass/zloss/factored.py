@@ -15,7 +15,7 @@ Only rows ``idx[local]`` of V are read or written by a training step.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -41,29 +41,33 @@ def _zh(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gs: Tensor) -> Tuple[Tensor
     return Zh, ybar
 
 
-def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor) -> Tensor:
-    """This shard's part of dL/dH = G W [m, d'], G = 2 diag(gq) O + gs 1^T + Ydot."""
+def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
+    """(gradH, Zh): this shard's part of dL/dH = G W [m, d'], G = 2 diag(gq) O + gs 1^T + Ydot,
+    and Zh (kept so that the update need not recompute it)."""
     Zh, _ = _zh(st, H, idx, gA, gs)
-    return 2.0 * gq[:, None] * (H @ st.Q) + Zh
+    return 2.0 * gq[:, None] * (H @ st.Q) + Zh, Zh
 
 
-def _target_gram(idx: Tensor, local: Tensor, gA: Tensor) -> Tensor:
-    """YY = Ydot Ydot^T [m, m]: sum of gA[j,k] gA[l,k'] over equal (local) targets."""
-    m, K = idx.shape
-    f_idx, f_g = idx.reshape(-1), torch.where(local, gA, torch.zeros_like(gA)).reshape(-1)
-    E = (f_idx[:, None] == f_idx[None, :]).double() * f_g[:, None] * f_g[None, :]
-    return E.reshape(m, K, m, K).sum((1, 3))
+def _target_proj(H: Tensor, idx: Tensor, local: Tensor, gA: Tensor) -> Tensor:
+    """R = Ydot^T H restricted to the distinct local targets [n_targets, d'] (R^T R = H^T Ydot Ydot^T H)."""
+    K = idx.shape[1]
+    sel = local.reshape(-1)
+    uniq, inv = torch.unique(idx.reshape(-1)[sel], return_inverse=True)
+    rows = (gA.reshape(-1, 1) * H.repeat_interleave(K, 0))[sel]
+    return torch.zeros(uniq.numel(), H.shape[1], dtype=H.dtype).index_add_(0, inv, rows)
 
 
-def _output_gram(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
-                 Zh: Tensor, ybar: Tensor) -> Tensor:
-    """M = G G^T [m, m] of this shard's output gradient, without forming G (zloss.md B4)."""
+def _h_gram_h(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, X: Tensor, gs: Tensor,
+              Zh: Tensor, ybar: Tensor) -> Tensor:
+    """H^T M H [d', d'] with M = G G^T (zloss.md B4) expanded so that no m x m matrix is formed:
+    4 X Q X + D a a^T + R^T R + 2 X (Zh^T H) + 2 (H^T Zh) X + a b^T + b a^T, where
+    X = H^T diag(gq) H, a = H^T gs, b = H^T ybar, R = Ydot^T H. O(m d^2 + d^3)."""
     D = st.V.shape[0]
-    HQH = H @ st.Q @ H.t()
-    HZ = H @ Zh.t()
-    M = 4.0 * gq[:, None] * HQH * gq[None, :] + D * torch.outer(gs, gs) + _target_gram(idx, local, gA)
-    M = M + 2.0 * gq[:, None] * HZ + 2.0 * HZ.t() * gq[None, :]
-    return M + torch.outer(gs, ybar) + torch.outer(ybar, gs)
+    a, b = H.t() @ gs, H.t() @ ybar
+    R = _target_proj(H, idx, local, gA)
+    ZH = Zh.t() @ H
+    out = 4.0 * X @ st.Q @ X + D * torch.outer(a, a) + R.t() @ R
+    return out + 2.0 * X @ ZH + 2.0 * ZH.t() @ X + torch.outer(a, b) + torch.outer(b, a)
 
 
 def needs_dense_step(C: Tensor, tau: float) -> bool:
@@ -99,20 +103,22 @@ def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: T
 
 
 def sgd_update(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
-               eta: float, weight_decay: float = 0.0, tau: float = 1e-2, block: int = 65536) -> bool:
+               eta: float, weight_decay: float = 0.0, tau: float = 1e-2, block: int = 65536,
+               pre: Optional[Tuple[Tensor, Tensor]] = None) -> bool:
     """Exact W <- W - eta (G^T H + weight_decay W) on the factors (zloss.md B5-B10 + correction 1).
-    All inputs must come from the current (pre-update) state. Returns True if the dense
-    fallback was taken."""
+    All inputs must come from the current (pre-update) state; ``pre`` = (gradH, Zh) from
+    :func:`grad_h` when already computed. Returns True if the dense fallback was taken."""
     decay = 1.0 - eta * weight_decay
     if decay <= 0:
         raise ValueError(f"lr * weight_decay must be < 1, got {eta * weight_decay}")
     e = eta / decay                     # run the plain step with eta/(1 - eta lambda), then scale
     D = st.V.shape[0]
-    Zh, ybar = _zh(st, H, idx, gA, gs)
-    gradH = 2.0 * gq[:, None] * (H @ st.Q) + Zh
-    HMH = H.t() @ _output_gram(st, H, idx, local, gA, gq, gs, Zh, ybar) @ H
+    gradH, Zh = pre if pre is not None else grad_h(st, H, idx, gA, gq, gs)
+    ybar = gA.sum(1)
+    X = H.t() @ (gq[:, None] * H)
+    HMH = _h_gram_h(st, H, idx, local, gA, X, gs, Zh, ybar)
     s = H @ st.wbar
-    C = torch.eye(H.shape[1], dtype=torch.float64) - 2.0 * e * H.t() @ (gq[:, None] * H)
+    C = torch.eye(H.shape[1], dtype=torch.float64) - 2.0 * e * X
     dense = needs_dense_step(C, tau)
     if dense:
         _dense_step(st, C, H, idx, local, gA, gs, e, block)

@@ -74,7 +74,7 @@ class DenseZLossHead(nn.Module):
         self.start, self.end = class_range(num_classes, ctx.rank, ctx.world_size)
         dim = embedding_dim + (1 if p.bias_feature != 0 else 0)
         w0 = init_rows(num_classes, dim, self.start, self.end, p, seed, ctx.group)
-        self.weight = nn.Parameter(w0.to(p.torch_dtype))
+        self.weight = nn.Parameter(w0)
 
     def _inputs(self, emb: torch.Tensor) -> torch.Tensor:
         return append_bias(emb, self.p.bias_feature).to(self.weight.dtype)
