@@ -15,10 +15,16 @@ NAMES = ENCODERS.names()
 TIME_KEYS = ("fbank", "pkt_sizes", "pkt_dirs", "pkt_iat", "tokens")
 
 
-def _setup(name: str, seed: int = 0, rows=(0, 1, 2, 3)):
+# Non-default options with their own masking paths, run through the padding tests too.
+VARIANTS = [(n, {}) for n in NAMES] + [("ecapa", {"cmn": True}), ("embbag", {"mode": "sum"})]
+VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
+
+
+def _setup(name: str, seed: int = 0, rows=(0, 1, 2, 3), params=None):
     task = ENCODER_TASKS[name][0]
     torch.manual_seed(seed)
-    enc = build_encoder(ModelConfig(encoder=name, embedding_dim=D), meta_for(task))
+    enc = build_encoder(ModelConfig(encoder=name, embedding_dim=D, params=params or {}),
+                        meta_for(task))
     inputs, _ = decode_batch(task, fake_batch(task, rows=rows), meta_for(task))
     return task, enc, inputs
 
@@ -79,9 +85,9 @@ def test_deterministic_given_seed(name):
     assert not torch.allclose(ea, ec)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_example_alone_equals_example_in_padded_batch(name):
-    task, enc, inputs = _setup(name)
+@pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
+def test_example_alone_equals_example_in_padded_batch(name, params):
+    task, enc, inputs = _setup(name, params=params)
     _warm_bn(enc, inputs)
     with torch.no_grad():
         full = enc(inputs)
@@ -92,11 +98,11 @@ def test_example_alone_equals_example_in_padded_batch(name):
     torch.testing.assert_close(padded, full, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_train_mode_batch_statistics_ignore_padding(name):
+@pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
+def test_train_mode_batch_statistics_ignore_padding(name, params):
     """Masked BN: junk padding changes neither the output nor the running statistics."""
-    _, enc, inputs = _setup(name)
-    enc2 = build_encoder(ModelConfig(encoder=name, embedding_dim=D),
+    _, enc, inputs = _setup(name, params=params)
+    enc2 = build_encoder(ModelConfig(encoder=name, embedding_dim=D, params=params),
                          meta_for(ENCODER_TASKS[name][0]))
     enc2.load_state_dict(enc.state_dict())
     enc.train(), enc2.train()

@@ -1,6 +1,6 @@
 """ECAPA-TDNN-style speaker encoder (Desplanques et al. 2020), length-masked.
 
-fbank -> per-utterance mean normalisation -> Conv(k5) -> SE-Res2 blocks with dilations ->
+fbank -> (optional per-utterance mean normalisation) -> Conv(k5) -> SE-Res2 blocks with dilations ->
 multi-layer feature aggregation (concat of the block outputs, 1x1 conv) -> attentive
 statistics pooling with global context -> BN -> FC -> BN.  Every convolution input is zero
 at padded frames (see ``xclass.models.layers``), so padding never changes an embedding.
@@ -80,9 +80,9 @@ class ECAPA(nn.Module):
 
     def __init__(self, n_mels: int, embedding_dim: int, channels: int,
                  dilations: Sequence[int], scale: int, mfa_channels: int,
-                 attention_dim: int, se_bottleneck: int) -> None:
+                 attention_dim: int, se_bottleneck: int, cmn: bool) -> None:
         super().__init__()
-        self.n_mels = n_mels
+        self.n_mels, self.cmn = n_mels, cmn
         self.stem = ConvReluBN(n_mels, channels, 5)
         self.blocks = nn.ModuleList(SERes2Block(channels, d, scale, se_bottleneck)
                                     for d in dilations)
@@ -100,8 +100,9 @@ class ECAPA(nn.Module):
         mask = length_mask(lengths, fb.shape[1])                # [B, T]
         x = fb.to(self.fc.weight.dtype).transpose(1, 2)         # [B, F, T]
         m = mask.unsqueeze(1)
-        # Per-utterance cepstral mean normalisation, over valid frames only.
-        x = (x - masked_mean(x, m, -1, keepdim=True)) * m
+        if self.cmn:  # per-utterance mean normalisation, over valid frames only
+            x = x - masked_mean(x, m, -1, keepdim=True)
+        x = x * m
         h = self.stem(x, mask)
         feats = []
         for block in self.blocks:
@@ -114,11 +115,13 @@ class ECAPA(nn.Module):
 @register_encoder("ecapa", tasks=("speaker",))
 def ecapa(meta: Dict[str, Any], embedding_dim: int, *, channels: int = 64,
           dilations: Sequence[int] = (2, 3, 4), scale: int = 4, mfa_channels: int = 192,
-          attention_dim: int = 64, se_bottleneck: int = 32) -> ECAPA:
+          attention_dim: int = 64, se_bottleneck: int = 32, cmn: bool = False) -> ECAPA:
     """ECAPA over ``fbank``/``lengths``; needs ``n_mels`` in meta.json.
 
     ECAPA-TDNN (C=512) is channels 512, scale 8, mfa_channels 1536, attention_dim 128,
-    se_bottleneck 128.
+    se_bottleneck 128. ``cmn`` subtracts each utterance's mean fbank frame (leave it off
+    when the features are already mean-normalised, or when, as in the synthetic data, the
+    speaker identity lives in the mean spectrum).
     """
     return ECAPA(int(meta_get(meta, "n_mels", "encoder 'ecapa'", "fbank")), embedding_dim, channels,
-                 tuple(dilations), scale, mfa_channels, attention_dim, se_bottleneck)
+                 tuple(dilations), scale, mfa_channels, attention_dim, se_bottleneck, cmn)
