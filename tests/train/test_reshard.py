@@ -1,0 +1,74 @@
+"""Checkpoints saved on 3 ranks load on 2 (and 1): identical class vectors and optimizer
+state, and training continues exactly as it would have on 3 ranks."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.distutil import run_on_ranks
+from tests.train.common import features_config, losses, write_features_data
+from xclass.config import RunConfig
+from xclass.dist import ParallelContext
+from xclass.train import checkpoint as ckpt
+from xclass.train.loop import train
+from xclass.train.reshard import merge_tree
+from xclass.train.report import get_logger
+from xclass.train.setup import build_setup, restore
+
+pytestmark = pytest.mark.dist
+
+
+def _train(ctx, cfg_dict):
+    cfg = RunConfig.from_dict(cfg_dict)
+    train(cfg, ctx)
+    return losses(cfg.train.out_dir) if ctx.is_main else None
+
+
+def _restored_rows(ctx, cfg_dict):
+    cfg = RunConfig.from_dict(cfg_dict)
+    s = build_setup(cfg, ctx)
+    step, _, _ = restore(s, cfg, ctx, get_logger(ctx))
+    w, start = s.head.local_weight()
+    mom = s.head_opt.state_dict()["state"]["weight"]["momentum"]
+    return step, start, w.clone(), mom.clone()
+
+
+def _saved_rows(path, n):
+    states = [ckpt.load_head_state(path, r) for r in range(n)]
+    w = torch.cat([s["head"]["weight"] for s in states])
+    mom = torch.cat([s["optimizer"]["state"]["weight"]["momentum"] for s in states])
+    return w, mom
+
+
+def test_save_on_3_load_on_2_and_1_then_train_identically(tmp_path):
+    data = write_features_data(str(tmp_path / "d"), num_classes=25)  # 25 = uneven on 2 and 3
+    three = str(tmp_path / "three")
+    cfg3 = features_config(data, three, "train.max_steps=8", "train.checkpoint_every=4", "train.keep_last=3")
+    full = run_on_ranks(_train, 3, cfg3.to_dict())[0]
+    step4 = os.path.join(three, "checkpoints", "step_00000004")
+    w_saved, m_saved = _saved_rows(step4, 3)
+    for ws in (2, 1):
+        run = str(tmp_path / f"as{ws}")
+        os.makedirs(os.path.join(run, "checkpoints"))
+        shutil.copytree(step4, os.path.join(run, "checkpoints", "step_00000004"))
+        cfg = features_config(data, run, "train.max_steps=8", "train.checkpoint_every=4")
+        got = run_on_ranks(_restored_rows, ws, cfg.to_dict()) if ws > 1 else \
+            [_restored_rows(ParallelContext.single(), cfg.to_dict())]
+        assert all(g[0] == 4 for g in got)
+        assert [g[1] for g in got] == ([0, 13] if ws == 2 else [0])
+        assert torch.equal(torch.cat([g[2] for g in got]), w_saved)
+        assert torch.equal(torch.cat([g[3] for g in got]), m_saved)
+        if ws == 2:  # continue on 2 ranks: same losses as the 3-rank run's steps 5..8
+            cont = run_on_ranks(_train, 2, cfg.to_dict())[0]
+            np.testing.assert_allclose(cont, full[4:], rtol=2e-5, atol=2e-6)
+
+
+def test_merge_tree_rows_and_replicated():
+    pieces = [(0, 2, {"w": torch.arange(4.0).view(4, 1), "b": torch.tensor([7.0]), "n": 3}),
+              (2, 5, {"w": torch.arange(4.0, 10.0).view(6, 1), "b": torch.tensor([7.0]), "n": 3})]
+    target = {"w": torch.zeros(4, 1), "b": torch.zeros(1), "n": 0}  # classes [1, 3), 2 rows each
+    out = merge_tree(pieces, 1, 3, target)
+    assert out["w"].view(-1).tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert out["b"].tolist() == [7.0] and out["n"] == 3
