@@ -146,3 +146,15 @@ def test_iresnet_sizes(size):
                                             "layers": [1, 1, 1, 1]}), meta)
     img = torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8)
     assert enc({"image": img}).shape == (2, 8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_follows_parameter_dtype(name):
+    """Inputs are cast to the weights' dtype (DeepSpeed bf16 converts the module only)."""
+    _, enc, inputs = _setup(name)
+    _warm_bn(enc, inputs)
+    with torch.no_grad():
+        ref = enc(inputs)
+        out = enc.to(torch.float64)(inputs)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), ref, atol=1e-4, rtol=1e-3)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xclass.models.encoders.thin_resnet import MaskedBatchNorm2d
-from xclass.models.layers import (MaskedBatchNorm1d, gem_pool, length_mask, masked_mean,
+from xclass.models.layers import (MaskedBatchNorm1d, MaskedBatchNorm2d, gem_pool, length_mask, masked_mean,
                                   masked_mean_std)
 
 

@@ -36,6 +36,37 @@ def masked_mean_std(x: Tensor, mask: Tensor, eps: float = 1e-5) -> tuple:
     return mu.squeeze(-1), var.clamp_min(eps).sqrt().squeeze(-1)
 
 
+def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Tensor) -> Tensor:
+    """Batch norm of ``x [B, C, ..., T]`` using only steps where ``mask [B, T]`` is True.
+
+    Statistics are masked sums (no boolean indexing, hence no host-device sync on GPUs),
+    kept in at least float32 whatever ``x``'s dtype; running statistics are updated as
+    ``nn.BatchNorm`` does (unbiased variance, ``momentum``). Output is 0 at masked steps.
+    """
+    ct = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 stats lose too much
+    m = mask.reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]).to(ct)
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    xf = x.to(ct)
+    if bn.training:
+        count = m.expand(x.shape[0], 1, *x.shape[2:]).sum().clamp_min(1.0)
+        mean = (xf * m).sum(dims) / count
+        var = (((xf - mean.view(shape)) * m) ** 2).sum(dims) / count
+        if bn.track_running_stats:
+            with torch.no_grad():
+                mom = bn.momentum if bn.momentum is not None else 0.1
+                unbiased = var * count / (count - 1.0).clamp_min(1.0)
+                bn.running_mean.mul_(1 - mom).add_(mom * mean.to(bn.running_mean.dtype))
+                bn.running_var.mul_(1 - mom).add_(mom * unbiased.to(bn.running_var.dtype))
+                bn.num_batches_tracked.add_(1)
+    else:
+        mean, var = bn.running_mean.to(ct), bn.running_var.to(ct)
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.to(ct).view(shape) + bn.bias.to(ct).view(shape)
+    return (y * m).to(x.dtype)
+
+
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over ``[B, C, T]`` whose statistics use valid steps only; padding stays 0.
 
@@ -45,14 +76,14 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
         """``x [B, C, T]``, ``mask [B, T]`` bool -> ``[B, C, T]`` (0 where ``~mask``)."""
-        xt = x.transpose(1, 2)                       # [B, T, C]
-        valid = xt[mask]                             # [N_valid, C]
-        if self.training and valid.shape[0] <= 1:
-            raise ValueError("MaskedBatchNorm1d needs more than one valid step in training")
-        y = super().forward(valid)
-        out = xt.new_zeros(xt.shape)
-        out[mask] = y
-        return out.transpose(1, 2)
+        return masked_batch_norm(self, x, mask)
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """The same over ``[B, C, F, T]`` (a time mask ``[B, T]``, every frequency row valid)."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        return masked_batch_norm(self, x, mask)
 
 
 class ConvReluBN(nn.Module):

@@ -34,7 +34,7 @@ class MLPEncoder(nn.Module):
         if x.shape[-1] != self.num_features:
             raise ValueError(f"mlp encoder: 'features' has {x.shape[-1]} columns, "
                              f"meta.json says feature_dim={self.num_features}")
-        return self.net(x.float())
+        return self.net(x.to(self.net[0].weight.dtype))
 
 
 @register_encoder("mlp", tasks=("face", "speaker", "quic", "xmc"), inputs="features")

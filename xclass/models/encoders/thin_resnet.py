@@ -14,21 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xclass.models.layers import length_mask, masked_mean_std
+from xclass.models.layers import MaskedBatchNorm2d, length_mask, masked_mean_std
 from xclass.models.registry import meta_get, register_encoder
-
-
-class MaskedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm over ``[B, C, F, T]`` with statistics over valid frames (``mask [B, T]``)."""
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
-        xt = x.permute(0, 3, 2, 1)                    # [B, T, F, C]
-        valid = xt[mask]                              # [N_valid, F, C]
-        y = F.batch_norm(valid.reshape(-1, x.shape[1]), self.running_mean, self.running_var,
-                         self.weight, self.bias, self.training, self.momentum, self.eps)
-        out = xt.new_zeros(xt.shape)
-        out[mask] = y.reshape(valid.shape)
-        return out.permute(0, 3, 2, 1)
 
 
 class BasicBlock(nn.Module):
