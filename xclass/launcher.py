@@ -10,7 +10,10 @@ on storage every node can reach).
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
 from typing import Any, Dict, Optional
 
 from xclass.config import RunConfig
@@ -44,7 +47,8 @@ def ray_init(cfg: RunConfig) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    common = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+    # Worker output stays in Ray's log files; the driver shows progress from metrics.jsonl.
+    common = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                   configure_logging=True)
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, **common)
@@ -78,11 +82,52 @@ def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
         run_config=RayRunConfig(name="xclass", storage_path=os.path.join(out, "ray"),
                                 failure_config=FailureConfig(max_failures=cfg.cluster.max_failures)),
     )
-    result = trainer.fit()
+    with ProgressTail(out, cfg.train.progress):
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
-    final = _final_row(out)
-    return final
+    return _final_row(out)
+
+
+class ProgressTail:
+    """Driver-side progress: follows rank 0's metrics.jsonl while Ray workers train."""
+
+    def __init__(self, run_dir: str, enabled: bool = True, poll_s: float = 1.0) -> None:
+        self.run_dir, self.enabled, self.poll_s = run_dir, enabled, poll_s
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "ProgressTail":
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from xclass.train.report import metrics_path
+
+        path, seen = metrics_path(self.run_dir, 0), 0
+        while not self._stop.wait(self.poll_s):
+            try:
+                with open(path) as f:
+                    lines = f.readlines()
+            except FileNotFoundError:
+                continue
+            for line in lines[seen:]:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    break
+                seen += 1
+                if "loss" in r:
+                    print(f"[xclass] step {r['step']}: loss {r['loss']:.4f}, "
+                          f"{r.get('samples_per_s', 0):.0f} samples/s, head {r.get('head_mem_mb', 0):.1f} MiB/rank",
+                          file=sys.stderr, flush=True)
 
 
 def _final_row(run_dir: str) -> Dict[str, Any]:
