@@ -85,6 +85,7 @@ def _head_step(name: str, D: int, a: argparse.Namespace) -> Dict[str, Any]:
 
     n = a.steps if name == "zloss_efficient" else a.dense_steps
     rec: Dict[str, Any] = {"times": _time(step, a.warmup, n)}
+    rec["peak_rss_step_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if name == "zloss_efficient":
         rec.update(_maintenance(head, a))
         rec["dense_fallback_steps"] = head.dense_steps
@@ -102,7 +103,9 @@ def _maintenance(head: Any, a: argparse.Namespace) -> Dict[str, float]:
     S2 = S.clone()
     S2[0], S2[-1] = 3.0, 0.2        # put two singular values out of band, W consistent below
     newU = Uu @ torch.diag(S2) @ Vh
-    head.V.copy_((head.V.double() @ head.U @ torch.linalg.inv(newU)).float())
+    T = head.U @ torch.linalg.inv(newU)
+    for lo in range(0, head.V.shape[0], 65536):   # blockwise: no D x d float64 copy
+        head.V[lo:lo + 65536] = (head.V[lo:lo + 65536].double() @ T).float()
     head.U.copy_(newU)
     head.Uinv.copy_(torch.linalg.inv(newU))
     for key, fn in (("stabilise_2_values_ms", lambda: mt.stabilise(head)), ("resync_ms", lambda: mt.resync(head)),
@@ -148,7 +151,7 @@ def _worker(method: str, D: int, a: argparse.Namespace) -> None:
     t = sorted(rec.pop("times"))
     rec.update(method=method, D=D, d=a.d, m=a.m, K=a.K, threads=a.threads, n_timed=len(t),
                median_ms=round(statistics.median(t), 3), p90_ms=round(t[int(0.9 * (len(t) - 1))], 3),
-               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               peak_rss_mb=rec.pop("peak_rss_step_mb", None) or round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                rss_after_import_mb=round(rss0, 1))
     print(json.dumps(rec), flush=True)
 

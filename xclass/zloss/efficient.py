@@ -172,6 +172,29 @@ class FactoredZLossHead(nn.Module):
         return super().state_dict(*args, **kwargs)
 
     @torch.no_grad()
+    def merge_shards(self, pieces: List[Tuple[int, int, Dict[str, Any]]]) -> Dict[str, Any]:
+        """Re-split a checkpoint saved at another world size (hook of xclass.train.reshard):
+        pieces are (first class, end class, {"head": state_dict, "optimizer": ...}) of the
+        saved shards overlapping this rank. Each shard has its own factors, so its W rows are
+        materialised (float64) and this rank restarts unfactored (U = I, omega = 0)."""
+        rows = []
+        for a, b, piece in sorted(pieces, key=lambda t: t[0]):
+            sd = piece["head"]
+            lo, hi = max(a, self.start), min(b, self.end)
+            if lo < hi:
+                rows.append(sd["V"][lo - a:hi - a].double() @ sd["U"] + sd["omega"])
+        W = torch.cat(rows) if rows else torch.zeros(0, self.V.shape[1], dtype=torch.float64)
+        if W.shape[0] != self.end - self.start:
+            raise ValueError(f"zloss_efficient: checkpoint pieces cover {W.shape[0]} of classes "
+                             f"[{self.start}, {self.end})")
+        V = W.to(self.V.dtype)
+        Wd = V.double()
+        eye = torch.eye(V.shape[1], dtype=torch.float64)
+        head = {"V": V, "U": eye, "Uinv": eye.clone(), "omega": torch.zeros(V.shape[1], dtype=torch.float64),
+                "Q": Wd.t() @ Wd, "wbar": Wd.sum(0), "n_updates": pieces[0][2]["head"]["n_updates"].clone()}
+        return {"head": head, "optimizer": pieces[0][2]["optimizer"]}
+
+    @torch.no_grad()
     def full_local_weight(self) -> torch.Tensor:
         """This rank's W rows with all d' columns, float64 [C_local, d'] (bias column last)."""
         return torch.cat([mt.materialise(self, lo, lo + self.block)
