@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
@@ -122,6 +123,15 @@ class DeepSpeedEngine:
     def __init__(self, encoder: nn.Module, cfg: Any, ctx: ParallelContext) -> None:
         import deepspeed
 
+        # DeepSpeed reads its position from the launcher's environment; Ray and our test
+        # harness initialise torch.distributed themselves, so state it here.
+        for key, val in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank), ("WORLD_SIZE", ctx.world_size)):
+            os.environ.setdefault(key, str(val))
+        if ctx.world_size == 1:  # one process, no launcher: a loopback rendezvous, not MPI discovery
+            from xclass.dist.launch import free_port
+
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         # Skip the one-off JIT build of DeepSpeed's shm all-reduce op (plain gloo is used).
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         opt = make_torch_optimizer(encoder.parameters(), cfg.optim)
