@@ -137,7 +137,7 @@ class DeepSpeedEngine:
         opt = make_torch_optimizer(encoder.parameters(), cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=encoder, optimizer=opt, config=deepspeed_config(cfg, ctx),
-            dist_init_required=False)
+            dist_init_required=ctx.world_size == 1 and not _dist_ready())
         self.module = self.engine.module
         self.bf16 = bool(self.engine.bfloat16_enabled())
 
@@ -181,3 +181,9 @@ def build_engine(encoder: nn.Module, cfg: Any, ctx: ParallelContext) -> Any:
 
 def encoder_params(engine: Any) -> List[torch.Tensor]:
     return [p for p in engine.module.parameters() if p.requires_grad]
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
