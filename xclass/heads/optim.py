@@ -55,7 +55,9 @@ class ShardedHeadOptimizer:
 
     def found_inf(self) -> bool:
         """True when any gradient on any rank of the head group (and extra groups) is not finite."""
-        local = any(not bool(torch.isfinite(g).all()) for _, _, _, g in self._grads())
+        # one reduction per gradient: inf/NaN anywhere makes the sum non-finite (a finite sum
+        # overflowing fp32 would also count as inf, which only happens for already-broken steps)
+        local = any(not bool(torch.isfinite(g.sum())) for _, _, _, g in self._grads())
         flag = torch.tensor([1.0 if local else 0.0])
         flag = all_reduce(flag, "max", self.head.group)
         for g in self.extra_groups:
@@ -74,38 +76,43 @@ class ShardedHeadOptimizer:
             self.state[name] = st
         return st
 
-    def _sgd(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict]:
+    def _sgd(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
+        """In place on ``w`` and ``st`` (torch.optim.SGD: dampening 0, no Nesterov)."""
+        buf = st["momentum"]
+        buf.mul_(self.momentum).add_(g)
         if self.weight_decay:
-            g = g + self.weight_decay * w
-        buf = st["momentum"] * self.momentum + g if self.momentum else g
-        return w - self.lr * buf, {"momentum": buf}
+            buf.add_(w, alpha=self.weight_decay)
+        w.add_(buf, alpha=-self.lr)
 
-    def _adamw(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict]:
+    def _adamw(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
+        """In place on ``w`` and ``st`` (torch.optim.AdamW with a per-row step count)."""
         b1, b2 = self.betas
-        steps = st["steps"] + 1
-        w = w * (1.0 - self.lr * self.weight_decay)
-        m = st["exp_avg"] * b1 + (1.0 - b1) * g
-        v = st["exp_avg_sq"] * b2 + (1.0 - b2) * g * g
+        st["steps"].add_(1)
+        w.mul_(1.0 - self.lr * self.weight_decay)
+        st["exp_avg"].mul_(b1).add_(g, alpha=1.0 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1.0 - b2)
         shape = (-1,) + (1,) * (w.dim() - 1)
-        bc1 = (1.0 - b1 ** steps.double()).to(w.dtype).view(shape)
-        bc2 = (1.0 - b2 ** steps.double()).to(w.dtype).view(shape)
-        w = w - (self.lr / bc1) * m / (v.sqrt() / bc2.sqrt() + self.eps)
-        return w, {"exp_avg": m, "exp_avg_sq": v, "steps": steps}
+        bc1 = (1.0 - b1 ** st["steps"].double()).to(w.dtype).view(shape)
+        bc2 = (1.0 - b2 ** st["steps"].double()).to(w.dtype).view(shape)
+        denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt()).add_(self.eps)
+        w.sub_(st["exp_avg"] * (self.lr / bc1) / denom)
 
     @torch.no_grad()
     def _apply(self, name: str, p: torch.Tensor, rows: Optional[torch.Tensor], g: torch.Tensor) -> None:
         st = self._state(name, p)
         rule = self._sgd if self.name == "sgd" else self._adamw
         if rows is None:
-            new_w, new_st = rule(p.data, g, st)
-            p.data.copy_(new_w)
-            for k, v in new_st.items():
-                st[k].copy_(v)
+            if self.name == "sgd" and self.momentum == 0:
+                st["momentum"].zero_()
+            rule(p.data, g, st)
             return
         sub = {k: v.index_select(0, rows) for k, v in st.items()}
-        new_w, new_st = rule(p.data.index_select(0, rows), g, sub)
-        p.data.index_copy_(0, rows, new_w)
-        for k, v in new_st.items():
+        w = p.data.index_select(0, rows)
+        if self.name == "sgd" and self.momentum == 0:
+            sub["momentum"].zero_()
+        rule(w, g, sub)
+        p.data.index_copy_(0, rows, w)
+        for k, v in sub.items():
             st[k].index_copy_(0, rows, v)
 
     def step(self) -> bool:

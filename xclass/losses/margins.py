@@ -63,17 +63,43 @@ def safe_map(ct: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], grad: 
     return fe + (f(c1) - fe).detach()
 
 
+class _ReplaceTarget(torch.autograd.Function):
+    """out = s * cos with the local target entries replaced by s * f(ct) (ct = raw target cosine).
+
+    One [B, C] pass forward and one backward: the O(B) target function is differentiated with
+    its own small graph instead of autograd's gather/scatter backward (which would add three
+    full [B, C] passes: a zero-filled scatter buffer, its accumulation and a clone)."""
+
+    @staticmethod
+    def forward(ctx, cos, target, s: float, f):  # type: ignore[override]
+        idx = target.clamp(min=0).unsqueeze(1)
+        has = target >= 0
+        ct = cos.detach().gather(1, idx).squeeze(1).float()
+        with torch.enable_grad():
+            leaf = ct.clone().requires_grad_(True)
+            val = f(leaf)
+        out = cos.detach().float() * s
+        out.scatter_(1, idx, torch.where(has, s * val.detach(), s * ct).unsqueeze(1))
+        ctx.leaf, ctx.val, ctx.s, ctx.dtype = leaf, val, s, cos.dtype
+        ctx.save_for_backward(idx, has)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        idx, has = ctx.saved_tensors
+        gv = g.gather(1, idx).squeeze(1) * ctx.s
+        (g_ct,) = torch.autograd.grad(ctx.val, ctx.leaf, torch.where(has, gv, torch.zeros_like(gv)))
+        g_cos = g * ctx.s
+        g_cos.scatter_(1, idx, torch.where(has, g_ct, gv).unsqueeze(1))
+        return g_cos.to(ctx.dtype), None, None, None
+
+
 def replace_target(cos: torch.Tensor, target: torch.Tensor, s: float,
                    new: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """logits [B, C] fp32 = s * cos, with the target column of rows holding a local target
-    replaced by ``s * new(ct)``, where ct [B] fp32 are the raw target cosines."""
-    logits = cos.float() * s
-    idx = target.clamp(min=0).unsqueeze(1)
-    ct = cos.gather(1, idx).squeeze(1).float()
-    val = torch.where(target >= 0, s * new(ct), s * ct)
-    # in place: nothing in the graph saved ``logits`` (a product with a constant), so this
-    # avoids a second [B, C] buffer
-    return logits.scatter_(1, idx, val.unsqueeze(1))
+    replaced by ``s * new(ct)``, where ct [B] fp32 are the raw target cosines. ``new`` must
+    depend on ct only (other inputs are constants): its gradient is taken w.r.t. ct alone."""
+    return _ReplaceTarget.apply(cos, target, float(s), new)
 
 
 def angular(c: torch.Tensor, m1, m2, m3, fallback: str, easy: bool = False) -> torch.Tensor:

@@ -38,20 +38,21 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
         lse = row_max + stats[0].log()
         loss = lse - (1.0 - smoothing) * stats[1] - (smoothing / num_classes) * stats[2]
         loss = torch.where(valid, loss, torch.zeros_like(loss))
-        p.div_(stats[0].unsqueeze(1))
-        ctx.save_for_backward(p, idx, has, valid)
+        # p stays unnormalised: backward folds 1/sum-exp into its one scaling pass
+        ctx.save_for_backward(p, stats[0], idx, has, valid)
         ctx.smoothing, ctx.num_classes = smoothing, num_classes
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):  # type: ignore[override]
-        p, idx, has, valid = ctx.saved_tensors
+        p, sumexp, idx, has, valid = ctx.saved_tensors
+        g_row = torch.where(valid, g_loss, torch.zeros_like(g_loss))
         grad = p  # reused in place: backward runs once (no retain_graph through this op)
+        grad.mul_((g_row / sumexp).unsqueeze(1))  # softmax * upstream gradient, one pass
         if ctx.smoothing > 0:
-            grad.sub_(ctx.smoothing / ctx.num_classes)
-        onehot = torch.where(has, torch.full_like(g_loss, 1.0 - ctx.smoothing), torch.zeros_like(g_loss))
+            grad.sub_((g_row * (ctx.smoothing / ctx.num_classes)).unsqueeze(1))
+        onehot = torch.where(has, (1.0 - ctx.smoothing) * g_row, torch.zeros_like(g_row))
         grad.scatter_add_(1, idx, -onehot.unsqueeze(1))
-        grad.mul_(torch.where(valid, g_loss, torch.zeros_like(g_loss)).unsqueeze(1))
         return grad, None, None, None, None, None
 
 

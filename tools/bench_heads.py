@@ -1,0 +1,275 @@
+"""Benchmark classifier heads: one JSON object per line (stdout and ``--out``.jsonl), PNG beside it.
+
+Each row runs in fresh spawned processes (gloo when world_size > 1) so peak memory is per row:
+  step_ms   median of fwd + bwd + optimizer step (SGD momentum 0.9) over --steps timed steps
+  peak_mb   per-rank peak RSS; head_mb = peak minus the RSS before the head was built
+Rows: ``xclass:<margin>`` (sharded head), ``dense:<margin>`` (single-process reference head),
+``pml:arcface`` / ``pml:cosface`` (pytorch-metric-learning losses, same D, d, B), ``gemm_floor``
+(only the three matmuls of a step) and ``insightface_fullmatrix`` (acos/cos over the whole
+[B, C] matrix, straight-through, as arcface_torch does; a baseline for margin cost).
+
+  python tools/bench_heads.py --preset targets --out bench/heads
+  python tools/bench_heads.py --D 1e5,1e6 --d 128 --B 256 --world-sizes 1,2 --sample-rates 1,0.1 --out /tmp/h
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import types
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _avail_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class FullMatrixArcFace:
+    """insightface arcface_torch style: acos and cos over the whole [B, C] matrix under no_grad."""
+
+    s, m, normalized, objective, sub_centers, needs_target_cos = 64.0, 0.5, True, "softmax", 1, False
+
+    def __call__(self, cos, target, aux):
+        import torch
+
+        with torch.no_grad():
+            theta = cos.float().clamp(-1, 1).acos()
+            rows = (target >= 0).nonzero().squeeze(1)
+            theta[rows, target[rows]] += self.m
+            shifted = theta.cos_()
+        return self.s * (cos.float() + (shifted - cos.float()).detach())
+
+
+def _build(spec: Dict[str, Any], ctx: Any):
+    """(step closure, torch) for one row on one rank."""
+    import torch
+
+    from xclass.heads.base import HEADS
+    from xclass.heads.sharded import ShardedMarginHead
+
+    D, d, ws = spec["D"], spec["d"], ctx.world_size
+    b_local = spec["B"] // ws + (1 if ctx.rank < spec["B"] % ws else 0)
+    g = torch.Generator().manual_seed(1 + ctx.rank)
+    emb = torch.randn(b_local, d, generator=g).requires_grad_(True)
+    labels = torch.randint(0, D, (b_local,), generator=g)
+    optim = types.SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, head_lr=None)
+    impl = spec["head"]
+    if impl == "gemm_floor":
+        w = torch.randn(D, d) * 0.01
+        gr = torch.randn(spec["B"], D)
+        e = torch.randn(spec["B"], d)
+
+        def step():
+            e @ w.t(), gr @ w, gr.t() @ e
+        return step
+    if impl.startswith("pml:"):
+        from pytorch_metric_learning import losses as pml
+
+        loss_fn = pml.ArcFaceLoss(D, d) if impl == "pml:arcface" else pml.CosFaceLoss(D, d)
+        opt = torch.optim.SGD(loss_fn.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            loss_fn(emb, labels).backward()
+            opt.step()
+            opt.zero_grad()
+        return step
+    cfg = types.SimpleNamespace(name="margin", margin=spec.get("margin", "arcface"), margin_params={},
+                                sample_rate=spec["r"], label_smoothing=0.0, params={})
+    if impl == "insightface_fullmatrix":
+        head = ShardedMarginHead(FullMatrixArcFace(), num_classes=D, embedding_dim=d, ctx=ctx, sample_rate=spec["r"])
+    else:
+        head = HEADS.get("softmax_dense" if impl.startswith("dense") else "margin")(
+            cfg, num_classes=D, embedding_dim=d, ctx=ctx, seed=0)
+    opt = head.make_optimizer(optim)
+
+    def step():
+        head(emb, labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        emb.grad = None
+    return step
+
+
+def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) -> None:
+    """Runs one rank; writes its result to ``out`` (a file, not a Queue: clean_exit's os._exit
+    would drop a Queue's unflushed feeder thread)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from xclass.dist import ParallelContext
+    from xclass.dist.launch import clean_exit, init_gloo
+
+    ctx = ParallelContext()
+    if ws > 1:
+        import torch.distributed as dist
+
+        init_gloo(rank, ws, port)
+        ctx = ParallelContext(rank=rank, world_size=ws, group=dist.group.WORLD)
+    base = _rss_mb()
+    try:
+        step = _build(spec, ctx)
+        times = []
+        for i in range(spec["warmup"] + spec["steps"]):
+            t0 = time.perf_counter()
+            step()
+            if i >= spec["warmup"]:
+                times.append((time.perf_counter() - t0) * 1e3)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res: Dict[str, Any] = {"times": times, "peak_mb": peak, "base_mb": base}
+    except Exception as exc:  # noqa: BLE001 - the row reports the failure (e.g. out of memory)
+        res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    with open(out + ".tmp", "w") as f:
+        json.dump(res, f)
+    os.replace(out + ".tmp", out)
+    clean_exit(0, destroy=ws > 1)
+
+
+def formula_mb(spec: Dict[str, Any]) -> float:
+    """Predicted per-rank head memory (sharded head, SGD momentum, sparse Partial FC), MiB:
+    W + momentum 8 C_l d; sampled rows (copy, normalised copy, grad) 12 r C_l d;
+    3 fp32 [B, r C_l] buffers at the peak (scores, logits, softmax/grad); gathered batch O(B d)."""
+    cl = math.ceil(spec["D"] / spec["ws"])
+    ca = cl * spec["r"] if spec["r"] < 1 else 0
+    return (8 * cl * spec["d"] + 12 * ca * spec["d"] + 12 * spec["B"] * (ca or cl) + 16 * spec["B"] * spec["d"]) / 2**20
+
+
+def run_row(spec: Dict[str, Any]) -> Dict[str, Any]:
+    from xclass.dist.launch import free_port
+
+    spec = dict(spec)
+    spec.setdefault("threads", max(1, (os.cpu_count() or 1) // spec["ws"]))
+    row = {"head": spec["head"], "D": spec["D"], "d": spec["d"], "B": spec["B"], "world_size": spec["ws"],
+           "sample_rate": spec["r"], "threads_per_rank": spec["threads"]}
+    if spec.get("need_mb") and _avail_mb() < spec["need_mb"]:
+        return {**row, "skipped": f"needs ~{spec['need_mb']:.0f} MiB, {_avail_mb():.0f} MiB available"}
+    ctxm = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [os.path.join(tmp, f"rank{r}.json") for r in range(spec["ws"])]
+        procs = [ctxm.Process(target=_rank_main, args=(spec, r, spec["ws"], port, outs[r]))
+                 for r in range(spec["ws"])]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(3600)
+        res = {}
+        for r, o in enumerate(outs):
+            if not os.path.exists(o):
+                return {**row, "error": f"rank {r} died (exit code {procs[r].exitcode}; killed for memory?)"}
+            with open(o) as f:
+                res[r] = json.load(f)
+    errs = [v["error"] for v in res.values() if "error" in v]
+    if errs:
+        return {**row, "error": errs[0]}
+    times = [statistics.median(res[r]["times"]) for r in sorted(res)]
+    return {**row, "step_ms": round(max(times), 2),
+            "peak_mb_per_rank": [round(res[r]["peak_mb"]) for r in sorted(res)],
+            "head_mb_per_rank": [round(res[r]["peak_mb"] - res[r]["base_mb"]) for r in sorted(res)],
+            "formula_mb_per_rank": round(formula_mb(spec)) if spec["head"].startswith("xclass") else None}
+
+
+def _spec(head: str, D: int, ws: int = 1, r: float = 1.0, **kw: Any) -> Dict[str, Any]:
+    s = {"head": head, "D": int(D), "d": kw.pop("d", 128), "B": kw.pop("B", 256), "ws": ws, "r": r,
+         "steps": kw.pop("steps", 5), "warmup": kw.pop("warmup", 2)}
+    if head.startswith("xclass:") or head.startswith("dense:"):
+        s["margin"] = head.split(":", 1)[1]
+    s.update(kw)
+    return s
+
+
+def preset_targets(big: bool) -> List[Dict[str, Any]]:
+    """The rows behind the README targets (heads.md section 12, items 13, 14, 15, 16)."""
+    rows = [_spec(h, 1e5) for h in ("gemm_floor", "xclass:arcface", "xclass:cosface", "dense:arcface",
+                                    "pml:arcface", "pml:cosface", "insightface_fullmatrix")]
+    rows += [_spec(h, 1e6, steps=3) for h in ("gemm_floor", "xclass:arcface", "xclass:cosface",
+                                              "insightface_fullmatrix")]
+    rows += [_spec("xclass:arcface", 1e6, r=0.1), _spec("xclass:arcface", 1e6, ws=2, r=1.0, steps=3),
+             _spec("xclass:arcface", 1e6, ws=2, r=0.1)]
+    rows += [_spec("pml:arcface", D, steps=2) for D in (2e5, 4e5)]
+    rows += [_spec("xclass:arcface", D, ws=2, r=0.1, steps=3) for D in (2e6, 4e6)]
+    if big:  # run once, late: about 13 GiB on a shared 24 GiB machine
+        rows.append(_spec("xclass:arcface", 1e7, ws=2, r=0.1, steps=3, need_mb=15000))
+    return rows
+
+
+def sweep(a: argparse.Namespace) -> List[Dict[str, Any]]:
+    fl = lambda s, t: [t(float(x)) for x in s.split(",")]  # noqa: E731
+    rows = []
+    for D in fl(a.D, int):
+        for ws in fl(a.world_sizes, int):
+            for r in fl(a.sample_rates, float):
+                rows += [_spec(f"xclass:{h}", D, ws, r, d=a.d, B=a.B, steps=a.steps) for h in a.heads.split(",")]
+        for base in [b for b in a.baselines.split(",") if b]:
+            rows.append(_spec({"dense": "dense:arcface", "pml": "pml:arcface", "pml_cosface": "pml:cosface",
+                               "gemm": "gemm_floor", "fullmatrix": "insightface_fullmatrix"}[base], D,
+                              d=a.d, B=a.B, steps=a.steps))
+    return rows
+
+
+def plot(rows: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = sorted({(r["head"], r["world_size"], r["sample_rate"]) for r in rows if "step_ms" in r})
+    for h, ws, sr in keys:
+        pts = sorted((r["D"], r["step_ms"]) for r in rows if "step_ms" in r and
+                     (r["head"], r["world_size"], r["sample_rate"]) == (h, ws, sr))
+        ax.plot(*zip(*pts), marker="o", label=f"{h} W={ws} r={sr}")
+    ax.set(xscale="log", yscale="log", xlabel="classes D", ylabel="step ms (median)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv: Any = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["targets"], help="the README target rows")
+    ap.add_argument("--big", action="store_true", help="with --preset: add the D=1e7, W=2 row (~13 GiB)")
+    ap.add_argument("--D", default="1e5", help="comma list of class counts")
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--B", type=int, default=256, help="global batch")
+    ap.add_argument("--world-sizes", default="1")
+    ap.add_argument("--sample-rates", default="1")
+    ap.add_argument("--heads", default="arcface", help="comma list of registered margins")
+    ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")
+    a = ap.parse_args(argv)
+    rows_spec = preset_targets(a.big) if a.preset else sweep(a)
+    out: List[Dict[str, Any]] = []
+    for spec in rows_spec:
+        row = run_row(spec)
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out + ".jsonl.tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in out)
+        os.replace(a.out + ".jsonl.tmp", a.out + ".jsonl")
+        plot(out, a.out + ".png")
+
+
+if __name__ == "__main__":
+    main()
