@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_data_args(p)
     p.set_defaults(func=_cmd_make_data)
 
+    from xclass.data.cli import add_validate_data_args, run_validate_data
+
+    p = sub.add_parser("validate-data", help="check Parquet files against a task schema",
+                       description="Validate files row group by row group; the first problem is "
+                                   "reported with file, row and column, exit code 1.")
+    add_validate_data_args(p)
+    p.set_defaults(func=lambda a: int(run_validate_data(a) or 0))
+
     p = sub.add_parser("train", help="train an encoder + classifier head from a YAML config",
                        description="Train on 1 process, or on N Ray workers (local or a cluster).")
     _add_train_args(p)

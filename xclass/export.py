@@ -152,6 +152,10 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", action="store_true",
                    help="with --run: export the classifier head's class vectors as the label index")
     add_export_args(p)
+    for action in p._actions:  # --embeddings is optional when --run provides them
+        if action.dest == "embeddings":
+            action.required = False
+            action.help = "embedding Parquet file(s)/dirs/globs (or use --run)"
 
 
 def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
@@ -163,6 +167,8 @@ def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
 def run_export_cli(args: argparse.Namespace) -> int:
     from xclass.eval.cli import run_export
 
+    if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
+        raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
     if getattr(args, "run", None):
         out = os.path.abspath(args.out)
         os.makedirs(out, exist_ok=True)
