@@ -22,9 +22,8 @@ import torch
 from xclass import components
 from xclass.config import RunConfig, load_config
 from xclass.dist import ParallelContext
-from xclass.heads.base import HEADS
 from xclass.train import checkpoint as ckpt
-from xclass.train.setup import load_meta, split_files
+from xclass.train.setup import load_meta, make_head, split_files
 
 
 def load_run(run_dir: str) -> RunConfig:
@@ -128,8 +127,7 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
     files = []
     for r in range(int(m["world_size"])):
         ctx = ParallelContext(rank=r, world_size=int(m["world_size"]), group=None)
-        head = HEADS.get(cfg.head.name)(cfg.head, num_classes=int(m["num_classes"]),
-                                        embedding_dim=int(m["embedding_dim"]), ctx=ctx, seed=cfg.train.seed)
+        head = make_head(cfg, int(m["num_classes"]), int(m["embedding_dim"]), ctx)
         head.load_state_dict(ckpt.load_head_state(path, r)["head"])
         with torch.no_grad():
             w, start = head.local_weight()

@@ -3,6 +3,7 @@ head optimizer; restores them from the newest checkpoint."""
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import logging
 import os
@@ -64,8 +65,7 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     num_classes = cfg.data.num_classes or int(meta["num_classes"])
     torch.manual_seed(cfg.train.seed)
     encoder = components.build_encoder(cfg.model, meta)
-    head = HEADS.get(cfg.head.name)(cfg.head, num_classes=num_classes,
-                                    embedding_dim=cfg.model.embedding_dim, ctx=ctx, seed=cfg.train.seed)
+    head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx)
     engine = build_engine(encoder, cfg, ctx)
     head_opt = head.make_optimizer(cfg.optim)
     reader = components.make_reader(split_files(cfg.data.path, "train"), cfg, meta, ctx)
@@ -76,6 +76,17 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     ranges = _shard_ranges(head, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled))
+
+
+def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: ParallelContext) -> Any:
+    """The configured head; factories with a ``data_path`` keyword also get the dataset
+    directory (e.g. to read label text)."""
+    factory = HEADS.get(cfg.head.name)
+    extra: Dict[str, Any] = {}
+    if "data_path" in inspect.signature(factory).parameters:
+        extra["data_path"] = cfg.data.path
+    return factory(cfg.head, num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx,
+                   seed=cfg.train.seed, **extra)
 
 
 def _shard_ranges(head: Any, ctx: ParallelContext) -> List[List[int]]:
