@@ -125,13 +125,17 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
         ctx = ParallelContext(rank=rank, world_size=ws, group=dist.group.WORLD)
     base = _rss_mb()
     try:
-        step = _build(spec, ctx)
-        times = []
+        # a "group" times several heads round-robin in one process, so load from other users
+        # of a shared machine hits every implementation alike
+        members = spec.get("group") or [spec]
+        steps = [_build({**spec, **m}, ctx) for m in members]
+        times: List[List[float]] = [[] for _ in members]
         for i in range(spec["warmup"] + spec["steps"]):
-            t0 = time.perf_counter()
-            step()
-            if i >= spec["warmup"]:
-                times.append((time.perf_counter() - t0) * 1e3)
+            for j, step in enumerate(steps):
+                t0 = time.perf_counter()
+                step()
+                if i >= spec["warmup"]:
+                    times[j].append((time.perf_counter() - t0) * 1e3)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         res: Dict[str, Any] = {"times": times, "peak_mb": peak, "base_mb": base}
     except Exception as exc:  # noqa: BLE001 - the row reports the failure (e.g. out of memory)
@@ -151,11 +155,14 @@ def formula_mb(spec: Dict[str, Any]) -> float:
     return (8 * cl * spec["d"] + 12 * ca * spec["d"] + 12 * spec["B"] * (ca or cl) + 16 * spec["B"] * spec["d"]) / 2**20
 
 
-def run_row(spec: Dict[str, Any]) -> Dict[str, Any]:
+def run_row(spec: Dict[str, Any]) -> Any:
+    """One row (dict), or a list of rows for an interleaved timing group."""
     from xclass.dist.launch import free_port
 
     spec = dict(spec)
-    spec.setdefault("threads", max(1, (os.cpu_count() or 1) // spec["ws"]))
+    # one thread per rank: on a shared 2-core machine, OpenMP barriers with a descheduled
+    # thread made 2-thread timings erratic (several x); pass "threads" to override
+    spec.setdefault("threads", 1)
     row = {"head": spec["head"], "D": spec["D"], "d": spec["d"], "B": spec["B"], "world_size": spec["ws"],
            "sample_rate": spec["r"], "threads_per_rank": spec["threads"]}
     if spec.get("need_mb") and _avail_mb() < spec["need_mb"]:
@@ -179,7 +186,10 @@ def run_row(spec: Dict[str, Any]) -> Dict[str, Any]:
     errs = [v["error"] for v in res.values() if "error" in v]
     if errs:
         return {**row, "error": errs[0]}
-    times = [statistics.median(res[r]["times"]) for r in sorted(res)]
+    if spec.get("group"):  # timing-only rows; memory comes from the single-head rows
+        return [{**row, "head": m["head"], "sample_rate": m.get("r", spec["r"]), "timing": "interleaved",
+                 "step_ms": round(statistics.median(res[0]["times"][j]), 2)} for j, m in enumerate(spec["group"])]
+    times = [statistics.median(res[r]["times"][0]) for r in sorted(res)]
     return {**row, "step_ms": round(max(times), 2),
             "peak_mb_per_rank": [round(res[r]["peak_mb"]) for r in sorted(res)],
             "head_mb_per_rank": [round(res[r]["peak_mb"] - res[r]["base_mb"]) for r in sorted(res)],
@@ -195,18 +205,26 @@ def _spec(head: str, D: int, ws: int = 1, r: float = 1.0, **kw: Any) -> Dict[str
     return s
 
 
+def _group(D: float, members: List[Dict[str, Any]], **kw: Any) -> Dict[str, Any]:
+    return {**_spec("group", D, **kw), "group": [{**_spec(m["head"], D), **m} for m in members]}
+
+
 def preset_targets(big: bool) -> List[Dict[str, Any]]:
-    """The rows behind the README targets (heads.md section 12, items 13, 14, 15, 16)."""
-    rows = [_spec(h, 1e5) for h in ("gemm_floor", "xclass:arcface", "xclass:cosface", "dense:arcface",
-                                    "pml:arcface", "pml:cosface", "insightface_fullmatrix")]
-    rows += [_spec(h, 1e6, steps=3) for h in ("gemm_floor", "xclass:arcface", "xclass:cosface",
-                                              "insightface_fullmatrix")]
-    rows += [_spec("xclass:arcface", 1e6, r=0.1), _spec("xclass:arcface", 1e6, ws=2, r=1.0, steps=3),
-             _spec("xclass:arcface", 1e6, ws=2, r=0.1)]
-    rows += [_spec("pml:arcface", D, steps=2) for D in (2e5, 4e5)]
-    rows += [_spec("xclass:arcface", D, ws=2, r=0.1, steps=3) for D in (2e6, 4e6)]
+    """The rows behind the README targets (heads.md section 12, items 13-16): interleaved timing
+    groups at W = 1, then one process per row for memory (and multi-rank timing)."""
+    heads_1e5 = ("gemm_floor", "xclass:arcface", "xclass:cosface", "dense:arcface", "pml:arcface",
+                 "pml:cosface", "insightface_fullmatrix")
+    rows = [_group(1e5, [{"head": h} for h in heads_1e5], steps=7)]
+    rows.append(_group(1e6, [{"head": "xclass:arcface"}, {"head": "xclass:cosface"},
+                             {"head": "xclass:arcface", "r": 0.1}, {"head": "insightface_fullmatrix"}], steps=3))
+    mem = dict(steps=1, warmup=1)
+    rows += [_spec(h, 1e5, **mem) for h in ("xclass:arcface", "dense:arcface", "pml:arcface")]
+    rows += [_spec("pml:arcface", D, **mem) for D in (2e5, 4e5)]
+    rows += [_spec("xclass:arcface", 1e6, **mem), _spec("xclass:arcface", 1e6, r=0.1, **mem)]
+    rows += [_spec("xclass:arcface", 1e6, ws=2, r=1.0, steps=2), _spec("xclass:arcface", 1e6, ws=2, r=0.1, steps=3)]
+    rows += [_spec("xclass:arcface", 4e6, ws=2, r=0.1, steps=2)]
     if big:  # run once, late: about 13 GiB on a shared 24 GiB machine
-        rows.append(_spec("xclass:arcface", 1e7, ws=2, r=0.1, steps=3, need_mb=15000))
+        rows.append(_spec("xclass:arcface", 1e7, ws=2, r=0.1, steps=2, need_mb=15000))
     return rows
 
 
@@ -260,9 +278,10 @@ def main(argv: Any = None) -> None:
     rows_spec = preset_targets(a.big) if a.preset else sweep(a)
     out: List[Dict[str, Any]] = []
     for spec in rows_spec:
-        row = run_row(spec)
-        out.append(row)
-        print(json.dumps(row), flush=True)
+        got = run_row(spec)
+        for row in got if isinstance(got, list) else [got]:
+            out.append(row)
+            print(json.dumps(row), flush=True)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out + ".jsonl.tmp", "w") as f:

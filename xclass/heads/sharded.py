@@ -30,6 +30,7 @@ from xclass.losses.margins import MarginAux
 from xclass.losses.objectives import GradSumAcross, binary_ce, softmax_ce
 
 INIT_BLOCK = 4096  # classes per init generator: init depends on (seed, global class id) only
+ROW_CHUNK = 8192  # rows per chunk in the row-normalisation backward
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -59,8 +60,13 @@ class _NormalizeRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         y, norm = ctx.saved_tensors
-        dot = (y * g).sum(1, keepdim=True)
-        return (g - y * dot).div_(norm)
+        # g is the fresh weight gradient of the score GEMM (single consumer): update it in
+        # place, in row chunks so the temporary product stays small and is reused
+        for a in range(0, g.shape[0], ROW_CHUNK):
+            gc, yc = g[a:a + ROW_CHUNK], y[a:a + ROW_CHUNK]
+            dot = (yc * gc).sum(1, keepdim=True)
+            gc.addcmul_(yc, dot, value=-1.0).div_(norm[a:a + ROW_CHUNK])
+        return g
 
 
 def init_class_rows(start: int, stop: int, k: int, d: int, seed: int, std: float) -> torch.Tensor:
@@ -161,7 +167,7 @@ class ShardedMarginHead(nn.Module):
         w, target, n_active = self._active_rows(target)
         cos = self._scores(emb_g, w)
         tcos = self._target_cos(cos, target) if self.margin.needs_target_cos else None
-        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos)
+        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos, owned=True)
         logits = self.margin(cos, target, aux)
         if self.margin.objective == "binary":
             b = GradSumAcross.apply(self.bias, self.group)
@@ -169,7 +175,7 @@ class ShardedMarginHead(nn.Module):
                             weight=self.margin.loss_weight, group=self.group)
         else:
             per = softmax_ce(logits, target, valid, group=self.group, label_smoothing=self.label_smoothing,
-                             num_classes=n_active or self.num_classes)
+                             num_classes=n_active or self.num_classes, inplace=True)
         n = valid.sum().clamp(min=1)
         loss = per.sum() / n
         return HeadOutput(loss=loss, metrics={"loss": loss.detach(), "valid_rows": n.detach()})

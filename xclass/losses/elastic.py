@@ -64,7 +64,7 @@ class _Elastic:
     def __call__(self, cos: torch.Tensor, target: torch.Tensor, aux: MarginAux) -> torch.Tensor:
         m = self.margins(aux, cos.shape[0], cos.device)
         f = lambda c: self.value(c, m)  # noqa: E731
-        return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps))
+        return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps), aux.owned)
 
 
 @MARGINS.register("elastic_arc")

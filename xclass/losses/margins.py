@@ -21,7 +21,7 @@ Class attributes read by heads: ``normalized`` (cosines vs raw dot products), ``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -41,12 +41,15 @@ class MarginAux:
     valid: [B] bool, replicated; False for ignored rows.
     target_cos: [B] fp32 detached, replicated; every row's raw target cosine (0 if ignored);
     only filled when the margin sets ``needs_target_cos``.
+    owned: the caller owns ``cos`` (a temporary fp32 score buffer): margins may overwrite it
+    instead of allocating another [B, C] tensor. Tests and direct callers leave it False.
     """
 
     step: int = 0
     seed: int = 0
     valid: Optional[torch.Tensor] = None
     target_cos: Optional[torch.Tensor] = None
+    owned: bool = False
 
 
 def safe_map(ct: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], grad: str,
@@ -71,16 +74,21 @@ class _ReplaceTarget(torch.autograd.Function):
     full [B, C] passes: a zero-filled scatter buffer, its accumulation and a clone)."""
 
     @staticmethod
-    def forward(ctx, cos, target, s: float, f):  # type: ignore[override]
+    def forward(ctx, cos, target, s: float, f, inplace: bool):  # type: ignore[override]
         idx = target.clamp(min=0).unsqueeze(1)
         has = target >= 0
         ct = cos.detach().gather(1, idx).squeeze(1).float()
         with torch.enable_grad():
             leaf = ct.clone().requires_grad_(True)
             val = f(leaf)
-        out = cos.detach().float() * s
+        if inplace and cos.dtype == torch.float32:
+            # the head's score buffer is a temporary nothing else saved: scale it in place
+            out = cos.mul_(s)
+            ctx.mark_dirty(cos)
+        else:
+            out = cos.detach().float() * s
         out.scatter_(1, idx, torch.where(has, s * val.detach(), s * ct).unsqueeze(1))
-        ctx.leaf, ctx.val, ctx.s, ctx.dtype = leaf, val, s, cos.dtype
+        ctx.leaf, ctx.val, ctx.s, ctx.dtype, ctx.inplace = leaf, val, s, cos.dtype, inplace
         ctx.save_for_backward(idx, has)
         return out
 
@@ -89,17 +97,20 @@ class _ReplaceTarget(torch.autograd.Function):
         idx, has = ctx.saved_tensors
         gv = g.gather(1, idx).squeeze(1) * ctx.s
         (g_ct,) = torch.autograd.grad(ctx.val, ctx.leaf, torch.where(has, gv, torch.zeros_like(gv)))
-        g_cos = g * ctx.s
+        # g is the objective's fresh softmax buffer (this op is its only consumer): reuse it
+        g_cos = g.mul_(ctx.s) if ctx.inplace else g * ctx.s
         g_cos.scatter_(1, idx, torch.where(has, g_ct, gv).unsqueeze(1))
-        return g_cos.to(ctx.dtype), None, None, None
+        return g_cos.to(ctx.dtype), None, None, None, None
 
 
 def replace_target(cos: torch.Tensor, target: torch.Tensor, s: float,
-                   new: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                   new: Callable[[torch.Tensor], torch.Tensor], inplace: bool = False) -> torch.Tensor:
     """logits [B, C] fp32 = s * cos, with the target column of rows holding a local target
     replaced by ``s * new(ct)``, where ct [B] fp32 are the raw target cosines. ``new`` must
-    depend on ct only (other inputs are constants): its gradient is taken w.r.t. ct alone."""
-    return _ReplaceTarget.apply(cos, target, float(s), new)
+    depend on ct only (other inputs are constants): its gradient is taken w.r.t. ct alone.
+    ``inplace`` (set by heads through ``MarginAux.owned``): ``cos`` is a temporary score buffer
+    that may be overwritten, and the incoming gradient may be scaled in place."""
+    return _ReplaceTarget.apply(cos, target, float(s), new, inplace)
 
 
 def angular(c: torch.Tensor, m1, m2, m3, fallback: str, easy: bool = False) -> torch.Tensor:
@@ -163,7 +174,7 @@ class CosFace(NormSoftmax):
 
     def __call__(self, cos, target, aux):
         return replace_target(cos, target, self.s,
-                              lambda ct: safe_map(ct, lambda c: c - self.m, self.grad, self.eps))
+                              lambda ct: safe_map(ct, lambda c: c - self.m, self.grad, self.eps), aux.owned)
 
 
 @MARGINS.register("combined")
@@ -182,7 +193,7 @@ class Combined(NormSoftmax):
 
     def __call__(self, cos, target, aux):
         f = lambda c: self.target_value(c, aux)  # noqa: E731
-        return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps))
+        return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps), aux.owned)
 
 
 @MARGINS.register("arcface")
@@ -241,7 +252,8 @@ class SubCenterArcFace(ArcFace):
 
     def __call__(self, cos, target, aux):
         cos = cos.view(cos.shape[0], -1, self.k).amax(-1)
-        return super().__call__(cos, target, aux)
+        # amax saves its output for backward, so the reduced scores must not be overwritten
+        return super().__call__(cos, target, replace(aux, owned=False))
 
 
 @MARGINS.register("sphereface")

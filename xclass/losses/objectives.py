@@ -26,14 +26,17 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, valid, smoothing: float, num_classes: int, group: Any):  # type: ignore[override]
+    def forward(ctx, logits, target, valid, smoothing: float, num_classes: int, group: Any,  # type: ignore[override]
+                inplace: bool):
         has = target >= 0
         idx = target.clamp(min=0).unsqueeze(1)
-        row_max = all_reduce(logits.detach().amax(1), "max", group)
-        p = logits.detach() - row_max.unsqueeze(1)
+        z = logits.detach()
+        row_max = all_reduce(z.amax(1), "max", group)
+        z_t = torch.where(has, z.gather(1, idx).squeeze(1), torch.zeros_like(row_max))
+        z_sum = z.sum(1) if smoothing > 0 else torch.zeros_like(row_max)
+        # inplace: the caller hands over its logits buffer, which becomes exp(z - max) (Megatron-style)
+        p = z.sub_(row_max.unsqueeze(1)) if inplace else z - row_max.unsqueeze(1)
         p.exp_()
-        z_t = torch.where(has, logits.detach().gather(1, idx).squeeze(1), torch.zeros_like(row_max))
-        z_sum = logits.detach().sum(1) if smoothing > 0 else torch.zeros_like(row_max)
         stats = all_reduce(torch.stack([p.sum(1), z_t, z_sum]), "sum", group)
         lse = row_max + stats[0].log()
         loss = lse - (1.0 - smoothing) * stats[1] - (smoothing / num_classes) * stats[2]
@@ -53,21 +56,24 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
             grad.sub_((g_row * (ctx.smoothing / ctx.num_classes)).unsqueeze(1))
         onehot = torch.where(has, (1.0 - ctx.smoothing) * g_row, torch.zeros_like(g_row))
         grad.scatter_add_(1, idx, -onehot.unsqueeze(1))
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def softmax_ce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
                group: Optional[Any] = None, label_smoothing: float = 0.0,
-               num_classes: Optional[int] = None) -> torch.Tensor:
+               num_classes: Optional[int] = None, inplace: bool = False) -> torch.Tensor:
     """Per-row softmax CE [B] (replicated). ``num_classes``: the GLOBAL class count over which
-    label smoothing spreads ``label_smoothing`` (required when smoothing > 0 and sharded)."""
+    label smoothing spreads ``label_smoothing`` (required when smoothing > 0 and sharded).
+    ``inplace``: ``logits`` is a temporary the caller will not read again; it is overwritten
+    with the softmax numerator instead of allocating another [B, C] buffer."""
     if logits.dtype != torch.float32:
         raise TypeError(f"softmax_ce expects fp32 logits (upcast first), got {logits.dtype}")
     if num_classes is None:
         if group is not None and label_smoothing > 0:
             raise ValueError("softmax_ce: num_classes (global) is required with label smoothing")
         num_classes = logits.shape[1]
-    return _ShardedSoftmaxCE.apply(logits, target, valid, float(label_smoothing), int(num_classes), group)
+    return _ShardedSoftmaxCE.apply(logits, target, valid, float(label_smoothing), int(num_classes), group,
+                                   bool(inplace))
 
 
 class _SumAcross(torch.autograd.Function):
