@@ -1,0 +1,108 @@
+"""Write an XMC dataset directory (the ``xclass make-data --task xmc`` layout) from row
+iterators: used by the XC-repository importer and the WordNet importer.
+
+Layout: ``train.parquet``, ``test.parquet`` (``id``, ``labels`` list<int64>, ``tokens``
+list<int32>, ``token_weights`` list<float32>), ``labels.parquet`` (``label_id``, ``text``,
+``tokens``, ``train_count``), ``meta.json`` (task, schema_version, num_classes, inputs.tokens
+.vocab_size, splits with files/rows/id_range/label_range, labels, source). Row ids are unique
+across splits (train first). Written into a temp directory and renamed when complete.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from xclass.data.schema import SCHEMA_VERSION
+from xclass.data.writer import PartWriter, atomic_dir, var_list, with_task_meta, write_json
+
+Row = Tuple[Sequence[int], Sequence[int], Sequence[float]]  # (labels, token ids, token weights)
+CHUNK = 65536
+
+
+def row_schema(vocab_size: int) -> pa.Schema:
+    s = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())), ("tokens", pa.list_(pa.int32())),
+                   ("token_weights", pa.list_(pa.float32()))])
+    return with_task_meta(s, "xmc", vocab_size=vocab_size)
+
+
+def _csr(lists: List[Sequence], dtype) -> Tuple[np.ndarray, np.ndarray]:
+    lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+    off = np.concatenate([[0], np.cumsum(lens)])
+    vals = np.fromiter((v for x in lists for v in x), dtype, int(off[-1]))
+    return vals, off
+
+
+def _flush(w: PartWriter, ids: List[int], buf: List[Row]) -> None:
+    lab, lo = _csr([r[0] for r in buf], np.int64)
+    tok, to = _csr([r[1] for r in buf], np.int32)
+    wt, _ = _csr([r[2] for r in buf], np.float32)
+    w.write({"id": pa.array(np.asarray(ids, np.int64)), "labels": var_list(lab, lo, pa.int64()),
+             "tokens": var_list(tok, to, pa.int32()), "token_weights": var_list(wt, to, pa.float32())})
+
+
+def _write_split(tmp: str, name: str, rows: Iterable[Row], id0: int, vocab: int, num_labels: int,
+                 counts: Optional[np.ndarray], total: Optional[int], progress: bool) -> Dict:
+    w = PartWriter(os.path.join(tmp, f"{name}.parquet"), row_schema(vocab), row_group_rows=CHUNK)
+    buf: List[Row] = []
+    n = 0
+    with tqdm(total=total, desc=f"import {name}", unit="rows", disable=not progress, file=sys.stderr) as bar:
+        for r in rows:
+            buf.append(r)
+            if counts is not None and len(r[0]):
+                np.add.at(counts, np.asarray(r[0], np.int64), 1)
+            if len(buf) == CHUNK:
+                _flush(w, list(range(id0 + n, id0 + n + len(buf))), buf)
+                n += len(buf)
+                bar.update(len(buf))
+                buf = []
+        if buf:
+            _flush(w, list(range(id0 + n, id0 + n + len(buf))), buf)
+            n += len(buf)
+            bar.update(len(buf))
+    w.close()
+    return {"files": [f"{name}.parquet"], "rows": n, "id_range": [id0, id0 + n], "label_range": [0, num_labels]}
+
+
+def _write_labels(tmp: str, num_labels: int, vocab: int, counts: np.ndarray,
+                  text: Optional[Sequence[str]], tokens: Optional[Sequence[Sequence[int]]]) -> None:
+    s = with_task_meta(pa.schema([("label_id", pa.int64()), ("text", pa.string()),
+                                  ("tokens", pa.list_(pa.int32())), ("train_count", pa.int64())]),
+                       "xmc_labels", vocab_size=vocab)
+    tok, off = _csr(list(tokens) if tokens is not None else [[]] * num_labels, np.int32)
+    w = PartWriter(os.path.join(tmp, "labels.parquet"), s, row_group_rows=CHUNK)
+    w.write({"label_id": pa.array(np.arange(num_labels, dtype=np.int64)),
+             "text": pa.array(list(text) if text is not None else [""] * num_labels, pa.string()),
+             "tokens": var_list(tok, off, pa.int32()), "train_count": pa.array(counts)})
+    w.close()
+
+
+def write_xmc_dataset(out_dir: str, splits: Dict[str, Iterable[Row]], *, num_labels: int, vocab_size: int,
+                      label_text: Optional[Sequence[str]] = None,
+                      label_tokens: Optional[Sequence[Sequence[int]]] = None,
+                      totals: Optional[Dict[str, int]] = None, source: Optional[Dict] = None,
+                      overwrite: bool = False, progress: bool = True) -> Dict:
+    """Write ``splits`` (name -> rows; "train" first) to ``out_dir``; returns meta.json's dict."""
+    for name, seq in (("label_text", label_text), ("label_tokens", label_tokens)):
+        if seq is not None and len(seq) != num_labels:
+            raise ValueError(f"{name} has {len(seq)} entries, expected num_labels={num_labels}")
+    counts = np.zeros(num_labels, np.int64)
+    info: Dict[str, Dict] = {}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        id0 = 0
+        for name, rows in splits.items():
+            info[name] = _write_split(tmp, name, rows, id0, vocab_size, num_labels,
+                                      counts if name == "train" else None, (totals or {}).get(name), progress)
+            id0 += info[name]["rows"]
+        _write_labels(tmp, num_labels, vocab_size, counts, label_text, label_tokens)
+        meta = {"task": "xmc", "schema_version": SCHEMA_VERSION, "seed": 0, "num_classes": num_labels,
+                "test_classes": 0, "inputs": {"tokens": {"vocab_size": vocab_size, "pad_id": 0}},
+                "splits": info, "labels": {"file": "labels.parquet", "rows": num_labels,
+                                           "labels_with_train_rows": int((counts > 0).sum())},
+                "source": source or {}}
+        write_json(os.path.join(tmp, "meta.json"), meta)
+    return meta
