@@ -147,12 +147,14 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
 
 
 def formula_mb(spec: Dict[str, Any]) -> float:
-    """Predicted per-rank head memory (sharded head, SGD momentum, sparse Partial FC), MiB:
-    W + momentum 8 C_l d; sampled rows (copy, normalised copy, grad) 12 r C_l d;
-    3 fp32 [B, r C_l] buffers at the peak (scores, logits, softmax/grad); gathered batch O(B d)."""
+    """Predicted per-rank head memory (sharded head, SGD momentum), MiB, with C_l = D / W rows and
+    C_a = r C_l active rows: W + momentum 8 C_l d; active rows (copy, normalised copy, gradient)
+    12 C_a d, or at r = 1 (normalised copy, W.grad) 8 C_l d; ONE fp32 [B_g, C_a] buffer (scores ->
+    logits -> softmax -> gradient, all in place) 4 B_g C_a; sampling keys 24 C_l; batch O(B_g d)."""
     cl = math.ceil(spec["D"] / spec["ws"])
-    ca = cl * spec["r"] if spec["r"] < 1 else 0
-    return (8 * cl * spec["d"] + 12 * ca * spec["d"] + 12 * spec["B"] * (ca or cl) + 16 * spec["B"] * spec["d"]) / 2**20
+    ca = cl * spec["r"] if spec["r"] < 1 else cl
+    rows = 12 * ca * spec["d"] + 24 * cl if spec["r"] < 1 else 8 * cl * spec["d"]
+    return (8 * cl * spec["d"] + rows + 4 * spec["B"] * ca + 16 * spec["B"] * spec["d"]) / 2**20
 
 
 def run_row(spec: Dict[str, Any]) -> Any:

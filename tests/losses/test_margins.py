@@ -39,7 +39,7 @@ def _formula_logits(name, emb, w, labels):
     oh = F.one_hot(labels.clamp(min=0), C).bool() & (labels >= 0)[:, None]
     if name == "softmax":
         return emb @ w.t()
-    k = 3 if name == "subcenter_arcface" else 1
+    k = 3 if name in ("subcenter_arcface", "intertopk_subcenter") else 1
     c = _cos(emb, w, k)
     tgt = {"norm_softmax": lambda: 64 * c, "cosface": lambda: 64 * (c - 0.35),
            "arcface": lambda: _arc(c, 0.5, 64), "subcenter_arcface": lambda: _arc(c, 0.5, 64),
@@ -61,7 +61,12 @@ def _formula_logits(name, emb, w, labels):
             m = plus_assign(m, tc, valid)
         th = torch.acos(c)
         tgt[name] = lambda: 64 * (torch.cos(th + m[:, None]) if "arc" in name else c - m[:, None])
-    scale = {"arcface": 64, "subcenter_arcface": 64, "aam": 32, "sphereface": 30}.get(name, 64)
+    if name == "intertopk_subcenter":  # WeSpeaker: 5 hardest non-targets get cos(theta - 0.06)
+        nt = c.masked_fill(oh, -2.0)
+        kth = nt.topk(5, dim=1).values[:, -1:]
+        c = torch.where((nt >= kth) & ~oh, torch.cos(torch.acos(c) - 0.06), c)
+        tgt[name] = lambda: _arc(c, 0.2, 32, "continuous")
+    scale = {"intertopk_subcenter": 32, "arcface": 64, "subcenter_arcface": 64, "aam": 32, "sphereface": 30}.get(name, 64)
     return torch.where(oh, tgt[name](), scale * c)
 
 

@@ -27,7 +27,7 @@ from xclass.heads.partition import class_range, to_local
 from xclass.heads.sampling import sample_classes
 from xclass.losses.seeding import mix_key
 from xclass.losses.margins import MarginAux
-from xclass.losses.objectives import GradSumAcross, binary_ce, softmax_ce
+from xclass.losses.objectives import GradSumAcross, binary_ce, softmax_ce, topk_threshold
 
 INIT_BLOCK = 4096  # classes per init generator: init depends on (seed, global class id) only
 ROW_CHUNK = 8192  # rows per chunk in the row-normalisation backward
@@ -133,6 +133,10 @@ class ShardedMarginHead(nn.Module):
         if self.sample_rate >= 1.0 or not self.training:
             self.active = None
             return self.weight, target, self.num_classes
+        if self.active is not None and self.active[1].grad is not None:
+            raise RuntimeError("Partial FC (sample_rate < 1): the sampled rows' gradient was not consumed; "
+                               "call the head optimizer's step() or zero_grad() before the next forward "
+                               "(gradient accumulation over micro-batches needs sample_rate = 1)")
         idx = sample_classes(self.start, self.stop, target, self.sample_rate, self.seed,
                              int(self.step_count))
         rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k, device=idx.device)).reshape(-1)
@@ -167,7 +171,12 @@ class ShardedMarginHead(nn.Module):
         w, target, n_active = self._active_rows(target)
         cos = self._scores(emb_g, w)
         tcos = self._target_cos(cos, target) if self.margin.needs_target_cos else None
-        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos, owned=True)
+        thr = None
+        if getattr(self.margin, "needs_topk", 0):
+            c = cos.detach().view(cos.shape[0], -1, self.k).amax(-1)
+            thr = topk_threshold(c, target, self.margin.needs_topk, self.group)
+        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos, owned=True,
+                        topk_threshold=thr)
         logits = self.margin(cos, target, aux)
         if self.margin.objective == "binary":
             b = GradSumAcross.apply(self.bias, self.group)

@@ -41,6 +41,7 @@ class MarginAux:
     valid: [B] bool, replicated; False for ignored rows.
     target_cos: [B] fp32 detached, replicated; every row's raw target cosine (0 if ignored);
     only filled when the margin sets ``needs_target_cos``.
+    topk_threshold: [B] replicated global k-th largest non-target score (margins with ``needs_topk``).
     owned: the caller owns ``cos`` (a temporary fp32 score buffer): margins may overwrite it
     instead of allocating another [B, C] tensor. Tests and direct callers leave it False.
     """
@@ -50,6 +51,7 @@ class MarginAux:
     valid: Optional[torch.Tensor] = None
     target_cos: Optional[torch.Tensor] = None
     owned: bool = False
+    topk_threshold: Optional[torch.Tensor] = None
 
 
 def safe_map(ct: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], grad: str,

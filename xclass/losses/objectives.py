@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from xclass.dist.collectives import all_reduce
+from xclass.dist.collectives import all_gather_nograd, all_reduce
 
 
 class _ShardedSoftmaxCE(torch.autograd.Function):
@@ -116,3 +116,17 @@ def binary_ce(z: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, lam
     row = row + torch.where(has, fix, torch.zeros_like(fix))
     row = torch.where(valid, weight * row, torch.zeros_like(row))
     return _SumAcross.apply(row, group)
+
+
+def topk_threshold(c: torch.Tensor, target: torch.Tensor, k: int, group: Optional[Any] = None) -> torch.Tensor:
+    """Per-row k-th largest NON-target score over the global class set [B] (replicated), from
+    class-sharded scores ``c [B, C_local]``: local top-k, then an all-gather of k candidates per row
+    (padded with -inf where a shard has fewer than k columns). No gradient."""
+    c = c.detach().float().scatter(1, target.clamp(min=0).unsqueeze(1),
+                                   torch.where(target >= 0, float("-inf"), c.detach().float().gather(
+                                       1, target.clamp(min=0).unsqueeze(1)).squeeze(1)).unsqueeze(1))
+    kk = min(k, c.shape[1])
+    local = torch.full((c.shape[0], k), float("-inf"), device=c.device)
+    local[:, :kk] = c.topk(kk, dim=1).values
+    cand = all_gather_nograd(local.t().contiguous(), group)  # [W * k, B]
+    return cand.topk(k, dim=0).values[-1]
