@@ -77,10 +77,12 @@ def _loss(task, logits, labels):
     return -(picked.sum(1) / pos.sum(1).clamp_min(1)).mean()
 
 
-def bench(task, args, root):
-    meta = make_data(task, os.path.join(root, task), num_classes=args.classes, progress=False,
-                     **DATA[task])
-    name = DEFAULT_ENCODER[task]
+def bench(task, name, args, root):
+    if not os.path.exists(os.path.join(root, task)):
+        make_data(task, os.path.join(root, task), num_classes=args.classes, progress=False,
+                  **DATA[task])
+    with open(os.path.join(root, task, "meta.json")) as f:
+        meta = json.load(f)
     files = [os.path.join(root, task, f) for f in sorted(os.listdir(os.path.join(root, task)))
              if f.startswith("train")]
     reader = ParquetReader(files, input_columns(task, name), batch_rows=10 ** 6, shuffle=False)
@@ -154,11 +156,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoders", default="", help="e.g. speaker=thin_resnet,xmc=transformer "
+                    "(default: DEFAULT_ENCODER of each task)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
-        for task in args.tasks.split(","):
-            print(json.dumps(bench(task, args, root)), flush=True)
+        runs = ([tuple(kv.split("=")) for kv in args.encoders.split(",")] if args.encoders
+                else [(t, DEFAULT_ENCODER[t]) for t in args.tasks.split(",")])
+        for task, name in runs:
+            print(json.dumps(bench(task, name, args, root)), flush=True)
 
 
 if __name__ == "__main__":
