@@ -46,9 +46,10 @@ def check_labels(emb: torch.Tensor, labels: torch.Tensor, d: int, num_classes: i
 def gather_labels(labels: torch.Tensor, group: Optional[Any]) -> torch.Tensor:
     """[B_local, K_local] -> [B_global, K] replicated (K = max over ranks), duplicates in a
     row replaced by IGNORE_INDEX (each positive counts once)."""
-    k = int(C.all_reduce(torch.tensor([labels.shape[1]]), "max", group))
+    k = int(C.all_reduce(torch.tensor([labels.shape[1]], device=labels.device), "max", group))
     if k > labels.shape[1]:
-        pad = torch.full((labels.shape[0], k - labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype)
+        pad = torch.full((labels.shape[0], k - labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype,
+                         device=labels.device)
         labels = torch.cat([labels, pad], 1)
     g = C.all_gather_nograd(labels, group)
     s, _ = g.sort(1)

@@ -125,8 +125,8 @@ class DualDecoupledHead(nn.Module):
         query's shortlist (refreshed snapshot of the shard's label embeddings)."""
         sl = self.shortlist
         if sl.stale(int(self.step_count)):
-            sl.rebuild(self._prep(self.local_weight()[0]).numpy(), int(self.step_count))
-        idx = torch.from_numpy(sl.search(self._prep(emb_g.detach()).numpy()))
+            sl.rebuild(self._prep(self.local_weight()[0]).cpu().numpy(), int(self.step_count))
+        idx = torch.from_numpy(sl.search(self._prep(emb_g.detach()).cpu().numpy())).to(pos_local.device)
         cand = torch.cat([idx.reshape(-1), pos_local.reshape(-1)])
         return torch.unique(cand[cand >= 0])
 
@@ -150,7 +150,7 @@ class DualDecoupledHead(nn.Module):
         loss = per.sum() / n
         metrics = {"loss": loss.detach(), "valid_rows": n.detach()}
         if cols is not None:
-            metrics["active_labels"] = C.all_reduce(torch.tensor(float(cols.numel())), "sum", self.group)
+            metrics["active_labels"] = C.all_reduce(torch.tensor(float(cols.numel()), device=cols.device), "sum", self.group)
         return HeadOutput(loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ contract
@@ -161,7 +161,8 @@ class DualDecoupledHead(nn.Module):
         n = self.stop - self.start
         if self.tower is None:
             return self.weight.detach().float(), self.start
-        chunks = [self.label_embeddings(torch.arange(a, min(a + 65536, n))) for a in range(0, n, 65536)]
+        dev = self.label_values.device
+        chunks = [self.label_embeddings(torch.arange(a, min(a + 65536, n), device=dev)) for a in range(0, n, 65536)]
         return torch.cat(chunks).float(), self.start
 
     @torch.no_grad()

@@ -36,8 +36,8 @@ class LabelTower(nn.Module):
 def select_bags(values: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CSR sub-matrix of ``rows`` (int64 [m]): (values [T'], offsets [m + 1])."""
     lens = offsets[rows + 1] - offsets[rows]
-    new_off = torch.zeros(rows.numel() + 1, dtype=torch.int64)
+    new_off = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=values.device)
     torch.cumsum(lens, 0, out=new_off[1:])
     total = int(new_off[-1])
-    within = torch.arange(total, dtype=torch.int64) - torch.repeat_interleave(new_off[:-1], lens)
+    within = torch.arange(total, dtype=torch.int64, device=values.device) - torch.repeat_interleave(new_off[:-1], lens)
     return values[torch.repeat_interleave(offsets[rows], lens) + within], new_off
