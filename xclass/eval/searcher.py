@@ -9,7 +9,8 @@ from typing import List, Optional
 import numpy as np
 
 from xclass.eval import index as xi
-from xclass.eval.knn import GPU_MAX_K, merge_topk, search_k_limited, torch_flat_topk
+from xclass.eval.flat import TorchFlat
+from xclass.eval.knn import GPU_MAX_K, merge_topk, search_k_limited
 
 faiss = xi.faiss
 
@@ -34,6 +35,7 @@ class ShardedIndex:
         self.backend = "torch" if (backend != "faiss" and spec.kind == "flat") else "faiss"
         self.cpu_shards = shards
         self._parts: dict = {}
+        self._torch: dict = {}       # shard position -> TorchFlat (zero-copy view, cached norms)
         self.use_gpu = use_gpu and xi.gpu_available()
         self.shards = [xi.to_gpu(s) for s in shards] if self.use_gpu else shards
         for s in self.shards + self.cpu_shards:
@@ -121,16 +123,18 @@ class ShardedIndex:
         """q [n, d] raw queries (normalised here for cosine) -> (D, I) [n, k]."""
         q = self.prepare_queries(q)
         Ds, Is = [], []
-        for gpu_s, cpu_s in zip(self.shards, self.cpu_shards):
-            D, I = self._search_shard(gpu_s, cpu_s, q, min(k, max(gpu_s.ntotal, 1)))
+        for j, (gpu_s, cpu_s) in enumerate(zip(self.shards, self.cpu_shards)):
+            D, I = self._search_shard(j, gpu_s, cpu_s, q, min(k, max(gpu_s.ntotal, 1)))
             Ds.append(D)
             Is.append(I)
         return merge_topk(Ds, Is, k, self.spec.higher_is_better)
 
-    def _search_shard(self, s, cpu_s, q, k):
+    def _search_shard(self, j, s, cpu_s, q, k):
         if self.backend == "torch" and not self.use_gpu and s.ntotal:
-            return torch_flat_topk(_flat_vectors(cpu_s), xi.ids_of(cpu_s), q, k,
-                                   self.spec.higher_is_better)
+            if j not in self._torch:
+                self._torch[j] = TorchFlat(_flat_vectors(cpu_s), xi.ids_of(cpu_s),
+                                           self.spec.higher_is_better)
+            return self._torch[j].search(q, k)
         if not self.use_gpu or k <= GPU_MAX_K or s is cpu_s:
             return s.search(q, k)
         if self.spec.kind != "flat":
