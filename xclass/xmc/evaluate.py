@@ -8,12 +8,57 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
 import xclass.xmc  # noqa: F401  (registers the XMC heads before export builds them)
+from xclass import components
 from xclass.eval import evaluate as ev
 from xclass.eval.export import export_index
 from xclass.eval.index import IndexSpec
+from xclass.eval.metrics import inverse_propensity
 from xclass.eval.searcher import ShardedIndex
-from xclass.export import embed_split, export_head, load_run
+from xclass.export import export_head, load_encoder, load_run
+from xclass.train.setup import load_meta
+
+
+def _offsets(arr):
+    off = arr.offsets.to_numpy().astype(np.int64)
+    return arr.flatten().to_numpy(zero_copy_only=False), off - off[0]
+
+
+def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_rows: int = 1024) -> str:
+    """``id``, ``labels`` (list) and ``embedding`` of every row of an XMC split, encoded by the
+    run's encoder (xclass.export.embed_split writes multi-label rows as one flat column)."""
+    cfg = load_run(run_dir)
+    meta = load_meta(data)
+    enc = load_encoder(run_dir, cfg, meta)
+    decode = components.make_decoder("xmc", meta)
+    f = pq.ParquetFile(os.path.join(data, f"{split}.parquet"))
+    embs, tables = [], []
+    with torch.no_grad():
+        for rb in f.iter_batches(batch_rows, columns=["id", "labels", "tokens"]):
+            batch = {"id": rb.column(0).to_numpy()}
+            for name in ("labels", "tokens"):
+                batch[name], batch[name + "_offsets"] = _offsets(rb.column(name))
+            inputs, _ = decode(batch)
+            embs.append(enc(inputs).float().numpy())
+            tables.append(pa.table({"id": rb.column(0), "labels": rb.column(1)}))
+    emb = np.concatenate(embs)
+    t = pa.concat_tables(tables).append_column(
+        "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]))
+    pq.write_table(t, out_path + ".tmp")
+    os.replace(out_path + ".tmp", out_path)
+    return out_path
+
+
+def train_propensity(path: str, n_labels: int, a: float, b: float) -> np.ndarray:
+    """Inverse propensities [n_labels] from a training split's ``labels`` (no embeddings needed)."""
+    lab = pq.read_table(path, columns=["labels"]).column("labels").combine_chunks()
+    flat = lab.flatten().to_numpy()
+    return inverse_propensity(np.bincount(flat, minlength=n_labels), len(lab), a, b)
 
 
 def run_metric(run_dir: str) -> str:
@@ -34,10 +79,10 @@ def evaluate_run(run_dir: str, work: str, ks: Sequence[int] = (1, 3, 5), a: floa
     spec = IndexSpec(kind="flat", metric=run_metric(run_dir))
     labels = export_head(run_dir, os.path.join(work, "label_embeddings"))
     export_index(labels, os.path.join(work, "label_index"), spec, overwrite=True)
-    queries = embed_split(run_dir, "test", os.path.join(work, "test_embeddings.parquet"), data_path=data)
+    queries = embed_xmc_split(run_dir, data, "test", os.path.join(work, "test_embeddings.parquet"))
     index = ShardedIndex.open(os.path.join(work, "label_index"))
     n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
-    inv = ev.propensity_from_train(os.path.join(data, "train.parquet"), n_labels, a, b)
+    inv = train_propensity(os.path.join(data, "train.parquet"), n_labels, a, b)
     out = ev.evaluate_xmc(index, queries, ks, inv_prop=inv, progress=progress)
     out["metric"] = spec.metric
     return out
