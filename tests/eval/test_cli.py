@@ -136,3 +136,21 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         runner = run_export if adder is add_export_args else run_evaluate
         assert runner(_args(adder, argv)) == 2, argv
         assert msg in capsys.readouterr().err, msg
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfflat"])
+def test_query_labels_outside_the_index_are_refused(tmp_path, capsys, kind):
+    rng = np.random.default_rng(8)
+    ids = np.arange(0, 600, 2)                    # even ids only
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    out = _export(tmp_path, [write_embeddings(tmp_path / "lab.parquet", ids, x)],
+                  "--index-type", kind, "--nlist", "4", "--train-size", "300")
+    labels = [[0], [4, 6], [], [2]] * 3
+    bad_id = 7 if kind == "flat" else 600         # IVF: checked against the manifest id range
+    labels[9] = [2, bad_id]
+    qf = write_embeddings(tmp_path / "q.parquet", np.arange(12), x[:12], labels=labels)
+    argv = ["--protocol", "xmc", "--index", out, "--queries", qf, "--quiet", "--batch-rows", "5"]
+    assert run_evaluate(_args(add_evaluate_args, argv)) == 2
+    err = capsys.readouterr().err
+    assert f"q.parquet: row 9 has label id {bad_id}, which the index" in err and out in err
+    assert run_evaluate(_args(add_evaluate_args, argv + ["--allow-unindexed-labels"])) == 0

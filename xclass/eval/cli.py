@@ -89,6 +89,11 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prop-b", type=float, default=1.5)
     p.add_argument("--filter", dest="filter_file", help="'row label' pairs removed before ranking")
     p.add_argument("--empty-rows", default="keep", choices=["keep", "drop"])
+    p.add_argument("--allow-unindexed-labels", action="store_true",
+                   help="xmc: accept query label ids the index does not hold (scored as misses)")
+    p.add_argument("--cohort", help="speaker/face: cohort embedding Parquet (id, embedding) for AS-norm")
+    p.add_argument("--asnorm-top", type=int, default=300,
+                   help="AS-norm: cohort scores kept per side (top-N), default 300")
     p.add_argument("--majority-k", type=int, default=5)
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
@@ -129,15 +134,20 @@ def _run_evaluate(args) -> int:
         filt = ev.read_filter(args.filter_file) if args.filter_file else None
         metrics = ev.evaluate_xmc(index, args.queries, args.ks, inv_prop=inv, filter_pairs=filt,
                                   batch_rows=args.batch_rows, empty_rows=args.empty_rows,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet,
+                                  check_labels=not getattr(args, "allow_unindexed_labels", False))
         header.update({"index": args.index, "index_type": index.spec.kind, "queries": args.queries,
                        "propensity_A_B": [args.prop_a, args.prop_b] if inv is not None else None,
                        "filter_file": args.filter_file, "empty_rows": args.empty_rows})
     elif args.protocol in ("face", "speaker"):
         _need(args, "embeddings", "pairs")
-        metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol)
+        cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
+        metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
+                                                   cohort=cohort, asnorm_top=top)
         header.update({"embeddings": args.embeddings, "pairs": args.pairs,
-                       "score": "cosine", "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})
+                       "score": f"AS-norm(top {top}) cosine" if cohort else "cosine",
+                       "cohort": cohort,
+                       "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})
     else:
         _need(args, "index", "queries", "gallery")
         metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries,

@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from xclass.eval.identification import identification_report
-from xclass.eval.io import Source, iter_batches, label_column, num_rows, read_all, read_columns
+from xclass.eval.io import ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
+from xclass.eval.scorenorm import as_norm_trials, unit_rows
 from xclass.eval.verification import verification_report
 
 
@@ -52,11 +53,44 @@ def read_filter(path: str) -> np.ndarray:
     return arr
 
 
+class _LabelSpace:
+    """Checks that query label ids are ids the index holds (exactly for id-mapped shards,
+    by the manifest's per-shard id ranges otherwise)."""
+
+    def __init__(self, index, queries: Source):
+        self.where, self.path = _name(queries), getattr(index, "path", "index")
+        self.known = index.label_ids() if hasattr(index, "label_ids") else None
+        self.ranges = index.id_ranges() if hasattr(index, "id_ranges") else None
+
+    def __call__(self, b) -> None:
+        lab = b.labels.indices
+        if not len(lab) or (self.known is None and self.ranges is None):
+            return
+        if self.known is not None:
+            pos = np.clip(np.searchsorted(self.known, lab), 0, max(len(self.known) - 1, 0))
+            bad = (self.known[pos] != lab) if len(self.known) else np.ones(len(lab), bool)
+            held = f"{len(self.known)} ids"
+        else:
+            r = self.ranges
+            bad = ~((lab[:, None] >= r[:, 0]) & (lab[:, None] <= r[:, 1])).any(axis=1)
+            held = f"ids in {r.tolist()}"
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            row = b.offset + int(np.searchsorted(b.labels.indptr, j, side="right") - 1)
+            raise ValueError(
+                f"{self.where}: row {row} has label id {int(lab[j])}, which the index "
+                f"{self.path} does not hold ({held}); do queries and index share one label "
+                "space? (--allow-unindexed-labels scores such labels as misses)")
+
+
 def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
                  inv_prop: Optional[np.ndarray] = None, filter_pairs: Optional[np.ndarray] = None,
-                 batch_rows: int = 4096, empty_rows: str = "keep", progress: bool = True) -> dict:
+                 batch_rows: int = 4096, empty_rows: str = "keep", progress: bool = True,
+                 check_labels: bool = True) -> dict:
     """XMC metrics of ``queries`` (with ``labels``/``label``) retrieved from ``index``
-    (a :class:`~xclass.eval.searcher.ShardedIndex` or anything with ``search(q, k)``)."""
+    (a :class:`~xclass.eval.searcher.ShardedIndex` or anything with ``search(q, k)``).
+    ``check_labels``: refuse query label ids the index does not hold (a label-space mismatch
+    would otherwise silently score as misses)."""
     if empty_rows not in ("keep", "drop"):
         raise ValueError(f"empty_rows must be 'keep' or 'drop', got {empty_rows!r}")
     K = max(ks)
@@ -68,7 +102,10 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
         if len(inv_prop) <= hi:      # labels never seen in training: count 0
             raise ValueError(f"inverse propensities cover {len(inv_prop)} labels, index ids reach {hi}")
     parts, bar = [], _progress(num_rows(queries), "xmc eval", progress)
+    check = _LabelSpace(index, queries) if check_labels else None
     for b in iter_batches(queries, batch_rows, with_labels=True):
+        if check is not None:
+            check(b)
         _, I = index.search(b.emb, K + extra)
         if extra:
             sel = (filter_pairs[:, 0] >= b.offset) & (filter_pairs[:, 0] < b.offset + len(b.ids))
@@ -88,6 +125,10 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
     return out
 
 
+def _name(src: Source) -> str:
+    return src.name if isinstance(src, ArraySource) else str(src)
+
+
 def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str, where: str) -> np.ndarray:
     order = np.argsort(ids, kind="stable")
     pos = np.searchsorted(ids[order], wanted)
@@ -100,21 +141,36 @@ def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str, where: str) -> np.n
     return order[pos]
 
 
-def pair_scores(emb: Source, a: np.ndarray, b: np.ndarray, where: str = "pairs") -> np.ndarray:
-    """Cosine similarity of embedding pairs given by ids ``a``, ``b`` [m]."""
+def pair_scores(emb: Source, a: np.ndarray, b: np.ndarray, where: str = "pairs",
+                cohort: Optional[Source] = None, asnorm_top: int = 300) -> np.ndarray:
+    """Cosine similarity of embedding pairs given by ids ``a``, ``b`` [m]; with a ``cohort``
+    embedding file, AS-norm scores over its ``asnorm_top`` closest members per side
+    (:mod:`xclass.eval.scorenorm`)."""
     data = read_all(emb)
-    x = data.emb / np.maximum(np.linalg.norm(data.emb, axis=1, keepdims=True), 1e-12)
+    x = unit_rows(data.emb)
     ra = _rows_of(data.ids, np.asarray(a, np.int64), "column 'a'/'enroll'", where)
     rb = _rows_of(data.ids, np.asarray(b, np.int64), "column 'b'/'test'", where)
-    return np.einsum("ij,ij->i", x[ra], x[rb]).astype(np.float64)
+    if cohort is None:
+        return np.einsum("ij,ij->i", x[ra], x[rb]).astype(np.float64)
+    c = read_all(cohort).emb
+    if c.shape[1] != x.shape[1]:
+        raise ValueError(f"{_name(cohort)}: cohort embedding dimension {c.shape[1]} != "
+                         f"{x.shape[1]} in {_name(emb)}")
+    if not 1 <= asnorm_top <= len(c):
+        raise ValueError(f"{_name(cohort)}: AS-norm top-N {asnorm_top} must be in "
+                         f"[1, {len(c)}] (the cohort size)")
+    return as_norm_trials(x, ra, rb, unit_rows(c), asnorm_top)
 
 
-def evaluate_verification(emb: Source, pairs: str, protocol: str = "face") -> Tuple[dict, dict]:
+def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
+                          cohort: Optional[Source] = None,
+                          asnorm_top: int = 300) -> Tuple[dict, dict]:
     """Face (pairs file ``a, b, same``) or speaker (trials ``enroll, test, target``).
+    ``cohort``: embedding file for AS-norm (scores then are AS-normalised cosines).
     Returns (metrics, curves) where curves holds the raw ``scores`` and ``target``."""
     cols = ("a", "b", "same") if protocol == "face" else ("enroll", "test", "target")
     a, b, t = read_columns(pairs, cols, ("int", "int", "bool"))
-    s = pair_scores(emb, a, b, where=str(pairs))
+    s = pair_scores(emb, a, b, where=str(pairs), cohort=cohort, asnorm_top=asnorm_top)
     return verification_report(s, t, protocol), {"scores": s, "target": t}
 
 

@@ -113,6 +113,21 @@ class ShardedIndex:
             if dev > 1e-3:
                 _fail(path, f"metric is cosine but stored vectors have norms off 1 by {dev:.3g}")
 
+    def label_ids(self) -> Optional[np.ndarray]:
+        """Sorted global ids held by the index [ntotal] int64, read from the shards' id maps
+        (cached); None when a shard keeps its ids elsewhere (IVF: use the manifest ranges)."""
+        if not hasattr(self, "_label_ids"):
+            parts = [xi.ids_of(s) for s in self.cpu_shards]
+            self._label_ids = None if any(p is None for p in parts) else \
+                np.sort(np.concatenate(parts + [np.zeros(0, np.int64)]))
+        return self._label_ids
+
+    def id_ranges(self) -> np.ndarray:
+        """[n_shards, 2] inclusive (id_min, id_max) per non-empty shard, from the manifest."""
+        r = [(sh["id_min"], sh["id_max"]) for sh in self.manifest["shards"]
+             if sh.get("ntotal", 0) and "id_min" in sh]
+        return np.asarray(r, np.int64).reshape(-1, 2)
+
     def prepare_queries(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q)
         if q.ndim != 2 or q.shape[1] != self.dim:
