@@ -1,0 +1,259 @@
+"""Angular prototypical loss (the metric-learning recipe of voxceleb_trainer) as a batch-level head,
+and a combined margin + angular prototypical head.
+
+Registered in HEADS:
+- ``"angproto"``: the loss alone. No class vectors: the "classes" are the speakers present in the
+  (global) batch.
+- ``"margin_angproto"``: a sharded margin head (``head.margin``, e.g. ``aam`` with warm-up) plus
+  ``ap_weight`` times the angular prototypical loss on the same embeddings.
+
+The loss on a batch (``angproto_loss``): rows are grouped by label; a speaker with >= 2 rows gives
+one *query* (its first row in batch order) and one *prototype* (the mean of its other rows' raw
+embeddings, as voxceleb_trainer averages ``x[:, 1:]``). With N such speakers,
+``logits[i, j] = w * cos(query_i, proto_j) + b`` (w clamped to >= 1e-6) and the loss is the mean
+over queries of the cross-entropy with target i. **Speakers with a single row in the batch are
+skipped** (they have no prototype); a batch with no speaker of >= 2 rows gives loss 0. The shuffled
+reader gives random batches, so the number of usable speakers per batch depends on batch size vs
+number of speakers; a sampler with M rows per speaker would make every row count (not provided).
+
+Distribution (world size W): the head all-gathers the batch (``all_gather_with_grad``) and every
+rank computes the same loss on the concatenated global batch, so the loss equals the
+single-process loss on that batch. Each rank back-propagates the full loss, and the all-gather
+backward *sums* the W identical gradients of this rank's rows: the encoder receives
+``W * d loss / d emb_local``, exactly the gradient-scale convention of ``xclass.heads.base``.
+The scalars w, b are replicated and get the exact ``d loss / d w`` on every rank (identical), so
+they stay identical without averaging.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xclass.dist import collectives as C
+from xclass.heads.base import HEADS, IGNORE_INDEX, HeadOutput, head_lr
+from xclass.heads.optim import build_head_optimizer
+
+AP_KEYS = ("ap_weight", "init_w", "init_b")
+
+
+def prototypes(emb: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Queries and prototypes of the speakers with >= 2 rows.
+
+    emb [B, d] (replicated global batch), labels [B] int64 (IGNORE_INDEX rows dropped).
+    Returns (queries [N, d], protos [N, d]) ordered by each speaker's first row in the batch.
+    """
+    keep = labels != IGNORE_INDEX
+    emb, labels = emb[keep], labels[keep]
+    if labels.numel() == 0:
+        return emb[:0], emb[:0]
+    uniq, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    pos = torch.arange(labels.numel(), device=labels.device)
+    first = torch.full((uniq.numel(),), labels.numel(), dtype=torch.int64, device=labels.device)
+    first = first.scatter_reduce(0, inv, pos, reduce="amin")
+    is_query = pos == first[inv]
+    support = torch.zeros(uniq.numel(), emb.shape[1], dtype=emb.dtype, device=emb.device)
+    support = support.index_add(0, inv[~is_query], emb[~is_query])
+    ok = counts >= 2
+    order = torch.argsort(first[ok])  # speakers in order of first appearance
+    queries = emb[first[ok]][order]
+    protos = (support[ok] / (counts[ok] - 1).unsqueeze(1).to(emb.dtype))[order]
+    return queries, protos
+
+
+def angproto_loss(emb: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
+                  b: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Angular prototypical loss of one (global) batch. emb [B, d]; labels [B]; w, b scalars [1].
+
+    Returns (loss scalar, metrics: ap_speakers = N, ap_acc = top-1 accuracy of the queries)."""
+    q, p = prototypes(emb.float(), labels.to(torch.int64))
+    n = q.shape[0]
+    if n == 0:  # keeps the graph connected so backward still works (all gradients zero)
+        zero = emb.sum() * 0.0 + (w.sum() + b.sum()) * 0.0
+        return zero, {"ap_speakers": torch.tensor(0.0), "ap_acc": torch.tensor(0.0)}
+    cos = F.normalize(q, dim=1) @ F.normalize(p, dim=1).t()
+    logits = w.clamp(min=1e-6) * cos + b
+    target = torch.arange(n, device=emb.device)
+    loss = F.cross_entropy(logits, target)
+    acc = (logits.detach().argmax(1) == target).float().mean()
+    return loss, {"ap_speakers": torch.tensor(float(n)), "ap_acc": acc}
+
+
+class ScalarOptimizer:
+    """SGD-momentum / AdamW for replicated scalars (w, b); no weight decay (as voxceleb_trainer's
+    loss parameters get none). ``lr`` is settable for the loop's schedule."""
+
+    def __init__(self, params: Any, optim_cfg: Any) -> None:
+        name = str(optim_cfg.name).lower()
+        lr = head_lr(optim_cfg)
+        if name == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=float(getattr(optim_cfg, "momentum", 0.9) or 0.0))
+        elif name == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        else:
+            raise ValueError(f"head optimizer {name!r} not in ('sgd', 'adamw')")
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = float(value)
+
+    def step(self) -> bool:
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.opt.load_state_dict(state)
+
+
+class AngularPrototypicalHead(nn.Module):
+    """Batch-level head. w, b: [1] replicated Parameters (init 10, -5 as in voxceleb_trainer)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, ctx: Any, init_w: float = 10.0,
+                 init_b: float = -5.0) -> None:
+        super().__init__()
+        self.num_classes, self.embedding_dim, self.ctx = int(num_classes), int(embedding_dim), ctx
+        self.w = nn.Parameter(torch.tensor([float(init_w)]))
+        self.b = nn.Parameter(torch.tensor([float(init_b)]))
+
+    @property
+    def group(self) -> Any:
+        return self.ctx.group if self.ctx.world_size > 1 else None
+
+    def gathered_loss(self, emb: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """emb [B_local, d] sharded over the batch -> loss on the global batch (replicated)."""
+        if emb.dim() != 2 or emb.shape[1] != self.embedding_dim:
+            raise ValueError(f"head: embeddings must be [B, {self.embedding_dim}], got {tuple(emb.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != emb.shape[0] or labels.is_floating_point():
+            raise ValueError(f"head: labels must be an integer [B={emb.shape[0]}] tensor, got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        # no W scaling here: every rank back-propagates the same full loss and the gather's
+        # backward sums them, which already is W * d loss / d emb_local (see module docstring)
+        emb_g = C.all_gather_with_grad(emb, self.group)
+        labels_g = C.all_gather_nograd(labels.to(torch.int64), self.group)
+        return angproto_loss(emb_g, labels_g, self.w, self.b)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        loss, m = self.gathered_loss(emb, labels)
+        return HeadOutput(loss=loss, metrics={"loss": loss.detach(), **m, "ap_w": self.w.detach()[0]})
+
+    def local_weight(self) -> Tuple[torch.Tensor, int]:
+        """No class vectors: an empty [0, d] shard."""
+        return torch.zeros(0, self.embedding_dim), 0
+
+    @torch.no_grad()
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb.new_zeros(emb.shape[0], 0)
+
+    def make_optimizer(self, optim_cfg: Any) -> ScalarOptimizer:
+        return ScalarOptimizer([self.w, self.b], optim_cfg)
+
+
+class CombinedOptimizer:
+    """The margin head's sharded optimizer + the scalar optimizer of w, b, stepped together."""
+
+    def __init__(self, margin_opt: Any, ap_opt: ScalarOptimizer) -> None:
+        self.margin_opt, self.ap_opt = margin_opt, ap_opt
+
+    @property
+    def lr(self) -> float:
+        return float(self.margin_opt.lr)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.margin_opt.lr = float(value)
+        self.ap_opt.lr = float(value)
+
+    def step(self) -> bool:
+        ok = self.margin_opt.step()
+        if ok is False:  # the margin optimizer skipped a non-finite step on every rank: skip too
+            self.ap_opt.zero_grad()
+            return False
+        return self.ap_opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.margin_opt.zero_grad(set_to_none)
+        self.ap_opt.zero_grad(set_to_none)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"margin": self.margin_opt.state_dict(), "angproto": self.ap_opt.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.margin_opt.load_state_dict(state["margin"])
+        self.ap_opt.load_state_dict(state["angproto"])
+
+
+class MarginAngprotoHead(nn.Module):
+    """loss = margin head loss (sharded over classes) + ap_weight * angular prototypical loss.
+    Both parts follow the gradient-scale convention, so their sum does."""
+
+    def __init__(self, margin_head: nn.Module, ap: AngularPrototypicalHead, ap_weight: float = 1.0) -> None:
+        super().__init__()
+        self.margin_head, self.ap, self.ap_weight = margin_head, ap, float(ap_weight)
+        self.num_classes = margin_head.num_classes
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        out = self.margin_head(emb, labels)
+        ap_loss, m = self.ap.gathered_loss(emb, labels)
+        loss = out.loss + self.ap_weight * ap_loss
+        return HeadOutput(loss=loss, metrics={**out.metrics, "loss": loss.detach(),
+                                              "margin_loss": out.loss.detach(), "ap_loss": ap_loss.detach(), **m})
+
+    def local_weight(self) -> Tuple[torch.Tensor, int]:
+        return self.margin_head.local_weight()
+
+    @torch.no_grad()
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.margin_head.scores(emb)
+
+    def make_optimizer(self, optim_cfg: Any) -> CombinedOptimizer:
+        return CombinedOptimizer(build_head_optimizer(self.margin_head, optim_cfg),
+                                 self.ap.make_optimizer(optim_cfg))
+
+
+def _split_params(head_cfg: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    params = dict(getattr(head_cfg, "params", None) or {})
+    return {k: params.pop(k) for k in AP_KEYS if k in params}, params
+
+
+@HEADS.register("angproto")
+def angproto_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int) -> nn.Module:
+    """head.params: init_w (10), init_b (-5). head.margin / margin_params are not used."""
+    ap, rest = _split_params(head_cfg)
+    unknown = sorted(set(rest) | ({"ap_weight"} & set(ap)))
+    if unknown:
+        raise ValueError(f"head 'angproto': unknown head.params keys {unknown} (known: init_w, init_b)")
+    return AngularPrototypicalHead(num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx, **ap)
+
+
+@HEADS.register("margin_angproto")
+def margin_angproto_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any,
+                         seed: int) -> nn.Module:
+    """head.margin (+ margin_params, sample_rate, label_smoothing) as in head 'margin'; head.params:
+    ap_weight (1.0), init_w, init_b for the prototypical part; other keys go to the margin head."""
+    from types import SimpleNamespace
+
+    from xclass.heads.margin_head import margin_head
+
+    ap, rest = _split_params(head_cfg)
+    ap_weight = float(ap.pop("ap_weight", 1.0))
+    defaults = {"margin": "aam", "margin_params": {}, "sample_rate": 1.0, "label_smoothing": 0.0}
+    fields = {k: getattr(head_cfg, k, v) for k, v in defaults.items()}
+    inner = margin_head(SimpleNamespace(**fields, params=rest), num_classes=num_classes,
+                        embedding_dim=embedding_dim, ctx=ctx, seed=seed)
+    return MarginAngprotoHead(inner, AngularPrototypicalHead(num_classes=num_classes, embedding_dim=embedding_dim,
+                                                             ctx=ctx, **ap), ap_weight)
