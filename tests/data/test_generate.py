@@ -202,4 +202,39 @@ def test_learnable_but_not_trivial(tmp_path, task):
     meta = make_data(task, str(tmp_path / task), 40, rows_per_class=12, seed=2, progress=False, **SMALL[task])
     b = read(str(tmp_path / task / "train.parquet"))
     acc, single = _nearest_mean(_raw_features(task, b, meta), b["label"])
-    assert acc > 0.4 and single < 0.3 and acc > 2.5 * single, (acc, single)
+    # face has pose warps and occluders on purpose (raw pixels must not solve it): lower bar
+    floor = 0.25 if task == "face" else 0.4
+    assert acc > floor and single < 0.3 and acc > 2.5 * single, (acc, single)
+
+
+def test_face_warp_grid_hand_values():
+    """The pose warp in closed form: identity = shift only; 90 degrees maps (x, y) -> (c - (y - c), ...)."""
+    from xclass.data.gen_face import FaceGenerator
+
+    g = FaceGenerator(seed=0, image_size=5)
+    one = np.ones(1, np.float32)
+    u, v = g.warped_grid(one * 1.0, one * -2.0, one * 0.0, one)
+    yy, xx = np.meshgrid(np.arange(5.0), np.arange(5.0), indexing="ij")
+    np.testing.assert_allclose(u[0], xx - 1.0, atol=1e-6)
+    np.testing.assert_allclose(v[0], yy + 2.0, atol=1e-6)
+    u, v = g.warped_grid(one * 0, one * 0, one * np.float32(np.pi / 2), one * 2.0)
+    # centre 2: u = 2 - 2 (y - 2), v = 2 + 2 (x - 2)
+    np.testing.assert_allclose(u[0], 2 - 2 * (yy - 2), atol=1e-5)
+    np.testing.assert_allclose(v[0], 2 + 2 * (xx - 2), atol=1e-5)
+    # no warp, no shift: pattern equals the unwarped closed form (same as before warps existed)
+    lab = np.array([3, 7])
+    z = np.zeros(2, np.float32)
+    np.testing.assert_allclose(g.pattern(lab, z, z), g.pattern(lab, z, z, z, np.ones(2, np.float32)))
+
+
+def test_face_occluder_fraction():
+    from xclass.data.gen_face import FaceGenerator
+
+    g = FaceGenerator(seed=0, image_size=20, occlude=1.0)
+    img = np.full((400, 20, 20, 3), 5.0, np.float32)  # 5 is outside the occluder colour range
+    out = g._occluders(img, np.random.default_rng(0))
+    frac = (out[..., 0] != 5.0).mean(axis=(1, 2))
+    assert frac.min() >= 0.2 ** 2 and frac.max() <= 0.55 ** 2  # 25-50 % of each side (pixel rounding)
+    assert abs(frac.mean() - 0.375 ** 2) < 0.03
+    assert (g._occluders(img, np.random.default_rng(0)) == out).all()
+    assert (FaceGenerator(seed=0, image_size=20, occlude=0.0)._occluders(img, np.random.default_rng(0)) == 5).all()
