@@ -12,7 +12,8 @@ import torch
 
 REGISTERING_MODULES: Tuple[str, ...] = (
     "xclass.losses.margins",
-    "xclass.heads.sharded",
+    "xclass.heads",
+    "xclass.xmc",
     "xclass.zloss",
     "xclass.models",
     "xclass.eval.metrics",

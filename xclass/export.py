@@ -91,28 +91,23 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
 
 
 def _labels_of(batch: Dict[str, Any]) -> Any:
+    """Single labels [n], or (values, offsets) of a multi-label CSR column, or None."""
     if "label" in batch:
         return np.asarray(batch["label"], dtype=np.int64)
-    return batch.get("labels")
+    if "labels" in batch:
+        return np.asarray(batch["labels"], dtype=np.int64), np.asarray(batch["labels_offsets"])
+    return None
 
 
 def _label_column(parts: List[Any]) -> Dict[str, pa.Array]:
     if not parts or parts[0] is None:
         return {}
-    if isinstance(parts[0], np.ndarray) and parts[0].dtype != object:
+    if not isinstance(parts[0], tuple):
         return {"label": pa.array(np.concatenate(parts))}
-    rows: List[List[int]] = []
-    for p in parts:
-        rows.extend(_ragged_rows(p))
-    return {"labels": pa.array(rows, type=pa.list_(pa.int64()))}
-
-
-def _ragged_rows(p: Any) -> List[List[int]]:
-    """Rows of a ragged label column as the reader yields it (object array or (values, offsets))."""
-    if isinstance(p, tuple):
-        values, offsets = p
-        return [list(map(int, values[offsets[i]:offsets[i + 1]])) for i in range(len(offsets) - 1)]
-    return [list(map(int, r)) for r in p]
+    values = np.concatenate([v for v, _ in parts])
+    sizes = np.concatenate([np.diff(o) for _, o in parts])
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int32)
+    return {"labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64()))}
 
 
 def export_head(run_dir: str, out_dir: str) -> List[str]:

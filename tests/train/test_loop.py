@@ -56,13 +56,18 @@ def _train_on_ranks(ctx, cfg_dict):
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("ws", [2, 3])
-def test_distributed_equals_single_process(data, tmp_path, ws):
+@pytest.mark.parametrize("ws,extra", [(2, ()), (3, ()), (2, ("optim.grad_clip=0.05", "train.grad_accum=2"))],
+                         ids=["ws2", "ws3", "ws2-clip-accum"])
+def test_distributed_equals_single_process(data, tmp_path, ws, extra):
     one = str(tmp_path / "one")
-    train(features_config(data, one), ParallelContext.single())
-    cfg = features_config(data, str(tmp_path / f"ws{ws}"))
+    train(features_config(data, one, *extra), ParallelContext.single())
+    cfg = features_config(data, str(tmp_path / f"ws{ws}"), *extra)
     got = run_on_ranks(_train_on_ranks, ws, cfg.to_dict())[0]
     np.testing.assert_allclose(got, losses(one), rtol=2e-5, atol=2e-6)
+    if extra:  # the clip was active: the logged pre-clip norm exceeds the threshold
+        from xclass.train.report import read_metrics
+
+        assert max(r["grad_norm"] for r in read_metrics(one)) > 0.05
 
 
 def test_mismatched_checkpoint_is_refused(data, tmp_path):

@@ -15,7 +15,7 @@ d loss / d W_local and the head stays out of DDP/DeepSpeed averaging.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -190,6 +190,10 @@ class ShardedMarginHead(nn.Module):
         return HeadOutput(loss=loss, metrics={"loss": loss.detach(), "valid_rows": n.detach()})
 
     # ------------------------------------------------------------------ contract
+    def replicated_parameters(self) -> List[nn.Parameter]:
+        """Parameters every rank holds whole (the binary objectives' bias); clipping counts them once."""
+        return [] if self.bias is None else [self.bias]
+
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         """([C_local * K, d] class rows, class-major, first global class id of this rank)."""
         return self.weight.detach(), self.start

@@ -2,7 +2,9 @@
 
 Each part is clipped by its own global norm with the same threshold: the encoder's
 gradients are replicated after averaging (its norm is local), the head's are sharded
-over classes (its squared norm is summed over ranks). DeepSpeed clips the encoder itself
+over classes (its squared norm is summed over ranks) except for parameters the head lists
+in ``replicated_parameters()`` (counted once). Partial-FC heads keep their sampled rows out of
+autograd and are not clipped here. DeepSpeed clips the encoder itself
 (``gradient_clipping``), so the DeepSpeed path only clips the head here, with the same rule.
 """
 from __future__ import annotations
@@ -34,9 +36,15 @@ def _scale(params: List[torch.Tensor], norm: float, max_norm: float) -> None:
 def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
     """Clip encoder and head gradients (each to ``max_norm``); return the total norm
     before clipping, sqrt(|g_enc|^2 + |g_head|^2), replicated on every rank."""
+    sync = getattr(s.head_opt, "sync_grads", None)
+    if sync is not None:  # replicated head parts (an XMC label tower) hold partial sums until then
+        sync()
     head_params = [p for p in s.head.parameters() if p.requires_grad]
+    rep = {id(p) for p in getattr(s.head, "replicated_parameters", lambda: [])()}
+    sharded = [p for p in head_params if id(p) not in rep]
+    replicated = [p for p in head_params if id(p) in rep]
     enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
-    head_sq = float(sharded_sq_norm(_sq_norm(head_params), ctx.group))
+    head_sq = float(sharded_sq_norm(_sq_norm(sharded), ctx.group)) + float(_sq_norm(replicated))
     enc_sq = float(_sq_norm(enc_params)) if not s.uses_deepspeed else 0.0
     _scale(head_params, math.sqrt(head_sq), max_norm)
     if not s.uses_deepspeed:

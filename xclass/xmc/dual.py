@@ -25,7 +25,7 @@ SUM-all-reduces before stepping (so after ``step()`` they equal the single-proce
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +155,10 @@ class DualDecoupledHead(nn.Module):
 
     # ------------------------------------------------------------------ contract
     @torch.no_grad()
+    def replicated_parameters(self) -> List[nn.Parameter]:
+        """The label tower is replicated on every rank; clipping counts it once (after sync_grads)."""
+        return [] if self.tower is None else list(self.tower.parameters())
+
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         """([C_local, d] label embeddings of this shard (tower output when there is a tower),
         first global label id). Score with cosine when ``normalize`` (export --metric cosine)."""

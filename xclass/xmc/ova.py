@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import math
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +113,10 @@ class OvAHead(nn.Module):
         denom = n * (self.num_classes if self.reduction == "mean" else 1)
         loss = per.sum() / denom
         return HeadOutput(loss=loss, metrics={"loss": loss.detach(), "valid_rows": n.detach()})
+
+    def replicated_parameters(self) -> List[nn.Parameter]:
+        """The scalar bias is replicated on every rank; clipping counts it once."""
+        return [self.bias]
 
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         """([C_local, d] classifier rows, first global label id); rank with --metric ip
