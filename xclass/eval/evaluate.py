@@ -6,8 +6,10 @@ row) is kept, never an n x L score matrix.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence, Tuple
+
 
 import numpy as np
 
@@ -28,6 +30,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def propensity_from_train(train: Source, n_labels: int, a: float = 0.55, b: float = 1.5):
     """Inverse propensities [n_labels] from a training Parquet's ``labels``/``label`` column."""
+    if isinstance(train, str) and os.path.isfile(train):
+        counts, n = _label_counts_parquet(train, n_labels)
+        return inverse_propensity(counts, n, a, b)
     counts = np.zeros(n_labels, dtype=np.int64)
     n = 0
     for batch in iter_batches(train, 1 << 18, with_labels=True):
@@ -38,6 +43,27 @@ def propensity_from_train(train: Source, n_labels: int, a: float = 0.55, b: floa
         counts += np.bincount(lab, minlength=n_labels)
         n += batch.labels.n_rows
     return inverse_propensity(counts, n, a, b)
+
+
+def _label_counts_parquet(path: str, n_labels: int):
+    """Label frequencies of a dataset split (``labels`` list or ``label`` column only; no
+    embeddings needed), streamed by record batch."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    col = "labels" if "labels" in pf.schema_arrow.names else "label"
+    if col not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no 'labels' or 'label' column for propensities")
+    counts = np.zeros(n_labels, dtype=np.int64)
+    n = 0
+    for rb in pf.iter_batches(columns=[col], batch_size=1 << 18):
+        arr = rb.column(0)
+        lab = (arr.flatten() if col == "labels" else arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(lab) and lab.max() >= len(counts):
+            counts = np.pad(counts, (0, int(lab.max()) + 1 - len(counts)))
+        counts += np.bincount(lab, minlength=len(counts))
+        n += rb.num_rows
+    return counts, n
 
 
 def read_filter(path: str) -> np.ndarray:
