@@ -1,0 +1,5 @@
+import sys
+
+from xclass.importers import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""Shared pieces of the importers: file discovery with labels, train/test split, verification
+pairs for held-out rows, a streaming split writer and meta.json (the shape ``xclass train`` reads).
+
+Every importer: discover ``(path, label name)`` items -> assign each item to train or test ->
+decode items one by one (unreadable file -> :class:`ImportError_` naming the file) -> write
+chunks with :class:`~xclass.data.writer.PartWriter` inside :func:`~xclass.data.writer.atomic_dir`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xclass.data.schema import SCHEMA_VERSION
+from xclass.data.writer import PartWriter, write_json
+
+
+class ImportError_(ValueError):
+    """A file or row that cannot be imported; the message names it (``file``, ``row``)."""
+
+    def __init__(self, message: str, file: str = "", row: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.file, self.row = file, row
+
+
+@dataclass
+class Item:
+    path: str
+    label_name: str
+    split: str = "train"
+    label: int = -1
+
+
+def discover(root: str, exts: Sequence[str], label_regex: Optional[str] = None) -> List[Item]:
+    """Files under ``root`` with one of ``exts`` (case-insensitive), sorted by relative path.
+    Label name: the first folder below ``root`` (one folder per class), or group 1 of
+    ``label_regex`` searched in the relative path (e.g. ``^\\d+_([a-z]+)_`` for FSDD names)."""
+    if not os.path.isdir(root):
+        raise ImportError_(f"{root}: not a directory", file=root)
+    rx = re.compile(label_regex) if label_regex else None
+    items: List[Item] = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if not f.lower().endswith(tuple(e.lower() for e in exts)):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if rx is not None:
+                m = rx.search(rel)
+                if m is None or not m.groups():
+                    raise ImportError_(f"{os.path.join(root, rel)}: --label-regex {label_regex!r} does not "
+                                       f"match (or has no group)", file=os.path.join(root, rel))
+                name = m.group(1)
+            else:
+                parts = rel.split(os.sep)
+                if len(parts) < 2:
+                    raise ImportError_(f"{os.path.join(root, rel)}: file directly under the root; expected "
+                                       f"one folder per class (or pass --label-regex)", file=os.path.join(root, rel))
+                name = parts[0]
+            items.append(Item(os.path.join(root, rel), name))
+    items.sort(key=lambda it: it.path)
+    if not items:
+        raise ImportError_(f"{root}: no files with extensions {list(exts)}", file=root)
+    return items
+
+
+def assign_splits(items: List[Item], *, test_classes: int = 0, test_regex: Optional[str] = None,
+                  seed: int = 0) -> Tuple[List[str], List[str]]:
+    """Set each item's split and integer label. Returns (train class names, test class names).
+
+    ``test_regex``: items whose path matches go to test with the SAME label space as train
+    (held-out recordings of known classes). ``test_classes``: that many classes (seeded choice)
+    go entirely to test with labels ``[C, C + T)`` (open set, as make-data). Train labels are the
+    sorted class names' indices."""
+    names = sorted({it.label_name for it in items})
+    held: set = set()
+    if test_classes:
+        if test_classes >= len(names):
+            raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
+        perm = np.random.default_rng(seed).permutation(len(names))
+        held = {names[i] for i in perm[:test_classes]}
+    train_names = [n for n in names if n not in held]
+    test_names = sorted(held)
+    index = {n: i for i, n in enumerate(train_names)}
+    index.update({n: len(train_names) + i for i, n in enumerate(test_names)})
+    rx = re.compile(test_regex) if test_regex else None
+    for it in items:
+        it.label = index[it.label_name]
+        it.split = "test" if it.label_name in held or (rx is not None and rx.search(it.path)) else "train"
+    return train_names, test_names
+
+
+def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: int) -> Dict[str, np.ndarray]:
+    """``num_pairs`` pairs (a, b, same) of distinct rows, half same-label, half different, seeded.
+    Fewer same-label pairs when the data has fewer; never duplicates a pair."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    if n < 2 or len(np.unique(labels)) < 2:
+        raise ImportError_("the test split needs >= 2 rows of >= 2 classes to build pairs/trials")
+    groups = {}
+    for i, y in enumerate(labels.tolist()):
+        groups.setdefault(y, []).append(i)
+    n_same = sum(len(g) * (len(g) - 1) // 2 for g in groups.values())
+    n_pos = min(num_pairs // 2, n_same)
+    multi = np.array([i for g in groups.values() if len(g) > 1 for i in g])
+    pos_set: set = set()
+    while len(pos_set) < n_pos:  # rejection sampling: a row, then another row of its class
+        i = int(multi[rng.integers(0, len(multi))])
+        g = groups[int(labels[i])]
+        j = g[int(rng.integers(0, len(g)))]
+        if i != j:
+            pos_set.add((min(i, j), max(i, j)))
+    pos = sorted(pos_set)
+    neg: set = set()
+    tries = 0
+    while len(neg) < num_pairs - n_pos and tries < 100 * num_pairs:
+        i, j = rng.integers(0, n, 2)
+        tries += 1
+        if labels[i] != labels[j]:
+            neg.add((min(i, j), max(i, j)))
+    pairs = pos + sorted(neg)
+    a = np.array([ids[i] for i, _ in pairs], np.int64)
+    b = np.array([ids[j] for _, j in pairs], np.int64)
+    return {"a": a, "b": b, "same": np.array([True] * len(pos) + [False] * len(neg))}
+
+
+def write_pairs(path: str, pairs: Dict[str, np.ndarray], speaker: bool) -> None:
+    """Face ``pairs.parquet`` (a, b, same) or speaker ``trials.parquet`` (enroll, test, target)."""
+    names = ("enroll", "test", "target") if speaker else ("a", "b", "same")
+    pq.write_table(pa.table({names[0]: pairs["a"], names[1]: pairs["b"], names[2]: pairs["same"]}), path)
+
+
+@dataclass
+class SplitWriters:
+    """One :class:`PartWriter` per split, buffering rows into chunks of ``chunk_rows``."""
+
+    tmp: str
+    schema: pa.Schema
+    to_arrow: Callable[[List[dict]], Dict[str, pa.Array]]
+    chunk_rows: int = 256
+    writers: Dict[str, PartWriter] = field(default_factory=dict)
+    buffers: Dict[str, List[dict]] = field(default_factory=dict)
+    ids: Dict[str, List[int]] = field(default_factory=dict)
+    labels: Dict[str, List[int]] = field(default_factory=dict)
+
+    def add(self, split: str, row: dict) -> None:
+        if split not in self.writers:
+            self.writers[split] = PartWriter(os.path.join(self.tmp, f"{split}.parquet"), self.schema,
+                                             row_group_rows=4096)
+            self.buffers[split], self.ids[split], self.labels[split] = [], [], []
+        self.buffers[split].append(row)
+        self.ids[split].append(int(row["id"]))
+        self.labels[split].append(int(row["label"]))
+        if len(self.buffers[split]) >= self.chunk_rows:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        if self.buffers[split]:
+            self.writers[split].write(self.to_arrow(self.buffers[split]))
+            self.buffers[split] = []
+
+    def close(self) -> Dict[str, Dict]:
+        info = {}
+        for split, w in self.writers.items():
+            self._flush(split)
+            w.close()
+            ids, labels = np.array(self.ids[split]), np.array(self.labels[split])
+            info[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
+                           "id_range": [int(ids.min()), int(ids.max()) + 1],
+                           "label_range": [int(labels.min()), int(labels.max()) + 1]}
+        return info
+
+
+def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], test_names: List[str],
+           inputs: Dict, source: Dict, num_pairs: int, seed: int) -> Dict:
+    """Close the writers, write pairs/trials for the test split and meta.json; returns meta."""
+    splits = writers.close()
+    if "train" not in splits:
+        raise ImportError_("no file went to the training split (check --test-regex / --test-classes)")
+    meta: Dict = {"task": task, "schema_version": SCHEMA_VERSION, "seed": seed,
+                  "num_classes": len(train_names), "test_classes": len(test_names),
+                  "class_names": train_names + test_names, "inputs": inputs, "splits": splits,
+                  "source": source}
+    if "test" in splits and task in ("face", "speaker"):
+        pairs = balanced_pairs(np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed)
+        fname = "pairs.parquet" if task == "face" else "trials.parquet"
+        write_pairs(os.path.join(tmp, fname), pairs, speaker=task == "speaker")
+        key = "pairs" if task == "face" else "trials"
+        meta[key] = {"file": fname, "rows": int(len(pairs["a"])), "positives": int(pairs["same"].sum())}
+    write_json(os.path.join(tmp, "meta.json"), meta)
+    return meta
+
+
+def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="files", disable=not enabled)

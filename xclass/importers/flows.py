@@ -1,0 +1,236 @@
+"""Flow records -> the quic Parquet schema (first N packets + 8 flow statistics).
+
+Supported format: ONE ROW PER FLOW in CSV or Parquet (``.csv``, ``.csv.gz``, ``.parquet``), as
+CESNET-QUIC22 publishes it:
+
+- a label column (``--label-column``, default ``label``; strings or integers: class names, sorted
+  to ids ``0..C-1``; e.g. CESNET's ``QUIC_SNI`` or ``APP``);
+- per-packet information either as one ``PPI`` column (``--ppi-column``) holding
+  ``[[iat_ms...], [dir...], [size...]]`` (CESNET order; a JSON string in CSV, a nested list in
+  Parquet), or as three list columns ``--sizes-column``, ``--dirs-column``, ``--iat-column``;
+  directions are +1 (client -> server) / -1 (server -> client), inter-arrival times in ms (the
+  first packet's is stored as 0);
+- optional whole-flow statistics mapped with ``--stats-map duration_s=DURATION,bytes_up=BYTES,
+  bytes_down=BYTES_REV,packets_up=PACKETS,packets_down=PACKETS_REV`` (CESNET names). A statistic
+  that is not mapped is computed from the recorded packets: duration = sum of IATs / 1000,
+  bytes / packets per direction, mean and std of sizes, mean IAT of packets 1.. (ms).
+
+The first ``num_packets`` (30) packets are kept, the rest of the row is zero-padded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_meta, write_json
+from xclass.data.schema import SCHEMA_VERSION
+from xclass.importers.common import ImportError_
+
+STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
+
+
+def parse_stats_map(text: Optional[str]) -> Dict[str, str]:
+    """``name=COLUMN,...`` -> {stat name: column}; names must be flow statistics."""
+    out: Dict[str, str] = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise ImportError_(f"--stats-map entry {part!r} must look like stat=COLUMN")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in STATS:
+            raise ImportError_(f"--stats-map: unknown statistic {k!r} (known: {', '.join(STATS)})")
+        out[k] = v
+    return out
+
+
+def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarray:
+    """The 8 statistics (float32) of one flow's recorded packets (all packets, not padded)."""
+    up, down = dirs > 0, dirs < 0
+    s = sizes.astype(np.float64)
+    return np.array([iat[1:].sum() / 1000.0, s[up].sum(), s[down].sum(), up.sum(), down.sum(),
+                     s.mean(), s.std(), iat[1:].mean() if len(iat) > 1 else 0.0], np.float32)
+
+
+def _as_list(v: Any, where: str) -> List[Any]:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ImportError_(f"{where}: not a JSON list ({exc})") from None
+    if not isinstance(v, (list, tuple, np.ndarray)):
+        raise ImportError_(f"{where}: expected a list, got {type(v).__name__}")
+    return list(v)
+
+
+class FlowSource:
+    """Streams ``(row_dict, file, row)`` from CSV/Parquet files in record batches."""
+
+    def __init__(self, paths: Sequence[str], columns: Sequence[str]) -> None:
+        self.paths, self.columns = list(paths), sorted(set(columns))
+
+    def _batches(self, path: str) -> Iterator[pa.RecordBatch]:
+        try:
+            if path.endswith(".parquet"):
+                pf = pq.ParquetFile(path)
+                missing = [c for c in self.columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise ImportError_(f"{path}: missing column(s) {missing} (has {pf.schema_arrow.names})", file=path)
+                yield from pf.iter_batches(batch_size=8192, columns=self.columns)
+            else:
+                conv = pacsv.ConvertOptions(include_columns=self.columns)
+                reader = pacsv.open_csv(path, convert_options=conv)
+                yield from reader
+        except ImportError_:
+            raise
+        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
+            raise ImportError_(f"{path}: cannot read flows ({exc})", file=path) from None
+
+    def __iter__(self) -> Iterator[tuple]:
+        for path in self.paths:
+            row = 0
+            for batch in self._batches(path):
+                for rec in batch.to_pylist():
+                    yield rec, path, row
+                    row += 1
+
+
+def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label", ppi_column: Optional[str] = None,
+                 sizes_column: Optional[str] = None, dirs_column: Optional[str] = None,
+                 iat_column: Optional[str] = None, stats_map: Optional[str] = None, num_packets: int = 30,
+                 test_classes: int = 0, seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Dict:
+    """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
+    ``test_classes`` > 0, meta.json). Two passes: class names, then rows."""
+    if not inputs:
+        raise ImportError_("no input files")
+    if ppi_column is None and not (sizes_column and dirs_column and iat_column):
+        raise ImportError_("give --ppi-column, or all of --sizes-column, --dirs-column, --iat-column")
+    smap = parse_stats_map(stats_map)
+    pkt_cols = [ppi_column] if ppi_column else [sizes_column, dirs_column, iat_column]
+    cols = [label_column, *pkt_cols, *smap.values()]
+    names = sorted({str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column])})
+    if test_classes >= len(names):
+        raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
+    held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
+        if test_classes else set()
+    train_names = [n for n in names if n not in held]
+    test_names = sorted(held)
+    label_of = {n: i for i, n in enumerate(train_names + test_names)}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        writers = _FlowWriters(tmp, num_packets)
+        from tqdm import tqdm
+
+        for rec, path, row in tqdm(FlowSource(inputs, cols), desc="import flows", unit="flows",
+                                   disable=not show_progress):
+            name = str(rec[label_column])
+            split = "test" if name in held else "train"
+            writers.add(split, label_of[name], _packets(rec, path, row, ppi_column, pkt_cols, num_packets, smap))
+        meta = writers.close(train_names, test_names, {"importer": "flows", "files": [os.path.abspath(p) for p in inputs],
+                                                       "label_column": label_column}, seed)
+        write_json(os.path.join(tmp, "meta.json"), meta)
+        return meta
+
+
+def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str], cols: List[str],
+             n: int, smap: Dict[str, str]) -> Dict[str, np.ndarray]:
+    where = f"{path}: row {row}"
+    if ppi_column:
+        ppi = _as_list(rec[ppi_column], f"{where}, column {ppi_column}")
+        if len(ppi) != 3:
+            raise ImportError_(f"{where}, column {ppi_column}: expected [[iat], [dir], [size]], got {len(ppi)} lists",
+                               file=path, row=row)
+        iat, dirs, sizes = (np.asarray(_as_list(v, f"{where}, column {ppi_column}"), np.float64) for v in ppi)
+    else:
+        sizes, dirs, iat = (np.asarray(_as_list(rec[c], f"{where}, column {c}"), np.float64) for c in cols)
+    if not (len(sizes) == len(dirs) == len(iat)) or len(sizes) == 0:
+        raise ImportError_(f"{where}: packet lists must be non-empty and equally long "
+                           f"(sizes {len(sizes)}, dirs {len(dirs)}, iat {len(iat)})", file=path, row=row)
+    if not np.isin(dirs, (-1, 1)).all():
+        raise ImportError_(f"{where}: directions must be +1 / -1, got {sorted(set(dirs.tolist()))}", file=path, row=row)
+    if (sizes < 0).any() or (sizes > 32767).any() or (iat < 0).any() or not np.isfinite(iat).all():
+        raise ImportError_(f"{where}: packet sizes must be in [0, 32767] and IATs finite and >= 0", file=path, row=row)
+    iat = iat.copy()
+    iat[0] = 0.0
+    stats = flow_stats(sizes, dirs, iat)
+    for k, c in smap.items():
+        v = rec.get(c)
+        if v is None or not np.isfinite(float(v)):
+            raise ImportError_(f"{where}, column {c}: missing or non-finite flow statistic", file=path, row=row)
+        stats[STATS.index(k)] = float(v)
+    m = min(n, len(sizes))
+    pad = lambda a, dt: np.concatenate([a[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
+    return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
+            "num": np.int32(m), "stats": stats}
+
+
+class _FlowWriters:
+    """Per-split PartWriters of the quic schema, buffered in chunks of 4096 flows."""
+
+    def __init__(self, tmp: str, n: int) -> None:
+        self.tmp, self.n = tmp, n
+        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pkt_sizes", pa.list_(pa.int16(), n)),
+                            ("pkt_dirs", pa.list_(pa.int8(), n)), ("pkt_iat", pa.list_(pa.float32(), n)),
+                            ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS)))])
+        self.schema = with_task_meta(schema, "quic", num_packets=n, flow_stats=list(STATS))
+        self.w: Dict[str, PartWriter] = {}
+        self.buf: Dict[str, List] = {}
+        self.seen: Dict[str, List] = {}
+        self.next_id = 0
+
+    def add(self, split: str, label: int, p: Dict[str, np.ndarray]) -> None:
+        if split not in self.w:
+            self.w[split] = PartWriter(os.path.join(self.tmp, f"{split}.parquet"), self.schema, row_group_rows=65536)
+            self.buf[split], self.seen[split] = [], []
+        self.buf[split].append((self.next_id, label, p))
+        self.seen[split].append((self.next_id, label))
+        self.next_id += 1
+        if len(self.buf[split]) >= 4096:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.buf[split]
+        if not rows:
+            return
+        st = lambda k: np.stack([r[2][k] for r in rows])  # noqa: E731
+        self.w[split].write({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "label": pa.array([r[1] for r in rows], pa.int64()),
+                             "pkt_sizes": fixed_list(st("sizes"), pa.int16()), "pkt_dirs": fixed_list(st("dirs"), pa.int8()),
+                             "pkt_iat": fixed_list(st("iat"), pa.float32()),
+                             "num_packets": pa.array([r[2]["num"] for r in rows], pa.int32()),
+                             "flow_stats": fixed_list(st("stats"), pa.float32())})
+        self.buf[split] = []
+
+    def close(self, train_names: List[str], test_names: List[str], source: Dict, seed: int) -> Dict:
+        if "train" not in self.w:
+            raise ImportError_("no flow went to the training split")
+        splits = {}
+        for split, w in self.w.items():
+            self._flush(split)
+            w.close()
+            ids, labels = (np.array(x) for x in zip(*self.seen[split]))
+            splits[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
+                             "id_range": [int(ids.min()), int(ids.max()) + 1],
+                             "label_range": [int(labels.min()), int(labels.max()) + 1]}
+        meta = {"task": "quic", "schema_version": SCHEMA_VERSION, "seed": seed, "num_classes": len(train_names),
+                "test_classes": len(test_names), "class_names": train_names + test_names, "splits": splits,
+                "inputs": {"flow_stats": list(STATS), "packets": {"columns": ["pkt_sizes", "pkt_dirs", "pkt_iat"],
+                           "dirs": "+1 client->server, -1 server->client, 0 pad", "iat_unit": "ms",
+                           "num_packets": self.n}}, "source": source}
+        if "test" in self.w:
+            meta["gallery_query"] = self._gallery_query()
+        return meta
+
+    def _gallery_query(self) -> Dict:
+        """Per held-out class, the first half of its rows (file order, at least 1) is gallery."""
+        ids, labels = (np.array(x) for x in zip(*self.seen["test"]))
+        is_q = np.zeros(len(ids), bool)
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            is_q[idx[max(1, len(idx) // 2):]] = True
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "is_query": pa.array(is_q)}),
+                       os.path.join(self.tmp, "gallery_query.parquet"))
+        return {"file": "gallery_query.parquet", "rows": int(len(ids)), "queries": int(is_q.sum())}
