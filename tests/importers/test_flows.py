@@ -1,0 +1,76 @@
+"""Flow importer: CESNET-style PPI CSV and list-column Parquet -> quic schema, hand-computed
+statistics, truncation/padding, stats mapping, held-out domains with gallery/query, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xclass.importers import ImportError_
+from xclass.importers.flows import import_flows
+
+
+def _csv(path, rows):
+    with open(path, "w") as f:
+        f.write("SNI,PPI,DURATION,BYTES\n")
+        for sni, ppi, dur, b in rows:
+            f.write(f"{sni},\"{json.dumps(ppi)}\",{dur},{b}\n")
+
+
+def test_cesnet_ppi_csv(tmp_path):
+    ppi_a = [[0, 5.0, 1.5], [1, -1, 1], [1200, 1300, 80]]  # [iat ms], [dir], [size]
+    long = [[0] + [1.0] * 39, [1, -1] * 20, [100] * 40]
+    _csv(tmp_path / "f.csv", [("a.com", ppi_a, 9.5, 777), ("b.org", long, 1.0, 5), ("a.com", ppi_a, 2.0, 1)])
+    meta = import_flows([str(tmp_path / "f.csv")], str(tmp_path / "out"), label_column="SNI", ppi_column="PPI",
+                        stats_map="duration_s=DURATION", show_progress=False)
+    t = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    assert meta["class_names"] == ["a.com", "b.org"] and t["label"] == [0, 1, 0]
+    assert t["pkt_sizes"][0][:4] == [1200, 1300, 80, 0] and t["pkt_dirs"][0][:4] == [1, -1, 1, 0]
+    assert t["pkt_iat"][0][:3] == [0.0, 5.0, 1.5] and t["num_packets"] == [3, 30, 3]
+    # flow 0 by hand: duration mapped = 9.5; up bytes 1280, down 1300; 2 up, 1 down; mean size 860,
+    # std sqrt(((340)^2 + (440)^2 + (780)^2) / 3); mean iat (5 + 1.5) / 2
+    std = np.sqrt((340 ** 2 + 440 ** 2 + 780 ** 2) / 3)
+    np.testing.assert_allclose(t["flow_stats"][0], [9.5, 1280, 1300, 2, 1, 860, std, 3.25], rtol=1e-6)
+    # the long flow: 30 packets kept, statistics over all 40 recorded packets (duration mapped = 1.0)
+    np.testing.assert_allclose(t["flow_stats"][1], [1.0, 2000, 2000, 20, 20, 100, 0, 1.0], rtol=1e-6)
+
+
+def test_list_columns_parquet_and_held_out_domains(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 24
+    table = pa.table({"domain": [f"d{i % 6}" for i in range(n)],
+                      "sizes": [rng.integers(50, 1500, 5).tolist() for _ in range(n)],
+                      "dirs": [[1, -1, 1, -1, -1]] * n, "times": [[0.0, 1, 2, 3, 4]] * n})
+    pq.write_table(table, tmp_path / "f.parquet")
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out"), label_column="domain",
+                        sizes_column="sizes", dirs_column="dirs", iat_column="times", num_packets=8,
+                        test_classes=2, show_progress=False)
+    assert meta["num_classes"] == 4 and meta["test_classes"] == 2
+    te = pq.read_table(tmp_path / "out" / "test.parquet").to_pydict()
+    tr = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    s0 = np.array(tr["pkt_sizes"][0][:5], float)
+    # computed statistics: duration = (1 + 2 + 3 + 4) ms; up = packets 0, 2; down = 1, 3, 4
+    np.testing.assert_allclose(tr["flow_stats"][0], [0.010, s0[[0, 2]].sum(), s0[[1, 3, 4]].sum(), 2, 3,
+                                                     s0.mean(), s0.std(), 2.5], rtol=1e-5)
+    assert tr["pkt_sizes"][0][5:] == [0, 0, 0] and tr["num_packets"][0] == 5
+    assert set(te["label"]) == {4, 5} and len(te["id"]) == 8 and len(te["pkt_sizes"][0]) == 8
+    gq = pq.read_table(tmp_path / "out" / "gallery_query.parquet").to_pydict()
+    assert sorted(gq["id"]) == sorted(te["id"]) and sum(gq["is_query"]) == 4  # 4 rows per domain: 2 + 2
+    from xclass.data.validate import validate_file
+
+    validate_file(str(tmp_path / "out" / "train.parquet"), "quic", 4)
+
+
+def test_bad_direction_names_file_and_row(tmp_path):
+    _csv(tmp_path / "f.csv", [("a", [[0, 1], [1, -1], [10, 20]], 1, 1), ("b", [[0, 1], [1, 0], [10, 20]], 1, 1)])
+    with pytest.raises(ImportError_, match=r"f\.csv: row 1: directions"):
+        import_flows([str(tmp_path / "f.csv")], str(tmp_path / "out"), label_column="SNI", ppi_column="PPI",
+                     show_progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ImportError_, match="missing column"):
+        pq.write_table(pa.table({"x": [1]}), tmp_path / "g.parquet")
+        import_flows([str(tmp_path / "g.parquet")], str(tmp_path / "out"), label_column="SNI", ppi_column="PPI",
+                     show_progress=False)
