@@ -70,6 +70,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(args.out, args.workers, args.task) or 0)
 
 
+def _add_import_commands(sub: argparse._SubParsersAction) -> None:
+    """``xclass import faces|audio|flows|wordnet|xc`` and ``xclass tfidf-baseline``."""
+    from xclass.importers import add_import_args, run_import
+    from xclass.xmc.cli import add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
+
+    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, wordnet, xc)",
+                       description="Stream user data into a dataset directory that `xclass train` reads.")
+    add_import_args(p)
+    kinds = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    kinds.metavar = "{faces,audio,flows,wordnet,xc}"
+    add_wordnet_args(kinds.add_parser("wordnet", help="WordNet 3.0 (Debian wordnet-base) -> XMC dataset"))
+    add_xc_args(kinds.add_parser("xc", help="Extreme Classification Repository files -> XMC dataset"))
+    xmc_cmd = {"wordnet": "import-wordnet", "xc": "import-xc"}
+
+    def _run(a: argparse.Namespace) -> int:
+        if a.import_kind in xmc_cmd:
+            a.cmd = xmc_cmd[a.import_kind]
+            return int(run_xmc(a) or 0)
+        return int(run_import(a) or 0)
+
+    p.set_defaults(func=_run)
+    p = sub.add_parser("tfidf-baseline", help="TF-IDF nearest-neighbour baseline of an XMC dataset",
+                       description="P@k / PSP@k of a TF-IDF kNN label-voting baseline (train -> test).")
+    add_tfidf_args(p)
+    p.set_defaults(func=lambda a: int(run_xmc(argparse.Namespace(**{**vars(a), "cmd": "tfidf"})) or 0))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="xclass",
@@ -92,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reported with file, row and column, exit code 1.")
     add_validate_data_args(p)
     p.set_defaults(func=lambda a: int(run_validate_data(a) or 0))
+
+    _add_import_commands(sub)
 
     p = sub.add_parser("train", help="train an encoder + classifier head from a YAML config",
                        description="Train on 1 process, or on N Ray workers (local or a cluster).")

@@ -20,24 +20,33 @@ def _ks(s: str) -> List[int]:
     return [int(x) for x in s.split(",") if x]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xclass.xmc.cli", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("import-wordnet", help="WordNet 3.0 (wordnet-base) -> XMC dataset")
+def add_wordnet_args(w: argparse.ArgumentParser) -> None:
     w.add_argument("--out", required=True)
     w.add_argument("--wordnet-dir", default="/usr/share/wordnet")
     w.add_argument("--test-fraction", type=float, default=0.1)
     w.add_argument("--overwrite", action="store_true")
-    x = sub.add_parser("import-xc", help="Extreme Classification Repository files -> XMC dataset")
+
+
+def add_xc_args(x: argparse.ArgumentParser) -> None:
     for a in ("--out", "--train", "--test"):
         x.add_argument(a, required=True)
     for a in ("--train-labels", "--test-labels", "--label-text", "--label-features"):
         x.add_argument(a, default=None)
     x.add_argument("--overwrite", action="store_true")
-    t = sub.add_parser("tfidf", help="TF-IDF kNN baseline metrics of a dataset")
+
+
+def add_tfidf_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data", required=True)
     t.add_argument("--k", type=int, default=50)
     t.add_argument("--ks", type=_ks, default=[1, 3, 5])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xclass.xmc.cli", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_wordnet_args(sub.add_parser("import-wordnet", help="WordNet 3.0 (wordnet-base) -> XMC dataset"))
+    add_xc_args(sub.add_parser("import-xc", help="Extreme Classification Repository files -> XMC dataset"))
+    add_tfidf_args(sub.add_parser("tfidf", help="TF-IDF kNN baseline metrics of a dataset"))
     e = sub.add_parser("evaluate", help="metrics of trained runs (+ the TF-IDF baseline on their data)")
     e.add_argument("--run", action="append", required=True)
     e.add_argument("--work", required=True)
@@ -57,7 +66,11 @@ def _tfidf(data: str, ks, k: int = 50) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch on ``args.cmd`` (import-wordnet, import-xc, tfidf, evaluate)."""
     if args.cmd == "import-wordnet":
         from xclass.xmc.wordnet import import_wordnet
 
