@@ -84,6 +84,32 @@ def all_gather_with_grad(x: torch.Tensor, group: Optional[Any] = None) -> torch.
     return _AllGatherGrad.apply(x, group, sizes, rank(group))
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``k``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.k = k
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g * ctx.k, None
+
+
+def gather_global_batch(emb: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
+    """emb [B_local, d] sharded over the batch -> [B_global, d] replicated, for a head.
+
+    The gradient that reaches ``emb`` is ``world_size * dL/d emb_local`` (the gradient-scale
+    convention of xclass.heads.base): data-parallel averaging of the encoder's gradients
+    then equals the single-process gradient on the concatenated batch.
+    """
+    ws = world_size(group)
+    if ws == 1:
+        return emb
+    return all_gather_with_grad(_ScaleGrad.apply(emb, float(ws)), group)
+
+
 def all_gather_nograd(x: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
     """Like :func:`all_gather_with_grad` without autograd (labels, indices)."""
     ws = world_size(group)

@@ -33,19 +33,6 @@ INIT_BLOCK = 4096  # classes per init generator: init depends on (seed, global c
 ROW_CHUNK = 8192  # rows per chunk in the row-normalisation backward
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by ``k`` (the W factor of the convention)."""
-
-    @staticmethod
-    def forward(ctx, x, k: float):  # type: ignore[override]
-        ctx.k = k
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        return g * ctx.k, None
-
-
 class _NormalizeRows(torch.autograd.Function):
     """x / |x| per row with a row-wise backward ``(g - y <y, g>) / |x|``: 5 passes over [R, d]
     instead of autograd's chain through vector_norm / clamp / div (the class rows are large)."""
@@ -164,7 +151,7 @@ class ShardedMarginHead(nn.Module):
         ids or IGNORE_INDEX. Returns the global-batch mean loss (replicated)."""
         self._check_labels(emb, labels)
         ws = self.ctx.world_size
-        emb_g = C.all_gather_with_grad(_ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb, self.group)
+        emb_g = C.gather_global_batch(emb, self.group)
         labels_g = C.all_gather_nograd(labels.to(torch.int64), self.group)
         valid = labels_g != IGNORE_INDEX
         target = to_local(labels_g, self.start, self.stop)

@@ -14,19 +14,6 @@ from xclass.heads.base import IGNORE_INDEX
 from xclass.heads.partition import to_local
 
 
-class ScaleGrad(torch.autograd.Function):
-    """Identity forward; gradient times ``k`` (the world-size factor of the gradient convention)."""
-
-    @staticmethod
-    def forward(ctx, x, k: float):  # type: ignore[override]
-        ctx.k = k
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        return g * ctx.k, None
-
-
 def check_labels(emb: torch.Tensor, labels: torch.Tensor, d: int, num_classes: int, who: str) -> torch.Tensor:
     """emb [B, d]; labels [B, K] (or [B]) int, IGNORE_INDEX-padded -> int64 [B, K]."""
     if emb.dim() != 2 or emb.shape[1] != d:

@@ -36,7 +36,7 @@ from xclass.heads.base import HeadOutput
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.losses.seeding import mix_key
-from xclass.xmc.common import ScaleGrad, check_labels, gather_labels, local_positions
+from xclass.xmc.common import check_labels, gather_labels, local_positions
 from xclass.xmc.losses import decoupled_softmax
 from xclass.xmc.shortlist import Shortlist
 from xclass.xmc.tower import LabelTower, select_bags
@@ -135,7 +135,7 @@ class DualDecoupledHead(nn.Module):
         """emb [B_local, d] (batch-sharded); labels [B_local, K] global ids padded with -100."""
         labels = check_labels(emb, labels, self.embedding_dim, self.num_classes, "dual_decoupled")
         ws = self.ctx.world_size
-        emb_g = C.all_gather_with_grad(ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb, self.group)
+        emb_g = C.gather_global_batch(emb, self.group)
         labels_g = gather_labels(labels, self.group)
         valid = labels_g >= 0
         cols = None

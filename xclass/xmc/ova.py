@@ -34,7 +34,7 @@ from xclass.heads.base import HeadOutput
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.losses.objectives import GradSumAcross
-from xclass.xmc.common import ScaleGrad, check_labels, gather_labels, local_positions
+from xclass.xmc.common import check_labels, gather_labels, local_positions
 from xclass.xmc.losses import ova_bce
 
 
@@ -102,7 +102,7 @@ class OvAHead(nn.Module):
         """emb [B_local, d] (batch-sharded); labels [B_local, K] global ids padded with -100."""
         labels = check_labels(emb, labels, self.embedding_dim, self.num_classes, "ova")
         ws = self.ctx.world_size
-        emb_g = C.all_gather_with_grad(ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb, self.group)
+        emb_g = C.gather_global_batch(emb, self.group)
         labels_g = gather_labels(labels, self.group)
         valid_rows = (labels_g >= 0).any(1)
         pos_col = local_positions(labels_g, self.start, self.stop)

@@ -112,25 +112,10 @@ def append_bias(h: torch.Tensor, bias_feature: float) -> torch.Tensor:
     return torch.cat([h, h.new_full((h.shape[0], 1), bias_feature)], 1)
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; backward multiplies by ``k`` (the world-size factor of base.py)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, k: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.k = k
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        return g * ctx.k, None
-
-
 def gather_embeddings(emb: torch.Tensor, group: Any) -> torch.Tensor:
     """emb [B_local, d] -> [B_global, d] replicated. The gradient reaching emb is
     world_size * dL/d emb_local (gradient-scale convention of xclass.heads.base)."""
-    ws = coll.world_size(group)
-    x = _ScaleGrad.apply(emb, float(ws)) if ws > 1 else emb
-    return coll.all_gather_with_grad(x, group)
+    return coll.gather_global_batch(emb, group)
 
 
 class _SumShards(torch.autograd.Function):
