@@ -150,7 +150,6 @@ class ShardedMarginHead(nn.Module):
         """emb [B_local, d] sharded over the batch (ragged sizes allowed); labels [B_local] global
         ids or IGNORE_INDEX. Returns the global-batch mean loss (replicated)."""
         self._check_labels(emb, labels)
-        ws = self.ctx.world_size
         emb_g = C.gather_global_batch(emb, self.group)
         labels_g = C.all_gather_nograd(labels.to(torch.int64), self.group)
         valid = labels_g != IGNORE_INDEX

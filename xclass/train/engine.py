@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import torch
 from torch import nn

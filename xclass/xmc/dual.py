@@ -134,7 +134,6 @@ class DualDecoupledHead(nn.Module):
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """emb [B_local, d] (batch-sharded); labels [B_local, K] global ids padded with -100."""
         labels = check_labels(emb, labels, self.embedding_dim, self.num_classes, "dual_decoupled")
-        ws = self.ctx.world_size
         emb_g = C.gather_global_batch(emb, self.group)
         labels_g = gather_labels(labels, self.group)
         valid = labels_g >= 0

@@ -101,7 +101,6 @@ class OvAHead(nn.Module):
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """emb [B_local, d] (batch-sharded); labels [B_local, K] global ids padded with -100."""
         labels = check_labels(emb, labels, self.embedding_dim, self.num_classes, "ova")
-        ws = self.ctx.world_size
         emb_g = C.gather_global_batch(emb, self.group)
         labels_g = gather_labels(labels, self.group)
         valid_rows = (labels_g >= 0).any(1)
