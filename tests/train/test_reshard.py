@@ -72,3 +72,42 @@ def test_merge_tree_rows_and_replicated():
     out = merge_tree(pieces, 1, 3, target)
     assert out["w"].view(-1).tolist() == [2.0, 3.0, 4.0, 5.0]
     assert out["b"].tolist() == [7.0] and out["n"] == 3
+
+
+def _heads(margin, ws, num_classes=11, d=4):
+    from types import SimpleNamespace
+
+    from xclass.heads.margin_head import margin_head
+
+    cfg = SimpleNamespace(margin=margin, margin_params={}, sample_rate=1.0, label_smoothing=0.0, params={})
+    ocfg = SimpleNamespace(name="adamw", lr=0.1, momentum=0.0, weight_decay=0.01, head_lr=None)
+    out = []
+    for r in range(ws):
+        h = margin_head(cfg, num_classes=num_classes, embedding_dim=d, ctx=ParallelContext(r, ws, None), seed=0)
+        out.append((h, h.make_optimizer(ocfg)))
+    return out
+
+
+@pytest.mark.parametrize("margin", ["subcenter_arcface", "sphereface2"])
+def test_reshard_rows_of_subcenters_bias_and_adamw_state(margin):
+    """K rows per class, a replicated bias and per-row AdamW state survive 2 -> 3 ranks."""
+    torch.manual_seed(0)
+    old = _heads(margin, 2)
+    for h, opt in old:  # one AdamW step with random gradients gives non-trivial state
+        h.weight.grad = torch.randn_like(h.weight)
+        if h.bias is not None:
+            h.bias.grad = torch.ones_like(h.bias)
+        opt.step()
+    pieces = [(h.start, h.stop, {"head": h.state_dict(), "optimizer": o.state_dict()}) for h, o in old]
+    new = _heads(margin, 3)
+    for h, o in new:
+        sub = [p for p in pieces if p[0] < h.stop and p[1] > h.start]
+        h.load_state_dict(merge_tree([(a, b, s["head"]) for a, b, s in sub], h.start, h.stop, h.state_dict()))
+        o.load_state_dict(merge_tree([(a, b, s["optimizer"]) for a, b, s in sub], h.start, h.stop))
+    cat = lambda hs, f: torch.cat([f(h, o) for h, o in hs])  # noqa: E731
+    assert torch.equal(cat(new, lambda h, o: h.weight.detach()), cat(old, lambda h, o: h.weight.detach()))
+    for key in ("exp_avg", "exp_avg_sq", "steps"):
+        get = lambda h, o: o.state_dict()["state"]["weight"][key]  # noqa: E731
+        assert torch.equal(cat(new, get), cat(old, get)), key
+    if margin == "sphereface2":
+        assert all(torch.equal(h.bias, old[0][0].bias) for h, _ in new)

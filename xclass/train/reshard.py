@@ -71,6 +71,10 @@ def load_resharded(setup: Any, path: str, manifest: Dict[str, Any], ctx: Any) ->
     ranges = manifest.get("shard_ranges")
     if not ranges or len(ranges) != int(manifest["world_size"]):
         raise ckpt.CheckpointError(f"{path}: manifest has no usable shard_ranges; cannot reshard")
+    ends = [0] + [b for _, b in ranges]
+    if [a for a, _ in ranges] != ends[:-1] or ends[-1] != int(manifest["num_classes"]):
+        raise ckpt.CheckpointError(f"{path}: shard_ranges {ranges} do not cover classes "
+                                   f"[0, {manifest['num_classes']}) contiguously")
     start, stop = setup.shard_ranges[ctx.rank]
     pieces = [(a, b, ckpt.load_head_state(path, i)) for i, (a, b) in enumerate(ranges)
               if a < stop and b > start]
