@@ -111,7 +111,9 @@ def _label_column(parts: List[Any]) -> Dict[str, pa.Array]:
 
 
 def export_head(run_dir: str, out_dir: str) -> List[str]:
-    """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard."""
+    """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard.
+    Sub-centre heads export all K vectors of a class under the class id (a search returns the
+    class through its nearest sub-centre)."""
     cfg = load_run(run_dir)
     components.load_all()
     path = ckpt.latest_checkpoint(run_dir)
@@ -127,7 +129,9 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
         with torch.no_grad():
             w, start = head.local_weight()
         w = w.float().numpy()
-        ids = np.arange(start, start + w.shape[0], dtype=np.int64)
+        n_cls = int(m["shard_ranges"][r][1]) - start
+        k = w.shape[0] // max(1, n_cls)  # sub-centre heads: K class-major rows per class, all exported
+        ids = np.repeat(np.arange(start, start + n_cls, dtype=np.int64), k)
         table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
             pa.array(w.reshape(-1)), w.shape[1])})
         f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
