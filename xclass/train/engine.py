@@ -140,6 +140,10 @@ class DeepSpeedEngine:
             dist_init_required=ctx.world_size == 1 and not _dist_ready())
         self.module = self.engine.module
         self.bf16 = bool(self.engine.bfloat16_enabled())
+        if self.bf16:  # DeepSpeed casts parameters only; BatchNorm running stats must follow
+            for buf in self.module.buffers():
+                if buf.is_floating_point():
+                    buf.data = buf.data.to(torch.bfloat16)
 
     def __call__(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         if self.bf16:
