@@ -91,3 +91,16 @@ def test_interrupted_checkpoint_write_keeps_previous(data, tmp_path, monkeypatch
         train(features_config(data, run, "train.max_steps=4"), ParallelContext.single())
     assert ckpt.latest_checkpoint(run) == before  # the half-written step_4 is not a checkpoint
     assert json.load(open(os.path.join(before, "manifest.json")))["step"] == 2
+
+
+@pytest.mark.parametrize("head", ["zloss_efficient", "zloss", "softmax_dense"])
+def test_other_heads_train_through_the_loop(data, tmp_path, head):
+    """The Z-loss heads (factored exact update, dense) and the dense baseline run in the same loop
+    and learn; the factored head's scheduled lr reaches its optimizer."""
+    run = str(tmp_path / head)
+    cfg = features_config(data, run, f"head.name={head}", "head.params={a: 1.0, b: 2.0}" if "zloss" in head
+                          else "head.params={}", "train.max_steps=40", "optim.schedule=constant",
+                          "optim.head_lr=0.05" if "zloss" in head else "optim.head_lr=0.1")
+    train(cfg, ParallelContext.single())
+    ls = losses(run)
+    assert len(ls) == 40 and np.mean(ls[-5:]) < 0.7 * np.mean(ls[:5])
