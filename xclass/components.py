@@ -13,6 +13,7 @@ import torch
 REGISTERING_MODULES: Tuple[str, ...] = (
     "xclass.losses.margins",
     "xclass.heads",
+    "xclass.heads.prototypical",
     "xclass.xmc",
     "xclass.zloss",
     "xclass.models",

@@ -59,6 +59,36 @@ class Head(Protocol):
         ...
 
 
+class TorchHeadOptimizer:
+    """A torch optimizer over a head's (non-sharded-sparse) parameters, with a settable ``lr``
+    for the loop's schedule; ``step()`` returns True (it never skips)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = float(value)
+
+    def step(self) -> bool:
+        self.opt.step()
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.opt.load_state_dict(state)
+
+
 def set_lr(opt: Any, lr: float) -> None:
     """Set the learning rate of a torch optimizer or a head optimizer exposing ``lr``."""
     if hasattr(opt, "param_groups"):

@@ -26,14 +26,14 @@ they stay identical without averaging.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from xclass.dist import collectives as C
-from xclass.heads.base import HEADS, IGNORE_INDEX, HeadOutput, head_lr
+from xclass.heads.base import HEADS, IGNORE_INDEX, HeadOutput, TorchHeadOptimizer, head_lr
 from xclass.heads.optim import build_head_optimizer
 
 AP_KEYS = ("ap_weight", "init_w", "init_b")
@@ -81,43 +81,17 @@ def angproto_loss(emb: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
     return loss, {"ap_speakers": torch.tensor(float(n)), "ap_acc": acc}
 
 
-class ScalarOptimizer:
-    """SGD-momentum / AdamW for replicated scalars (w, b); no weight decay (as voxceleb_trainer's
-    loss parameters get none). ``lr`` is settable for the loop's schedule."""
-
-    def __init__(self, params: Any, optim_cfg: Any) -> None:
-        name = str(optim_cfg.name).lower()
-        lr = head_lr(optim_cfg)
-        if name == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=float(getattr(optim_cfg, "momentum", 0.9) or 0.0))
-        elif name == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        else:
-            raise ValueError(f"head optimizer {name!r} not in ('sgd', 'adamw')")
-
-    @property
-    def lr(self) -> float:
-        return float(self.opt.param_groups[0]["lr"])
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] = float(value)
-
-    def step(self) -> bool:
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return True
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return self.opt.state_dict()
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.opt.load_state_dict(state)
+def scalar_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:
+    """SGD-momentum / AdamW for the replicated scalars (w, b); no weight decay (as
+    voxceleb_trainer's loss parameters get none). ``lr`` is settable for the loop's schedule."""
+    name = str(optim_cfg.name).lower()
+    lr = head_lr(optim_cfg)
+    if name == "sgd":
+        return TorchHeadOptimizer(torch.optim.SGD(
+            params, lr=lr, momentum=float(getattr(optim_cfg, "momentum", 0.9) or 0.0)))
+    if name == "adamw":
+        return TorchHeadOptimizer(torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
+    raise ValueError(f"head optimizer {name!r} not in ('sgd', 'adamw')")
 
 
 class AngularPrototypicalHead(nn.Module):
@@ -151,6 +125,10 @@ class AngularPrototypicalHead(nn.Module):
         loss, m = self.gathered_loss(emb, labels)
         return HeadOutput(loss=loss, metrics={"loss": loss.detach(), **m, "ap_w": self.w.detach()[0]})
 
+    def replicated_parameters(self) -> List[nn.Parameter]:
+        """w and b are replicated on every rank; clipping counts them once."""
+        return [self.w, self.b]
+
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         """No class vectors: an empty [0, d] shard."""
         return torch.zeros(0, self.embedding_dim), 0
@@ -159,14 +137,14 @@ class AngularPrototypicalHead(nn.Module):
     def scores(self, emb: torch.Tensor) -> torch.Tensor:
         return emb.new_zeros(emb.shape[0], 0)
 
-    def make_optimizer(self, optim_cfg: Any) -> ScalarOptimizer:
-        return ScalarOptimizer([self.w, self.b], optim_cfg)
+    def make_optimizer(self, optim_cfg: Any) -> TorchHeadOptimizer:
+        return scalar_optimizer([self.w, self.b], optim_cfg)
 
 
 class CombinedOptimizer:
     """The margin head's sharded optimizer + the scalar optimizer of w, b, stepped together."""
 
-    def __init__(self, margin_opt: Any, ap_opt: ScalarOptimizer) -> None:
+    def __init__(self, margin_opt: Any, ap_opt: TorchHeadOptimizer) -> None:
         self.margin_opt, self.ap_opt = margin_opt, ap_opt
 
     @property
@@ -183,7 +161,9 @@ class CombinedOptimizer:
         if ok is False:  # the margin optimizer skipped a non-finite step on every rank: skip too
             self.ap_opt.zero_grad()
             return False
-        return self.ap_opt.step()
+        stepped = self.ap_opt.step()
+        self.ap_opt.zero_grad()
+        return stepped
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.margin_opt.zero_grad(set_to_none)
@@ -212,6 +192,9 @@ class MarginAngprotoHead(nn.Module):
         loss = out.loss + self.ap_weight * ap_loss
         return HeadOutput(loss=loss, metrics={**out.metrics, "loss": loss.detach(),
                                               "margin_loss": out.loss.detach(), "ap_loss": ap_loss.detach(), **m})
+
+    def replicated_parameters(self) -> List[nn.Parameter]:
+        return list(self.margin_head.replicated_parameters()) + self.ap.replicated_parameters()
 
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         return self.margin_head.local_weight()

@@ -8,44 +8,16 @@ Cost per step: O(B C_local d) time and a [B, C_local] logits tensor.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 import torch
 from torch import nn
 
-from xclass.heads.base import HEADS, HeadOutput, head_lr
+from xclass.heads.base import HEADS, HeadOutput, TorchHeadOptimizer, head_lr
 from xclass.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
                                  init_rows, split_labels, sum_shards)
 from xclass.zloss.losses import batch_loss
 from xclass.zloss.predict import blockwise_topk, merge_shards_topk
-
-
-class TorchHeadOptimizer:
-    """A torch optimizer over the head's parameters with a settable ``lr`` attribute."""
-
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
-        self.opt = opt
-
-    @property
-    def lr(self) -> float:
-        return float(self.opt.param_groups[0]["lr"])
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] = float(value)
-
-    def step(self) -> None:
-        self.opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return self.opt.state_dict()
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.opt.load_state_dict(state)
 
 
 def build_torch_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:
