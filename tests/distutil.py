@@ -66,3 +66,13 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180
                 raise RuntimeError(f"rank {r} failed:\n{got['error']}")
             results.append(got["ok"])
         return results
+
+
+def run_on_world(fn: Callable, world_size: int, *args: Any) -> List[Any]:
+    """World size 1 runs ``fn`` in this process with no process group (the rule that world
+    size 1 needs none); larger worlds go through :func:`run_on_ranks`."""
+    if world_size == 1:
+        from xclass.dist import ParallelContext
+
+        return [fn(ParallelContext.single(), *args)]
+    return run_on_ranks(fn, world_size, *args)

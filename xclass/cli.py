@@ -70,6 +70,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(args.out, args.workers, args.task) or 0)
 
 
+def _command(sub: argparse._SubParsersAction, name: str, add_args, func, help_: str, desc: str) -> None:
+    p = sub.add_parser(name, help=help_, description=desc)
+    add_args(p)
+    p.set_defaults(func=func)
+
+
 def _add_import_commands(sub: argparse._SubParsersAction) -> None:
     """``xclass import faces|audio|flows|wordnet|xc`` and ``xclass tfidf-baseline``."""
     from xclass.importers import add_import_args, run_import
@@ -105,41 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "indexes, evaluate retrieval.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    from xclass.data.cli import add_make_data_args
-
-    p = sub.add_parser("make-data", help="generate a synthetic dataset (face, speaker, quic, xmc)",
-                       description="Write a seeded synthetic dataset in the xclass Parquet schema.")
-    add_make_data_args(p)
-    p.set_defaults(func=_cmd_make_data)
-
-    from xclass.data.cli import add_validate_data_args, run_validate_data
-
-    p = sub.add_parser("validate-data", help="check Parquet files against a task schema",
-                       description="Validate files row group by row group; the first problem is "
-                                   "reported with file, row and column, exit code 1.")
-    add_validate_data_args(p)
-    p.set_defaults(func=lambda a: int(run_validate_data(a) or 0))
-
-    _add_import_commands(sub)
-
-    p = sub.add_parser("train", help="train an encoder + classifier head from a YAML config",
-                       description="Train on 1 process, or on N Ray workers (local or a cluster).")
-    _add_train_args(p)
-    p.set_defaults(func=_cmd_train)
-
+    from xclass.data.cli import add_make_data_args, add_validate_data_args, run_validate_data
     from xclass.export import add_evaluate_cli_args, add_export_cli_args
 
-    p = sub.add_parser("export-index", help="embed items/labels from a run and write a FAISS index",
-                       description="Encode a split with a trained run (or take an embedding Parquet) "
-                                   "and write embeddings + a FAISS index with an id map.")
-    add_export_cli_args(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("evaluate", help="retrieval evaluation against an exported index",
-                       description="P@k/nDCG@k/PSP@k (xmc), verification (face), EER/minDCF (speaker), "
-                                   "kNN accuracy (quic); writes metrics.json, a Markdown report and plots.")
-    add_evaluate_cli_args(p)
-    p.set_defaults(func=_cmd_evaluate)
+    _command(sub, "make-data", add_make_data_args, _cmd_make_data,
+             "generate a synthetic dataset (face, speaker, quic, xmc)",
+             "Write a seeded synthetic dataset in the xclass Parquet schema.")
+    _command(sub, "validate-data", add_validate_data_args, lambda a: int(run_validate_data(a) or 0),
+             "check Parquet files against a task schema",
+             "Validate files row group by row group; the first problem is reported with file, row and "
+             "column, exit code 1.")
+    _add_import_commands(sub)
+    _command(sub, "train", _add_train_args, _cmd_train,
+             "train an encoder + classifier head from a YAML config",
+             "Train on 1 process, or on N Ray workers (local or a cluster).")
+    _command(sub, "export-index", add_export_cli_args, _cmd_export,
+             "embed items/labels from a run and write a FAISS index",
+             "Encode a split with a trained run (or take an embedding Parquet) and write embeddings + "
+             "a FAISS index with an id map.")
+    _command(sub, "evaluate", add_evaluate_cli_args, _cmd_evaluate,
+             "retrieval evaluation against an exported index",
+             "P@k/nDCG@k/PSP@k (xmc), verification (face), EER/minDCF (speaker), kNN accuracy (quic); "
+             "writes metrics.json, a Markdown report and plots.")
 
     p = sub.add_parser("demo", help="make-data -> train -> export-index -> evaluate on embedded data",
                        description="The main job end to end on a small generated dataset.")

@@ -6,7 +6,7 @@ unsampled rows and their optimizer state bitwise untouched; an inf on one rank s
 import pytest
 import torch
 
-from tests.distutil import run_on_ranks
+from tests.distutil import run_on_world
 from tests.heads import cases as K
 from xclass.dist import ParallelContext
 from xclass.heads.base import HEADS
@@ -25,10 +25,7 @@ def close(a, b, tol=1e-5):
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=["ws1_nogroup", "ws2", "ws3"])
 def ranked(request):
-    ws = request.param
-    if ws == 1:
-        return ws, [K.run_all(ParallelContext.single())]
-    return ws, run_on_ranks(K.run_all, ws)
+    return request.param, run_on_world(K.run_all, request.param)
 
 
 def _dense(i, case):

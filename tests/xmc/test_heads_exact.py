@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.distutil import run_on_ranks
+from tests.distutil import run_on_world
 from tests.xmc import cases as K
 from xclass.dist import ParallelContext
 
@@ -98,10 +98,7 @@ def dense_reference(case, active=None):
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=["ws1_nogroup", "ws2", "ws3"])
 def ranked(request):
-    ws = request.param
-    if ws == 1:
-        return ws, [K.run_all(ParallelContext.single())]
-    return ws, run_on_ranks(K.run_all, ws)
+    return request.param, run_on_world(K.run_all, request.param)
 
 
 def _cat(res, key):
