@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 from typing import Any, Dict, Optional
 
 from xclass.config import RunConfig
@@ -92,8 +93,8 @@ def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
 class ProgressTail:
     """Driver-side progress: follows rank 0's metrics.jsonl while Ray workers train."""
 
-    def __init__(self, run_dir: str, enabled: bool = True, poll_s: float = 1.0) -> None:
-        self.run_dir, self.enabled, self.poll_s = run_dir, enabled, poll_s
+    def __init__(self, run_dir: str, enabled: bool = True, poll_s: float = 1.0, every_s: float = 5.0) -> None:
+        self.run_dir, self.enabled, self.poll_s, self.every_s = run_dir, enabled, poll_s, every_s
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -111,13 +112,14 @@ class ProgressTail:
     def _run(self) -> None:
         from xclass.train.report import metrics_path
 
-        path, seen = metrics_path(self.run_dir, 0), 0
-        while not self._stop.wait(self.poll_s):
+        path, seen, last_print, pending = metrics_path(self.run_dir, 0), 0, 0.0, None
+        while True:
+            stopping = self._stop.wait(self.poll_s)
             try:
                 with open(path) as f:
                     lines = f.readlines()
             except FileNotFoundError:
-                continue
+                lines = []
             for line in lines[seen:]:
                 try:
                     r = json.loads(line)
@@ -125,9 +127,14 @@ class ProgressTail:
                     break
                 seen += 1
                 if "loss" in r:
-                    print(f"[xclass] step {r['step']}: loss {r['loss']:.4f}, "
-                          f"{r.get('samples_per_s', 0):.0f} samples/s, head {r.get('head_mem_mb', 0):.1f} MiB/rank",
-                          file=sys.stderr, flush=True)
+                    pending = r
+            if pending is not None and (stopping or time.time() - last_print >= self.every_s):
+                print(f"[xclass] step {pending['step']}: loss {pending['loss']:.4f}, "
+                      f"{pending.get('samples_per_s', 0):.0f} samples/s, "
+                      f"head {pending.get('head_mem_mb', 0):.2f} MiB/rank", file=sys.stderr, flush=True)
+                pending, last_print = None, time.time()
+            if stopping:
+                return
 
 
 def _final_row(run_dir: str) -> Dict[str, Any]:
