@@ -60,7 +60,7 @@ def split_gallery_query(emb_path: str, out_dir: str, gallery_query: str = "") ->
     return out
 
 
-def _evaluate(task: str, data: str, run: str, work: str) -> None:
+def evaluate_task(task: str, data: str, run: str, work: str) -> None:
     """Export the index(es) the task's protocol needs, then evaluate."""
     emb = os.path.join(work, "test_embeddings.parquet")
     report = os.path.join(work, "report")
@@ -100,7 +100,7 @@ def run_demo(out: str, workers: int = 2, task: str = "face") -> int:
     cfg = os.path.join(ROOT, "configs", task, "cpu.yaml")
     _run(["train", "--config", cfg, "--workers", str(workers), f"data.path={data}",
           f"train.out_dir={run}", "train.resume=false"])
-    _evaluate(task, data, run, work)
+    evaluate_task(task, data, run, work)
     print(f"\n[xclass demo] {task} done in {time.perf_counter() - t0:.0f} s\n"
           f"  data:   {data}\n  run:    {run} (config.yaml, metrics.jsonl, loss.png, checkpoints/)\n"
           f"  report: {os.path.join(work, 'report')} (metrics.json, summary.md, plots)", flush=True)

@@ -50,3 +50,24 @@ def test_quic_cpu_short(tmp_path):
                 "cpu.yaml", ["train.epochs=10", "data.batch_size=64"])
     assert t["knn_acc"] > u["knn_acc"] + 0.1, (t, u)
     assert t["knn_majority_acc@5"] > u["knn_majority_acc@5"] + 0.1, (t, u)
+
+
+def test_xmc_cpu_short(tmp_path):
+    """XMC dual encoder: make-data -> train -> export the head's label index and the test queries ->
+    evaluate P@k/PSP@k through the CLI (the demo's sequence), trained vs random init."""
+    import json
+
+    from tests.tasks.pipeline import UNTRAINED, cli
+    from xclass.demo import evaluate_task
+
+    data = str(tmp_path / "data")
+    make_data("xmc", data, ["--num-classes", "500", "--num-rows", "6000", "--num-test-rows", "600"])
+    got = {}
+    for tag, extra in (("trained", []), ("untrained", UNTRAINED)):
+        run, work = str(tmp_path / tag / "run"), str(tmp_path / tag)
+        cli(["train", "--config", os.path.join(ROOT, "configs", "xmc", "cpu.yaml"), f"data.path={data}",
+             f"train.out_dir={run}", "train.progress=false", "train.epochs=3", *extra])
+        evaluate_task("xmc", data, run, work)
+        got[tag] = json.load(open(os.path.join(work, "report", "metrics.json")))["metrics"]
+    assert got["trained"]["P@1"] > got["untrained"]["P@1"] + 0.3, got
+    assert got["trained"]["PSP@5"] > got["untrained"]["PSP@5"] + 0.2, got
