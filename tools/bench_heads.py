@@ -276,8 +276,12 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per rank (1: steady timings on a shared box; cores/W: the machine's speed)")
     a = ap.parse_args(argv)
     rows_spec = preset_targets(a.big) if a.preset else sweep(a)
+    for spec in rows_spec:
+        spec.setdefault("threads", a.threads)
     out: List[Dict[str, Any]] = []
     for spec in rows_spec:
         got = run_row(spec)

@@ -39,20 +39,20 @@ class _NormalizeRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):  # type: ignore[override]
-        norm = x.norm(dim=1, keepdim=True).clamp_min_(1e-12)
-        y = x / norm
-        ctx.save_for_backward(y, norm)
+        inv = x.norm(dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_()
+        y = x * inv  # a multiply by the reciprocal: cheaper than a divide over [R, d]
+        ctx.save_for_backward(y, inv)
         return y
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        y, norm = ctx.saved_tensors
+        y, inv = ctx.saved_tensors
         # g is the fresh weight gradient of the score GEMM (single consumer): update it in
         # place, in row chunks so the temporary product stays small and is reused
         for a in range(0, g.shape[0], ROW_CHUNK):
             gc, yc = g[a:a + ROW_CHUNK], y[a:a + ROW_CHUNK]
             dot = (yc * gc).sum(1, keepdim=True)
-            gc.addcmul_(yc, dot, value=-1.0).div_(norm[a:a + ROW_CHUNK])
+            gc.addcmul_(yc, dot, value=-1.0).mul_(inv[a:a + ROW_CHUNK])
         return g
 
 
@@ -142,8 +142,10 @@ class ShardedMarginHead(nn.Module):
         return (emb_g @ w.to(emb_g.dtype).t()).float()
 
     def _target_cos(self, cos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = cos.detach().view(cos.shape[0], -1, self.k).amax(-1)
-        local = c.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+        """[B_g] target cosine (max over sub-centres), replicated. Gathers only the K target
+        columns of each row: an amax over the whole [B_g, R] matrix would copy it."""
+        cols = target.clamp(min=0).unsqueeze(1) * self.k + torch.arange(self.k, device=cos.device)
+        local = cos.detach().gather(1, cols).amax(1)
         return C.all_reduce(torch.where(target >= 0, local, torch.zeros_like(local)), "sum", self.group)
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
