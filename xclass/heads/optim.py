@@ -146,10 +146,11 @@ class ShardedHeadOptimizer:
         self.state = {k: {kk: vv.clone() for kk, vv in v.items()} for k, v in state["state"].items()}
 
 
-def build_head_optimizer(head: Any, optim_cfg: Any, extra_groups: Iterable[Any] = ()) -> ShardedHeadOptimizer:
+def build_head_optimizer(head: Any, optim_cfg: Any, extra_groups: Iterable[Any] = (),
+                         cls: Any = None) -> ShardedHeadOptimizer:
     """From a config with fields name ("sgd"|"adamw"), lr, head_lr (optional), momentum,
-    weight_decay and optionally betas / eps."""
-    return ShardedHeadOptimizer(
+    weight_decay and optionally betas / eps. ``cls``: a ShardedHeadOptimizer subclass."""
+    return (cls or ShardedHeadOptimizer)(
         head, str(optim_cfg.name).lower(), head_lr(optim_cfg),
         momentum=float(getattr(optim_cfg, "momentum", 0.9) or 0.0),
         weight_decay=float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0),

@@ -16,8 +16,7 @@ from typing import Any, Iterable, List
 import torch
 
 from xclass.dist.collectives import world_size
-from xclass.heads.base import head_lr
-from xclass.heads.optim import ShardedHeadOptimizer
+from xclass.heads.optim import ShardedHeadOptimizer, build_head_optimizer
 
 
 class XmcHeadOptimizer(ShardedHeadOptimizer):
@@ -74,9 +73,4 @@ class XmcHeadOptimizer(ShardedHeadOptimizer):
 
 def build_xmc_optimizer(head: Any, optim_cfg: Any, extra_groups: Iterable[Any] = ()) -> XmcHeadOptimizer:
     """Same config fields as :func:`xclass.heads.optim.build_head_optimizer`."""
-    return XmcHeadOptimizer(
-        head, str(optim_cfg.name).lower(), head_lr(optim_cfg),
-        momentum=float(getattr(optim_cfg, "momentum", 0.9) or 0.0),
-        weight_decay=float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0),
-        betas=tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999)),  # type: ignore[arg-type]
-        eps=float(getattr(optim_cfg, "eps", 1e-8) or 1e-8), extra_groups=extra_groups)
+    return build_head_optimizer(head, optim_cfg, extra_groups, cls=XmcHeadOptimizer)
