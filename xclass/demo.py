@@ -60,31 +60,35 @@ def split_gallery_query(emb_path: str, out_dir: str, gallery_query: str = "") ->
     return out
 
 
-def evaluate_task(task: str, data: str, run: str, work: str) -> None:
-    """Export the index(es) the task's protocol needs, then evaluate."""
-    emb = os.path.join(work, "test_embeddings.parquet")
+def evaluate_task(task: str, data: str, run: str, work: str, quiet: bool = False) -> Dict[str, str]:
+    """Export the index(es) the task's protocol needs, then evaluate. Returns the report
+    directories by protocol (each holds metrics.json). ``quiet``: no plots, no progress bars."""
     report = os.path.join(work, "report")
+    flags = ["--no-plots", "--quiet"] if quiet else []
     if task == "xmc":
         _run(["export-index", "--run", run, "--head", "--out", os.path.join(work, "label_index"), "--overwrite"])
         _run(["export-index", "--run", run, "--split", "test", "--out", os.path.join(work, "query_index"),
               "--overwrite"])
         _run(["evaluate", "--protocol", "xmc", "--index", os.path.join(work, "label_index"),
               "--queries", os.path.join(work, "query_index", "test_embeddings.parquet"),
-              "--train-labels", os.path.join(data, "train.parquet"), "--ks", "1,3,5", "--out", report])
-        return
+              "--train-labels", os.path.join(data, "train.parquet"), "--ks", "1,3,5", "--out", report, *flags])
+        return {"xmc": report}
+    out: Dict[str, str] = {}
     _run(["export-index", "--run", run, "--split", "test", "--out", os.path.join(work, "test_index"),
           "--overwrite"])
     emb = os.path.join(work, "test_index", "test_embeddings.parquet")
     if task in ("face", "speaker"):
         pairs = os.path.join(data, "pairs.parquet" if task == "face" else "trials.parquet")
-        _run(["evaluate", "--protocol", task, "--embeddings", emb, "--pairs", pairs,
-              "--out", os.path.join(report, "verification")])
+        out[task] = os.path.join(report, "verification")
+        _run(["evaluate", "--protocol", task, "--embeddings", emb, "--pairs", pairs, "--out", out[task], *flags])
     parts = split_gallery_query(emb, work, os.path.join(data, "gallery_query.parquet"))
     _run(["export-index", "--embeddings", parts["gallery"], "--out", os.path.join(work, "gallery_index"),
           "--overwrite"])
+    out["ident"] = os.path.join(report, "identification")
     _run(["evaluate", "--protocol", "ident", "--index", os.path.join(work, "gallery_index"),
-          "--gallery", parts["gallery"], "--queries", parts["queries"], "--ks", "1,5",
-          "--out", os.path.join(report, "identification")])
+          "--gallery", parts["gallery"], "--queries", parts["queries"], "--ks", "1,5", "--out", out["ident"],
+          *flags])
+    return out
 
 
 def run_demo(out: str, workers: int = 2, task: str = "face") -> int:

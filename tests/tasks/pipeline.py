@@ -21,7 +21,6 @@ UNTRAINED = ["optim.lr=0", "optim.head_lr=0", "optim.warmup_steps=0", "train.max
 
 
 def cli(argv: Sequence[str]) -> None:
-    import xclass.heads.prototypical  # noqa: F401  (registers angproto heads until components lists it)
     from xclass.cli import main
 
     rc = main(list(argv))
@@ -35,27 +34,13 @@ def make_data(task: str, data: str, args: Sequence[str]) -> None:
 
 
 def evaluate_run(task: str, data: str, run: str, work: str) -> Dict[str, float]:
-    """Export the test split with the run's encoder and evaluate the task's protocol(s)."""
-    from xclass.demo import split_gallery_query
+    """Export the test split with the run's encoder and evaluate the task's protocol(s)
+    (the demo's sequence, quiet)."""
+    from xclass.demo import evaluate_task
 
-    cli(["export-index", "--run", run, "--split", "test", "--out", os.path.join(work, "test_index"),
-         "--overwrite"])
-    emb = os.path.join(work, "test_index", "test_embeddings.parquet")
     metrics: Dict[str, float] = {}
-    if task in ("face", "speaker"):
-        pairs = os.path.join(data, "pairs.parquet" if task == "face" else "trials.parquet")
-        out = os.path.join(work, "verification")
-        cli(["evaluate", "--protocol", task, "--embeddings", emb, "--pairs", pairs, "--out", out,
-             "--no-plots", "--quiet"])
-        metrics.update(_flat(json.load(open(os.path.join(out, "metrics.json")))))
-    parts = split_gallery_query(emb, work, os.path.join(data, "gallery_query.parquet"))
-    cli(["export-index", "--embeddings", parts["gallery"], "--out", os.path.join(work, "gallery_index"),
-         "--overwrite"])
-    out = os.path.join(work, "identification")
-    cli(["evaluate", "--protocol", "ident", "--index", os.path.join(work, "gallery_index"),
-         "--gallery", parts["gallery"], "--queries", parts["queries"], "--ks", "1,5", "--out", out,
-         "--no-plots", "--quiet"])
-    metrics.update(_flat(json.load(open(os.path.join(out, "metrics.json")))))
+    for report in evaluate_task(task, data, run, work, quiet=True).values():
+        metrics.update(_flat(json.load(open(os.path.join(report, "metrics.json")))))
     return metrics
 
 
