@@ -3,8 +3,8 @@
 Each part is clipped by its own global norm with the same threshold: the encoder's
 gradients are replicated after averaging (its norm is local), the head's are sharded
 over classes (its squared norm is summed over ranks) except for parameters the head lists
-in ``replicated_parameters()`` (counted once). Partial-FC heads keep their sampled rows out of
-autograd and are not clipped here. DeepSpeed clips the encoder itself
+in ``replicated_parameters()`` (counted once). Partial-FC heads keep only the sampled rows in
+autograd (``head.active``): those are what is clipped. DeepSpeed clips the encoder itself
 (``gradient_clipping``), so the DeepSpeed path only clips the head here, with the same rule.
 """
 from __future__ import annotations
@@ -42,6 +42,9 @@ def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
     head_params = [p for p in s.head.parameters() if p.requires_grad]
     rep = {id(p) for p in getattr(s.head, "replicated_parameters", lambda: [])()}
     sharded = [p for p in head_params if id(p) not in rep]
+    active = getattr(s.head, "active", None)  # Partial FC: the sampled rows are the autograd leaf
+    if active is not None and active[1].grad is not None:
+        sharded.append(active[1])
     replicated = [p for p in head_params if id(p) in rep]
     enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
     head_sq = float(sharded_sq_norm(_sq_norm(sharded), ctx.group)) + float(_sq_norm(replicated))
