@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# GPU users: make demo TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu126'
+# GPU users: make demo TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url <the CUDA wheel index of your torch build>'
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
