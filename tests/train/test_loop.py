@@ -105,3 +105,18 @@ def test_other_heads_train_through_the_loop(data, tmp_path, head):
     train(cfg, ParallelContext.single())
     ls = losses(run)
     assert len(ls) == 40 and np.mean(ls[-5:]) < 0.7 * np.mean(ls[:5])
+
+
+def test_subcenter_manifest_ranges_and_head_export(data, tmp_path):
+    """Shard ranges count classes, not sub-centre rows; the exported label vectors carry class ids."""
+    import pyarrow.parquet as pq
+
+    from xclass.export import export_head
+
+    run = str(tmp_path / "sub")
+    train(features_config(data, run, "head.margin=subcenter_arcface", "head.margin_params={k: 3}",
+                          "train.max_steps=2"), ParallelContext.single())
+    assert ckpt.read_manifest(ckpt.latest_checkpoint(run))["shard_ranges"] == [[0, 24]]
+    (f,) = export_head(run, str(tmp_path / "labels"))
+    ids = pq.read_table(f).column("id").to_pylist()
+    assert ids == [c for c in range(24) for _ in range(3)]

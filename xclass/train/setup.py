@@ -16,6 +16,7 @@ from xclass import components
 from xclass.config import RunConfig
 from xclass.dist import ParallelContext
 from xclass.heads.base import HEADS, head_lr, set_lr
+from xclass.heads.partition import class_range
 from xclass.train import checkpoint as ckpt
 from xclass.train.engine import build_engine
 
@@ -73,7 +74,7 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     per_epoch = max(1, reader.batches_per_epoch() // ga)
     total = cfg.train.max_steps or cfg.train.epochs * per_epoch
     decode = components.make_decoder(cfg.data.task, meta)
-    ranges = _shard_ranges(head, ctx)
+    ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled))
 
@@ -89,12 +90,9 @@ def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: Paralle
                    seed=cfg.train.seed, **extra)
 
 
-def _shard_ranges(head: Any, ctx: ParallelContext) -> List[List[int]]:
-    from xclass.dist.collectives import all_gather_nograd
-
-    w, start = head.local_weight()
-    mine = torch.tensor([[start, start + w.shape[0]]], dtype=torch.int64)
-    return all_gather_nograd(mine, ctx.group).tolist()
+def _shard_ranges(num_classes: int, ctx: ParallelContext) -> List[List[int]]:
+    """Every rank's class range [start, stop) (the partition all heads use), replicated."""
+    return [list(class_range(num_classes, r, ctx.world_size)) for r in range(ctx.world_size)]
 
 
 def head_memory_mb(s: Setup) -> float:

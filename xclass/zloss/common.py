@@ -8,14 +8,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from xclass.dist import collectives as coll
+from xclass.heads.partition import class_range  # noqa: F401  (re-exported for the zloss heads)
 from xclass.zloss.losses import SPHERICAL_LOSSES
-
-
-def class_range(num_classes: int, rank: int, world: int) -> Tuple[int, int]:
-    """[start, end) of this rank's classes; uneven split, the first C % W ranks get one more."""
-    base, extra = divmod(num_classes, world)
-    start = base * rank + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 @dataclass
