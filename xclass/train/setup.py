@@ -97,7 +97,9 @@ def _shard_ranges(num_classes: int, ctx: ParallelContext) -> List[List[int]]:
 
 def head_memory_mb(s: Setup) -> float:
     """This rank's head parameters + optimizer state, in MiB."""
-    n = sum(t.numel() * t.element_size() for t in s.head.state_dict().values() if torch.is_tensor(t))
+    # parameters and buffers, not state_dict(): a head may do work there (the factored Z-loss
+    # head resynchronises Q and w_bar on save), which must stay off the logging path
+    n = sum(t.numel() * t.element_size() for t in [*s.head.parameters(), *s.head.buffers()])
     st = s.head_opt.state_dict().get("state", {})
     for v in (st.values() if isinstance(st, dict) else []):
         if isinstance(v, dict):
