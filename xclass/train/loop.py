@@ -67,7 +67,6 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             s.head_opt.zero_grad()
             s.engine.step()
             step += 1
-            s.reader_position = (epoch, micro + 1 + batch_in_epoch)
             loss = float(out.loss.detach())
             if step % cfg.train.log_every == 0 or step == total:
                 dt = time.perf_counter() - t_last

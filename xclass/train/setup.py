@@ -33,7 +33,6 @@ class Setup:
     shard_ranges: List[List[int]]
     head_peak_lr: float
     uses_deepspeed: bool
-    reader_position: Tuple[int, int] = (0, 0)
 
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
