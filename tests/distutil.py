@@ -76,3 +76,8 @@ def run_on_world(fn: Callable, world_size: int, *args: Any) -> List[Any]:
 
         return [fn(ParallelContext.single(), *args)]
     return run_on_ranks(fn, world_size, *args)
+
+
+def cat_ranks(results: List[Any], key: str) -> torch.Tensor:
+    """Concatenate one sharded tensor (``results[r][key]``) over ranks in rank order."""
+    return torch.cat([r[key] for r in results], 0)

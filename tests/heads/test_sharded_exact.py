@@ -6,7 +6,7 @@ unsampled rows and their optimizer state bitwise untouched; an inf on one rank s
 import pytest
 import torch
 
-from tests.distutil import run_on_world
+from tests.distutil import cat_ranks, run_on_world
 from tests.heads import cases as K
 from xclass.dist import ParallelContext
 from xclass.heads.base import HEADS
@@ -48,28 +48,24 @@ def _dense(i, case):
     return out
 
 
-def _cat(res, key):
-    return torch.cat([r[key] for r in res], 0)
-
-
 @pytest.mark.dist
 @pytest.mark.parametrize("case", K.CASES, ids=[c["id"] for c in K.CASES])
 def test_sharded_equals_dense(ranked, case):
     ws, results = ranked
     res = [r[case["id"]] for r in results]
     ref = _dense(K.CASES.index(case), case)
-    assert torch.equal(_cat(res, "w0"), ref["w0"]), "init must depend on the global class id only"
+    assert torch.equal(cat_ranks(res, "w0"), ref["w0"]), "init must depend on the global class id only"
     for r in res:
         assert torch.equal(r["loss0"], res[0]["loss0"]), "loss must be replicated"
     close(res[0]["loss0"], ref["loss0"])
     close(res[0]["loss1"], ref["loss1"])
     # convention: the head sends W * d loss / d emb_local (DP averaging then gives the dense gradient)
-    close(_cat(res, "emb_grad") / ws, ref["emb_grad"])
-    close(_cat(res, "w_grad"), ref["w_grad"])
+    close(cat_ranks(res, "emb_grad") / ws, ref["emb_grad"])
+    close(cat_ranks(res, "w_grad"), ref["w_grad"])
     if ref["b_grad"] is not None:
         for r in res:
             close(r["b_grad"], ref["b_grad"])
-    close(_cat(res, "w2"), ref["w2"])
+    close(cat_ranks(res, "w2"), ref["w2"])
 
 
 def _global_sample(i, case, step):
@@ -84,7 +80,7 @@ def test_partial_fc_exact_and_sparse(ranked, case):
     i = 100 + K.PFC_CASES.index(case)
     res = [r[case["id"]] for r in results]
     k = 2 if case["margin"] == "subcenter_arcface" else 1
-    w0 = _cat(res, "w0")
+    w0 = cat_ranks(res, "w0")
     rows = [torch.cat([r[f"rows{s}"] + r["start"] * k for r in res]) for s in range(2)]
     for s in range(2):  # the same global sample for every world size
         want = _global_sample(i, case, s)
@@ -101,12 +97,12 @@ def test_partial_fc_exact_and_sparse(ranked, case):
     loss = dense_margin_loss(emb, lab, w, head.margin, bias=bias)
     loss.backward()
     close(res[0]["loss0"], loss.detach())
-    w1 = _cat(res, "w1")
+    w1 = cat_ranks(res, "w1")
     close(w1[rows[0]], w.detach() - K.SGD.lr * (w.grad + K.SGD.weight_decay * w.detach()))
     out0 = torch.ones(w0.shape[0], dtype=torch.bool)
     out0[rows[0]] = False
     assert torch.equal(w1[out0], w0[out0]), "unsampled rows must be bitwise unchanged"
-    w2 = _cat(res, "w2")
+    w2 = cat_ranks(res, "w2")
     mom1 = torch.cat([r["state1"]["momentum"] for r in res])
     mom2 = torch.cat([r["state2"]["momentum"] for r in res])
     assert torch.equal(mom1[out0], torch.zeros_like(mom1[out0]))

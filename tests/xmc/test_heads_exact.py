@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.distutil import run_on_world
+from tests.distutil import cat_ranks, run_on_world
 from tests.xmc import cases as K
 from xclass.dist import ParallelContext
 
@@ -101,10 +101,6 @@ def ranked(request):
     return request.param, run_on_world(K.run_all, request.param)
 
 
-def _cat(res, key):
-    return torch.cat([r[key] for r in res], 0)
-
-
 @pytest.mark.dist
 @pytest.mark.parametrize("case", K.CASES, ids=[c["id"] for c in K.CASES])
 def test_xmc_head_equals_dense(ranked, case):
@@ -114,23 +110,23 @@ def test_xmc_head_equals_dense(ranked, case):
     active = sorted(set(torch.cat([r["last_active"] for r in res]).tolist())) if shortlist else None
     ref = dense_reference(case, active)
     single = K.run_case(case, ParallelContext.single())
-    close(_cat(res, "w0"), single["w0"], 1e-6)  # init by global label id: same head at any world size
+    close(cat_ranks(res, "w0"), single["w0"], 1e-6)  # init by global label id: same head at any world size
     for r in res:
         assert torch.equal(r["loss0"], res[0]["loss0"]), "loss must be replicated"
     close(res[0]["loss0"], ref["loss0"])
     if not shortlist:
         close(res[0]["loss1"], ref["loss1"])
-    close(_cat(res, "emb_grad") / ws, ref["emb_grad"])  # head sends W * d loss / d emb_local
+    close(cat_ranks(res, "emb_grad") / ws, ref["emb_grad"])  # head sends W * d loss / d emb_local
     if ref["w_grad"] is not None:
         if shortlist:  # only the active rows have a gradient; every other row's is exactly 0
             rows = torch.cat([r["active_rows"] for r in res])
-            close(_cat(res, "w_grad"), ref["w_grad"][rows])
+            close(cat_ranks(res, "w_grad"), ref["w_grad"][rows])
             rest = torch.ones(K.C, dtype=torch.bool)
             rest[rows] = False
             assert torch.all(ref["w_grad"][rest] == 0)
         else:
-            close(_cat(res, "w_grad"), ref["w_grad"])
-        close(_cat(res, "w1"), ref["w1"])
+            close(cat_ranks(res, "w_grad"), ref["w_grad"])
+        close(cat_ranks(res, "w1"), ref["w1"])
     for r in res:
         if ref["b_grad"] is not None:
             close(r["b_grad"], ref["b_grad"])
