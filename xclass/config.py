@@ -68,7 +68,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"
-    """Encoder optimizer: sgd or adamw (the head uses the same kind unless it has its own rule)."""
+    """Encoder optimizer: sgd, adam or adamw (the head uses the same kind unless it has its own rule)."""
     lr: float = 0.1
     """Peak learning rate."""
     momentum: float = 0.9

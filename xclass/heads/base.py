@@ -59,6 +59,23 @@ class Head(Protocol):
         ...
 
 
+def torch_optimizer(params: Any, optim_cfg: Any, lr: float) -> torch.optim.Optimizer:
+    """torch SGD (momentum, L2 weight decay), Adam or AdamW (decoupled decay) from the optim
+    config's name, momentum, weight_decay and optional betas; the one builder for the encoder
+    engine and the dense heads."""
+    name = str(getattr(optim_cfg, "name", "sgd")).lower()
+    wd = float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0)
+    betas = tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(getattr(optim_cfg, "momentum", 0.0) or 0.0),
+                               weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+    raise ValueError(f"unknown optim.name {name!r} (sgd, adam, adamw)")
+
+
 class TorchHeadOptimizer:
     """A torch optimizer over a head's (non-sharded-sparse) parameters, with a settable ``lr``
     for the loop's schedule; ``step()`` returns True (it never skips)."""

@@ -7,7 +7,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from xclass.heads.base import HEADS, HeadOutput, head_lr
+from xclass.heads.base import HEADS, HeadOutput, head_lr, torch_optimizer
 from xclass.heads.sharded import ShardedMarginHead, init_class_rows
 from xclass.losses import MARGINS
 from xclass.losses.reference import dense_margin_loss, dense_scores
@@ -60,15 +60,7 @@ class DenseMarginHead(nn.Module):
 
     def make_optimizer(self, optim_cfg: Any) -> torch.optim.Optimizer:
         """torch SGD / AdamW; a step hook advances ``step_count`` (margin schedules, ElasticFace draws)."""
-        lr, wd = head_lr(optim_cfg), float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0)
-        opt: torch.optim.Optimizer
-        if optim_cfg.name == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
-        elif optim_cfg.name == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd,
-                                    betas=tuple(getattr(optim_cfg, "betas", (0.9, 0.999)) or (0.9, 0.999)))
-        else:
-            raise ValueError(f"head optimizer {optim_cfg.name!r} not in ('sgd', 'adamw')")
+        opt = torch_optimizer(self.parameters(), optim_cfg, head_lr(optim_cfg))
         opt.register_step_post_hook(lambda *_: self.step_count.add_(1))
         return opt
 

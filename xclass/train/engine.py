@@ -19,18 +19,13 @@ import torch
 from torch import nn
 
 from xclass.dist import ParallelContext
+from xclass.heads.base import torch_optimizer
 from xclass.dist.collectives import average_gradients
 
 
 def make_torch_optimizer(params: Iterable[torch.Tensor], optim_cfg: Any) -> torch.optim.Optimizer:
-    """sgd (momentum, L2 weight decay) or adamw (decoupled decay) from the optim config."""
-    params = list(params)
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay)
-    if optim_cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
-    raise ValueError(f"unknown optim.name {optim_cfg.name!r} (sgd, adamw)")
+    """The encoder's optimizer (optim.name, lr, momentum, weight_decay)."""
+    return torch_optimizer(list(params), optim_cfg, float(optim_cfg.lr))
 
 
 class PlainEngine:

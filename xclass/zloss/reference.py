@@ -13,7 +13,7 @@ from typing import Any, Tuple
 import torch
 from torch import nn
 
-from xclass.heads.base import HEADS, HeadOutput, TorchHeadOptimizer, head_lr
+from xclass.heads.base import HEADS, HeadOutput, TorchHeadOptimizer, head_lr, torch_optimizer
 from xclass.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
                                  init_rows, split_labels, sum_shards)
 from xclass.zloss.losses import batch_loss
@@ -22,18 +22,7 @@ from xclass.zloss.predict import blockwise_topk, merge_shards_topk
 
 def build_torch_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:
     """sgd (momentum, weight_decay as L2), adam, adamw, from optim_cfg (lr = head_lr)."""
-    name = str(getattr(optim_cfg, "name", "sgd")).lower()
-    lr, wd = head_lr(optim_cfg), float(getattr(optim_cfg, "weight_decay", 0.0) or 0.0)
-    if name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=float(getattr(optim_cfg, "momentum", 0.0) or 0.0), weight_decay=wd)
-    elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    else:
-        raise ValueError(f"optim.name {name!r} not supported by the zloss head; use sgd, adam or adamw")
-    return TorchHeadOptimizer(opt)
+    return TorchHeadOptimizer(torch_optimizer(params, optim_cfg, head_lr(optim_cfg)))
 
 
 class DenseZLossHead(nn.Module):
