@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclass.export import write_parquet_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: make-data arguments of each task's demo dataset (small: minutes on a 2-core CPU).
@@ -55,8 +57,8 @@ def split_gallery_query(emb_path: str, out_dir: str, gallery_query: str = "") ->
         mask = rank >= np.repeat(counts, counts)[np.argsort(order)] // 2
     out = {"gallery": os.path.join(out_dir, "gallery.parquet"),
            "queries": os.path.join(out_dir, "queries.parquet")}
-    pq.write_table(t.filter(pa.array(~mask)), out["gallery"])
-    pq.write_table(t.filter(pa.array(mask)), out["queries"])
+    write_parquet_atomic(t.filter(pa.array(~mask)), out["gallery"])
+    write_parquet_atomic(t.filter(pa.array(mask)), out["queries"])
     return out
 
 

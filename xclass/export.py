@@ -45,7 +45,8 @@ def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any]) -> torch.nn
     return enc.eval()
 
 
-def _write_atomic(table: pa.Table, path: str) -> None:
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path.tmp`` and rename: a reader never sees a half-written file."""
     tmp = path + ".tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -86,7 +87,7 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     }
     cols.update(_label_column(labels))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    _write_atomic(pa.table(cols), out_path)
+    write_parquet_atomic(pa.table(cols), out_path)
     return out_path
 
 
@@ -135,7 +136,7 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
         table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
             pa.array(w.reshape(-1)), w.shape[1])})
         f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
-        _write_atomic(table, f)
+        write_parquet_atomic(table, f)
         files.append(f)
         del head, w
     return files
