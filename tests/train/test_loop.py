@@ -13,6 +13,7 @@ from xclass.config import RunConfig
 from xclass.dist import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.loop import train
+from xclass.train.report import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     train(features_config(data, b, "train.max_steps=8", "train.checkpoint_every=4", "data.shard_mode=rows"),
           ParallelContext.single())
     assert losses(b) == losses(a)[4:]  # bit-identical continuation (RNG, optimizer, data position)
+    first = read_metrics(b)[0]
+    assert first["event"] == "resumed" and first["step"] == 4 and "loss" not in first
 
 
 def _train_on_ranks(ctx, cfg_dict):

@@ -41,6 +41,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
     step, epoch, batch_in_epoch = restore(s, cfg, ctx, log)
     total = s.total_steps
     runlog = RunLog(run_dir, ctx, total, step, progress=cfg.train.progress)
+    if step > 0:
+        runlog.event(step, "resumed", epoch=epoch, batch_in_epoch=batch_in_epoch)
     last: Dict[str, Any] = {}
     t_last, n_last, step_last = time.perf_counter(), 0, step
     log.info(f"step {step}: training {total} steps, world size {ctx.world_size}, "

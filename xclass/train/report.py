@@ -44,14 +44,22 @@ class RunLog:
                              disable=None if sys.stderr.isatty() else False, mininterval=1.0)
         self._tb = _tensorboard(run_dir) if ctx.is_main else None
 
-    def log(self, step: int, row: Dict[str, Any]) -> None:
-        row = {"step": step, "rank": self.ctx.rank, "time": round(time.time(), 3), **row}
+    def _write(self, step: int, fields: Dict[str, Any]) -> Dict[str, Any]:
+        row = {"step": step, "rank": self.ctx.rank, "time": round(time.time(), 3), **fields}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        return row
+
+    def log(self, step: int, row: Dict[str, Any]) -> None:
+        row = self._write(step, row)
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("step", "rank", "time"):
                     self._tb.add_scalar(f"train/{k}", v, step)
+
+    def event(self, step: int, name: str, **fields: Any) -> None:
+        """A row without a loss that marks something in the run's history (e.g. a resume)."""
+        self._write(step, {"event": name, **fields})
 
     def advance(self, n: int, postfix: Dict[str, Any]) -> None:
         if self._bar is not None:
