@@ -35,7 +35,7 @@ def step():
     out = naive_loss() if sys.argv[6] == "naive" else head(emb, labels)
     out.loss.backward()
     head.weight.grad = W.grad = None
-    head.active = None
+    head.sampled.clear()
     emb.grad = None
 # a small warm-up on a few rows allocates the code paths' fixed costs
 small = margin_head(cfg, num_classes=64, embedding_dim=d, ctx=ParallelContext.single(), seed=0)

@@ -60,8 +60,9 @@ def _train_on_ranks(ctx, cfg_dict):
 
 @pytest.mark.dist
 @pytest.mark.parametrize("ws,extra", [(2, ()), (3, ()), (2, ("optim.grad_clip=0.05", "train.grad_accum=2")),
-                                     (3, ("optim.grad_clip=0.05", "head.sample_rate=0.5"))],
-                         ids=["ws2", "ws3", "ws2-clip-accum", "ws3-clip-partialfc"])
+                                     (3, ("optim.grad_clip=0.05", "head.sample_rate=0.5")),
+                                     (2, ("optim.grad_clip=0.05", "head.sample_rate=0.5", "train.grad_accum=2"))],
+                         ids=["ws2", "ws3", "ws2-clip-accum", "ws3-clip-partialfc", "ws2-clip-accum-partialfc"])
 def test_distributed_equals_single_process(data, tmp_path, ws, extra):
     one = str(tmp_path / "one")
     train(features_config(data, one, *extra), ParallelContext.single())

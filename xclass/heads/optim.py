@@ -133,7 +133,9 @@ class ShardedHeadOptimizer:
         for p in (h.weight, getattr(h, "bias", None)):
             if p is not None:
                 p.grad = None
-        h.active = None
+        sampled = getattr(h, "sampled", None)
+        if sampled is not None:
+            sampled.clear()
 
     def state_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "lr": self.lr, "skipped": self.skipped,

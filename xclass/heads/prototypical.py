@@ -26,7 +26,7 @@ they stay identical without averaging.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -192,6 +192,11 @@ class MarginAngprotoHead(nn.Module):
         loss = out.loss + self.ap_weight * ap_loss
         return HeadOutput(loss=loss, metrics={**out.metrics, "loss": loss.detach(),
                                               "margin_loss": out.loss.detach(), "ap_loss": ap_loss.detach(), **m})
+
+    @property
+    def active(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The margin head's Partial-FC rows and their gradient (None without sampling)."""
+        return getattr(self.margin_head, "active", None)
 
     def replicated_parameters(self) -> List[nn.Parameter]:
         return list(self.margin_head.replicated_parameters()) + self.ap.replicated_parameters()

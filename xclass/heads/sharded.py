@@ -25,6 +25,7 @@ from xclass.dist import collectives as C
 from xclass.heads.base import IGNORE_INDEX, HeadOutput
 from xclass.heads.partition import class_range, to_local
 from xclass.heads.sampling import sample_classes
+from xclass.heads.sparse import SampledRows
 from xclass.losses.seeding import mix_key
 from xclass.losses.margins import MarginAux
 from xclass.losses.objectives import GradSumAcross, binary_ce, softmax_ce, topk_threshold
@@ -97,7 +98,13 @@ class ShardedMarginHead(nn.Module):
             b0 = margin.init_bias(num_classes) if bias_init is None else bias_init
             self.bias = nn.Parameter(torch.tensor([float(b0)]))
         self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
-        self.active: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (row ids, leaf rows)
+        self.sampled = SampledRows()  # Partial FC: the sampled rows of each forward of this step
+
+    @property
+    def active(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(row ids, leaf rows) with the step's gradient under Partial FC (micro-batches merged);
+        None when the whole shard is a parameter."""
+        return self.sampled.merged()
 
     @property
     def group(self) -> Any:
@@ -118,17 +125,13 @@ class ShardedMarginHead(nn.Module):
     def _active_rows(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
         """(class rows [R, d] used this step, target remapped to them, global active class count)."""
         if self.sample_rate >= 1.0 or not self.training:
-            self.active = None
             return self.weight, target, self.num_classes
-        if self.active is not None and self.active[1].grad is not None:
-            raise RuntimeError("Partial FC (sample_rate < 1): the sampled rows' gradient was not consumed; "
-                               "call the head optimizer's step() or zero_grad() before the next forward "
-                               "(gradient accumulation over micro-batches needs sample_rate = 1)")
+        # negatives depend on (seed, step): the micro-batches of one step share them and add
+        # their own positives; their gradients accumulate on the union (SampledRows.merged)
         idx = sample_classes(self.start, self.stop, target, self.sample_rate, self.seed,
                              int(self.step_count))
         rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k, device=idx.device)).reshape(-1)
-        leaf = self.weight.detach().index_select(0, rows).requires_grad_(torch.is_grad_enabled())
-        self.active = (rows, leaf)
+        leaf = self.sampled.take(self.weight, rows)
         t = torch.where(target >= 0, torch.searchsorted(idx, target.clamp(min=0)), target)
         n_active = int(C.all_reduce(torch.tensor([idx.numel()]), "sum", self.group)) \
             if self.label_smoothing else 0

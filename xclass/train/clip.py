@@ -49,7 +49,7 @@ def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
     enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
     head_sq = float(sharded_sq_norm(_sq_norm(sharded), ctx.group)) + float(_sq_norm(replicated))
     enc_sq = float(_sq_norm(enc_params)) if not s.uses_deepspeed else 0.0
-    _scale(head_params, math.sqrt(head_sq), max_norm)
+    _scale(sharded + replicated, math.sqrt(head_sq), max_norm)
     if not s.uses_deepspeed:
         _scale(enc_params, math.sqrt(enc_sq), max_norm)
     return math.sqrt(head_sq + enc_sq)

@@ -35,6 +35,7 @@ from xclass.dist import collectives as C
 from xclass.heads.base import HeadOutput
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
+from xclass.heads.sparse import SampledRows
 from xclass.losses.seeding import mix_key
 from xclass.xmc.common import check_labels, gather_labels, local_positions
 from xclass.xmc.losses import decoupled_softmax
@@ -73,7 +74,7 @@ class DualDecoupledHead(nn.Module):
         self.shortlist = Shortlist(shortlist_k, shortlist_refresh, shortlist_index, faiss_threads) \
             if shortlist_k > 0 else None
         self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
-        self.active: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (rows, leaf) of weight
+        self.sampled = SampledRows()  # shortlist: the free rows scored by each forward of this step
         self.last_active: Optional[torch.Tensor] = None  # global label ids scored last step
 
     def _init_tower(self, label_tokens, vocab_size: int, token_dim: int, hidden: Sequence[int]) -> None:
@@ -93,13 +94,19 @@ class DualDecoupledHead(nn.Module):
             self.tower = LabelTower(vocab_size, self.embedding_dim, token_dim, hidden)
 
     @property
+    def active(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(rows, leaf) of the free label rows with this step's gradient (shortlist only; the
+        micro-batches of a step merged), None when the weight is a dense parameter."""
+        return self.sampled.merged()
+
+    @property
     def group(self) -> Any:
         return self.ctx.group if self.ctx.world_size > 1 else None
 
     # ------------------------------------------------------------------ label side
     def label_embeddings(self, cols: Optional[torch.Tensor] = None, track: bool = False) -> torch.Tensor:
         """[R, d] label vectors of local rows ``cols`` (sorted int64; None = the whole shard).
-        ``track``: with a shortlist, the free rows become a leaf recorded in ``self.active``."""
+        ``track``: with a shortlist, the free rows become a leaf recorded in ``self.sampled``."""
         out = None
         if self.tower is not None:
             v, o = (self.label_values, self.label_offsets) if cols is None else \
@@ -109,10 +116,7 @@ class DualDecoupledHead(nn.Module):
             if cols is None or self.weight.requires_grad:
                 w = self.weight if cols is None else self.weight.index_select(0, cols)
             else:
-                w = self.weight.detach().index_select(0, cols)
-                if track and torch.is_grad_enabled():
-                    w.requires_grad_(True)
-                    self.active = (cols, w)
+                w = self.sampled.take(self.weight, cols) if track else self.weight.detach().index_select(0, cols)
             out = w if out is None else out + w
         return out
 
