@@ -22,6 +22,7 @@ from xclass.dist.collectives import all_reduce
 from xclass.heads.base import head_lr
 
 OPTIMIZERS = ("sgd", "adamw")
+_FUSED_SGD = getattr(torch, "_fused_sgd_", None)  # private kernel behind torch.optim.SGD(fused=True)
 
 
 class ShardedHeadOptimizer:
@@ -77,8 +78,14 @@ class ShardedHeadOptimizer:
         return st
 
     def _sgd(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
-        """In place on ``w`` and ``st`` (torch.optim.SGD: dampening 0, no Nesterov)."""
+        """In place on ``w`` and ``st`` (torch.optim.SGD: dampening 0, no Nesterov). One fused
+        pass over (w, g, momentum) where torch has the kernel (about 2x less memory traffic than
+        three separate in-place ops; equal up to rounding)."""
         buf = st["momentum"]
+        if _FUSED_SGD is not None and self.momentum > 0 and w.is_contiguous() and buf.is_contiguous():
+            _FUSED_SGD([w], [g.contiguous()], [buf], weight_decay=self.weight_decay, momentum=self.momentum,
+                       lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+            return
         buf.mul_(self.momentum).add_(g)
         if self.weight_decay:
             buf.add_(w, alpha=self.weight_decay)
