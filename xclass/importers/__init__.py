@@ -54,17 +54,31 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="with --max-frames: cut training utterances into consecutive chunks instead")
     p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split")
     _common(p)
-    p = sub.add_parser("flows", help="flow records (CSV/Parquet, one row per flow, CESNET-style PPI)")
+    p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
+                                     "columns) or one row per packet (--flow-id-column)")
     p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz) or Parquet files")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--ppi-column", default=None, help="column with [[iat_ms], [dir], [size]] (CESNET 'PPI')")
-    p.add_argument("--sizes-column", default=None)
-    p.add_argument("--dirs-column", default=None)
-    p.add_argument("--iat-column", default=None)
-    p.add_argument("--stats-map", default=None,
+    p.add_argument("--label-column", default="label", help="class column (per flow, or on every packet row)")
+    g = p.add_argument_group("one row per flow")
+    g.add_argument("--ppi-column", default=None, help="column with [[iat_ms], [dir], [size]] (CESNET 'PPI')")
+    g.add_argument("--sizes-column", default=None, help="list column of packet sizes")
+    g.add_argument("--dirs-column", default=None, help="list column of directions (+1 / -1)")
+    g.add_argument("--iat-column", default=None, help="list column of inter-arrival times (ms)")
+    g.add_argument("--stats-map", default=None,
                    help="stat=COLUMN,... e.g. duration_s=DURATION,bytes_up=BYTES,bytes_down=BYTES_REV,"
                         "packets_up=PACKETS,packets_down=PACKETS_REV")
-    p.add_argument("--num-packets", type=int, default=30)
+    g = p.add_argument_group("one row per packet (grouped into flows; statistics over all packets)")
+    g.add_argument("--flow-id-column", default=None,
+                   help="flow id column(s), comma-separated, e.g. a connection's "
+                        "client_ip,client_port,server_ip,server_port,proto; giving it selects this layout")
+    g.add_argument("--time-column", default=None, help="packet time (numbers in --time-unit, or a Parquet timestamp)")
+    g.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of --time-column")
+    g.add_argument("--size-column", default=None, help="packet size in bytes (integer, 0..32767)")
+    g.add_argument("--direction-column", default=None,
+                   help="+1/-1, 0/1 (0 = client->server) or up/down, out/in, upload/download, fwd/bwd, c2s/s2c")
+    g.add_argument("--src-column", default=None,
+                   help="instead of --direction-column: source address; +1 when it is the source of the "
+                        "flow's first packet, else -1")
+    p.add_argument("--num-packets", type=int, default=30, help="packets kept per flow (zero-padded)")
     _common(p)
     return parser
 
@@ -103,7 +117,9 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,
                         sizes_column=a.sizes_column, dirs_column=a.dirs_column, iat_column=a.iat_column,
-                        stats_map=a.stats_map, num_packets=a.num_packets, test_classes=a.test_classes,
+                        stats_map=a.stats_map, flow_id_column=a.flow_id_column, time_column=a.time_column,
+                        time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
+                        src_column=a.src_column, num_packets=a.num_packets, test_classes=a.test_classes,
                         seed=a.seed, overwrite=a.overwrite, show_progress=show)
 
 

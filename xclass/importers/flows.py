@@ -1,10 +1,10 @@
 """Flow records -> the quic Parquet schema (first N packets + 8 flow statistics).
 
-Supported format: ONE ROW PER FLOW in CSV or Parquet (``.csv``, ``.csv.gz``, ``.parquet``), as
-CESNET-QUIC22 publishes it:
+Two input layouts in CSV or Parquet (``.csv``, ``.csv.gz``, ``.parquet``); the class comes from
+``--label-column`` (default ``label``; strings or integers: class names, sorted to ids ``0..C-1``).
 
-- a label column (``--label-column``, default ``label``; strings or integers: class names, sorted
-  to ids ``0..C-1``; e.g. CESNET's ``QUIC_SNI`` or ``APP``);
+ONE ROW PER FLOW, as CESNET-QUIC22 publishes it:
+
 - per-packet information either as one ``PPI`` column (``--ppi-column``) holding
   ``[[iat_ms...], [dir...], [size...]]`` (CESNET order; a JSON string in CSV, a nested list in
   Parquet), or as three list columns ``--sizes-column``, ``--dirs-column``, ``--iat-column``;
@@ -15,13 +15,19 @@ CESNET-QUIC22 publishes it:
   that is not mapped is computed from the recorded packets: duration = sum of IATs / 1000,
   bytes / packets per direction, mean and std of sizes, mean IAT of packets 1.. (ms).
 
+ONE ROW PER PACKET (``--flow-id-column`` given; see :mod:`xclass.importers.flow_packets`): packets
+grouped by flow id, ordered by ``--time-column``, with ``--size-column`` and a direction from
+``--direction-column`` or ``--src-column``. The statistics are the same computation over ALL the
+flow's packets (:func:`finish_stats`), while only the first N are stored.
+
 The first ``num_packets`` (30) packets are kept, the rest of the row is zero-padded.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +39,7 @@ from xclass.data.schema import SCHEMA_VERSION
 from xclass.importers.common import ImportError_
 
 STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
+Rows = Tuple[List[str], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (class names, (class, packets) per flow)
 
 
 def parse_stats_map(text: Optional[str]) -> Dict[str, str]:
@@ -48,12 +55,33 @@ def parse_stats_map(text: Optional[str]) -> Dict[str, str]:
     return out
 
 
+def finish_stats(n: int, n_up: int, bytes_up: float, bytes_down: float, size_sq: float, span_ms: float) -> np.ndarray:
+    """The 8 statistics (float32) from sums over ALL of a flow's ``n`` packets, for both input layouts:
+    ``n_up`` client -> server packets, bytes per direction, the sum of squared sizes, and ``span_ms``
+    = last - first packet time = the sum of the IATs of packets 1.. . With integer (Python int) sums
+    the variance ``(n * sq - total^2) / n^2`` is exact."""
+    tot = bytes_up + bytes_down
+    var = max(n * size_sq - tot * tot, 0) / (n * n)
+    return np.array([span_ms / 1000.0, bytes_up, bytes_down, n_up, n - n_up, tot / n, math.sqrt(var),
+                     span_ms / (n - 1) if n > 1 else 0.0], np.float32)
+
+
 def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarray:
     """The 8 statistics (float32) of one flow's recorded packets (all packets, not padded)."""
-    up, down = dirs > 0, dirs < 0
-    s = sizes.astype(np.float64)
-    return np.array([iat[1:].sum() / 1000.0, s[up].sum(), s[down].sum(), up.sum(), down.sum(),
-                     s.mean(), s.std(), iat[1:].mean() if len(iat) > 1 else 0.0], np.float32)
+    s = np.asarray(sizes, np.float64)
+    if (s == np.round(s)).all():  # integer sizes: exact integer sums
+        s = s.astype(np.int64)
+    up = dirs > 0
+    return finish_stats(len(s), int(up.sum()), s[up].sum().item(), s[~up].sum().item(), (s * s).sum().item(),
+                        float(iat[1:].sum()))
+
+
+def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int) -> Dict[str, np.ndarray]:
+    """One flow as the writer takes it: its first ``n`` packets, zero-padded, and its statistics."""
+    m = min(n, len(sizes))
+    pad = lambda a, dt: np.concatenate([np.asarray(a, np.float64)[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
+    return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
+            "num": np.int32(m), "stats": stats}
 
 
 def _as_list(v: Any, where: str) -> List[Any]:
@@ -68,69 +96,114 @@ def _as_list(v: Any, where: str) -> List[Any]:
 
 
 class FlowSource:
-    """Streams ``(row_dict, file, row)`` from CSV/Parquet files in record batches."""
+    """Streams CSV/Parquet files in record batches (``as_strings``: CSV columns read as text)."""
 
-    def __init__(self, paths: Sequence[str], columns: Sequence[str]) -> None:
-        self.paths, self.columns = list(paths), sorted(set(columns))
+    def __init__(self, paths: Sequence[str], columns: Sequence[str], as_strings: bool = False) -> None:
+        self.paths, self.columns, self.as_strings = list(paths), sorted(set(columns)), as_strings
+
+    def _missing(self, path: str, names: List[str]) -> ImportError_:
+        """The error naming the requested columns that ``path`` (with columns ``names``) lacks."""
+        missing = [c for c in self.columns if c not in names]
+        return ImportError_(f"{path}: missing column(s) {missing} (has {names})", file=path)
 
     def _batches(self, path: str) -> Iterator[pa.RecordBatch]:
         try:
             if path.endswith(".parquet"):
                 pf = pq.ParquetFile(path)
-                missing = [c for c in self.columns if c not in pf.schema_arrow.names]
-                if missing:
-                    raise ImportError_(f"{path}: missing column(s) {missing} (has {pf.schema_arrow.names})", file=path)
+                if any(c not in pf.schema_arrow.names for c in self.columns):
+                    raise self._missing(path, pf.schema_arrow.names)
                 yield from pf.iter_batches(batch_size=8192, columns=self.columns)
             else:
-                conv = pacsv.ConvertOptions(include_columns=self.columns)
-                reader = pacsv.open_csv(path, convert_options=conv)
+                types = {c: pa.string() for c in self.columns} if self.as_strings else None
+                conv = pacsv.ConvertOptions(include_columns=self.columns, column_types=types)
+                try:
+                    reader = pacsv.open_csv(path, convert_options=conv)
+                except pa.ArrowKeyError:  # a column named in include_columns is not in the header
+                    raise self._missing(path, pacsv.open_csv(path).schema.names) from None
                 yield from reader
         except ImportError_:
             raise
         except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
             raise ImportError_(f"{path}: cannot read flows ({exc})", file=path) from None
 
-    def __iter__(self) -> Iterator[tuple]:
+    def batches(self) -> Iterator[Tuple[pa.RecordBatch, str, int]]:
+        """``(batch, file, index in the file of the batch's first row)``."""
         for path in self.paths:
             row = 0
             for batch in self._batches(path):
-                for rec in batch.to_pylist():
-                    yield rec, path, row
-                    row += 1
+                yield batch, path, row
+                row += batch.num_rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        """``(row dict, file, row)``."""
+        for batch, path, row in self.batches():
+            for i, rec in enumerate(batch.to_pylist()):
+                yield rec, path, row + i
 
 
 def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label", ppi_column: Optional[str] = None,
                  sizes_column: Optional[str] = None, dirs_column: Optional[str] = None,
-                 iat_column: Optional[str] = None, stats_map: Optional[str] = None, num_packets: int = 30,
-                 test_classes: int = 0, seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Dict:
+                 iat_column: Optional[str] = None, stats_map: Optional[str] = None,
+                 flow_id_column: Optional[str] = None, time_column: Optional[str] = None, time_unit: str = "s",
+                 size_column: Optional[str] = None, direction_column: Optional[str] = None,
+                 src_column: Optional[str] = None, num_packets: int = 30, test_classes: int = 0, seed: int = 0,
+                 overwrite: bool = False, show_progress: bool = True) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
-    ``test_classes`` > 0, meta.json). Two passes: class names, then rows."""
+    ``test_classes`` > 0, meta.json). One row per flow (two passes: class names, then rows), or
+    one row per packet when ``flow_id_column`` is given (one pass, then the flows)."""
     if not inputs:
         raise ImportError_("no input files")
+    source: Dict[str, Any] = {"importer": "flows", "files": [os.path.abspath(p) for p in inputs],
+                              "label_column": label_column}
+    if flow_id_column:
+        from xclass.importers.flow_packets import PacketColumns, read_packet_flows
+
+        cols = PacketColumns.parse(flow_id_column, time_column, size_column, label_column, direction_column,
+                                   src_column, time_unit, bool(ppi_column or sizes_column or dirs_column
+                                                               or iat_column or stats_map))
+        source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit)
+        return _write(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
+                      num_packets, test_classes, seed, overwrite)
+    if time_column or size_column or direction_column or src_column:
+        raise ImportError_("--time-column, --size-column, --direction-column and --src-column need "
+                           "--flow-id-column (one row per packet)")
     if ppi_column is None and not (sizes_column and dirs_column and iat_column):
         raise ImportError_("give --ppi-column, or all of --sizes-column, --dirs-column, --iat-column")
     smap = parse_stats_map(stats_map)
-    pkt_cols = [ppi_column] if ppi_column else [sizes_column, dirs_column, iat_column]
-    cols = [label_column, *pkt_cols, *smap.values()]
-    names = sorted({str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column])})
-    if test_classes >= len(names):
-        raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
-    held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
-        if test_classes else set()
-    train_names = [n for n in names if n not in held]
-    test_names = sorted(held)
-    label_of = {n: i for i, n in enumerate(train_names + test_names)}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        writers = _FlowWriters(tmp, num_packets)
-        from tqdm import tqdm
+    read = lambda: _flow_rows(inputs, label_column, ppi_column, [sizes_column, dirs_column, iat_column],  # noqa: E731
+                              smap, num_packets, show_progress)
+    return _write(out, read, source, num_packets, test_classes, seed, overwrite)
 
-        for rec, path, row in tqdm(FlowSource(inputs, cols), desc="import flows", unit="flows",
-                                   disable=not show_progress):
-            name = str(rec[label_column])
-            split = "test" if name in held else "train"
-            writers.add(split, label_of[name], _packets(rec, path, row, ppi_column, pkt_cols, num_packets, smap))
-        meta = writers.close(train_names, test_names, {"importer": "flows", "files": [os.path.abspath(p) for p in inputs],
-                                                       "label_column": label_column}, seed)
+
+def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
+               smap: Dict[str, str], n: int, show_progress: bool) -> Rows:
+    """One row per flow: class names (first pass), then ``(class, packets)`` per row (second pass)."""
+    from tqdm import tqdm
+
+    pkt_cols = [ppi_column] if ppi_column else list_columns
+    names = sorted({str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column])})
+    rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values()]), desc="import flows", unit="flows",
+                disable=not show_progress)
+    return names, ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap))
+                   for rec, path, row in rows)
+
+
+def _write(out: str, read: Callable[[], Rows], source: Dict, n: int, test_classes: int, seed: int,
+           overwrite: bool) -> Dict:
+    """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes, write splits and meta."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        names, flows = read()
+        if test_classes >= len(names):
+            raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
+        held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
+            if test_classes else set()
+        train_names = [n for n in names if n not in held]
+        test_names = sorted(held)
+        label_of = {n: i for i, n in enumerate(train_names + test_names)}
+        writers = _FlowWriters(tmp, n)
+        for name, packets in flows:
+            writers.add("test" if name in held else "train", label_of[name], packets)
+        meta = writers.close(train_names, test_names, source, seed)
         write_json(os.path.join(tmp, "meta.json"), meta)
         return meta
 
@@ -161,10 +234,7 @@ def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str]
         if v is None or not np.isfinite(float(v)):
             raise ImportError_(f"{where}, column {c}: missing or non-finite flow statistic", file=path, row=row)
         stats[STATS.index(k)] = float(v)
-    m = min(n, len(sizes))
-    pad = lambda a, dt: np.concatenate([a[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
-    return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
-            "num": np.int32(m), "stats": stats}
+    return pack(sizes, dirs, iat, stats, n)
 
 
 class _FlowWriters:
