@@ -229,3 +229,52 @@ def test_cli(tmp_path, capsys):
                            "--no-progress"])
     assert rc == 2 and "p.csv: row 0, column app: not a number: 'c" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+RAW5 = ("src_ip", "src_port", "dst_ip", "dst_port", "proto")
+
+
+def _raw_capture_rows(rows):
+    """A capture's per-packet 5-tuple: a server -> client packet has the endpoints swapped."""
+    out = []
+    for r in rows:
+        up = r["src"] == r["client_ip"]
+        a, b = (("client_ip", "client_port"), ("server_ip", "server_port"))[::1 if up else -1]
+        out.append(dict(src_ip=r[a[0]], src_port=r[a[1]], dst_ip=r[b[0]], dst_port=r[b[1]], proto=r["proto"],
+                        ts=r["ts"], length=r["length"], app=r["app"]))
+    return out
+
+
+def test_bidirectional_5tuple_matches_connection_ids(tmp_path):
+    """``--bidirectional src_ip=dst_ip,src_port=dst_port`` folds both directions of each connection
+    into one flow: the import equals the connection-level id import, field by field."""
+    flows = _make_flows(seed=11)
+    rows = _packet_rows(flows, seed=2, encoding="src")
+    _write_rows(str(tmp_path / "conn.csv"), rows)
+    raw = _raw_capture_rows(rows)
+    _write_rows(str(tmp_path / "raw.csv"), raw)
+    kw = dict(label_column="app", num_packets=8, seed=3, show_progress=False, time_column="ts",
+              size_column="length", src_column="src")
+    ref = import_flows([str(tmp_path / "conn.csv")], str(tmp_path / "ref"), flow_id_column=",".join(ID5), **kw)
+    kw["src_column"] = "src_ip"
+    split = import_flows([str(tmp_path / "raw.csv")], str(tmp_path / "split"), flow_id_column=",".join(RAW5), **kw)
+    got = import_flows([str(tmp_path / "raw.csv")], str(tmp_path / "bi"), flow_id_column=",".join(RAW5),
+                       bidirectional="src_ip=dst_ip, src_port=dst_port", **kw)
+    want, have = _tables(tmp_path / "ref"), _tables(tmp_path / "bi")
+    for name in want:
+        assert have[name].to_pydict() == want[name].to_pydict(), name
+    assert got["source"]["bidirectional"] == "src_ip=dst_ip, src_port=dst_port"
+    rows_of = lambda m: sum(s["rows"] for s in m["splits"].values())  # noqa: E731
+    assert rows_of(got) == rows_of(ref) == 14 and rows_of(split) > 14  # without it, replies form flows of their own
+
+
+@pytest.mark.parametrize("spec,match", [("src_ip=nope", "two different columns"), ("src_ip", "COLUMN=COLUMN"),
+                                        ("src_ip=src_ip", "two different columns")])
+def test_bidirectional_bad_pairs(tmp_path, spec, match):
+    rows = _raw_capture_rows(_packet_rows(_make_flows(seed=1, n_flows=2), seed=0, encoding="src"))
+    _write_rows(str(tmp_path / "raw.csv"), rows)
+    with pytest.raises(ImportError_, match=match):
+        import_flows([str(tmp_path / "raw.csv")], str(tmp_path / "out"), flow_id_column=",".join(RAW5),
+                     time_column="ts", size_column="length", src_column="src_ip", label_column="app",
+                     bidirectional=spec, show_progress=False)
+    assert not os.path.exists(tmp_path / "out")

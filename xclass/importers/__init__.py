@@ -78,6 +78,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--src-column", default=None,
                    help="instead of --direction-column: source address; +1 when it is the source of the "
                         "flow's first packet, else -1")
+    g.add_argument("--bidirectional", default=None, metavar="A=B,...",
+                   help="pairs of --flow-id-column columns a reply swaps (e.g. src_ip=dst_ip,src_port=dst_port): "
+                        "both directions of a connection become one flow (use with --src-column)")
     p.add_argument("--num-packets", type=int, default=30, help="packets kept per flow (zero-padded)")
     _common(p)
     return parser
@@ -119,7 +122,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         sizes_column=a.sizes_column, dirs_column=a.dirs_column, iat_column=a.iat_column,
                         stats_map=a.stats_map, flow_id_column=a.flow_id_column, time_column=a.time_column,
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
-                        src_column=a.src_column, num_packets=a.num_packets, test_classes=a.test_classes,
+                        src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
                         seed=a.seed, overwrite=a.overwrite, show_progress=show)
 
 

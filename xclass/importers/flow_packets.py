@@ -2,7 +2,8 @@
 
 Columns: the flow id (``--flow-id-column``, one or several comma-separated columns such as a
 connection's ``client_ip,client_port,server_ip,server_port,proto``; values compared as text, and
-taken as-is: with a raw per-packet 5-tuple the two directions of a connection are two flows), the
+taken as-is, unless ``--bidirectional src_ip=dst_ip,src_port=dst_port`` names the column pairs a
+reply swaps: then a packet and its reply map to one flow, as in a raw capture's 5-tuple), the
 packet time (``--time-column``, numbers in ``--time-unit`` s/ms/us/ns, or a Parquet timestamp), the
 size (``--size-column``, integer bytes in [0, 32767]), the class (``--label-column``) and either
 a direction (``--direction-column``) or the source address (``--src-column``: +1 for packets sent
@@ -46,12 +47,15 @@ class PacketColumns:
     direction: Optional[str]
     src: Optional[str]
     time_unit: str = "s"
+    swap: Tuple[Tuple[int, int], ...] = ()  # --bidirectional: positions in flow_id swapped in reverse packets
 
     @classmethod
     def parse(cls, flow_id: str, time: Optional[str], size: Optional[str], label: str, direction: Optional[str],
-              src: Optional[str], time_unit: str = "s", per_flow_options: bool = False) -> "PacketColumns":
-        """From the CLI options (``flow_id`` comma-separated); missing or conflicting options (or
-        ``per_flow_options``: one-row-per-flow options given too) raise."""
+              src: Optional[str], time_unit: str = "s", per_flow_options: bool = False,
+              bidirectional: Optional[str] = None) -> "PacketColumns":
+        """From the CLI options (``flow_id`` comma-separated; ``bidirectional`` ``A=B,...`` pairs of
+        flow id columns); missing or conflicting options (or ``per_flow_options``: one-row-per-flow
+        options given too) raise."""
         if per_flow_options:
             raise ImportError_("--flow-id-column (one row per packet) does not combine with --ppi-column, "
                                "--sizes-column, --dirs-column, --iat-column or --stats-map (one row per flow)")
@@ -62,11 +66,36 @@ class PacketColumns:
             raise ImportError_("one row per packet needs one of --direction-column or --src-column")
         if time_unit not in PER_SECOND:
             raise ImportError_(f"--time-unit {time_unit!r}: use one of {', '.join(PER_SECOND)}")
-        return cls(ids, time, size, label, direction, src, time_unit)
+        return cls(ids, time, size, label, direction, src, time_unit, _swap_pairs(bidirectional, ids))
 
     def names(self) -> List[str]:
         """The columns to read."""
         return [*self.flow_id, self.time, self.size, self.label, self.direction or self.src]
+
+
+def _swap_pairs(text: Optional[str], ids: Tuple[str, ...]) -> Tuple[Tuple[int, int], ...]:
+    """``src_ip=dst_ip,src_port=dst_port`` -> positions in ``ids`` of the columns a reverse packet swaps."""
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        a, _, b = (x.strip() for x in item.partition("="))
+        if a not in ids or b not in ids or a == b:
+            raise ImportError_(f"--bidirectional {item.strip()!r}: expected COLUMN=COLUMN, two different columns "
+                               f"of --flow-id-column ({','.join(ids)})")
+        pairs.append((ids.index(a), ids.index(b)))
+    return tuple(pairs)
+
+
+def _canonical(key: tuple, swap: Tuple[Tuple[int, int], ...]) -> tuple:
+    """The smaller of a flow key and its reverse (``swap`` exchanged), so both directions of a
+    connection give one key."""
+    if not swap:
+        return key
+    rev = list(key)
+    for i, j in swap:
+        rev[i], rev[j] = key[j], key[i]
+    return min(key, tuple(rev))
 
 
 def _first(mask: np.ndarray) -> int:
@@ -224,7 +253,7 @@ class PacketFlows:
         flow_of = np.empty(len(first), np.int64)
         for g in np.argsort(first):
             r = int(first[g])
-            key = tuple(vals[p[r]] for vals, p in zip(values, parts))
+            key = _canonical(tuple(vals[p[r]] for vals, p in zip(values, parts)), self.cols.swap)
             if key not in self.index:
                 if not any(key):
                     raise _At(path, row0 + r, ",".join(self.cols.flow_id)).error("empty flow id")

@@ -146,7 +146,8 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                  iat_column: Optional[str] = None, stats_map: Optional[str] = None,
                  flow_id_column: Optional[str] = None, time_column: Optional[str] = None, time_unit: str = "s",
                  size_column: Optional[str] = None, direction_column: Optional[str] = None,
-                 src_column: Optional[str] = None, num_packets: int = 30, test_classes: int = 0, seed: int = 0,
+                 src_column: Optional[str] = None, bidirectional: Optional[str] = None, num_packets: int = 30,
+                 test_classes: int = 0, seed: int = 0,
                  overwrite: bool = False, show_progress: bool = True) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
     ``test_classes`` > 0, meta.json). One row per flow (two passes: class names, then rows), or
@@ -160,13 +161,14 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
 
         cols = PacketColumns.parse(flow_id_column, time_column, size_column, label_column, direction_column,
                                    src_column, time_unit, bool(ppi_column or sizes_column or dirs_column
-                                                               or iat_column or stats_map))
-        source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit)
+                                                               or iat_column or stats_map), bidirectional)
+        source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit,
+                      bidirectional=bidirectional or None)
         return _write(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
                       num_packets, test_classes, seed, overwrite)
-    if time_column or size_column or direction_column or src_column:
-        raise ImportError_("--time-column, --size-column, --direction-column and --src-column need "
-                           "--flow-id-column (one row per packet)")
+    if time_column or size_column or direction_column or src_column or bidirectional:
+        raise ImportError_("--time-column, --size-column, --direction-column, --src-column and --bidirectional "
+                           "need --flow-id-column (one row per packet)")
     if ppi_column is None and not (sizes_column and dirs_column and iat_column):
         raise ImportError_("give --ppi-column, or all of --sizes-column, --dirs-column, --iat-column")
     smap = parse_stats_map(stats_map)
