@@ -52,21 +52,26 @@ def input_columns(task: str, encoder: str) -> List[str]:
 
 
 def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: Any) -> Any:
-    """This rank's streaming reader of the training split (deterministic per seed/epoch/rank)."""
+    """This rank's streaming reader of the training split (deterministic per seed/epoch/rank);
+    ``data.sampler: m_per_class`` groups each rank's batch into label groups of ``data.m_per_class``."""
+    from xclass.data.grouping import check_sampler
     from xclass.data.reader import ParquetReader
 
+    check_sampler(cfg.data, ctx.world_size)  # again: the world size may differ from cluster.workers
+    cols = input_columns(cfg.data.task, cfg.model.encoder)
+    group = dict(m_per_class=cfg.data.m_per_class if cfg.data.sampler == "m_per_class" else 0,
+                 label_column="label")
     if cfg.data.shard_mode == "global_batch":
         from xclass.train.global_batch import GlobalBatchSlicer
 
-        full = ParquetReader(list(paths), input_columns(cfg.data.task, cfg.model.encoder), rank=0, world_size=1,
-                             batch_rows=cfg.data.batch_size, seed=cfg.data.seed, drop_last=True)
+        full = ParquetReader(list(paths), cols, rank=0, world_size=1, batch_rows=cfg.data.batch_size,
+                             seed=cfg.data.seed, drop_last=True, **group)
         return GlobalBatchSlicer(full, ctx.rank, ctx.world_size)
     if cfg.data.shard_mode != "rows":
         raise KeyError(f"unknown data.shard_mode {cfg.data.shard_mode!r} (rows, global_batch)")
     per_rank = max(1, cfg.data.batch_size // ctx.world_size)
-    return ParquetReader(list(paths), input_columns(cfg.data.task, cfg.model.encoder), rank=ctx.rank,
-                         world_size=ctx.world_size, batch_rows=per_rank, seed=cfg.data.seed,
-                         drop_last=True)
+    return ParquetReader(list(paths), cols, rank=ctx.rank, world_size=ctx.world_size, batch_rows=per_rank,
+                         seed=cfg.data.seed, drop_last=True, **group)
 
 
 def reshard_head(setup: Any, path: str, manifest: Dict[str, Any], ctx: Any) -> None:

@@ -35,6 +35,10 @@ class DataConfig:
     """Seed of the data order (shuffling depends only on seed, epoch, rank and world size)."""
     shard_mode: str = "rows"
     """rows: each rank reads its own rows once; global_batch: world-size-invariant batches."""
+    sampler: str = "shuffle"
+    """shuffle: random rows; m_per_class: batches of groups of m_per_class rows of one label (angproto heads)."""
+    m_per_class: int = 2
+    """Rows per label group with sampler m_per_class (>= 2; each rank's batch must be a multiple of it)."""
     generate: Dict[str, Any] = field(default_factory=dict)
     """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
 
@@ -173,6 +177,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.sampler != "shuffle":  # the data.sampler keys against the task and batch
+            from xclass.data.grouping import check_sampler
+
+            check_sampler(self.data, self.cluster.workers)
 
     def to_dict(self) -> Dict[str, Any]:
         return to_dict(self)

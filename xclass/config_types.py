@@ -76,7 +76,10 @@ def from_dict(cls: Any, d: Mapping[str, Any], *, source: str = "<dict>", prefix:
             known = ", ".join(sorted(names))
             raise ConfigError(f"{source}: unknown key '{prefix}{k}' (known keys here: {known})")
     kwargs = {k: _check(v, hints[k], prefix + k, source) for k, v in d.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a dataclass's own check (__post_init__): add the file
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Dict[str, Any]:

@@ -12,6 +12,9 @@ Epoch plan (the same on every rank, computed from file metadata only):
    output stream, which is cut into batches of ``batch_rows`` rows. Memory is bounded by
    about two windows (read + permuted copy) + one batch; a window is at least one row
    group, so write files with row groups of moderate size (the generators do).
+4. ``m_per_class=M`` (``data.sampler: m_per_class``) replaces step 3's permutation: each window
+   (plus the rows carried from earlier ones) becomes shuffled groups of M same-label rows, a
+   label's remainder is carried on, the epoch's last carry comes last (``xclass.data.grouping``).
 
 Equal step counts: every rank yields ``batches_per_epoch()`` batches. With
 ``drop_last=False`` that is ``ceil(ceil(N/W) / batch_rows)``; all batches are full except
@@ -35,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclass.data.grouping import arrange_windows
 from xclass.data.schema import DataError, read_task_meta
 
 
@@ -121,15 +125,23 @@ class ParquetReader:
             Default: about ``buffer_bytes`` of decoded data (estimated from Parquet
             metadata: leaf value counts), at least ``batch_rows``, at most 65536 rows.
         buffer_bytes: target window size when ``buffer_rows`` is None (default 64 MiB).
+        m_per_class: 0 = plain shuffle; M >= 1 = groups of M rows of one ``label_column`` (a
+            read single-label column) value, step 4 above; ``batch_rows`` a multiple of M.
     """
 
     def __init__(self, paths, columns: Sequence[str], *, rank: int = 0, world_size: int = 1,
                  batch_rows: int, seed: int = 0, drop_last: bool = False, shuffle: bool = True,
-                 buffer_rows: Optional[int] = None, buffer_bytes: int = 64 << 20) -> None:
+                 buffer_rows: Optional[int] = None, buffer_bytes: int = 64 << 20,
+                 m_per_class: int = 0, label_column: str = "label") -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_rows <= 0:
             raise ValueError(f"batch_rows must be > 0, got {batch_rows}")
+        if m_per_class and (m_per_class < 0 or batch_rows % m_per_class or not shuffle
+                            or label_column not in columns):
+            raise ValueError(f"m_per_class={m_per_class} needs batch_rows={batch_rows} a multiple of "
+                             f"it, shuffle=True and the label column {label_column!r} in the columns")
+        self.m_per_class, self.label_column = m_per_class, label_column
         self.files = expand_paths(paths)
         self.columns = list(columns)
         self.rank, self.world_size, self.batch_rows = rank, world_size, batch_rows
@@ -194,11 +206,12 @@ class ParquetReader:
     def state_dict(self) -> Dict[str, int]:
         """Position to resume from: the epoch and the number of batches already yielded."""
         return {"epoch": self.epoch, "batch": self._batch_index, "seed": self.seed,
-                "world_size": self.world_size, "num_rows": self.num_rows}
+                "world_size": self.world_size, "num_rows": self.num_rows,
+                "m_per_class": self.m_per_class}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """The next ``__iter__`` continues epoch ``state['epoch']`` after ``state['batch']`` batches."""
-        for key in ("seed", "world_size", "num_rows"):
+        for key in ("seed", "world_size", "num_rows", "m_per_class"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"reader state has {key}={state[key]}, this reader has "
                                  f"{getattr(self, key)}; resume needs the same data and layout")
@@ -248,7 +261,16 @@ class ParquetReader:
     # ---- iteration --------------------------------------------------------------------------
     def _row_stream(self, skip_rows: int) -> Iterator[pa.Table]:
         """Permuted windows of this rank's rows, minus the first ``skip_rows`` rows."""
-        for w, win in enumerate(self._windows(self.plan())):
+        windows = self._windows(self.plan())
+        if self.m_per_class:  # step 4; resume re-reads skipped windows (the carry depends on them)
+            tables = (pa.concat_tables([self._read(p) for p in win]) for win in windows)
+            seed = [self.seed, self.epoch, self.rank]
+            for t in arrange_windows(tables, seed, self.m_per_class, self.label_column):
+                if skip_rows < t.num_rows:
+                    yield t.slice(skip_rows)
+                skip_rows = max(0, skip_rows - t.num_rows)
+            return
+        for w, win in enumerate(windows):
             n = sum(p.rows for p in win)
             if skip_rows >= n:  # resume: skip whole windows without reading them
                 skip_rows -= n
