@@ -12,9 +12,10 @@ one *query* (its first row in batch order) and one *prototype* (the mean of its 
 embeddings, as voxceleb_trainer averages ``x[:, 1:]``). With N such speakers,
 ``logits[i, j] = w * cos(query_i, proto_j) + b`` (w clamped to >= 1e-6) and the loss is the mean
 over queries of the cross-entropy with target i. **Speakers with a single row in the batch are
-skipped** (they have no prototype); a batch with no speaker of >= 2 rows gives loss 0. The shuffled
-reader gives random batches, so the number of usable speakers per batch depends on batch size vs
-number of speakers; a sampler with M rows per speaker would make every row count (not provided).
+skipped** (they have no prototype); a batch with no speaker of >= 2 rows gives loss 0. With the
+default shuffled reader the number of usable speakers per batch depends on batch size vs number of
+speakers; ``data.sampler: m_per_class`` (xclass/data/grouping.py) makes batches of M rows per
+speaker so that every row counts.
 
 Distribution (world size W): the head all-gathers the batch (``all_gather_with_grad``) and every
 rank computes the same loss on the concatenated global batch, so the loss equals the
