@@ -17,6 +17,10 @@ from xclass.train.loop import train
 def main() -> None:
     cfg = load_config(sys.argv[1], sys.argv[2:])
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not cfg.cluster.use_gpu else "cuda")
+    if not cfg.cluster.use_gpu:
+        from xclass.perf import tune_malloc
+
+        tune_malloc()
     dist.init_process_group(cfg.cluster.backend)
     train(cfg, ParallelContext.from_env())
     clean_exit(0)

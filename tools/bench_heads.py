@@ -114,6 +114,10 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
     import torch
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("malloc") == "heap":
+        from xclass.perf import tune_malloc
+
+        tune_malloc()
     from xclass.dist import ParallelContext
     from xclass.dist.launch import clean_exit, init_gloo
 
@@ -166,7 +170,8 @@ def run_row(spec: Dict[str, Any]) -> Any:
     # thread made 2-thread timings erratic (several x); pass "threads" to override
     spec.setdefault("threads", 1)
     row = {"head": spec["head"], "D": spec["D"], "d": spec["d"], "B": spec["B"], "world_size": spec["ws"],
-           "sample_rate": spec["r"], "threads_per_rank": spec["threads"]}
+           "sample_rate": spec["r"], "threads_per_rank": spec["threads"],
+           "malloc": spec.get("malloc", "system")}
     if spec.get("need_mb") and _avail_mb() < spec["need_mb"]:
         return {**row, "skipped": f"needs ~{spec['need_mb']:.0f} MiB, {_avail_mb():.0f} MiB available"}
     ctxm = mp.get_context("spawn")
@@ -278,10 +283,14 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per rank (1: steady timings on a shared box; cores/W: the machine's speed)")
+    ap.add_argument("--malloc", choices=["system", "heap"], default="system",
+                    help="heap: every row's processes keep large blocks on glibc's heap as `xclass train` does "
+                         "(xclass/perf.py); system: glibc's default (a fresh mmap per large tensor)")
     a = ap.parse_args(argv)
     rows_spec = preset_targets(a.big) if a.preset else sweep(a)
     for spec in rows_spec:
         spec.setdefault("threads", a.threads)
+        spec.setdefault("malloc", a.malloc)
     out: List[Dict[str, Any]] = []
     for spec in rows_spec:
         got = run_row(spec)

@@ -35,8 +35,13 @@ def run_training(cfg: RunConfig) -> Dict[str, Any]:
 
 
 def _cpu_env(cfg: RunConfig) -> None:
+    """Per training process, before any model is built: DeepSpeed's CPU accelerator and the heap
+    malloc setting of xclass.perf (CPU runs; opt out with XCLASS_MALLOC=system)."""
     if not cfg.cluster.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from xclass.perf import tune_malloc
+
+        tune_malloc()
 
 
 def ray_init(cfg: RunConfig) -> None:
