@@ -19,7 +19,6 @@ in any order and spread over the input files. Flows come out in order of their f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,129 +27,10 @@ import pyarrow.compute as pc
 
 from xclass.importers.common import ImportError_
 from xclass.importers.flows import FlowSource, Rows, finish_stats, pack
+from xclass.importers.packet_columns import (NUMBERS, ONE, PER_SECOND, UP, WORDS, CellAt, PacketColumns,
+                                             canonical_key, first_true, numeric_column)
 
-PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
-UP, DOWN, ONE = 0, 1, 2  # direction sides; ONE = a numeric 1: -1 if the input has a 0 (0/1 encoding), else +1
-WORDS = {**dict.fromkeys(("up", "out", "upload", "fwd", "forward", "c2s"), UP),
-         **dict.fromkeys(("down", "in", "download", "bwd", "backward", "s2c"), DOWN)}
-NUMBERS = {1.0: ONE, 0.0: UP, -1.0: DOWN}
-
-
-@dataclass(frozen=True)
-class PacketColumns:
-    """The per-packet columns; exactly one of ``direction`` / ``src``."""
-
-    flow_id: Tuple[str, ...]
-    time: str
-    size: str
-    label: str
-    direction: Optional[str]
-    src: Optional[str]
-    time_unit: str = "s"
-    swap: Tuple[Tuple[int, int], ...] = ()  # --bidirectional: positions in flow_id swapped in reverse packets
-
-    @classmethod
-    def parse(cls, flow_id: str, time: Optional[str], size: Optional[str], label: str, direction: Optional[str],
-              src: Optional[str], time_unit: str = "s", per_flow_options: bool = False,
-              bidirectional: Optional[str] = None) -> "PacketColumns":
-        """From the CLI options (``flow_id`` comma-separated; ``bidirectional`` ``A=B,...`` pairs of
-        flow id columns); missing or conflicting options (or ``per_flow_options``: one-row-per-flow
-        options given too) raise."""
-        if per_flow_options:
-            raise ImportError_("--flow-id-column (one row per packet) does not combine with --ppi-column, "
-                               "--sizes-column, --dirs-column, --iat-column or --stats-map (one row per flow)")
-        ids = tuple(c.strip() for c in flow_id.split(",") if c.strip())
-        if not ids or not time or not size:
-            raise ImportError_("one row per packet needs --flow-id-column, --time-column and --size-column")
-        if bool(direction) == bool(src):
-            raise ImportError_("one row per packet needs one of --direction-column or --src-column")
-        if time_unit not in PER_SECOND:
-            raise ImportError_(f"--time-unit {time_unit!r}: use one of {', '.join(PER_SECOND)}")
-        return cls(ids, time, size, label, direction, src, time_unit, _swap_pairs(bidirectional, ids))
-
-    def names(self) -> List[str]:
-        """The columns to read."""
-        return [*self.flow_id, self.time, self.size, self.label, self.direction or self.src]
-
-
-def _swap_pairs(text: Optional[str], ids: Tuple[str, ...]) -> Tuple[Tuple[int, int], ...]:
-    """``src_ip=dst_ip,src_port=dst_port`` -> positions in ``ids`` of the columns a reverse packet swaps."""
-    pairs = []
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        a, _, b = (x.strip() for x in item.partition("="))
-        if a not in ids or b not in ids or a == b:
-            raise ImportError_(f"--bidirectional {item.strip()!r}: expected COLUMN=COLUMN, two different columns "
-                               f"of --flow-id-column ({','.join(ids)})")
-        pairs.append((ids.index(a), ids.index(b)))
-    return tuple(pairs)
-
-
-def _canonical(key: tuple, swap: Tuple[Tuple[int, int], ...]) -> tuple:
-    """The smaller of a flow key and its reverse (``swap`` exchanged), so both directions of a
-    connection give one key."""
-    if not swap:
-        return key
-    rev = list(key)
-    for i, j in swap:
-        rev[i], rev[j] = key[j], key[i]
-    return min(key, tuple(rev))
-
-
-def _first(mask: np.ndarray) -> int:
-    """Index of the first True."""
-    return int(np.flatnonzero(mask)[0])
-
-
-@dataclass(frozen=True)
-class _At:
-    """A cell of the input, for error messages."""
-
-    path: str
-    row: int
-    col: str
-
-    def error(self, text: str) -> ImportError_:
-        return ImportError_(f"{self}: {text}", file=self.path, row=self.row)
-
-    def __str__(self) -> str:
-        return f"{self.path}: row {self.row}, column {self.col}"
-
-
-def _numeric(arr: pa.Array, col: str, path: str, row0: int, unit: Optional[str] = None) -> np.ndarray:
-    """A column as float64 (with ``unit``: a timestamp/duration too, in ``unit``); a null,
-    non-numeric or non-finite value raises naming the file, row and column."""
-    at = lambda i: _At(path, row0 + i, col)  # noqa: E731
-    scale = 1.0
-    if unit and (pa.types.is_timestamp(arr.type) or pa.types.is_duration(arr.type)):
-        scale = PER_SECOND[unit] / PER_SECOND[arr.type.unit]
-        arr = pc.cast(arr, pa.int64())
-    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        try:
-            arr = pc.cast(arr, pa.float64())
-        except pa.ArrowInvalid:
-            vals = arr.to_pylist()
-            i = next(i for i, v in enumerate(vals) if v is not None and not _is_number(v))
-            raise at(i).error(f"not a number: {vals[i]!r}") from None
-    elif not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type)):
-        raise at(0).error(f"not numeric (type {arr.type})")
-    if arr.null_count:
-        raise at(_first(arr.is_null().to_numpy(zero_copy_only=False))).error("empty value")
-    v = arr.to_numpy(zero_copy_only=False).astype(np.float64) * scale
-    if not np.isfinite(v).all():
-        i = _first(~np.isfinite(v))
-        raise at(i).error(f"{v[i]} is not a finite number")
-    return v
-
-
-def _is_number(v: str) -> bool:
-    """Whether Arrow parses the text as a float64 (the cast the batch failed)."""
-    try:
-        pc.cast(pa.array([v], pa.string()), pa.float64())
-        return True
-    except pa.ArrowInvalid:
-        return False
+__all__ = ["PacketColumns", "PacketFlows", "read_packet_flows"]
 
 
 class PacketFlows:
@@ -187,12 +67,12 @@ class PacketFlows:
     def add_batch(self, batch: pa.RecordBatch, path: str, row0: int) -> None:
         """Fold one record batch of packet rows (``row0``: its first row in ``path``) into the flows."""
         c = self.cols
-        t = _numeric(batch.column(c.time), c.time, path, row0, c.time_unit)
-        size = _numeric(batch.column(c.size), c.size, path, row0)
+        t = numeric_column(batch.column(c.time), c.time, path, row0, c.time_unit)
+        size = numeric_column(batch.column(c.size), c.size, path, row0)
         bad = (size < 0) | (size > 32767) | (size != np.round(size))
         if bad.any():
-            i = _first(bad)
-            raise _At(path, row0 + i, c.size).error(f"packet size {size[i]:g} is not an integer in [0, 32767]")
+            i = first_true(bad)
+            raise CellAt(path, row0 + i, c.size).error(f"packet size {size[i]:g} is not an integer in [0, 32767]")
         side = self._encode(batch.column(c.direction or c.src), c.direction or c.src, path, row0,
                             self._src_id if c.src else self._direction)
         label = self._encode(batch.column(c.label), c.label, path, row0, self._label_id)
@@ -200,29 +80,29 @@ class PacketFlows:
         self._fold(f, t, size.astype(np.int64), side)
 
     @staticmethod
-    def _encode(arr: pa.Array, col: str, path: str, row0: int, code: Callable[[object, Callable[[], _At]], int]) \
+    def _encode(arr: pa.Array, col: str, path: str, row0: int, code: Callable[[object, Callable[[], CellAt]], int]) \
             -> np.ndarray:
         """Per-row integer codes from ``code(value, at)``, called once per distinct value (``at()``:
         the value's first cell)."""
         enc = pc.dictionary_encode(arr, null_encoding="encode")
         idx = enc.indices.to_numpy(zero_copy_only=False)
-        codes = [code(v, lambda j=j: _At(path, row0 + _first(idx == j), col))
+        codes = [code(v, lambda j=j: CellAt(path, row0 + first_true(idx == j), col))
                  for j, v in enumerate(enc.dictionary.to_pylist())]
         return np.array(codes, np.int64)[idx]
 
-    def _label_id(self, v: object, at: Callable[[], _At]) -> int:
+    def _label_id(self, v: object, at: Callable[[], CellAt]) -> int:
         """Class id of a label value (ids in order of first sight; names sorted at the end)."""
         if v is None or str(v) == "":
             raise at().error("empty label")
         return self.labels.setdefault(str(v), len(self.labels))
 
-    def _src_id(self, v: object, at: Callable[[], _At]) -> int:
+    def _src_id(self, v: object, at: Callable[[], CellAt]) -> int:
         """Side of a source address: its id."""
         if v is None or str(v) == "":
             raise at().error("empty source address")
         return self.src_ids.setdefault(str(v), len(self.src_ids))
 
-    def _direction(self, v: object, at: Callable[[], _At]) -> int:
+    def _direction(self, v: object, at: Callable[[], CellAt]) -> int:
         """Side of a direction value (UP/DOWN/ONE); a 0 and a -1 in the same input raise."""
         side = WORDS.get(v.strip().lower()) if isinstance(v, str) else None
         if side is None and v is not None:
@@ -253,10 +133,10 @@ class PacketFlows:
         flow_of = np.empty(len(first), np.int64)
         for g in np.argsort(first):
             r = int(first[g])
-            key = _canonical(tuple(vals[p[r]] for vals, p in zip(values, parts)), self.cols.swap)
+            key = canonical_key(tuple(vals[p[r]] for vals, p in zip(values, parts)), self.cols.swap)
             if key not in self.index:
                 if not any(key):
-                    raise _At(path, row0 + r, ",".join(self.cols.flow_id)).error("empty flow id")
+                    raise CellAt(path, row0 + r, ",".join(self.cols.flow_id)).error("empty flow id")
                 self._grow(len(self.index) + 1)
                 self.a["label"][len(self.index)] = label[r]
                 self.index[key] = len(self.index)
@@ -265,11 +145,11 @@ class PacketFlows:
         f = flow_of[code]
         bad = self.a["label"][f] != label
         if bad.any():
-            i = _first(bad)
+            i = first_true(bad)
             names = {v: k for k, v in self.labels.items()}
             flow = ", ".join(f"{c}={v}" for c, v in zip(self.cols.flow_id, next(k for k, j in self.index.items()
                                                                                    if j == f[i])))
-            raise _At(path, row0 + i, self.cols.label).error(
+            raise CellAt(path, row0 + i, self.cols.label).error(
                 f"flow {flow} has packets labelled {names[self.a['label'][f[i]]]!r} and {names[label[i]]!r}")
         return f
 
