@@ -33,20 +33,10 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
     ctx = ctx or ParallelContext.from_env()
     log = get_logger(ctx)
     run_dir = cfg.train.out_dir
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    s: Setup = build_setup(cfg, ctx)
-    write_worker_info(run_dir, ctx)
-    step, epoch, batch_in_epoch = restore(s, cfg, ctx, log)
+    s, runlog, (step, epoch, batch_in_epoch) = _start(cfg, ctx, log)
     total = s.total_steps
-    runlog = RunLog(run_dir, ctx, total, step, progress=cfg.train.progress)
-    if step > 0:
-        runlog.event(step, "resumed", epoch=epoch, batch_in_epoch=batch_in_epoch)
     last: Dict[str, Any] = {}
     t_last, n_last, step_last = time.perf_counter(), 0, step
-    log.info(f"step {step}: training {total} steps, world size {ctx.world_size}, "
-             f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
     while step < total:
         s.reader.set_epoch(epoch)
         if batch_in_epoch:
@@ -60,26 +50,13 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             if not s.engine.at_boundary():
                 s.engine.step()
                 continue
-            s.engine.grads_ready()
-            gnorm = clip_gradients(s, cfg.optim.grad_clip, ctx)
-            lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
-            s.engine.set_lr(lr)
-            s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
-            s.head_opt.step()
-            s.head_opt.zero_grad()
-            s.engine.step()
+            gnorm, lr = _optimizer_step(s, cfg, ctx, step, total)
             step += 1
             loss = float(out.loss.detach())
             if step % cfg.train.log_every == 0 or step == total:
                 dt = time.perf_counter() - t_last
-                sps = n_last * ctx.world_size / max(dt, 1e-9)
-                last = {"epoch": epoch, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                        "samples_per_s": sps, "head_mem_mb": head_memory_mb(s),
-                        "step_ms": 1000 * dt / max(1, step - step_last)}
-                last.update({k: float(v) for k, v in out.metrics.items()})
-                runlog.log(step, last)
-                runlog.advance(step - step_last, {"loss": f"{loss:.4f}", "samples/s": f"{sps:.0f}",
-                                                  "head MB": f"{last['head_mem_mb']:.1f}"})
+                last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm,
+                                n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
             if _want_checkpoint(cfg, step, total):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
@@ -96,6 +73,50 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         plot_training(run_dir)
     log.info(f"step {step}: done; run directory {os.path.abspath(run_dir)}")
     return {"step": step, **last}
+
+
+def _start(cfg: RunConfig, ctx: ParallelContext, log: Any) -> tuple:
+    """Run directory, model, data and optimizers, restored from the newest checkpoint if any.
+    Returns (setup, run log, (step, epoch, batch in epoch))."""
+    run_dir = cfg.train.out_dir
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    s: Setup = build_setup(cfg, ctx)
+    write_worker_info(run_dir, ctx)
+    pos = restore(s, cfg, ctx, log)
+    runlog = RunLog(run_dir, ctx, s.total_steps, pos[0], progress=cfg.train.progress)
+    if pos[0] > 0:
+        runlog.event(pos[0], "resumed", epoch=pos[1], batch_in_epoch=pos[2])
+    log.info(f"step {pos[0]}: training {s.total_steps} steps, world size {ctx.world_size}, "
+             f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
+    return s, runlog, pos
+
+
+def _optimizer_step(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, total: int) -> tuple:
+    """At an accumulation boundary: clip, schedule the LRs of step ``step``, step the head and the
+    encoder. Returns (pre-clip gradient norm, encoder LR)."""
+    s.engine.grads_ready()
+    gnorm = clip_gradients(s, cfg.optim.grad_clip, ctx)
+    lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
+    s.engine.set_lr(lr)
+    s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
+    s.head_opt.step()
+    s.head_opt.zero_grad()
+    s.engine.step()
+    return gnorm, lr
+
+
+def _log_row(s: Setup, runlog: RunLog, out: Any, step: int, steps: int, epoch: int, loss: float, lr: float,
+             gnorm: float, sps: float, dt: float) -> Dict[str, Any]:
+    """metrics.jsonl row of ``step`` (``steps`` optimizer steps and ``dt`` seconds since the last
+    row; ``sps`` global samples/s) and the progress bar; returns the row."""
+    row = {"epoch": epoch, "loss": loss, "lr": lr, "grad_norm": gnorm, "samples_per_s": sps,
+           "head_mem_mb": head_memory_mb(s), "step_ms": 1000 * dt / max(1, steps)}
+    row.update({k: float(v) for k, v in out.metrics.items()})
+    runlog.log(step, row)
+    runlog.advance(steps, {"loss": f"{loss:.4f}", "samples/s": f"{sps:.0f}", "head MB": f"{row['head_mem_mb']:.1f}"})
+    return row
 
 
 def _want_checkpoint(cfg: RunConfig, step: int, total: int) -> bool:
