@@ -9,8 +9,8 @@ import sys
 import torch.distributed as dist
 
 from xclass.config import load_config
-from xclass.dist import ParallelContext
-from xclass.dist.launch import clean_exit
+from xclass.parallel import ParallelContext
+from xclass.parallel.launch import clean_exit
 from xclass.train.loop import train
 
 

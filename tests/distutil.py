@@ -1,7 +1,7 @@
 """run_on_ranks(fn, world_size, *args): run ``fn(ctx, *args)`` on N gloo processes.
 
 A ~40-line replacement for torch's private MultiProcessTestCase. Each rank gets a
-:class:`xclass.dist.ParallelContext`; whatever ``fn`` returns is saved with
+:class:`xclass.parallel.ParallelContext`; whatever ``fn`` returns is saved with
 ``torch.save`` and handed back to the test as a list ordered by rank, so the test
 compares ranks' results with a dense reference in the parent process.
 ``fn`` must be a module-level function (spawn pickles it by name).
@@ -20,8 +20,8 @@ import torch
 def _worker(fn: Callable, rank: int, world: int, port: int, out: str, args: tuple) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    from xclass.dist import ParallelContext
-    from xclass.dist.launch import clean_exit, init_gloo
+    from xclass.parallel import ParallelContext
+    from xclass.parallel.launch import clean_exit, init_gloo
 
     code = 0
     try:
@@ -39,7 +39,7 @@ def _worker(fn: Callable, rank: int, world: int, port: int, out: str, args: tupl
 
 def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180) -> List[Any]:
     """Run ``fn(ctx, *args)`` on ``world_size`` gloo ranks; return results by rank."""
-    from xclass.dist.launch import free_port
+    from xclass.parallel.launch import free_port
 
     port = free_port()
     spawn = mp.get_context("spawn")
@@ -72,7 +72,7 @@ def run_on_world(fn: Callable, world_size: int, *args: Any) -> List[Any]:
     """World size 1 runs ``fn`` in this process with no process group (the rule that world
     size 1 needs none); larger worlds go through :func:`run_on_ranks`."""
     if world_size == 1:
-        from xclass.dist import ParallelContext
+        from xclass.parallel import ParallelContext
 
         return [fn(ParallelContext.single(), *args)]
     return run_on_ranks(fn, world_size, *args)

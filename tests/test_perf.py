@@ -13,7 +13,7 @@ import torch
 if sys.argv[1] == "heap":
     from xclass.perf import tune_malloc
     assert tune_malloc() and tune_malloc()  # idempotent
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 import xclass.heads  # noqa: F401
 C, d, B = 20000, 128, 512  # logits [512, 20000] = 39 MiB: above glibc's largest mmap threshold

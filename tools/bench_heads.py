@@ -118,8 +118,8 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
         from xclass.perf import tune_malloc
 
         tune_malloc()
-    from xclass.dist import ParallelContext
-    from xclass.dist.launch import clean_exit, init_gloo
+    from xclass.parallel import ParallelContext
+    from xclass.parallel.launch import clean_exit, init_gloo
 
     ctx = ParallelContext()
     if ws > 1:
@@ -163,7 +163,7 @@ def formula_mb(spec: Dict[str, Any]) -> float:
 
 def run_row(spec: Dict[str, Any]) -> Any:
     """One row (dict), or a list of rows for an interleaved timing group."""
-    from xclass.dist.launch import free_port
+    from xclass.parallel.launch import free_port
 
     spec = dict(spec)
     # one thread per rank: on a shared 2-core machine, OpenMP barriers with a descheduled

@@ -68,7 +68,7 @@ def _batch(D: int, a: argparse.Namespace):
 def _head_step(name: str, D: int, a: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
-    from xclass.dist import ParallelContext
+    from xclass.parallel import ParallelContext
     from xclass.heads.base import HEADS
     import xclass.zloss  # noqa: F401
 

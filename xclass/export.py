@@ -21,7 +21,7 @@ import torch
 
 from xclass import components
 from xclass.config import RunConfig, load_config
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.setup import load_meta, make_head, split_files
 

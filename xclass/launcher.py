@@ -27,7 +27,7 @@ def run_training(cfg: RunConfig) -> Dict[str, Any]:
     """Train ``cfg``; returns the final metrics row of rank 0."""
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         _cpu_env(cfg)
-        from xclass.dist import ParallelContext
+        from xclass.parallel import ParallelContext
         from xclass.train.loop import train
 
         return train(cfg, ParallelContext.single())
@@ -158,7 +158,7 @@ def worker_main(config: Dict[str, Any]) -> None:
     torch.set_num_threads(max(1, cfg.cluster.cpus_per_worker))
     import ray.train
 
-    from xclass.dist import ParallelContext
+    from xclass.parallel import ParallelContext
     from xclass.train.loop import train
 
     ctx = ParallelContext.from_env()

@@ -17,7 +17,7 @@ import json, resource, sys
 from types import SimpleNamespace
 import torch
 torch.set_num_threads(1)
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.margin_head import margin_head
 B, C, d, margin, r = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 cfg = SimpleNamespace(margin=margin, margin_params={}, sample_rate=r, label_smoothing=0.0, params={})

@@ -8,7 +8,7 @@ import types
 import torch
 
 from tests.heads.cases import SGD, head_cfg
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 from xclass.heads.sampling import sample_classes
 from xclass.train.clip import clip_gradients

@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range, to_local
 from xclass.heads.sampling import class_uniforms, sample_classes

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.distutil import run_on_ranks
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS, IGNORE_INDEX
 from xclass.heads.prototypical import angproto_loss
 

@@ -8,7 +8,7 @@ import torch
 
 from tests.distutil import cat_ranks, run_on_world
 from tests.heads import cases as K
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 from xclass.heads.sampling import sample_classes
 from xclass.losses.reference import dense_margin_loss

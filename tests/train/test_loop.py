@@ -10,7 +10,7 @@ import pytest
 from tests.distutil import run_on_ranks
 from tests.train.common import features_config, losses, write_features_data
 from xclass.config import RunConfig
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.loop import train
 from xclass.train.report import read_metrics

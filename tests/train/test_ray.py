@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.train.common import features_config, losses, write_features_data
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.train.loop import train
 from xclass.train.report import read_metrics
 

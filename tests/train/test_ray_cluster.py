@@ -10,7 +10,7 @@ import pytest
 
 from tests.train.common import features_config, losses, write_features_data
 from xclass.config import save_config
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.train.loop import train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

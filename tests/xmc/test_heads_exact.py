@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.distutil import cat_ranks, run_on_world
 from tests.xmc import cases as K
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 
 
 def close(a, b, tol=2e-5):

@@ -6,7 +6,7 @@ import copy
 import torch
 
 from tests.xmc.cases import CASES, batch, build
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 
 CASE = next(c for c in CASES if c["id"] == "dual_shortlist")
 

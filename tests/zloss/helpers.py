@@ -5,7 +5,7 @@ import types
 
 import torch
 
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 import xclass.zloss  # noqa: F401  (registers the zloss heads)
 

@@ -5,7 +5,7 @@ import torch
 
 from tests.distutil import run_on_ranks
 from tests.zloss.helpers import M, build, optim_cfg, rel, task_batches
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 
 pytestmark = pytest.mark.dist
 STEPS = 25

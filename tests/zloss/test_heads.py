@@ -190,7 +190,7 @@ def test_backward_after_step_is_refused():
 def test_merge_shards_resplits_a_checkpoint_to_another_world_size():
     """A 1-rank checkpoint re-split for rank 1 of 3, and 3 shards merged back to one rank
     (xclass.train.reshard hook): the materialised W rows are preserved."""
-    from xclass.dist import ParallelContext
+    from xclass.parallel import ParallelContext
 
     src = _trained(steps=20)
     W = src.full_local_weight()

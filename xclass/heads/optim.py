@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from xclass.dist.collectives import all_reduce
+from xclass.parallel.collectives import all_reduce
 from xclass.heads.base import head_lr
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xclass.dist import collectives as C
+from xclass.parallel import collectives as C
 from xclass.heads.base import HEADS, IGNORE_INDEX, HeadOutput, TorchHeadOptimizer, head_lr
 from xclass.heads.optim import build_head_optimizer
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xclass.dist import collectives as C
+from xclass.parallel import collectives as C
 from xclass.heads.base import IGNORE_INDEX, HeadOutput
 from xclass.heads.partition import class_range, to_local
 from xclass.heads.sampling import sample_classes

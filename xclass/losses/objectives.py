@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from xclass.dist.collectives import all_gather_nograd, all_reduce
+from xclass.parallel.collectives import all_gather_nograd, all_reduce
 
 
 class _ShardedSoftmaxCE(torch.autograd.Function):

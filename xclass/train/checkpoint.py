@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from xclass.dist import ParallelContext
-from xclass.dist.collectives import barrier, broadcast_object
+from xclass.parallel import ParallelContext
+from xclass.parallel.collectives import barrier, broadcast_object
 
 MANIFEST = "manifest.json"
 

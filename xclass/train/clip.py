@@ -14,8 +14,8 @@ from typing import Any, List
 
 import torch
 
-from xclass.dist import ParallelContext
-from xclass.dist.collectives import sharded_sq_norm
+from xclass.parallel import ParallelContext
+from xclass.parallel.collectives import sharded_sq_norm
 
 
 def _sq_norm(params: List[torch.Tensor]) -> torch.Tensor:

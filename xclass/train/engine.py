@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterable, List
 import torch
 from torch import nn
 
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import torch_optimizer
-from xclass.dist.collectives import average_gradients
+from xclass.parallel.collectives import average_gradients
 
 
 def make_torch_optimizer(params: Iterable[torch.Tensor], optim_cfg: Any) -> torch.optim.Optimizer:
@@ -123,7 +123,7 @@ class DeepSpeedEngine:
         for key, val in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank), ("WORLD_SIZE", ctx.world_size)):
             os.environ.setdefault(key, str(val))
         if ctx.world_size == 1:  # one process, no launcher: a loopback rendezvous, not MPI discovery
-            from xclass.dist.launch import free_port
+            from xclass.parallel.launch import free_port
 
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from xclass.config import RunConfig, save_config
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.clip import clip_gradients
 from xclass.train.report import RunLog, get_logger, plot_training, write_worker_info

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 
 
 def get_logger(ctx: ParallelContext) -> logging.Logger:

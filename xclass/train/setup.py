@@ -14,7 +14,7 @@ import torch
 
 from xclass import components
 from xclass.config import RunConfig
-from xclass.dist import ParallelContext
+from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS, head_lr, set_lr
 from xclass.heads.partition import class_range
 from xclass.train import checkpoint as ckpt

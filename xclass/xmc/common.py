@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from xclass.dist import collectives as C
+from xclass.parallel import collectives as C
 from xclass.heads.base import IGNORE_INDEX
 from xclass.heads.partition import to_local
 

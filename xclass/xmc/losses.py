@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from xclass.dist.collectives import all_reduce
+from xclass.parallel.collectives import all_reduce
 
 
 def _pos_cells(pos_col: torch.Tensor):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, List
 
 import torch
 
-from xclass.dist.collectives import world_size
+from xclass.parallel.collectives import world_size
 from xclass.heads.optim import ShardedHeadOptimizer, build_head_optimizer
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xclass.dist import collectives as C
+from xclass.parallel import collectives as C
 from xclass.heads.base import HeadOutput
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from xclass.dist import collectives as coll
+from xclass.parallel import collectives as coll
 from xclass.heads.partition import class_range  # noqa: F401  (re-exported for the zloss heads)
 from xclass.zloss.losses import SPHERICAL_LOSSES
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Tuple
 
 import torch
 
-from xclass.dist import collectives as coll
+from xclass.parallel import collectives as coll
 
 ScoreBlock = Callable[[int, int], torch.Tensor]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.distutil import run_on_ranks
-from xclass.dist import collectives as C
+from xclass.parallel import collectives as C
 
 pytestmark = pytest.mark.dist
 

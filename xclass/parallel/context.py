@@ -1,7 +1,7 @@
 """ParallelContext: rank, world size and the process group, passed explicitly.
 
 World size 1 needs no process group (``group=None``): every collective helper in
-``xclass.dist.collectives`` is then the identity.
+``xclass.parallel.collectives`` is then the identity.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
 """Everything that touches torch.distributed lives here (and in the sharded heads)."""
-from xclass.dist.context import ParallelContext
+from xclass.parallel.context import ParallelContext
 
 __all__ = ["ParallelContext"]
