@@ -281,7 +281,7 @@ def save_config(cfg: RunConfig, path: str) -> None:
 
 
 def describe(cls: type = RunConfig, prefix: str = "") -> List[str]:
-    """``key.path (type, default): docstring`` lines, for --help and the README."""
+    """``key.path (type, default): docstring`` lines, for --help and docs/configuration.md."""
     import ast
     import inspect
 
