@@ -23,6 +23,9 @@ from xclass.train.engine import build_engine
 
 @dataclass
 class Setup:
+    """What the loop uses. ``device``: the run's device (``ctx.device``), where the encoder, the
+    head, every optimizer state and every decoded batch live."""
+
     reader: Any
     decode: Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]
     engine: Any
@@ -33,6 +36,12 @@ class Setup:
     shard_ranges: List[List[int]]
     head_peak_lr: float
     uses_deepspeed: bool
+    device: torch.device = torch.device("cpu")
+
+    def to_device(self, decoded: Tuple[Dict[str, torch.Tensor], Any]) -> Tuple[Dict[str, torch.Tensor], Any]:
+        """(inputs, labels) decoded on the host -> the run's device (asynchronous copies from pinned
+        memory; a no-op on the CPU)."""
+        return batch_to_device(decoded, self.device)
 
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
@@ -64,8 +73,10 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     meta = load_meta(cfg.data.path)
     num_classes = cfg.data.num_classes or int(meta["num_classes"])
     torch.manual_seed(cfg.train.seed)
-    encoder = components.build_encoder(cfg.model, meta)
-    head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx)
+    # built on the host (the same seeded values on every device), then moved once, before any
+    # optimizer exists: optimizer states are created from the moved parameters
+    encoder = components.build_encoder(cfg.model, meta).to(ctx.device)
+    head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx).to(ctx.device)
     engine = build_engine(encoder, cfg, ctx)
     head_opt = head.make_optimizer(cfg.optim)
     reader = components.make_reader(split_files(cfg.data.path, "train"), cfg, meta, ctx)
@@ -75,7 +86,16 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     decode = components.make_decoder(cfg.data.task, meta)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
-                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled))
+                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
+
+
+def batch_to_device(decoded: Tuple[Dict[str, torch.Tensor], Any], device: torch.device
+                    ) -> Tuple[Dict[str, torch.Tensor], Any]:
+    """(inputs dict, labels or None) -> the same on ``device`` (``non_blocking``: asynchronous when
+    the host tensors are pinned)."""
+    inputs, labels = decoded
+    moved = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return moved, (labels.to(device, non_blocking=True) if labels is not None else None)
 
 
 def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: ParallelContext) -> Any:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xclass.parallel import collectives as C
-from xclass.heads.base import HeadOutput
+from xclass.heads.base import HeadOutput, host_step
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.heads.sparse import SampledRows
@@ -128,8 +128,8 @@ class DualDecoupledHead(nn.Module):
         """Sorted local rows scored this step: the batch's positives on this shard plus each
         query's shortlist (refreshed snapshot of the shard's label embeddings)."""
         sl = self.shortlist
-        if sl.stale(int(self.step_count)):
-            sl.rebuild(self._prep(self.local_weight()[0]).cpu().numpy(), int(self.step_count))
+        if sl.stale(host_step(self)):
+            sl.rebuild(self._prep(self.local_weight()[0]).cpu().numpy(), host_step(self))
         idx = torch.from_numpy(sl.search(self._prep(emb_g.detach()).cpu().numpy())).to(pos_local.device)
         cand = torch.cat([idx.reshape(-1), pos_local.reshape(-1)])
         return torch.unique(cand[cand >= 0])
