@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from xclass.config import RunConfig, save_config
+from xclass.data.prefetch import prefetch
 from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.train.clip import clip_gradients
@@ -41,8 +42,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         s.reader.set_epoch(epoch)
         if batch_in_epoch:
             s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
-        for micro, batch in enumerate(s.reader):
-            inputs, labels = s.decode(batch)
+        batches = prefetch(s.reader, s.decode, cfg.data.prefetch, getattr(ctx, "device", None))
+        for micro, (inputs, labels) in enumerate(batches):
             emb = s.engine(inputs)
             out = s.head(emb, labels)
             s.engine.backward(out.loss)
