@@ -41,6 +41,12 @@ class DataConfig:
     """Rows per label group with sampler m_per_class (>= 2; each rank's batch must be a multiple of it)."""
     generate: Dict[str, Any] = field(default_factory=dict)
     """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
+    prefetch: int = 2
+    """Batches read and decoded ahead on a background thread (0 = synchronous, at most 64)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prefetch <= 64:
+            raise ConfigError(f"key 'data.prefetch' must be in [0, 64], got {self.prefetch}")
 
 
 @dataclass(frozen=True)

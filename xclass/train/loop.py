@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from xclass.config import RunConfig, save_config
+from xclass.data.prefetch import prefetch
 from xclass.parallel import ParallelContext
 from xclass.parallel.device import run_device
 from xclass.train import checkpoint as ckpt
@@ -44,8 +45,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         s.reader.set_epoch(epoch)
         if batch_in_epoch:
             s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
-        for micro, batch in enumerate(s.reader):
-            inputs, labels = s.to_device(s.decode(batch))
+        batches = prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)
+        for micro, (inputs, labels) in enumerate(batches):
             out = _micro_step(s, inputs, labels)
             n_last += int(labels.shape[0])
             if not s.engine.at_boundary():

@@ -114,8 +114,10 @@ def plot_training(run_dir: str) -> Optional[str]:
     rows = [r for r in read_metrics(run_dir) if "loss" in r]
     if not rows:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU image (make gpu-check) may lack it: no plot, same run
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

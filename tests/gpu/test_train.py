@@ -1,0 +1,150 @@
+"""The training path on the device: a steady step raises under
+``torch.cuda.set_sync_debug_mode("error")`` nothing; ``xclass train --gpu`` on
+configs/debug/tiny_cpu.yaml (20 steps) matches the CPU losses; resume from a GPU checkpoint on
+the GPU and on the CPU; 2 NCCL ranks reproduce the 2-rank CPU golden losses.
+
+Loss tolerance of whole runs (20 SGD steps of a small iResNet with BatchNorm, TF32 off via
+NVIDIA_TF32_OVERRIDE=0): ``RUN_RTOL`` = 1e-3 relative per step, ``RUN_ATOL`` = 1e-4.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.gpu.common import device_ctx, test_device
+from tests.train.common import features_config, losses, write_features_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "debug", "tiny_cpu.yaml")
+GOLDEN = os.path.join(ROOT, "tests", "assets", "tiny_cpu_losses.txt")
+RUN_RTOL, RUN_ATOL = 1e-3, 1e-4
+
+
+@pytest.fixture(scope="module")
+def device():
+    return test_device()
+
+
+# ---- no host sync in a steady step --------------------------------------------------------
+class _SyncWindow:
+    """Reader proxy: batches ``on`` .. ``off - 1`` are consumed with sync debug mode "error"
+    (the mode is switched when the loop asks for a batch, i.e. between steps)."""
+
+    def __init__(self, reader, device, on: int, off: int) -> None:
+        self.reader, self.device, self.on, self.off = reader, device, on, off
+        self.steady = 0
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def _mode(self, mode: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(mode)
+
+    def __iter__(self):
+        try:
+            for i, batch in enumerate(self.reader):
+                self._mode("error" if self.on <= i < self.off else "default")
+                self.steady += int(self.on <= i < self.off)
+                yield batch
+        finally:
+            self._mode("default")
+
+
+@pytest.mark.parametrize("extra", [("head.margin=arcface", "optim.grad_clip=1.0"),
+                                   ("head.sample_rate=0.5",),
+                                   ("head.name=zloss_efficient",)],
+                         ids=["arcface-clip", "partial-fc", "zloss-efficient"])
+def test_steady_step_has_no_host_sync(device, tmp_path, monkeypatch, extra):
+    from xclass import components
+    from xclass.train.loop import train
+
+    data = write_features_data(str(tmp_path / "data"))
+    windows = []
+    make_reader = components.make_reader
+
+    def wrapped(*a, **kw):
+        windows.append(_SyncWindow(make_reader(*a, **kw), device, on=4, off=10))
+        return windows[-1]
+
+    monkeypatch.setattr(components, "make_reader", wrapped)
+    gpu = ["cluster.use_gpu=true"] if device.type == "cuda" else []
+    cfg = features_config(data, str(tmp_path / "run"), "train.max_steps=12", "train.log_every=100",
+                          "data.prefetch=0", "data.shard_mode=rows", "train.progress=false", *gpu, *extra)
+    out = train(cfg, device_ctx(device))
+    assert out["step"] == 12 and windows and windows[0].steady == 6
+    assert np.isfinite(losses(cfg.train.out_dir)).all()
+
+
+# ---- xclass train --gpu vs the CPU ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from xclass.data import make_data
+
+    data = str(tmp_path_factory.mktemp("gpu_tiny") / "tiny_face")
+    make_data("face", data, 100, rows_per_class=20, seed=0, progress=False, image_size=16)
+    return data
+
+
+def _env():
+    env = dict(os.environ, NVIDIA_TF32_OVERRIDE="0", PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("XCLASS_GPU_TEST_DEVICE", None)
+    return env
+
+
+def _cli_train(data, out, on_gpu: bool, *extra: str) -> list:
+    cmd = [sys.executable, "-m", "xclass.cli", "train", "--config", TINY, *(["--gpu"] if on_gpu else []),
+           f"data.path={data}", f"train.out_dir={out}", "train.log_every=1", "train.progress=false",
+           "train.checkpoint_every=10", "train.keep_last=2", *extra]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return losses(out)
+
+
+@pytest.fixture(scope="module")
+def runs(device, tiny_data, tmp_path_factory):
+    """The CPU reference run and the device run, 20 steps each."""
+    d = tmp_path_factory.mktemp("gpu_runs")
+    cpu = _cli_train(tiny_data, str(d / "cpu"), False)
+    gpu = _cli_train(tiny_data, str(d / "gpu"), device.type == "cuda")
+    return d, cpu, gpu
+
+
+def test_train_gpu_20_steps_matches_cpu(runs):
+    _, cpu, gpu = runs
+    assert len(cpu) == len(gpu) == 20
+    np.testing.assert_allclose(gpu, cpu, rtol=RUN_RTOL, atol=RUN_ATOL)
+    assert np.mean(gpu[-5:]) < np.mean(gpu[:5])  # and it learns
+
+
+@pytest.mark.parametrize("resume_on", ["device", "cpu"])
+def test_resume_from_gpu_checkpoint(device, runs, tiny_data, tmp_path, resume_on):
+    d, _, gpu = runs
+    out = tmp_path / "resumed"
+    os.makedirs(out / "checkpoints")
+    shutil.copytree(d / "gpu" / "checkpoints" / "step_00000010", out / "checkpoints" / "step_00000010")
+    got = _cli_train(tiny_data, str(out), resume_on == "device" and device.type == "cuda")
+    np.testing.assert_allclose(got, gpu[10:], rtol=RUN_RTOL, atol=RUN_ATOL)
+
+
+# ---- 2 NCCL ranks ----------------------------------------------------------------------------
+def test_two_nccl_ranks_match_cpu_golden(device, tiny_data, tmp_path):
+    """torchrun, 2 processes, one GPU each; the fake-device mode runs the same on 2 gloo ranks."""
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 visible GPUs")
+    backend = ["cluster.use_gpu=true", "cluster.backend=nccl"] if device.type == "cuda" else []
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "launch", "torchrun_train.py"), TINY, f"data.path={tiny_data}",
+           f"train.out_dir={out}", "train.log_every=1", "train.progress=false", *backend]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    want = np.loadtxt(GOLDEN)
+    np.testing.assert_allclose(losses(out), want[:, 1], rtol=RUN_RTOL, atol=RUN_ATOL)
