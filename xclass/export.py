@@ -39,9 +39,16 @@ def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any]) -> torch.nn
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    ckpt.read_manifest(path)  # a corrupt manifest is refused before any weight file is read
     enc = components.build_encoder(cfg.model, meta)
-    state = torch.load(os.path.join(path, "encoder.pt"), map_location="cpu", weights_only=False)
-    enc.load_state_dict(state["module"])
+    from xclass.train.safe_io import safe_load
+
+    f = os.path.join(path, "encoder.pt")
+    state = safe_load(f, map_location="cpu")
+    try:
+        enc.load_state_dict(state["module"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
     return enc.eval()
 
 

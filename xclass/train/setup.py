@@ -2,13 +2,14 @@
 head optimizer; restores them from the newest checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import inspect
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -144,16 +145,35 @@ def restore(s: Setup, cfg: RunConfig, ctx: ParallelContext, log: logging.Logger)
     m = ckpt.read_manifest(path)
     ckpt.check_compatible(path, m, {"num_classes": s.num_classes, "embedding_dim": cfg.model.embedding_dim,
                                     "head": cfg.head.name, "encoder": cfg.model.encoder})
-    if m["world_size"] != ctx.world_size:
-        components.reshard_head(s, path, m, ctx)
-    else:
-        hs = ckpt.load_head_state(path, ctx.rank)
-        s.head.load_state_dict(hs["head"])
-        s.head_opt.load_state_dict(hs["optimizer"])
-        torch.set_rng_state(hs["rng"])
+    with _mismatch_is_checkpoint_error(ckpt.head_file(path, ctx.rank)):
+        if m["world_size"] != ctx.world_size:
+            components.reshard_head(s, path, m, ctx)
+        else:
+            hs = ckpt.load_head_state(path, ctx.rank)
+            s.head.load_state_dict(hs["head"])
+            s.head_opt.load_state_dict(hs["optimizer"])
+            torch.set_rng_state(hs["rng"])
     if s.uses_deepspeed:
-        s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
+        with _mismatch_is_checkpoint_error(os.path.join(path, "deepspeed")):
+            s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
     else:
-        s.engine.load_state_dict(torch.load(os.path.join(path, "encoder.pt"), weights_only=False))
+        from xclass.train.safe_io import safe_load
+
+        f = os.path.join(path, "encoder.pt")
+        with _mismatch_is_checkpoint_error(f):
+            s.engine.load_state_dict(safe_load(f, map_location="cpu"))
     log.info(f"step {m['step']}: resumed from {path}")
     return int(m["step"]), int(m["epoch"]), int(m["batch_in_epoch"])
+
+
+@contextlib.contextmanager
+def _mismatch_is_checkpoint_error(f: str) -> Iterator[None]:
+    """A state that does not fit this run (other widths, another optimizer): one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, ckpt.CheckpointError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ckpt.CheckpointError(f"{f}: does not fit this run's model/optimizer ({first}); "
+                                   "use a new train.out_dir or the run's original config") from None
