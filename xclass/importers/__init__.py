@@ -43,7 +43,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("faces", help="face images (PGM/PNG/JPEG), one folder per identity -> face schema")
     _folder(p, "images")
     p.add_argument("--size", type=int, default=112, help="square side after resize + center crop")
-    p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split")
+    p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split (at most)")
+    p.add_argument("--impostor-ratio", type=float, default=1.0,
+                   help="impostor pairs per genuine pair (default 1: a balanced file, shuffled)")
     _common(p)
     p = sub.add_parser("audio", help="WAV/FLAC/OGG, one folder per speaker -> 80-dim log-mel fbank")
     _folder(p, "recordings")
@@ -52,7 +54,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=0, help="crop training utterances to this many frames")
     p.add_argument("--segments", action="store_true",
                    help="with --max-frames: cut training utterances into consecutive chunks instead")
-    p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split")
+    p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split (at most)")
+    p.add_argument("--impostor-ratio", type=float, default=1.0,
+                   help="non-target trials per target trial (default 1: a balanced file, shuffled)")
     _common(p)
     p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
@@ -108,14 +112,14 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
         return import_faces(a.root, a.out, size=a.size, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
-                            show_progress=show)
+                            show_progress=show, impostor_ratio=a.impostor_ratio)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
         return import_audio(a.root, a.out, sample_rate=a.sample_rate, n_mels=a.n_mels, max_frames=a.max_frames,
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
-                            overwrite=a.overwrite, show_progress=show)
+                            overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,

@@ -50,7 +50,8 @@ def _to_arrow(rows: List[dict]) -> Dict[str, pa.Array]:
 
 def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
                  test_regex: Optional[str] = None, label_regex: Optional[str] = None, num_pairs: int = 6000,
-                 seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Dict:
+                 seed: int = 0, overwrite: bool = False, show_progress: bool = True,
+                 impostor_ratio: float = 1.0) -> Dict:
     """Import a face folder tree into ``out`` (train.parquet, test.parquet + pairs.parquet when
     a test split is requested, meta.json). Returns the meta dict."""
     if size < 4:
@@ -63,4 +64,5 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
             w.add(it.split, {"id": i, "label": it.label, "image": load_face(it.path, size)})
         inputs = {"image": {"height": size, "width": size, "channels": 3, "dtype": "uint8", "layout": "HWC"}}
         return finish(tmp, "face", w, train_names, test_names, inputs,
-                      {"importer": "faces", "root": os.path.abspath(root), "files": len(items)}, num_pairs, seed)
+                      {"importer": "faces", "root": os.path.abspath(root), "files": len(items)}, num_pairs, seed,
+                      impostor_ratio)
