@@ -86,6 +86,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="pairs of --flow-id-column columns a reply swaps (e.g. src_ip=dst_ip,src_port=dst_port): "
                         "both directions of a connection become one flow (use with --src-column)")
     p.add_argument("--num-packets", type=int, default=30, help="packets kept per flow (zero-padded)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="closed set: this share of each class's flows (seeded, spread over the file) goes to "
+                        "the test split with its training label")
     _common(p)
     return parser
 
@@ -127,7 +130,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         stats_map=a.stats_map, flow_id_column=a.flow_id_column, time_column=a.time_column,
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
                         src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
-                        seed=a.seed, overwrite=a.overwrite, show_progress=show)
+                        test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show)
 
 
 def main(argv=None) -> int:
