@@ -42,7 +42,15 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="import_kind", required=True, metavar="{faces,audio,flows}")
     p = sub.add_parser("faces", help="face images (PGM/PNG/JPEG), one folder per identity -> face schema")
     _folder(p, "images")
-    p.add_argument("--size", type=int, default=112, help="square side after resize + center crop")
+    p.add_argument("--size", type=int, default=112, help="square side of the stored image")
+    p.add_argument("--grayscale", action="store_true", help="store one grey channel instead of RGB")
+    p.add_argument("--crop-box", default=None, metavar="X0,Y0,X1,Y1",
+                   help="crop every image to this box (widened to a square), then resize")
+    p.add_argument("--boxes", default=None, metavar="CSV",
+                   help="per-image crop boxes: header row, then file (relative to --root),x0,y0,x1,y1")
+    p.add_argument("--landmarks", default=None, metavar="CSV",
+                   help="per-image 5 points (eyes, nose, mouth corners): header row, then file,x1,y1,...,x5,y5; "
+                        "similarity-aligned to the ArcFace 112x112 template scaled to --size")
     p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split (at most)")
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="impostor pairs per genuine pair (default 1: a balanced file, shuffled)")
@@ -115,7 +123,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
         return import_faces(a.root, a.out, size=a.size, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
-                            show_progress=show, impostor_ratio=a.impostor_ratio)
+                            show_progress=show, impostor_ratio=a.impostor_ratio, grayscale=a.grayscale,
+                            crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
