@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
              "embed items/labels from a run and write a FAISS index",
              "Encode a split with a trained run (or take an embedding Parquet) and write embeddings + "
              "a FAISS index with an id map.")
+    from xclass.eval.split import add_split_args, run_split
+
+    _command(sub, "split-gallery", add_split_args, run_split,
+             "split labelled rows (embeddings or a dataset split) into gallery and queries",
+             "Per class, seeded: gallery.parquet and queries.parquet for `evaluate --protocol ident`.")
     _command(sub, "evaluate", add_evaluate_cli_args, _cmd_evaluate,
              "retrieval evaluation against an exported index",
              "P@k/nDCG@k/PSP@k (xmc), verification (face), EER/minDCF (speaker), kNN accuracy (quic); "

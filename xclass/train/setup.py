@@ -20,6 +20,8 @@ from xclass.heads.base import HEADS, head_lr, set_lr
 from xclass.heads.partition import class_range
 from xclass.train import checkpoint as ckpt
 from xclass.train.engine import build_engine
+from xclass.train.report import get_logger
+from xclass.train.schedule import schedule_warning
 
 
 @dataclass
@@ -84,6 +86,10 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     ga = max(1, cfg.train.grad_accum)
     per_epoch = max(1, reader.batches_per_epoch() // ga)
     total = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    warn = schedule_warning(per_epoch, total, cfg.optim.warmup_steps, cfg.data.batch_size * ga,
+                            int(getattr(reader, "num_rows", 0)), cfg.train.max_steps)
+    if warn and ctx.is_main:
+        get_logger(ctx).warning(warn)
     decode = components.make_decoder(cfg.data.task, meta)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
