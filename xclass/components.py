@@ -44,11 +44,12 @@ def make_decoder(task: str, meta: Mapping[str, Any]) -> Callable[[Dict[str, Any]
     return decode
 
 
-def input_columns(task: str, encoder: str) -> List[str]:
-    """The Parquet columns to read: ``id``, the label column and the encoder's inputs."""
+def input_columns(task: str, encoder: str, meta: Any = None) -> List[str]:
+    """The Parquet columns to read: ``id``, the label column and the encoder's inputs (with
+    ``token_weights`` when ``meta`` says the data has them and the encoder uses them)."""
     from xclass.models.decoders import input_columns as _cols
 
-    return ["id"] + _cols(task, encoder)
+    return ["id"] + _cols(task, encoder, meta=meta)
 
 
 def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: Any) -> Any:
@@ -58,7 +59,7 @@ def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: An
     from xclass.data.reader import ParquetReader
 
     check_sampler(cfg.data, ctx.world_size)  # again: the world size may differ from cluster.workers
-    cols = input_columns(cfg.data.task, cfg.model.encoder)
+    cols = input_columns(cfg.data.task, cfg.model.encoder, meta)
     group = dict(m_per_class=cfg.data.m_per_class if cfg.data.sampler == "m_per_class" else 0,
                  label_column="label")
     if cfg.data.shard_mode == "global_batch":
