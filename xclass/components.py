@@ -34,11 +34,21 @@ def build_encoder(model_cfg: Any, meta: Mapping[str, Any]) -> torch.nn.Module:
     return _build(model_cfg, meta)
 
 
-def make_decoder(task: str, meta: Mapping[str, Any]) -> Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
-    """batch (numpy dict from the reader) -> (encoder inputs, labels)."""
-    from xclass.models import decode_batch
+def make_decoder(task: str, meta: Mapping[str, Any], model_cfg: Any = None) -> Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
+    """batch (numpy dict from the reader) -> (encoder inputs, labels). With ``model_cfg`` of an
+    encoder over raw text (``hf``), the ``text`` column is tokenised here, in the data path."""
+    from xclass.models import ENCODER_INPUTS, decode_batch
+
+    tok = None
+    if model_cfg is not None and ENCODER_INPUTS.get(getattr(model_cfg, "encoder", "")) == "text":
+        from xclass.models.encoders.hf import tokenizer_for
+
+        tok = tokenizer_for(model_cfg)
 
     def decode(batch: Dict[str, Any]):
+        if tok is not None and "text" in batch:
+            batch = dict(batch)
+            batch.update(tok(list(batch.pop("text"))))
         return decode_batch(task, batch, meta)
 
     return decode

@@ -72,7 +72,7 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     ga = max(1, cfg.train.grad_accum)
     per_epoch = max(1, reader.batches_per_epoch() // ga)
     total = cfg.train.max_steps or cfg.train.epochs * per_epoch
-    decode = components.make_decoder(cfg.data.task, meta)
+    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled))

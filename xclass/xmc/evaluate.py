@@ -35,14 +35,16 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
     cfg = load_run(run_dir)
     meta = load_meta(data)
     enc = load_encoder(run_dir, cfg, meta)
-    decode = components.make_decoder("xmc", meta)
+    decode = components.make_decoder("xmc", meta, cfg.model)
     f = pq.ParquetFile(os.path.join(data, f"{split}.parquet"))
     cols = components.input_columns("xmc", cfg.model.encoder, meta)[1:]  # labels, tokens[, token_weights]
     embs, tables = [], []
     with torch.no_grad():
         for rb in f.iter_batches(batch_rows, columns=["id"] + cols):
             batch = {"id": rb.column(0).to_numpy()}
-            for name in cols:
+            if "text" in cols:
+                batch["text"] = rb.column("text").to_numpy(zero_copy_only=False)
+            for name in [c for c in cols if c != "text"]:
                 batch[name], batch[name + "_offsets"] = _offsets(rb.column(name))
             inputs, _ = decode(batch)
             embs.append(enc(inputs).float().numpy())
