@@ -69,10 +69,10 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     data_path = data_path or cfg.data.path
     meta = load_meta(data_path)
     enc = load_encoder(run_dir, cfg, meta)
-    decode = components.make_decoder(cfg.data.task, meta)
+    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
     from xclass.data.reader import ParquetReader
 
-    reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, cfg.model.encoder),
+    reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, cfg.model.encoder, meta),
                            rank=0, world_size=1, batch_rows=batch_rows, seed=0,
                            shuffle=False)
     reader.set_epoch(0)

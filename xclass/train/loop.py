@@ -100,8 +100,15 @@ def _start(cfg: RunConfig, ctx: ParallelContext, log: Any) -> tuple:
     if pos[0] > 0:
         runlog.event(pos[0], "resumed", epoch=pos[1], batch_in_epoch=pos[2])
     log.info(f"step {pos[0]}: training {s.total_steps} steps, world size {ctx.world_size}, "
-             f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
+             f"{s.num_classes} classes, head {head_description(cfg, s.head)}")
     return s, runlog, pos
+
+
+def head_description(cfg: RunConfig, head: Any) -> str:
+    """``name/margin`` for heads that apply ``head.margin``, else only the head's name (the XMC
+    and prototypical heads ignore the margin inherited from base.yaml)."""
+    uses_margin = getattr(head, "margin", None) is not None
+    return f"{cfg.head.name}/{cfg.head.margin}" if uses_margin else cfg.head.name
 
 
 def _optimizer_step(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, total: int) -> tuple:

@@ -90,7 +90,7 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
                             int(getattr(reader, "num_rows", 0)), cfg.train.max_steps)
     if warn and ctx.is_main:
         get_logger(ctx).warning(warn)
-    decode = components.make_decoder(cfg.data.task, meta)
+    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
