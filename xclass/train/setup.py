@@ -41,11 +41,6 @@ class Setup:
     uses_deepspeed: bool
     device: torch.device = torch.device("cpu")
 
-    def to_device(self, decoded: Tuple[Dict[str, torch.Tensor], Any]) -> Tuple[Dict[str, torch.Tensor], Any]:
-        """(inputs, labels) decoded on the host -> the run's device (asynchronous copies from pinned
-        memory; a no-op on the CPU)."""
-        return batch_to_device(decoded, self.device)
-
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
 
@@ -94,15 +89,6 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
-
-
-def batch_to_device(decoded: Tuple[Dict[str, torch.Tensor], Any], device: torch.device
-                    ) -> Tuple[Dict[str, torch.Tensor], Any]:
-    """(inputs dict, labels or None) -> the same on ``device`` (``non_blocking``: asynchronous when
-    the host tensors are pinned)."""
-    inputs, labels = decoded
-    moved = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-    return moved, (labels.to(device, non_blocking=True) if labels is not None else None)
 
 
 def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: ParallelContext) -> Any:
