@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 from xclass.config import RunConfig
 
-# Ray on a CPU box: no dashboard, no usage stats, loopback node address (see feasibility.md).
+# Ray on a CPU box: no dashboard, no usage stats, loopback node address.
 LOCAL_NODE_IP = "127.0.0.2"
 
 

@@ -1,4 +1,4 @@
-"""heads.md section 12 item 14: the head's peak activation memory is at most two [B_g, C_active]
+"""The head's peak activation memory is at most two [B_g, C_active]
 fp32 buffers (one logits buffer reused for softmax and gradient, plus one transient).
 
 Measured as the growth of the peak RSS of a fresh process over one forward + backward, with d small

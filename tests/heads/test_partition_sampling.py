@@ -1,4 +1,4 @@
-"""Partition, Partial-FC sampling and init are functions of the GLOBAL class id (heads.md 12.7),
+"""Partition, Partial-FC sampling and init are functions of the GLOBAL class id,
 plus factory/config errors and bf16 inputs (single process, fast)."""
 import types
 

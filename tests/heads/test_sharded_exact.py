@@ -1,4 +1,4 @@
-"""heads.md section 12, items 1, 3, 7, 8, 9, 10, 11: the sharded head on 1 (no process group), 2 and
+"""The sharded head on 1 (no process group), 2 and
 3 gloo ranks (uneven class split, ragged batches {5, 2, 1}, ignored rows, labels on other ranks)
 equals the dense single-process head on the concatenated batch: loss, d/d emb, d/d W shard,
 d/d b, two optimizer steps; Partial FC equals dense restricted to the sampled set and leaves

@@ -1,6 +1,6 @@
 """Every margin's dense reference against a formula written out here (fp32); gradient modes;
 no NaN/Inf at cos = +-1 and cos > 1 in fp32 and bf16; ArcFace fallbacks; ElasticFace+ ranks;
-AAM schedule (heads.md section 12, items 4, 5, 6, 18)."""
+AAM schedule."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
 """Objectives: log-domain CE (no probability cap), label smoothing over the global class
-count, gradients vs autograd, SphereFace2's softplus without overflow (heads.md 12: 2, 3, 20)."""
+count, gradients vs autograd, SphereFace2's softplus without overflow."""
 import math
 
 import torch

@@ -29,7 +29,7 @@ def build(name: str, ctx=None, seed: int = 0, num_classes: int = D, **params):
 
 
 def task_batches(n: int, K: int, seed: int = 1, m: int = M, pad: bool = False):
-    """A learnable stream: h = sum of the targets' prototypes + noise (zloss_check setup).
+    """A learnable stream: h = sum of the targets' prototypes + noise.
     Half of the rows draw from 6 "hot" classes, so duplicate targets across rows occur.
     pad=True marks the last label of every third row as padding (-100)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The factored head reproduces the dense Z-loss head's SGD trajectory (zloss.md 6.1 T2/T3/T9)."""
+"""The factored head reproduces the dense Z-loss head's SGD trajectory (docs/zloss.md, notes 2-4)."""
 import pytest
 import torch
 
@@ -50,7 +50,7 @@ def test_other_spherical_losses_match_dense(loss, lr, params):
 
 
 def test_singular_guard_dense_fallback_is_exact():
-    """guard_tau=2 forces the exact O(D d^2) fallback step (zloss_check correction 2) every step."""
+    """guard_tau=2 forces the exact O(D d^2) fallback step (docs/zloss.md, note 4) every step."""
     batches = task_batches(40, 3, seed=3)
     g_err, w_err, fact = _train_pair(batches, "float64", lr=0.5, wd=0.01, guard_tau=2.0)
     assert fact.dense_steps == 40
@@ -70,7 +70,7 @@ def _singular_lr(batches):
 @pytest.mark.parametrize("tau,ok", [(1e-2, True), (0.0, False)])
 def test_near_singular_step_guard_keeps_float32_exact(tau, ok):
     """A first step with min |eig(C)| ~ 1e-7 ruins float32 factors unless the guard takes the
-    dense step (zloss_check 3.1 A); with the guard off (tau=0) the test must see the damage."""
+    dense step (docs/zloss.md, note 4); with the guard off (tau=0) the test must see the damage."""
     batches = task_batches(30, 1, seed=4)
     lr = _singular_lr(batches) * (1 - 1e-7)
     g_err, w_err, fact = _train_pair(batches, "float32", lr=lr, wd=0.0, init_std=1e-3, guard_tau=tau)

@@ -93,7 +93,7 @@ def test_maintenance_keeps_w(op):
 
 def test_factored_loss_invariant_to_scale_and_shift_of_outputs():
     """W -> alpha W and omega -> omega + delta (adds delta.h to every output), with Q, w_bar
-    moved consistently (zloss_check correction 10): the Z-loss does not change."""
+    moved consistently (Q, w_bar and U move with them): the Z-loss does not change."""
     head = _trained()
     H, y = task_batches(1, 3, seed=9)[0]
     L0, o0 = head(H, y).loss.detach(), head.scores(H)

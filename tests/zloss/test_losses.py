@@ -85,7 +85,7 @@ def test_zloss_invariants():
 
 
 def test_zloss_closed_form_gradient():
-    """zloss.md 1.3: dL/dA_k = -g_k/(K sigma), dL/dq = sum g z/(2 K D sigma^2),
+    """dL/dA_k = -g_k/(K sigma), dL/dq = sum g z/(2 K D sigma^2),
     dL/ds = sum [g/(K D sigma) - g z mu/(K D sigma^2)], g = sigmoid(a (b - z)); K = K_j per row."""
     o, y = _data(2)
     a, b = 3.0, 2.0

@@ -9,7 +9,7 @@ An exported index is a directory::
 
 Cosine = inner product on L2-normalised vectors (stored vectors normalised at export, queries
 at search). Kinds: ``flat`` (exact IP), ``hnsw`` (IndexHNSWFlat), ``ivfpq`` (IndexIVFPQ),
-``ivfflat``. torch is imported before faiss so both share one OpenMP runtime (feasibility.md).
+``ivfflat``. torch is imported before faiss so both share one OpenMP runtime.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-try:                         # import order decides the OpenMP runtime (feasibility.md §5)
+try:                         # import order decides the OpenMP runtime
     import torch  # noqa: F401
 except ImportError:          # pragma: no cover
     pass

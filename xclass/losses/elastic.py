@@ -4,7 +4,7 @@ The draws are keyed by (seed, step) over the *global* batch rows, so every rank 
 reference see the same margins. The '+' variants give easier samples (larger target cosine)
 smaller margins: the margins sorted ascending are *scattered* to rows sorted by target cosine
 descending (the reference code gathers with the permutation instead, which scrambles the
-pairing; see heads.md section 5).
+pairing: a row does not get the margin of its own rank).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def init_gloo(rank: int, world_size: int, port: int, addr: str = "127.0.0.1") ->
 
 def clean_exit(code: int = 0, destroy: bool = True) -> None:
     """Destroy the group, flush, and leave without interpreter teardown (gloo aborts
-    randomly at exit otherwise; see feasibility.md pitfall 1)."""
+    randomly at exit otherwise)."""
     if destroy and dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

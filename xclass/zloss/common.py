@@ -85,7 +85,7 @@ def init_rows(num_classes: int, dim: int, start: int, end: int, p: ZParams, seed
               group: Any, block: int = 65536) -> torch.Tensor:
     """Rows [start, end) of the initial W [C, dim] in ``p.dtype``, identical for any class
     split: block b of rows is drawn (float64) from a generator seeded by (seed, b). Columns
-    are centred over all C classes (zloss.md 3.4: w_bar ~ 0 avoids the sigma^2 cancellation).
+    are centred over all C classes (w_bar ~ 0 avoids the cancellation in sigma^2; docs/zloss.md, note 5).
     Peak extra memory O(block * dim)."""
     out = torch.empty(end - start, dim, dtype=p.torch_dtype)
     colsum = torch.zeros(dim, dtype=torch.float64)

@@ -5,7 +5,7 @@ Q_r = W_r^T W_r, w_bar_r = W_r^T 1), see :mod:`xclass.zloss.factored`. Per step 
 per-example quantities cross the network (H [B, d] all-gather, stats [B, K + 2] and
 dL/dH [B, d] all-reduces): communication is independent of the number of classes.
 
-Training protocol (zloss_check corrections 12, 14)::
+Training protocol (docs/zloss.md, note 8)::
 
     out = head(emb, labels); out.loss.backward()   # exact dL/d emb; records (H, gA, gq, gs)
     opt = head.make_optimizer(cfg.optim)           # plain SGD, scalar lr (settable), exact L2
@@ -168,7 +168,7 @@ class FactoredZLossHead(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:  # type: ignore[override]
         if self.p.resync_on_save and not self._pending:
-            self.resync()   # checkpoints carry drift-free Q, w_bar (zloss.md 3.4)
+            self.resync()   # checkpoints carry drift-free Q, w_bar (docs/zloss.md, note 6)
         return super().state_dict(*args, **kwargs)
 
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """Exact O(d^2)-per-example SGD for spherical losses (Vincent, de Brebisson & Bouthillier 2015).
 
 The output layer of one class shard is kept implicitly as ``W = V U + 1 omega^T`` with
-bookkeeping ``Q = W^T W`` and ``w_bar = W^T 1`` (zloss.md 3.1). Shapes, for a shard of
+bookkeeping ``Q = W^T W`` and ``w_bar = W^T 1`` (docs/zloss.md, note 1). Shapes, for a shard of
 D_r classes, inputs of width d' (embedding + constant feature) and a batch of m rows:
 
     V [D_r, d'] (float32/64, the only D-sized tensor)   U, Uinv, Q [d', d'] float64
@@ -67,7 +67,7 @@ def _target_proj(H: Tensor, idx: Tensor, local: Tensor, gA: Tensor) -> Tensor:
 
 def _h_gram_h(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, X: Tensor, gs: Tensor,
               Zh: Tensor, ybar: Tensor) -> Tensor:
-    """H^T M H [d', d'] with M = G G^T (zloss.md B4) expanded so that no m x m matrix is formed:
+    """H^T M H [d', d'] with M = G G^T (docs/zloss.md, note 2) expanded so that no m x m matrix is formed:
     4 X Q X + D a a^T + R^T R + 2 X (Zh^T H) + 2 (H^T Zh) X + a b^T + b a^T, where
     X = H^T diag(gq) H, a = H^T gs, b = H^T ybar, R = Ydot^T H. O(m d^2 + d^3)."""
     D = st.V.shape[0]
@@ -101,7 +101,7 @@ def _scatter_rows(st: Any, idx: Tensor, local: Tensor, gA: Tensor, P: Tensor, et
 
 def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gs: Tensor,
                 eta: float, block: int) -> None:
-    """Exact fallback (zloss_check correction 2): V <- (V U + 1 omega^T) C - eta 1 (H^T gs)^T
+    """Exact fallback (docs/zloss.md, note 4): V <- (V U + 1 omega^T) C - eta 1 (H^T gs)^T
     - eta Ydot^T H, then U = Uinv = I, omega = 0. O(D d^2)."""
     shift = eta * (H.t() @ gs)
     for lo in range(0, st.V.shape[0], block):
@@ -117,7 +117,7 @@ def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: T
 def sgd_update(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
                eta: float, weight_decay: float = 0.0, tau: float = 1e-2, block: int = 65536,
                pre: Optional[Tuple[Tensor, Tensor]] = None) -> bool:
-    """Exact W <- W - eta (G^T H + weight_decay W) on the factors (zloss.md B5-B10 + correction 1).
+    """Exact W <- W - eta (G^T H + weight_decay W) on the factors (docs/zloss.md, notes 2 and 3).
     All inputs must come from the current (pre-update) state; ``pre`` = (gradH, Zh) from
     :func:`grad_h` when already computed. Returns True if the dense fallback was taken."""
     decay = 1.0 - eta * weight_decay

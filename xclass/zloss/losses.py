@@ -8,9 +8,9 @@ Every loss here depends on the D outputs of one example only through
 
 which is what lets the factored head (:mod:`xclass.zloss.factored`) train in O(d^2) per
 example. All tensors are replicated (already reduced over class shards). The functions are
-pure and differentiable; callers evaluate them in float64 (zloss.md 3.2 L2).
+pure and differentiable; callers evaluate them in float64 (docs/zloss.md, note 5).
 
-Conventions (zloss.md corrections 7-9, 14):
+Conventions (docs/zloss.md, note 7):
 
 * Z-loss: ``(1/a) log(1 + exp(a (b - z_c)))`` through ``logaddexp`` (torch's softplus
   switches to the identity above its threshold), sigma without epsilon, averaged over the

@@ -1,4 +1,4 @@
-"""Numerical upkeep of the factored state W = V U + 1 omega^T (zloss.md 3.4, corrections 5, 6, 11).
+"""Numerical upkeep of the factored state W = V U + 1 omega^T (docs/zloss.md, note 6).
 
 Every operation here leaves W unchanged (up to rounding). Costs for a shard of D_r rows:
 stabilise O(d^3) to check, O(D_r d r) when r singular values are out of band; fold_omega
@@ -58,7 +58,7 @@ def stabilise(st: Any, band: Tuple[float, float] = (0.5, 2.0), block: int = 6553
 def fold_omega(st: Any, ratio: float = 1.0) -> bool:
     """Fold omega into V (V <- V + 1 omega^T U^-1, omega = 0) when ||1 omega^T||_F exceeds
     ratio * ||W||_F (= sqrt(tr Q)): with non-negative features omega drifts steadily and
-    V U then cancels it (zloss_check 3.1 C). Returns True when folded."""
+    V U then cancels it (docs/zloss.md, note 6). Returns True when folded."""
     D = st.V.shape[0]
     if D * float(st.omega @ st.omega) <= ratio * ratio * float(torch.trace(st.Q)):
         return False
