@@ -5,7 +5,9 @@ Every function takes ``scores`` [n] float (higher = more likely the same identit
 (``protocol = "verification"``) are ``fn(scores, target, **params) -> float``.
 
 * ROC: one point per distinct score threshold ("accept if score >= t"), plus (0, 0).
-* EER as in voxceleb_trainer ``tuneThreshold``: idx = argmin |FNR - FPR|, EER = max(FPR, FNR).
+* EER: idx = argmin |FNR - FPR| over the FULL ROC (every distinct score), EER = max(FPR, FNR) there;
+  voxceleb_trainer ``tuneThreshold`` applies the same rule to sklearn's thinned ROC
+  (``drop_intermediate=True``), which can differ on small or tied score sets (docs/evaluation.md).
 * minDCF (NIST SRE16): min_t C_miss P_miss P_tgt + C_fa P_fa (1 - P_tgt), divided by
   min(C_miss P_tgt, C_fa (1 - P_tgt)).
 * TAR@FAR: ``rule="nearest"`` takes the best TPR at the ROC FPR nearest the target
