@@ -8,12 +8,14 @@ pairing: a row does not get the margin of its own rank).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from xclass.losses.seeding import mix_key
-from xclass.losses.margins import MARGINS, MarginAux, angular, replace_target, safe_map
+from xclass.losses.margins import (MARGINS, MarginAux, angular, replace_target, safe_map, target_mask,
+                                   written_fallback)
 
 
 def elastic_draws(n: int, seed: int, step: int) -> torch.Tensor:
@@ -61,6 +63,15 @@ class _Elastic:
     def value(self, c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def written_margins(self, c: torch.Tensor, labels: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+        """[B] per-row margins of the written formulas, from the cosines ``c`` [B, C] of the whole batch."""
+        m = self.m + self.sigma * elastic_draws(c.shape[0], seed, step).to(c.dtype)
+        if not self.plus:
+            return m
+        valid = labels >= 0
+        tc = torch.where(valid, c.gather(1, labels.clamp(min=0)[:, None]).squeeze(1), torch.zeros_like(m))
+        return plus_assign(m, tc, valid)
+
     def __call__(self, cos: torch.Tensor, target: torch.Tensor, aux: MarginAux) -> torch.Tensor:
         m = self.margins(aux, cos.shape[0], cos.device)
         f = lambda c: self.value(c, m)  # noqa: E731
@@ -74,6 +85,19 @@ class ElasticArc(_Elastic):
 
     def value(self, c, m):
         return angular(c, 1.0, m, 0.0, self.fallback)
+
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s cos(theta + m_i)``, ``m_i = m + sigma * draw_i(seed, step)`` (the '+' variant
+        hands the smallest margins to the rows of largest target cosine); continuous fallback."""
+        m = self.written_margins(c, labels, step, seed)[:, None]
+        th = torch.acos(c)
+        phi = torch.cos(th + m)
+        if self.fallback == "none":
+            t = phi
+        else:
+            alt = c - m * torch.sin(m) if self.fallback == "insightface" else c - torch.cos(math.pi - m) - 1.0
+            t = torch.where(th + m <= math.pi, phi, alt)
+        return torch.where(target_mask(labels, c.shape[1]), self.s * t, self.s * c)
 
 
 @MARGINS.register("elastic_arc_plus")
@@ -92,6 +116,11 @@ class ElasticCos(_Elastic):
 
     def value(self, c, m):
         return c - m
+
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s (cos - m_i)``, ``m_i`` as for ``elastic_arc``."""
+        m = self.written_margins(c, labels, step, seed)[:, None]
+        return torch.where(target_mask(labels, c.shape[1]), self.s * (c - m), self.s * c)
 
 
 @MARGINS.register("elastic_cos_plus")

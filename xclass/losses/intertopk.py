@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xclass.losses.margins import MARGINS, MarginAux, angular, replace_target, safe_map
+from xclass.losses.margins import MARGINS, MarginAux, angular, replace_target, safe_map, target_mask, written_fallback
 from xclass.losses.objectives import topk_threshold
 
 
@@ -54,4 +54,13 @@ class InterTopKSubCenter:
         f = lambda x: angular(x, 1.0, self.m, 0.0, self.fallback)  # noqa: E731
         return replace_target(c, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps))
 
-
+    def formula(self, c, labels, step=0, seed=0):
+        """The ``top_k`` largest non-target cosines of a row become ``cos(theta - mp)``; then the
+        target ``s cos(theta + m)`` (continuous fallback), others ``s cos``."""
+        tgt = target_mask(labels, c.shape[1])
+        nt = c.masked_fill(tgt, -2.0)
+        kth = nt.topk(self.top_k, dim=1).values[:, -1:]
+        c = torch.where((nt >= kth) & ~tgt, torch.cos(torch.acos(c) - self.mp), c)
+        th = torch.acos(c)
+        t = written_fallback(c, th + self.m, torch.cos(th + self.m), self.m, self.fallback)
+        return torch.where(tgt, self.s * t, self.s * c)

@@ -33,6 +33,22 @@ GRAD_MODES = ("exact", "straight_through")
 FALLBACKS = ("none", "insightface", "continuous")
 
 
+def target_mask(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[B, C] bool: the target entry of every row with a label >= 0 (for the written formulas)."""
+    cols = torch.arange(n_classes, device=labels.device)
+    return (cols[None, :] == labels[:, None]) & (labels >= 0)[:, None]
+
+
+def written_fallback(c: torch.Tensor, theta_m: torch.Tensor, phi: torch.Tensor, m: float, kind: str) -> torch.Tensor:
+    """The ArcFace-family target past ``theta + m > pi`` (m1 = 1), written out for the formulas:
+    ``none`` keeps cos(theta + m), ``insightface`` is cos(theta) - m sin(m), ``continuous`` is
+    cos(theta) - cos(pi - m) - 1."""
+    if kind == "none":
+        return phi
+    alt = c - m * math.sin(m) if kind == "insightface" else c - math.cos(math.pi - m) - 1.0
+    return torch.where(theta_m <= math.pi, phi, alt)
+
+
 @dataclass(frozen=True)
 class MarginAux:
     """Per-step side inputs, identical on every rank.
@@ -156,6 +172,13 @@ class Softmax:
     def __call__(self, cos: torch.Tensor, target: torch.Tensor, aux: MarginAux) -> torch.Tensor:
         return cos.float() * self.s
 
+    def formula(self, c: torch.Tensor, labels: torch.Tensor, step: int = 0, seed: int = 0) -> torch.Tensor:
+        """The margin written out, independently of ``__call__`` (tests/losses/test_margins.py
+        checks one against the other for every registered margin): ``c`` [B, C] are cosines
+        (raw dot products when not ``normalized``), reduced over sub-centres; ``labels`` [B], < 0 =
+        ignored. Softmax objectives return the logits [B, C]: here ``s * c`` everywhere."""
+        return self.s * c
+
 
 @MARGINS.register("norm_softmax")
 @dataclass(frozen=True)
@@ -178,6 +201,10 @@ class CosFace(NormSoftmax):
         return replace_target(cos, target, self.s,
                               lambda ct: safe_map(ct, lambda c: c - self.m, self.grad, self.eps), aux.owned)
 
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s (cos - m)``, others ``s cos``."""
+        return torch.where(target_mask(labels, c.shape[1]), self.s * (c - self.m), self.s * c)
+
 
 @MARGINS.register("combined")
 @dataclass(frozen=True)
@@ -197,6 +224,19 @@ class Combined(NormSoftmax):
         f = lambda c: self.target_value(c, aux)  # noqa: E731
         return replace_target(cos, target, self.s, lambda ct: safe_map(ct, f, self.grad, self.eps), aux.owned)
 
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s (cos(m1 theta + m2) - m3)``; past ``m1 theta + m2 > pi``: ``none`` keeps it,
+        ``insightface`` is ``cos - m2 sin m2 - m3``, ``continuous`` is
+        ``cos - cos((pi - m2)/m1) - 1 - m3``."""
+        th = torch.acos(c)
+        phi = torch.cos(self.m1 * th + self.m2) - self.m3
+        if self.fallback == "insightface":
+            alt = c - self.m2 * math.sin(self.m2) - self.m3
+        else:
+            alt = c - math.cos((math.pi - self.m2) / self.m1) - 1.0 - self.m3
+        t = phi if self.fallback == "none" else torch.where(self.m1 * th + self.m2 <= math.pi, phi, alt)
+        return torch.where(target_mask(labels, c.shape[1]), self.s * t, self.s * c)
+
 
 @MARGINS.register("arcface")
 @dataclass(frozen=True)
@@ -210,6 +250,17 @@ class ArcFace(Combined):
 
     def target_value(self, c, aux):
         return angular(c, 1.0, self.m, 0.0, self.fallback, self.easy_margin)
+
+    def margin_for(self, step: int) -> float:
+        return self.m
+
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s cos(theta + m)`` (easy margin: ``s cos`` where cos <= 0), fallback past pi."""
+        m = self.margin_for(step)
+        th = torch.acos(c)
+        phi = torch.cos(th + m)
+        t = torch.where(c > 0, phi, c) if self.easy_margin else written_fallback(c, th + m, phi, m, self.fallback)
+        return torch.where(target_mask(labels, c.shape[1]), self.s * t, self.s * c)
 
 
 @MARGINS.register("aam")
@@ -239,6 +290,9 @@ class AAM(ArcFace):
 
     def target_value(self, c, aux):
         return angular(c, 1.0, self.margin_at(aux.step), 0.0, self.fallback, self.easy_margin)
+
+    def margin_for(self, step: int) -> float:
+        return self.margin_at(step)
 
 
 @MARGINS.register("subcenter_arcface")
@@ -275,3 +329,11 @@ class SphereFace(Combined):
         sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
         psi = sign * torch.cos(self.m * theta) - 2.0 * k
         return (self.lam * c + psi) / (1.0 + self.lam)
+
+    def formula(self, c, labels, step=0, seed=0):
+        """target ``s (lam cos + psi) / (1 + lam)``, ``psi = (-1)^k cos(m theta) - 2k``,
+        ``k = floor(m theta / pi)``."""
+        th = torch.acos(c)
+        k = torch.floor(self.m * th / math.pi)
+        psi = (-1.0) ** k * torch.cos(self.m * th) - 2 * k
+        return torch.where(target_mask(labels, c.shape[1]), self.s * (self.lam * c + psi) / (1 + self.lam), self.s * c)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xclass.losses.margins import MARGINS, MarginAux, angular, safe_map
+from xclass.losses.margins import MARGINS, MarginAux, angular, safe_map, target_mask
 
 
 @MARGINS.register("sphereface2")
@@ -64,6 +64,20 @@ class SphereFace2:
     @property
     def loss_weight(self) -> float:
         return self.lw / self.r
+
+    def formula(self, c, labels, step=0, seed=0, bias=0.0):
+        """Binary objective: the mean loss over labelled rows, written out (margin type C):
+        ``lw/r * [lam log(1 + e^-(r(g(cos_y) - m) + b)) + (1 - lam) sum_j!=y log(1 + e^(r(g(cos_j) + m) + b))]``
+        with ``g(c) = 2 ((c + 1)/2)^t - 1``."""
+        if self.margin_type != "C":
+            raise NotImplementedError("the written formula covers margin_type C")
+        g = 2 * ((c + 1) / 2) ** self.t - 1
+        tgt = target_mask(labels, c.shape[1])
+        pos = self.lam * torch.log1p(torch.exp(-(self.r * (g - self.m) + bias)))
+        neg = (1 - self.lam) * torch.log1p(torch.exp(self.r * (g + self.m) + bias))
+        per = torch.where(tgt, pos, neg).sum(1) * self.lw / self.r
+        valid = labels >= 0
+        return per[valid].sum() / max(int(valid.sum()), 1)
 
     def init_bias(self, num_classes: int) -> float:
         """OpenSphere's bias init: the value making the initial loss balanced for ``num_classes``."""
