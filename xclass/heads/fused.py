@@ -1,0 +1,245 @@
+"""Fused exact margin-softmax cross-entropy over a class shard: no [B_g, C_local] tensor.
+
+The materialised head (xclass.heads.sharded) forms one fp32 score buffer [B_g, C_local]. This
+module computes the same loss and gradients chunk by chunk over the local classes:
+
+forward   for each chunk of ``ch`` classes: scores [B_g, ch * K] = emb_q @ W_chunk^T, scaled by
+          the chunk rows' 1/|w| (row normalisation fused: no normalised copy of W), max over the
+          K sub-centres, ``z = s * c``; the target column of rows whose class is in the chunk is
+          replaced by the margin's target logit ``zt``; an online log-sum-exp keeps the running
+          row max ``m`` and ``sum exp(z - m)`` (plus ``sum z`` for label smoothing). Then the
+          same two O(B_g) collectives as the materialised objective: MAX of ``m``, SUM of
+          [rescaled sum-exp, target logit, logit sum]. Saved for backward: O(B_g) stats.
+backward  recomputes each chunk's scores, forms ``dL/dz = g (softmax - eps/N)`` with the target
+          column zeroed (it belongs to ``zt``), routes it to the arg-max sub-centre, and adds
+          ``dL/dW_chunk`` (through the fused normalisation) and ``dL/demb_q`` chunk by chunk.
+
+The target logit ``zt [B_g]`` is computed by the margin itself on the gathered target rows
+([B_g, K] cosines, a small autograd graph), so every target-only softmax margin in MARGINS works
+unchanged (ElasticFace draws, straight-through modes, warm-up schedules, sub-centres); its
+gradient is taken with ``torch.autograd.grad`` in the backward and scattered into ``dW``.
+Margins that change non-target entries (the inter-top-k penalty) and binary objectives
+(SphereFace2) stay on the materialised path (:func:`supports`).
+
+Extra memory: a few [B_g, ch * K] fp32 chunk temporaries, [B_g, d] for emb_q and its gradient,
+the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(B_g * C_local).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from xclass.losses.margins import MarginAux
+from xclass.parallel.collectives import all_reduce
+
+IMPLS = ("auto", "fused", "materialized")
+CHUNK_ELEMS = 1 << 20  # auto chunk: about 4 MiB per fp32 [B_g, ch * K] temporary
+
+
+# ``impl: auto`` per device type: the faster implementation measured there (docs/fused_head.md)
+AUTO_FUSED = {"cpu": True}
+
+
+def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
+    """Validated (head.params.impl, head.params.chunk)."""
+    if impl not in IMPLS:
+        raise ValueError(f"head.params.impl must be one of {IMPLS}, got {impl!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ValueError(f"head.params.chunk must be an integer >= 0 (0 = automatic), got {chunk!r}")
+    return impl, chunk
+
+
+def use_fused(impl: str, margin: Any, emb: torch.Tensor) -> bool:
+    """Whether a head with ``impl`` runs the fused path for this margin on ``emb``'s device;
+    margins outside :func:`supports` always use the materialised path."""
+    if impl == "materialized" or not supports(margin):
+        return False
+    return impl == "fused" or AUTO_FUSED.get(emb.device.type, False)
+
+
+def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+              n_active: int) -> torch.Tensor:
+    """Per-row loss [B_g] for a ShardedMarginHead (its margin, sub-centres, smoothing, group)."""
+    spec = FusedSpec(s=float(head.margin.s), k=head.k, normalized=bool(head.margin.normalized),
+                     smoothing=head.label_smoothing, n_cls=n_active or head.num_classes, chunk=head.chunk,
+                     group=head.group)
+    aux = MarginAux(step=int(head.step_count), seed=head.seed, valid=valid)
+    return fused_softmax_ce(head.margin, emb_g, w, target, valid, aux, spec)
+
+
+def supports(margin: Any) -> bool:
+    """True for softmax margins that change the target entries only (the fused path's scope)."""
+    return margin.objective == "softmax" and not getattr(margin, "needs_topk", 0)
+
+
+def chunk_classes(b: int, k: int, chunk: int) -> int:
+    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS / (B_g K) (at least 64)."""
+    return int(chunk) if chunk > 0 else max(64, CHUNK_ELEMS // max(1, b * k))
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """Static description of one fused call. s: logit scale; k: sub-centres (rows per class);
+    normalized: cosines (rows and embeddings normalised) vs raw dot products; smoothing / n_cls:
+    label smoothing over the GLOBAL active class count; chunk: classes per chunk."""
+
+    s: float
+    k: int
+    normalized: bool
+    smoothing: float
+    n_cls: int
+    chunk: int
+    group: Any = None
+
+
+def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
+                   aux: MarginAux, spec: FusedSpec):
+    """(zt [B] fp32 target logits (0 where the class is not local), leaves (e, wt), graph output,
+    target row ids [B * K]). The graph is the margin on [B, K] target cosines only; margins that
+    need every row's target cosine get it with one O(B) SUM all-reduce (as the materialised head)."""
+    has = target >= 0
+    b, k = emb_q.shape[0], spec.k
+    rows = (target.clamp(min=0).unsqueeze(1) * k + torch.arange(k, device=w.device)).reshape(-1)
+    if w.shape[0] == 0:  # an empty (sampled) shard holds no target
+        rows = torch.zeros(0, dtype=torch.int64, device=w.device)
+        w = torch.zeros(b * k, emb_q.shape[1], device=w.device)
+    with torch.enable_grad():
+        e = emb_q.detach().float().requires_grad_(True)
+        wt = w.detach()[:b * k] if rows.numel() == 0 else w.detach().index_select(0, rows)
+        wt = wt.float().requires_grad_(True)
+        wv = F.normalize(wt.view(b, k, -1), dim=2) if spec.normalized else wt.view(b, k, -1)
+        cos_t = (wv * e.unsqueeze(1)).sum(2)
+        if margin.needs_target_cos:
+            local = torch.where(has, cos_t.detach().amax(1), torch.zeros(b, device=e.device))
+            aux = replace(aux, target_cos=all_reduce(local, "sum", spec.group))
+        out = margin(cos_t, torch.where(has, 0, -1), aux).float().squeeze(1)
+    zt = torch.where(has, out.detach(), torch.zeros_like(out.detach()))
+    return zt, (e, wt), out, rows
+
+
+def _chunk(emb_q: torch.Tensor, w: torch.Tensor, a: int, z: int, target: torch.Tensor,
+           zt: torch.Tensor, spec: FusedSpec):
+    """Logits of classes [a, z): (logits [B, z - a] fp32 with the target column replaced by zt,
+    raw per-row scores [B, (z - a) K] (K > 1 only, for the arg-max routing) or None,
+    1/|w| [(z - a) K] or None, selected [B] bool, local column [B, 1])."""
+    k = spec.k
+    wc = w[a * k:z * k]
+    cos = (emb_q @ wc.to(emb_q.dtype).t()).float()
+    inv = None
+    if spec.normalized:
+        inv = wc.float().norm(dim=1).clamp_min_(1e-12).reciprocal_()
+        cos.mul_(inv)
+    raw = None
+    if k > 1:
+        raw, c = cos, cos.view(cos.shape[0], -1, k).amax(2)
+        logits = c.mul_(spec.s)
+    else:
+        logits = cos.mul_(spec.s)
+    sel = (target >= a) & (target < z)
+    col = (target - a).clamp(0, z - a - 1).unsqueeze(1)
+    logits.scatter_(1, col, torch.where(sel, zt, logits.gather(1, col).squeeze(1)).unsqueeze(1))
+    return logits, raw, inv, sel, col
+
+
+def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
+    """Local online log-sum-exp: (row max [B], sum exp(z - max) [B], sum z [B]), all fp32."""
+    b = emb_q.shape[0]
+    dev = emb_q.device
+    m = torch.full((b,), float("-inf"), device=dev)
+    se = torch.zeros(b, device=dev)
+    zs = torch.zeros(b, device=dev)
+    n_cls = w.shape[0] // spec.k
+    ch = chunk_classes(b, spec.k, spec.chunk)
+    for a in range(0, n_cls, ch):
+        z, _, _, _, _ = _chunk(emb_q, w, a, min(a + ch, n_cls), target, zt, spec)
+        if spec.smoothing > 0:
+            zs += z.sum(1)
+        mn = torch.maximum(m, z.amax(1))
+        se = se * torch.exp(m - mn) + z.sub_(mn.unsqueeze(1)).exp_().sum(1)
+        m = mn
+    return m, se, zs
+
+
+class _FusedCE(torch.autograd.Function):
+    """Per-row loss [B] (replicated, 0 on ignored rows) from emb_q [B, d] (replicated; already
+    normalised for cosine margins) and class rows w [R = C_a K, d] (sharded, raw)."""
+
+    @staticmethod
+    def forward(ctx, emb_q, w, margin, target, valid, aux, spec):  # type: ignore[override]
+        zt, leaves, out, rows = _target_logits(margin, emb_q, w, target, aux, spec)
+        m, se, zs = _forward_stats(emb_q, w, target, zt, spec)
+        gmax = all_reduce(m, "max", spec.group)
+        se = torch.where(torch.isfinite(m), se * torch.exp(m - gmax), torch.zeros_like(se))
+        stats = all_reduce(torch.stack([se, zt, zs]), "sum", spec.group)
+        lse = gmax + stats[0].log()
+        eps = spec.smoothing
+        loss = lse - (1.0 - eps) * stats[1] - (eps / spec.n_cls) * stats[2]
+        ctx.save_for_backward(emb_q, w, target, valid, zt, lse, rows)
+        ctx.leaves, ctx.out, ctx.spec = leaves, out, spec
+        return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        emb_q, w, target, valid, zt, lse, rows = ctx.saved_tensors
+        spec = ctx.spec
+        g_row = torch.where(valid, g, torch.zeros_like(g))
+        demb = torch.zeros(emb_q.shape, device=emb_q.device)
+        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        n_cls = w.shape[0] // spec.k
+        ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk)
+        for a in range(0, n_cls, ch):
+            _backward_chunk(emb_q, w, a, min(a + ch, n_cls), target, zt, lse, g_row, spec, demb, dw)
+        if ctx.out is not None and rows.numel():
+            eps = spec.smoothing
+            p_t = torch.exp(zt - lse)
+            g_zt = torch.where(target >= 0, (p_t - (1.0 - eps) - eps / spec.n_cls) * g_row,
+                               torch.zeros_like(g_row))
+            ge, gwt = torch.autograd.grad(ctx.out, ctx.leaves, g_zt)
+            demb += ge
+            if dw is not None:
+                dw.index_add_(0, rows, gwt.to(dw.dtype))
+        ctx.leaves = ctx.out = None
+        return demb.to(emb_q.dtype), dw, None, None, None, None, None
+
+
+def _backward_chunk(emb_q, w, a: int, z: int, target, zt, lse, g_row, spec: FusedSpec,
+                    demb: torch.Tensor, dw: Optional[torch.Tensor]) -> None:
+    """Adds classes [a, z)'s contribution to demb [B, d] and writes dw[a K : z K] (in place)."""
+    k, dt = spec.k, emb_q.dtype
+    logits, raw, inv, sel, col = _chunk(emb_q, w, a, z, target, zt, spec)
+    gz = logits.sub_(lse.unsqueeze(1)).exp_().mul_(g_row.unsqueeze(1))
+    if spec.smoothing > 0:
+        gz.sub_((g_row * (spec.smoothing / spec.n_cls)).unsqueeze(1))
+    # the target column's logit is zt (its gradient goes through the margin's graph)
+    gz.scatter_(1, col, torch.where(sel, torch.zeros_like(zt), gz.gather(1, col).squeeze(1)).unsqueeze(1))
+    gz.mul_(spec.s)
+    if k > 1:  # route to the arg-max sub-centre (ties split evenly, as amax's backward)
+        c = raw.view(raw.shape[0], -1, k)
+        hit = (c == c.amax(2, keepdim=True)).float()
+        gz = hit.div_(hit.sum(2, keepdim=True)).mul_(gz.unsqueeze(2)).view(raw.shape[0], -1)
+    wc = w[a * k:z * k]
+    if dw is not None:
+        gy = (gz.t().to(dt) @ emb_q).float()  # d loss / d (normalised) rows [(z - a) K, d]
+        if inv is not None:
+            dot = (wc * gy).sum(1).mul_(inv.pow(3))
+            gy.mul_(inv.unsqueeze(1)).sub_(wc * dot.unsqueeze(1))
+        dw[a * k:z * k] = gy
+    if inv is not None:
+        gz.mul_(inv)
+    demb += (gz.to(dt) @ wc.to(dt)).float()
+
+
+def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
+                     valid: torch.Tensor, aux: MarginAux, spec: FusedSpec) -> torch.Tensor:
+    """Per-row margin softmax CE [B_g] (replicated, 0 on ignored rows), equal to
+    ``softmax_ce(margin(scores(emb_g, w), target, aux), ...)`` without forming [B_g, C_local].
+
+    emb_g [B_g, d] gathered batch (replicated); w [C_a K, d] class rows (sharded, fp32);
+    target [B_g] local class column or -1; valid [B_g] bool (replicated)."""
+    if not supports(margin):
+        raise ValueError(f"the fused head covers target-only softmax margins, not {type(margin).__name__}")
+    emb_q = F.normalize(emb_g.float(), dim=1).to(emb_g.dtype) if spec.normalized else emb_g
+    return _FusedCE.apply(emb_q, w, margin, target, valid, aux, spec)
