@@ -91,8 +91,9 @@ def _build(spec: Dict[str, Any], ctx: Any):
             opt.step()
             opt.zero_grad()
         return step
+    params = {"impl": spec["impl"]} if spec.get("impl") else {}
     cfg = types.SimpleNamespace(name="margin", margin=spec.get("margin", "arcface"), margin_params={},
-                                sample_rate=spec["r"], label_smoothing=0.0, params={})
+                                sample_rate=spec["r"], label_smoothing=0.0, params=params)
     if impl == "insightface_fullmatrix":
         head = ShardedMarginHead(FullMatrixArcFace(), num_classes=D, embedding_dim=d, ctx=ctx, sample_rate=spec["r"])
     else:
@@ -161,6 +162,15 @@ def formula_mb(spec: Dict[str, Any]) -> float:
     return (8 * cl * spec["d"] + rows + 4 * spec["B"] * ca + 16 * spec["B"] * spec["d"]) / 2**20
 
 
+def _formula(spec: Dict[str, Any]) -> float:
+    """formula_mb, or for the fused head xclass.heads.fused.memory_bytes (MiB)."""
+    if spec.get("impl") != "fused":
+        return formula_mb(spec)
+    from xclass.heads.fused import memory_bytes
+
+    return memory_bytes(spec["B"], math.ceil(spec["D"] / spec["ws"]), spec["d"], r=spec["r"]) / 2**20
+
+
 def run_row(spec: Dict[str, Any]) -> Any:
     """One row (dict), or a list of rows for an interleaved timing group."""
     from xclass.parallel.launch import free_port
@@ -171,7 +181,7 @@ def run_row(spec: Dict[str, Any]) -> Any:
     spec.setdefault("threads", 1)
     row = {"head": spec["head"], "D": spec["D"], "d": spec["d"], "B": spec["B"], "world_size": spec["ws"],
            "sample_rate": spec["r"], "threads_per_rank": spec["threads"],
-           "malloc": spec.get("malloc", "system")}
+           "malloc": spec.get("malloc", "system"), "impl": spec.get("impl")}
     if spec.get("need_mb") and _avail_mb() < spec["need_mb"]:
         return {**row, "skipped": f"needs ~{spec['need_mb']:.0f} MiB, {_avail_mb():.0f} MiB available"}
     ctxm = mp.get_context("spawn")
@@ -195,12 +205,13 @@ def run_row(spec: Dict[str, Any]) -> Any:
         return {**row, "error": errs[0]}
     if spec.get("group"):  # timing-only rows; memory comes from the single-head rows
         return [{**row, "head": m["head"], "sample_rate": m.get("r", spec["r"]), "timing": "interleaved",
+                 "impl": m.get("impl"),
                  "step_ms": round(statistics.median(res[0]["times"][j]), 2)} for j, m in enumerate(spec["group"])]
     times = [statistics.median(res[r]["times"][0]) for r in sorted(res)]
     return {**row, "step_ms": round(max(times), 2),
             "peak_mb_per_rank": [round(res[r]["peak_mb"]) for r in sorted(res)],
             "head_mb_per_rank": [round(res[r]["peak_mb"] - res[r]["base_mb"]) for r in sorted(res)],
-            "formula_mb_per_rank": round(formula_mb(spec)) if spec["head"].startswith("xclass") else None}
+            "formula_mb_per_rank": round(_formula(spec)) if spec["head"].startswith("xclass") else None}
 
 
 def _spec(head: str, D: int, ws: int = 1, r: float = 1.0, **kw: Any) -> Dict[str, Any]:
@@ -241,7 +252,11 @@ def sweep(a: argparse.Namespace) -> List[Dict[str, Any]]:
     for D in fl(a.D, int):
         for ws in fl(a.world_sizes, int):
             for r in fl(a.sample_rates, float):
-                rows += [_spec(f"xclass:{h}", D, ws, r, d=a.d, B=a.B, steps=a.steps) for h in a.heads.split(",")]
+                heads = [dict(head=f"xclass:{h}", impl=i or None) for h in a.heads.split(",")
+                         for i in a.impl.split(",")]
+                if a.interleave and ws == 1 and len(heads) > 1:  # one process, round-robin timing
+                    rows.append(_group(D, [{**h, "r": r, "d": a.d, "B": a.B} for h in heads], d=a.d, B=a.B, steps=a.steps))
+                rows += [_spec(h["head"], D, ws, r, d=a.d, B=a.B, steps=a.steps, impl=h["impl"]) for h in heads]
         for base in [b for b in a.baselines.split(",") if b]:
             rows.append(_spec({"dense": "dense:arcface", "pml": "pml:arcface", "pml_cosface": "pml:cosface",
                                "gemm": "gemm_floor", "fullmatrix": "insightface_fullmatrix"}[base], D,
@@ -278,6 +293,11 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--world-sizes", default="1")
     ap.add_argument("--sample-rates", default="1")
     ap.add_argument("--heads", default="arcface", help="comma list of registered margins")
+    ap.add_argument("--impl", default="",
+                    help="comma list of head.params.impl values for the xclass rows: fused,materialized,auto "
+                         "(empty: the head's default)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="W=1: also time the xclass rows round-robin in one process (fair ratios on a busy box)")
     ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")

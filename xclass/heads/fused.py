@@ -26,6 +26,7 @@ the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Tuple
 
@@ -40,7 +41,7 @@ CHUNK_ELEMS = 1 << 20  # auto chunk: about 4 MiB per fp32 [B_g, ch * K] temporar
 
 
 # ``impl: auto`` per device type: the faster implementation measured there (docs/fused_head.md)
-AUTO_FUSED = {"cpu": True}
+AUTO_FUSED = {"cpu": False}
 
 
 def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
@@ -70,14 +71,37 @@ def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Ten
     return fused_softmax_ce(head.margin, emb_g, w, target, valid, aux, spec)
 
 
+def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk: int = 0,
+                 activations_only: bool = False) -> int:
+    """Predicted per-rank memory of a fused head step (fp32, SGD momentum), in bytes.
+
+    W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
+    W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
+    keys ``24 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax,
+    one transient; five, ``20 B ch K``, with sub-centres), the batch-sized vectors ``24 B d`` (emb_q, its scaled copy, the
+    gradient accumulators) and the target rows ``12 B K d``. No term in B * C_l.
+    ``activations_only``: the last three terms (what one step allocates beyond W, momentum and
+    the weight gradient)."""
+    ch = min(chunk_classes(b, k, chunk), max(1, c_local))
+    act = (12 if k == 1 else 20) * b * ch * k + 24 * b * d + 12 * b * k * d
+    if activations_only:
+        return act
+    c_a = math.ceil(c_local * r) if r < 1 else c_local
+    rows = 8 * c_a * k * d + 24 * c_local if r < 1 else 4 * c_local * k * d
+    return 8 * c_local * k * d + rows + act
+
+
 def supports(margin: Any) -> bool:
     """True for softmax margins that change the target entries only (the fused path's scope)."""
     return margin.objective == "softmax" and not getattr(margin, "needs_topk", 0)
 
 
 def chunk_classes(b: int, k: int, chunk: int) -> int:
-    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS / (B_g K) (at least 64)."""
-    return int(chunk) if chunk > 0 else max(64, CHUNK_ELEMS // max(1, b * k))
+    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS / (B_g K) (half that with
+    sub-centres, whose arg-max routing holds two more [B_g, ch K] buffers), at least 64."""
+    if chunk > 0:
+        return int(chunk)
+    return max(64, CHUNK_ELEMS // max(1, b * k * (2 if k > 1 else 1)))
 
 
 @dataclass(frozen=True)
@@ -120,45 +144,57 @@ def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: to
     return zt, (e, wt), out, rows
 
 
-def _chunk(emb_q: torch.Tensor, w: torch.Tensor, a: int, z: int, target: torch.Tensor,
-           zt: torch.Tensor, spec: FusedSpec):
-    """Logits of classes [a, z): (logits [B, z - a] fp32 with the target column replaced by zt,
-    raw per-row scores [B, (z - a) K] (K > 1 only, for the arg-max routing) or None,
-    1/|w| [(z - a) K] or None, selected [B] bool, local column [B, 1])."""
-    k = spec.k
-    wc = w[a * k:z * k]
-    cos = (emb_q @ wc.to(emb_q.dtype).t()).float()
-    inv = None
-    if spec.normalized:
-        inv = wc.float().norm(dim=1).clamp_min_(1e-12).reciprocal_()
-        cos.mul_(inv)
-    raw = None
-    if k > 1:
-        raw, c = cos, cos.view(cos.shape[0], -1, k).amax(2)
-        logits = c.mul_(spec.s)
-    else:
-        logits = cos.mul_(spec.s)
-    sel = (target >= a) & (target < z)
-    col = (target - a).clamp(0, z - a - 1).unsqueeze(1)
-    logits.scatter_(1, col, torch.where(sel, zt, logits.gather(1, col).squeeze(1)).unsqueeze(1))
-    return logits, raw, inv, sel, col
+def _rows(w: torch.Tensor, a: int, z: int, spec: FusedSpec):
+    """Class rows of classes [a, z) ([(z - a) K, d]) and, for cosine margins, their 1/|w| (fp32):
+    the row normalisation is applied to these chunk rows only (no normalised copy of W)."""
+    wc = w[a * spec.k:z * spec.k]
+    inv = wc.float().norm(dim=1).clamp_min_(1e-12).reciprocal_() if spec.normalized else None
+    return wc, inv
+
+
+def _unit(wc: torch.Tensor, inv: Optional[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
+    """[n, d] chunk rows ``wc / |w|`` (cosine margins) or ``wc`` in the GEMM dtype."""
+    return (wc * inv.unsqueeze(1)).to(dt) if inv is not None else wc.to(dt)
+
+
+def _logits(emb_q, wn, spec: FusedSpec, bias: Optional[torch.Tensor] = None):
+    """(class logits ``s * c - bias`` [B, n] fp32 from unit rows wn [n K, d], raw cosines [B, n K]
+    or None when K = 1). The scale s and the bias ride on the GEMM (addmm's alpha / input)."""
+    b = emb_q.shape[0]
+    if spec.k == 1 and emb_q.dtype == torch.float32:
+        if bias is None:
+            return torch.addmm(emb_q.new_zeros(1, 1), emb_q, wn.t(), beta=0.0, alpha=spec.s), None
+        return torch.addmm(bias.neg().unsqueeze(1), emb_q, wn.t(), alpha=spec.s), None
+    raw = (emb_q @ wn.t()).float()
+    z = raw.view(b, -1, spec.k).amax(2) if spec.k > 1 else raw
+    z = z.mul_(spec.s) if spec.k > 1 or bias is None else z.mul(spec.s)
+    return (z if bias is None else z.sub_(bias.unsqueeze(1))), (raw if spec.k > 1 else None)
+
+
+def _target_col(target: torch.Tensor, a: int, z: int):
+    """(rows whose target class is in [a, z) [B] bool, their local column [B, 1] (clamped))."""
+    return (target >= a) & (target < z), (target - a).clamp(0, z - a - 1).unsqueeze(1)
 
 
 def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
-    """Local online log-sum-exp: (row max [B], sum exp(z - max) [B], sum z [B]), all fp32."""
+    """Local online log-sum-exp over the shard's logits (target column = zt): row max [B], sum of
+    exp(z - max) [B] and sum of logits [B] (label smoothing only), fp32; max -inf for no classes."""
     b = emb_q.shape[0]
-    dev = emb_q.device
-    m = torch.full((b,), float("-inf"), device=dev)
-    se = torch.zeros(b, device=dev)
-    zs = torch.zeros(b, device=dev)
+    m = torch.full((b,), float("-inf"), device=emb_q.device)
+    se = torch.zeros(b, device=emb_q.device)
+    zs = torch.zeros(b, device=emb_q.device)
     n_cls = w.shape[0] // spec.k
     ch = chunk_classes(b, spec.k, spec.chunk)
     for a in range(0, n_cls, ch):
-        z, _, _, _, _ = _chunk(emb_q, w, a, min(a + ch, n_cls), target, zt, spec)
+        z_ = min(a + ch, n_cls)
+        wc, inv = _rows(w, a, z_, spec)
+        logits, _ = _logits(emb_q, _unit(wc, inv, emb_q.dtype), spec)
+        sel, col = _target_col(target, a, z_)
+        logits.scatter_(1, col, torch.where(sel, zt, logits.gather(1, col).squeeze(1)).unsqueeze(1))
         if spec.smoothing > 0:
-            zs += z.sum(1)
-        mn = torch.maximum(m, z.amax(1))
-        se = se * torch.exp(m - mn) + z.sub_(mn.unsqueeze(1)).exp_().sum(1)
+            zs += logits.sum(1)
+        mn = torch.maximum(m, logits.amax(1))
+        se = se * torch.exp(m - mn) + logits.sub_(mn.unsqueeze(1)).exp_().sum(1)
         m = mn
     return m, se, zs
 
@@ -186,16 +222,18 @@ class _FusedCE(torch.autograd.Function):
         emb_q, w, target, valid, zt, lse, rows = ctx.saved_tensors
         spec = ctx.spec
         g_row = torch.where(valid, g, torch.zeros_like(g))
-        demb = torch.zeros(emb_q.shape, device=emb_q.device)
-        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        # d loss / d logit_ij = g_i (p_ij - eps/N); the row factor g_i s goes into the embeddings
+        eg = (emb_q.float() * (g_row * spec.s).unsqueeze(1)).to(emb_q.dtype)
+        acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None  # every row is written
         n_cls = w.shape[0] // spec.k
         ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk)
         for a in range(0, n_cls, ch):
-            _backward_chunk(emb_q, w, a, min(a + ch, n_cls), target, zt, lse, g_row, spec, demb, dw)
+            _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
+        demb = acc.mul_((g_row * spec.s).unsqueeze(1))
         if ctx.out is not None and rows.numel():
             eps = spec.smoothing
-            p_t = torch.exp(zt - lse)
-            g_zt = torch.where(target >= 0, (p_t - (1.0 - eps) - eps / spec.n_cls) * g_row,
+            g_zt = torch.where(target >= 0, (torch.exp(zt - lse) - (1.0 - eps) - eps / spec.n_cls) * g_row,
                                torch.zeros_like(g_row))
             ge, gwt = torch.autograd.grad(ctx.out, ctx.leaves, g_zt)
             demb += ge
@@ -205,31 +243,37 @@ class _FusedCE(torch.autograd.Function):
         return demb.to(emb_q.dtype), dw, None, None, None, None, None
 
 
-def _backward_chunk(emb_q, w, a: int, z: int, target, zt, lse, g_row, spec: FusedSpec,
-                    demb: torch.Tensor, dw: Optional[torch.Tensor]) -> None:
-    """Adds classes [a, z)'s contribution to demb [B, d] and writes dw[a K : z K] (in place)."""
-    k, dt = spec.k, emb_q.dtype
-    logits, raw, inv, sel, col = _chunk(emb_q, w, a, z, target, zt, spec)
-    gz = logits.sub_(lse.unsqueeze(1)).exp_().mul_(g_row.unsqueeze(1))
+def _backward_chunk(emb_q, eg, w, a: int, z: int, target, lse, spec: FusedSpec,
+                    acc: torch.Tensor, dw: Optional[torch.Tensor]) -> None:
+    """Adds classes [a, z)'s ``(p - eps/N) @ w_unit`` to acc [B, d] and writes
+    dw[a K : z K] = d loss / d rows (eg = emb_q scaled by g_i s per row)."""
+    dt, k = emb_q.dtype, spec.k
+    wc, inv = _rows(w, a, z, spec)
+    wn = _unit(wc, inv, dt)
+    p, raw = _logits(emb_q, wn, spec, bias=lse)
+    p.exp_()
     if spec.smoothing > 0:
-        gz.sub_((g_row * (spec.smoothing / spec.n_cls)).unsqueeze(1))
-    # the target column's logit is zt (its gradient goes through the margin's graph)
-    gz.scatter_(1, col, torch.where(sel, torch.zeros_like(zt), gz.gather(1, col).squeeze(1)).unsqueeze(1))
-    gz.mul_(spec.s)
+        p.sub_(spec.smoothing / spec.n_cls)
+    sel, col = _target_col(target, a, z)  # the target logit is zt: its gradient goes through the margin
+    p.scatter_(1, col, torch.where(sel, torch.zeros_like(lse), p.gather(1, col).squeeze(1)).unsqueeze(1))
     if k > 1:  # route to the arg-max sub-centre (ties split evenly, as amax's backward)
         c = raw.view(raw.shape[0], -1, k)
         hit = (c == c.amax(2, keepdim=True)).float()
-        gz = hit.div_(hit.sum(2, keepdim=True)).mul_(gz.unsqueeze(2)).view(raw.shape[0], -1)
-    wc = w[a * k:z * k]
+        p = hit.div_(hit.sum(2, keepdim=True)).mul_(p.unsqueeze(2)).view(raw.shape[0], -1)
+    pd = p.to(dt)
     if dw is not None:
-        gy = (gz.t().to(dt) @ emb_q).float()  # d loss / d (normalised) rows [(z - a) K, d]
-        if inv is not None:
-            dot = (wc * gy).sum(1).mul_(inv.pow(3))
-            gy.mul_(inv.unsqueeze(1)).sub_(wc * dot.unsqueeze(1))
-        dw[a * k:z * k] = gy
-    if inv is not None:
-        gz.mul_(inv)
-    demb += (gz.to(dt) @ wc.to(dt)).float()
+        gy = dw[a * k:z * k]  # d loss / d unit rows, then through the normalisation, in place
+        if dt == torch.float32:
+            torch.mm(pd.t(), eg, out=gy)
+        else:
+            gy.copy_(pd.t() @ eg)
+        if inv is not None:  # (g - u <u, g>) / |w| with u = w / |w|
+            u = wn.float()
+            gy.addcmul_(u, torch.linalg.vecdot(u, gy).unsqueeze(1), value=-1.0).mul_(inv.unsqueeze(1))
+    if dt == torch.float32:
+        acc.addmm_(pd, wn)
+    else:
+        acc += (pd @ wn).float()
 
 
 def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
