@@ -215,11 +215,21 @@ def test_gap200_case_has_large_logit_gaps():
 
 
 def test_unsupported_margins_fall_back_to_materialized():
+    e, w = torch.zeros(4, 2), torch.zeros(5, 2)
     for name in OTHER:
-        assert not fused.use_fused("fused", MARGINS.build(name), torch.zeros(1))
+        assert not fused.use_fused("fused", MARGINS.build(name), e, w)
     for name in SOFTMAX:
-        assert fused.use_fused("fused", MARGINS.build(name), torch.zeros(1))
-        assert not fused.use_fused("materialized", MARGINS.build(name), torch.zeros(1))
+        assert fused.use_fused("fused", MARGINS.build(name), e, w)
+        assert not fused.use_fused("materialized", MARGINS.build(name), e, w)
+
+
+def test_auto_takes_fused_when_the_buffer_would_be_large(monkeypatch):
+    arc = MARGINS.build("arcface")
+    e, w = torch.zeros(256, 2), torch.zeros(1000, 2)
+    assert not fused.use_fused("auto", arc, e, w)  # 1 MB of a machine's RAM: materialised
+    monkeypatch.setattr(fused, "device_memory_bytes", lambda dev: 16 * 4 * 256 * 1000 - 1)
+    assert fused.use_fused("auto", arc, e, w)
+    assert not fused.use_fused("auto", MARGINS.build("sphereface2"), e, w)
 
 
 @pytest.mark.parametrize("params,key", [({"impl": "fast"}, "head.params.impl"),

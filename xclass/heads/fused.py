@@ -27,21 +27,32 @@ the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from xclass.heads import fused_triton
 from xclass.losses.margins import MarginAux
 from xclass.parallel.collectives import all_reduce
 
 IMPLS = ("auto", "fused", "materialized")
-CHUNK_ELEMS = 1 << 20  # auto chunk: about 4 MiB per fp32 [B_g, ch * K] temporary
+CHUNK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] temporaries of 4 / 256 MiB
 
 
-# ``impl: auto`` per device type: the faster implementation measured there (docs/fused_head.md)
-AUTO_FUSED = {"cpu": False}
+# ``impl: auto``: the materialised head is faster on CPU (3 GEMMs against the fused head's 4;
+# docs/fused_head.md), so auto takes it until its fp32 [B_g, C_active] score buffer would exceed
+# this fraction of the device's memory; beyond that the fused head (no buffer) is the one that runs.
+AUTO_MEMORY_FRACTION = 1.0 / 16
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device`` (host RAM for CPU); no synchronisation."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
@@ -53,12 +64,16 @@ def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
     return impl, chunk
 
 
-def use_fused(impl: str, margin: Any, emb: torch.Tensor) -> bool:
-    """Whether a head with ``impl`` runs the fused path for this margin on ``emb``'s device;
-    margins outside :func:`supports` always use the materialised path."""
+def use_fused(impl: str, margin: Any, emb: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a head with ``impl`` runs the fused path for this margin, the gathered batch
+    emb [B_g, d] and the active class rows w [R, d]; margins outside :func:`supports` always use
+    the materialised path. ``auto``: fused when the materialised [B_g, R] fp32 buffer would
+    exceed AUTO_MEMORY_FRACTION of the device memory."""
     if impl == "materialized" or not supports(margin):
         return False
-    return impl == "fused" or AUTO_FUSED.get(emb.device.type, False)
+    if impl == "fused":
+        return True
+    return 4 * emb.shape[0] * w.shape[0] > AUTO_MEMORY_FRACTION * device_memory_bytes(emb.device)
 
 
 def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
@@ -96,12 +111,13 @@ def supports(margin: Any) -> bool:
     return margin.objective == "softmax" and not getattr(margin, "needs_topk", 0)
 
 
-def chunk_classes(b: int, k: int, chunk: int) -> int:
-    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS / (B_g K) (half that with
-    sub-centres, whose arg-max routing holds two more [B_g, ch K] buffers), at least 64."""
+def chunk_classes(b: int, k: int, chunk: int, device: str = "cpu") -> int:
+    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS[device] / (B_g K) (half that
+    with sub-centres, whose arg-max routing holds two more [B_g, ch K] buffers), at least 64.
+    CPU chunks stay cache-sized; GPU chunks are large so that few kernels are launched."""
     if chunk > 0:
         return int(chunk)
-    return max(64, CHUNK_ELEMS // max(1, b * k * (2 if k > 1 else 1)))
+    return max(64, CHUNK_ELEMS.get(device, CHUNK_ELEMS["cpu"]) // max(1, b * k * (2 if k > 1 else 1)))
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,13 @@ def _target_col(target: torch.Tensor, a: int, z: int):
 
 
 def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
+    """The Triton kernel where it runs (xclass.heads.fused_triton), else the chunked torch loop."""
+    if w.shape[0] and fused_triton.available(emb_q, spec.k):
+        return fused_triton.forward_stats(emb_q, w, target, zt, spec.s, spec.normalized, spec.smoothing > 0)
+    return forward_stats_torch(emb_q, w, target, zt, spec)
+
+
+def forward_stats_torch(emb_q, w, target, zt, spec: FusedSpec):
     """Local online log-sum-exp over the shard's logits (target column = zt): row max [B], sum of
     exp(z - max) [B] and sum of logits [B] (label smoothing only), fp32; max -inf for no classes."""
     b = emb_q.shape[0]
@@ -184,7 +207,7 @@ def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
     se = torch.zeros(b, device=emb_q.device)
     zs = torch.zeros(b, device=emb_q.device)
     n_cls = w.shape[0] // spec.k
-    ch = chunk_classes(b, spec.k, spec.chunk)
+    ch = chunk_classes(b, spec.k, spec.chunk, emb_q.device.type)
     for a in range(0, n_cls, ch):
         z_ = min(a + ch, n_cls)
         wc, inv = _rows(w, a, z_, spec)
@@ -227,7 +250,7 @@ class _FusedCE(torch.autograd.Function):
         acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
         dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None  # every row is written
         n_cls = w.shape[0] // spec.k
-        ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk)
+        ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk, emb_q.device.type)
         for a in range(0, n_cls, ch):
             _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
         demb = acc.mul_((g_row * spec.s).unsqueeze(1))

@@ -162,7 +162,7 @@ class ShardedMarginHead(nn.Module):
         valid = labels_g != IGNORE_INDEX
         target = to_local(labels_g, self.start, self.stop)
         w, target, n_active = self._active_rows(target)
-        if fused.use_fused(self.impl, self.margin, emb_g):  # same loss, no [B_g, C_local] buffer
+        if fused.use_fused(self.impl, self.margin, emb_g, w):  # same loss, no [B_g, C_local] buffer
             per = fused.head_loss(self, emb_g, w, target, valid, n_active)
             n = valid.sum().clamp(min=1)
             loss = per.sum() / n
