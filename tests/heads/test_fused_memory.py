@@ -21,7 +21,8 @@ import torch
 torch.set_num_threads(1)
 from xclass.parallel import ParallelContext
 from xclass.heads.margin_head import margin_head
-B, C, d, margin, r, impl = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6]
+B, C, d = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+margin, r, impl = sys.argv[4], float(sys.argv[5]), sys.argv[6]
 params = {"k": 3} if margin == "subcenter_arcface" else {}
 cfg = SimpleNamespace(margin=margin, margin_params=params, sample_rate=r, label_smoothing=0.0, params={"impl": impl})
 head = margin_head(cfg, num_classes=C, embedding_dim=d, ctx=ParallelContext.single(), seed=0)

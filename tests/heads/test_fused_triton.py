@@ -1,8 +1,9 @@
 """The Triton forward-statistics kernel (xclass/heads/fused_triton.py) equals the chunked torch
 path, run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so the
 setting does not leak): ragged B and C (not multiples of the tiles), ignored rows, targets in
-the first / last tile, logit gaps of 200, fp16 inputs (the interpreter has no bf16); and a whole fused head step with the kernel
-equals the materialised head. Skipped when Triton is not installed (it is not a dependency)."""
+the first / last tile, logit gaps of 200, fp16 inputs (the interpreter has no bf16); and a whole
+fused head step with the kernel equals the materialised head. Skipped when Triton is not
+installed (it is not a dependency of xclass)."""
 import importlib.util
 import json
 import os
