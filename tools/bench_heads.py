@@ -2,8 +2,11 @@
 
 Each row runs in fresh spawned processes (gloo when world_size > 1) so peak memory is per row:
   step_ms   median of fwd + bwd + optimizer step (SGD momentum 0.9) over --steps timed steps
+  cpu_ms    the same in process CPU time (steadier than wall time on a shared, loaded machine)
   peak_mb   per-rank peak RSS; head_mb = peak minus the RSS before the head was built
-Rows: ``xclass:<margin>`` (sharded head), ``dense:<margin>`` (single-process reference head),
+Rows: ``xclass:<margin>`` (sharded head; ``--impl fused,materialized`` gives one row per
+``head.params.impl``, ``--interleave`` adds a round-robin timing group at W = 1),
+``dense:<margin>`` (single-process reference head),
 ``pml:arcface`` / ``pml:cosface`` (pytorch-metric-learning losses, same D, d, B), ``gemm_floor``
 (only the three matmuls of a step) and ``insightface_fullmatrix`` (acos/cos over the whole
 [B, C] matrix, straight-through, as arcface_torch does; a baseline for margin cost).
@@ -135,14 +138,16 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
         members = spec.get("group") or [spec]
         steps = [_build({**spec, **m}, ctx) for m in members]
         times: List[List[float]] = [[] for _ in members]
+        cpu: List[List[float]] = [[] for _ in members]  # process CPU time: steadier on a loaded box
         for i in range(spec["warmup"] + spec["steps"]):
             for j, step in enumerate(steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 if i >= spec["warmup"]:
                     times[j].append((time.perf_counter() - t0) * 1e3)
+                    cpu[j].append((time.process_time() - c0) * 1e3)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        res: Dict[str, Any] = {"times": times, "peak_mb": peak, "base_mb": base}
+        res: Dict[str, Any] = {"times": times, "cpu": cpu, "peak_mb": peak, "base_mb": base}
     except Exception as exc:  # noqa: BLE001 - the row reports the failure (e.g. out of memory)
         res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     with open(out + ".tmp", "w") as f:
@@ -206,9 +211,11 @@ def run_row(spec: Dict[str, Any]) -> Any:
     if spec.get("group"):  # timing-only rows; memory comes from the single-head rows
         return [{**row, "head": m["head"], "sample_rate": m.get("r", spec["r"]), "timing": "interleaved",
                  "impl": m.get("impl"),
-                 "step_ms": round(statistics.median(res[0]["times"][j]), 2)} for j, m in enumerate(spec["group"])]
+                 "step_ms": round(statistics.median(res[0]["times"][j]), 2),
+                 "cpu_ms": round(statistics.median(res[0]["cpu"][j]), 2)} for j, m in enumerate(spec["group"])]
     times = [statistics.median(res[r]["times"][0]) for r in sorted(res)]
-    return {**row, "step_ms": round(max(times), 2),
+    cpu = [statistics.median(res[r]["cpu"][0]) for r in sorted(res)]
+    return {**row, "step_ms": round(max(times), 2), "cpu_ms": round(max(cpu), 2),
             "peak_mb_per_rank": [round(res[r]["peak_mb"]) for r in sorted(res)],
             "head_mb_per_rank": [round(res[r]["peak_mb"] - res[r]["base_mb"]) for r in sorted(res)],
             "formula_mb_per_rank": round(_formula(spec)) if spec["head"].startswith("xclass") else None}
@@ -255,7 +262,8 @@ def sweep(a: argparse.Namespace) -> List[Dict[str, Any]]:
                 heads = [dict(head=f"xclass:{h}", impl=i or None) for h in a.heads.split(",")
                          for i in a.impl.split(",")]
                 if a.interleave and ws == 1 and len(heads) > 1:  # one process, round-robin timing
-                    rows.append(_group(D, [{**h, "r": r, "d": a.d, "B": a.B} for h in heads], d=a.d, B=a.B, steps=a.steps))
+                    members = [{**h, "r": r, "d": a.d, "B": a.B} for h in heads]
+                    rows.append(_group(D, members, d=a.d, B=a.B, steps=a.steps))
                 rows += [_spec(h["head"], D, ws, r, d=a.d, B=a.B, steps=a.steps, impl=h["impl"]) for h in heads]
         for base in [b for b in a.baselines.split(",") if b]:
             rows.append(_spec({"dense": "dense:arcface", "pml": "pml:arcface", "pml_cosface": "pml:cosface",
