@@ -67,6 +67,7 @@ def test_fused_peak_activation_memory_is_a_tenth_of_one_buffer(margin, k, r):
 
 
 def test_measurement_sees_the_materialized_buffer():
-    """Control: the same measurement of the materialised head exceeds the fused bound by far."""
+    """Control: the same measurement sees the materialised head's buffer (about one [B, C] fp32
+    buffer beyond the weight gradient; half of it is already 5x the fused bound)."""
     growth = _growth("arcface", 1.0, "materialized")
-    assert growth - _weight_grad_bytes(1, 1.0) > 4 * B * C, growth
+    assert growth - _weight_grad_bytes(1, 1.0) > 0.5 * 4 * B * C, growth
