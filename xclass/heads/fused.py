@@ -92,7 +92,7 @@ def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk
 
     W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
     W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
-    keys ``24 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax, one
+    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax, one
     transient; five, ``20 B ch K``, with sub-centres), the batch-sized vectors ``24 B d``
     (emb_q, its scaled copy, the gradient accumulators) and the target rows ``12 B K d``.
     No term in B * C_l.
@@ -103,7 +103,7 @@ def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk
     if activations_only:
         return act
     c_a = math.ceil(c_local * r) if r < 1 else c_local
-    rows = 8 * c_a * k * d + 24 * c_local if r < 1 else 4 * c_local * k * d
+    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * c_local * k * d
     return 8 * c_local * k * d + rows + act
 
 
