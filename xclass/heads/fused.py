@@ -92,10 +92,10 @@ def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk
 
     W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
     W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
-    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax, one
-    transient; five, ``20 B ch K``, with sub-centres), the batch-sized vectors ``24 B d``
-    (emb_q, its scaled copy, the gradient accumulators) and the target rows ``12 B K d``.
-    No term in B * C_l.
+    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers
+    ``12 B ch K`` (scores, softmax, one transient; five, ``20 B ch K``, with sub-centres), the
+    batch-sized vectors ``24 B d`` (emb_q, its scaled copy, the gradient accumulators) and the
+    target rows ``12 B K d``. No term in B * C_l.
     ``activations_only``: the last three terms (what one step allocates beyond W, momentum and
     the weight gradient)."""
     ch = min(chunk_classes(b, k, chunk), max(1, c_local))
