@@ -34,6 +34,7 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from xclass.config_types import ConfigError
 from xclass.heads import fused_triton
 from xclass.losses.margins import MarginAux
 from xclass.parallel.collectives import all_reduce
@@ -56,11 +57,11 @@ def device_memory_bytes(device: torch.device) -> int:
 
 
 def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
-    """Validated (head.params.impl, head.params.chunk)."""
+    """Validated (head.params.impl, head.params.chunk); a bad value is a ConfigError naming the key."""
     if impl not in IMPLS:
-        raise ValueError(f"head.params.impl must be one of {IMPLS}, got {impl!r}")
+        raise ConfigError(f"head.params.impl must be one of {IMPLS}, got {impl!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-        raise ValueError(f"head.params.chunk must be an integer >= 0 (0 = automatic), got {chunk!r}")
+        raise ConfigError(f"head.params.chunk must be an integer >= 0 (0 = automatic), got {chunk!r}")
     return impl, chunk
 
 
