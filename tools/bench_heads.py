@@ -2,8 +2,11 @@
 
 Each row runs in fresh spawned processes (gloo when world_size > 1) so peak memory is per row:
   step_ms   median of fwd + bwd + optimizer step (SGD momentum 0.9) over --steps timed steps
+  cpu_ms    the same in process CPU time (steadier than wall time on a shared, loaded machine)
   peak_mb   per-rank peak RSS; head_mb = peak minus the RSS before the head was built
-Rows: ``xclass:<margin>`` (sharded head), ``dense:<margin>`` (single-process reference head),
+Rows: ``xclass:<margin>`` (sharded head; ``--impl fused,materialized`` gives one row per
+``head.params.impl``, ``--interleave`` adds a round-robin timing group at W = 1),
+``dense:<margin>`` (single-process reference head),
 ``pml:arcface`` / ``pml:cosface`` (pytorch-metric-learning losses, same D, d, B), ``gemm_floor``
 (only the three matmuls of a step) and ``insightface_fullmatrix`` (acos/cos over the whole
 [B, C] matrix, straight-through, as arcface_torch does; a baseline for margin cost).
@@ -91,8 +94,9 @@ def _build(spec: Dict[str, Any], ctx: Any):
             opt.step()
             opt.zero_grad()
         return step
+    params = {"impl": spec["impl"]} if spec.get("impl") else {}
     cfg = types.SimpleNamespace(name="margin", margin=spec.get("margin", "arcface"), margin_params={},
-                                sample_rate=spec["r"], label_smoothing=0.0, params={})
+                                sample_rate=spec["r"], label_smoothing=0.0, params=params)
     if impl == "insightface_fullmatrix":
         head = ShardedMarginHead(FullMatrixArcFace(), num_classes=D, embedding_dim=d, ctx=ctx, sample_rate=spec["r"])
     else:
@@ -134,14 +138,16 @@ def _rank_main(spec: Dict[str, Any], rank: int, ws: int, port: int, out: str) ->
         members = spec.get("group") or [spec]
         steps = [_build({**spec, **m}, ctx) for m in members]
         times: List[List[float]] = [[] for _ in members]
+        cpu: List[List[float]] = [[] for _ in members]  # process CPU time: steadier on a loaded box
         for i in range(spec["warmup"] + spec["steps"]):
             for j, step in enumerate(steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 if i >= spec["warmup"]:
                     times[j].append((time.perf_counter() - t0) * 1e3)
+                    cpu[j].append((time.process_time() - c0) * 1e3)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        res: Dict[str, Any] = {"times": times, "peak_mb": peak, "base_mb": base}
+        res: Dict[str, Any] = {"times": times, "cpu": cpu, "peak_mb": peak, "base_mb": base}
     except Exception as exc:  # noqa: BLE001 - the row reports the failure (e.g. out of memory)
         res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     with open(out + ".tmp", "w") as f:
@@ -161,6 +167,15 @@ def formula_mb(spec: Dict[str, Any]) -> float:
     return (8 * cl * spec["d"] + rows + 4 * spec["B"] * ca + 16 * spec["B"] * spec["d"]) / 2**20
 
 
+def _formula(spec: Dict[str, Any]) -> float:
+    """formula_mb, or for the fused head xclass.heads.fused.memory_bytes (MiB)."""
+    if spec.get("impl") != "fused":
+        return formula_mb(spec)
+    from xclass.heads.fused import memory_bytes
+
+    return memory_bytes(spec["B"], math.ceil(spec["D"] / spec["ws"]), spec["d"], r=spec["r"]) / 2**20
+
+
 def run_row(spec: Dict[str, Any]) -> Any:
     """One row (dict), or a list of rows for an interleaved timing group."""
     from xclass.parallel.launch import free_port
@@ -171,7 +186,7 @@ def run_row(spec: Dict[str, Any]) -> Any:
     spec.setdefault("threads", 1)
     row = {"head": spec["head"], "D": spec["D"], "d": spec["d"], "B": spec["B"], "world_size": spec["ws"],
            "sample_rate": spec["r"], "threads_per_rank": spec["threads"],
-           "malloc": spec.get("malloc", "system")}
+           "malloc": spec.get("malloc", "system"), "impl": spec.get("impl")}
     if spec.get("need_mb") and _avail_mb() < spec["need_mb"]:
         return {**row, "skipped": f"needs ~{spec['need_mb']:.0f} MiB, {_avail_mb():.0f} MiB available"}
     ctxm = mp.get_context("spawn")
@@ -195,12 +210,15 @@ def run_row(spec: Dict[str, Any]) -> Any:
         return {**row, "error": errs[0]}
     if spec.get("group"):  # timing-only rows; memory comes from the single-head rows
         return [{**row, "head": m["head"], "sample_rate": m.get("r", spec["r"]), "timing": "interleaved",
-                 "step_ms": round(statistics.median(res[0]["times"][j]), 2)} for j, m in enumerate(spec["group"])]
+                 "impl": m.get("impl"),
+                 "step_ms": round(statistics.median(res[0]["times"][j]), 2),
+                 "cpu_ms": round(statistics.median(res[0]["cpu"][j]), 2)} for j, m in enumerate(spec["group"])]
     times = [statistics.median(res[r]["times"][0]) for r in sorted(res)]
-    return {**row, "step_ms": round(max(times), 2),
+    cpu = [statistics.median(res[r]["cpu"][0]) for r in sorted(res)]
+    return {**row, "step_ms": round(max(times), 2), "cpu_ms": round(max(cpu), 2),
             "peak_mb_per_rank": [round(res[r]["peak_mb"]) for r in sorted(res)],
             "head_mb_per_rank": [round(res[r]["peak_mb"] - res[r]["base_mb"]) for r in sorted(res)],
-            "formula_mb_per_rank": round(formula_mb(spec)) if spec["head"].startswith("xclass") else None}
+            "formula_mb_per_rank": round(_formula(spec)) if spec["head"].startswith("xclass") else None}
 
 
 def _spec(head: str, D: int, ws: int = 1, r: float = 1.0, **kw: Any) -> Dict[str, Any]:
@@ -241,7 +259,12 @@ def sweep(a: argparse.Namespace) -> List[Dict[str, Any]]:
     for D in fl(a.D, int):
         for ws in fl(a.world_sizes, int):
             for r in fl(a.sample_rates, float):
-                rows += [_spec(f"xclass:{h}", D, ws, r, d=a.d, B=a.B, steps=a.steps) for h in a.heads.split(",")]
+                heads = [dict(head=f"xclass:{h}", impl=i or None) for h in a.heads.split(",")
+                         for i in a.impl.split(",")]
+                if a.interleave and ws == 1 and len(heads) > 1:  # one process, round-robin timing
+                    members = [{**h, "r": r, "d": a.d, "B": a.B} for h in heads]
+                    rows.append(_group(D, members, d=a.d, B=a.B, steps=a.steps))
+                rows += [_spec(h["head"], D, ws, r, d=a.d, B=a.B, steps=a.steps, impl=h["impl"]) for h in heads]
         for base in [b for b in a.baselines.split(",") if b]:
             rows.append(_spec({"dense": "dense:arcface", "pml": "pml:arcface", "pml_cosface": "pml:cosface",
                                "gemm": "gemm_floor", "fullmatrix": "insightface_fullmatrix"}[base], D,
@@ -278,6 +301,11 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--world-sizes", default="1")
     ap.add_argument("--sample-rates", default="1")
     ap.add_argument("--heads", default="arcface", help="comma list of registered margins")
+    ap.add_argument("--impl", default="",
+                    help="comma list of head.params.impl values for the xclass rows: fused,materialized,auto "
+                         "(empty: the head's default)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="W=1: also time the xclass rows round-robin in one process (fair ratios on a busy box)")
     ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xclass.parallel import collectives as C
+from xclass.heads import fused
 from xclass.parallel.device import check_on_device
 from xclass.heads.base import IGNORE_INDEX, HeadOutput, host_step
 from xclass.heads.partition import class_range, to_local
@@ -80,8 +81,9 @@ class ShardedMarginHead(nn.Module):
 
     def __init__(self, margin: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int = 0,
                  sample_rate: float = 1.0, label_smoothing: float = 0.0, init_std: float = 0.01,
-                 bias_init: Optional[float] = None) -> None:
+                 bias_init: Optional[float] = None, impl: str = "auto", chunk: int = 0) -> None:
         super().__init__()
+        self.impl, self.chunk = fused.check_impl(impl, chunk)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if label_smoothing and margin.objective != "softmax":
@@ -162,6 +164,11 @@ class ShardedMarginHead(nn.Module):
         valid = labels_g != IGNORE_INDEX
         target = to_local(labels_g, self.start, self.stop)
         w, target, n_active = self._active_rows(target)
+        if fused.use_fused(self.impl, self.margin, emb_g, w):  # same loss, no [B_g, C_local] buffer
+            per = fused.head_loss(self, emb_g, w, target, valid, n_active)
+            n = valid.sum().clamp(min=1)
+            loss = per.sum() / n
+            return HeadOutput(loss=loss, metrics={"loss": loss.detach(), "valid_rows": n.detach()})
         cos = self._scores(emb_g, w)
         tcos = self._target_cos(cos, target) if self.margin.needs_target_cos else None
         thr = None

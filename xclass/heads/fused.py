@@ -1,0 +1,315 @@
+"""Fused exact margin-softmax cross-entropy over a class shard: no [B_g, C_local] tensor.
+
+The materialised head (xclass.heads.sharded) forms one fp32 score buffer [B_g, C_local]. This
+module computes the same loss and gradients chunk by chunk over the local classes:
+
+forward   for each chunk of ``ch`` classes: scores [B_g, ch * K] = emb_q @ W_chunk^T, scaled by
+          the chunk rows' 1/|w| (row normalisation fused: no normalised copy of W), max over the
+          K sub-centres, ``z = s * c``; the target column of rows whose class is in the chunk is
+          replaced by the margin's target logit ``zt``; an online log-sum-exp keeps the running
+          row max ``m`` and ``sum exp(z - m)`` (plus ``sum z`` for label smoothing). Then the
+          same two O(B_g) collectives as the materialised objective: MAX of ``m``, SUM of
+          [rescaled sum-exp, target logit, logit sum]. Saved for backward: O(B_g) stats.
+backward  recomputes each chunk's scores, forms ``dL/dz = g (softmax - eps/N)`` with the target
+          column zeroed (it belongs to ``zt``), routes it to the arg-max sub-centre, and adds
+          ``dL/dW_chunk`` (through the fused normalisation) and ``dL/demb_q`` chunk by chunk.
+
+The target logit ``zt [B_g]`` is computed by the margin itself on the gathered target rows
+([B_g, K] cosines, a small autograd graph), so every target-only softmax margin in MARGINS works
+unchanged (ElasticFace draws, straight-through modes, warm-up schedules, sub-centres); its
+gradient is taken with ``torch.autograd.grad`` in the backward and scattered into ``dW``.
+Margins that change non-target entries (the inter-top-k penalty) and binary objectives
+(SphereFace2) stay on the materialised path (:func:`supports`).
+
+Extra memory: a few [B_g, ch * K] fp32 chunk temporaries, [B_g, d] for emb_q and its gradient,
+the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(B_g * C_local).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from xclass.config_types import ConfigError
+from xclass.heads import fused_triton
+from xclass.heads.base import host_step
+from xclass.losses.margins import MarginAux
+from xclass.parallel.collectives import all_reduce
+
+IMPLS = ("auto", "fused", "materialized")
+CHUNK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] temporaries of 4 / 256 MiB
+
+
+# ``impl: auto``: the materialised head is faster on CPU (3 GEMMs against the fused head's 4;
+# docs/fused_head.md), so auto takes it until its fp32 [B_g, C_active] score buffer would exceed
+# this fraction of the device's memory; beyond that the fused head (no buffer) is the one that runs.
+AUTO_MEMORY_FRACTION = 1.0 / 16
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device`` (host RAM for CPU); no synchronisation."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_impl(impl: Any, chunk: Any) -> Tuple[str, int]:
+    """Validated (head.params.impl, head.params.chunk); a bad value is a ConfigError naming the key."""
+    if impl not in IMPLS:
+        raise ConfigError(f"head.params.impl must be one of {IMPLS}, got {impl!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ConfigError(f"head.params.chunk must be an integer >= 0 (0 = automatic), got {chunk!r}")
+    return impl, chunk
+
+
+def use_fused(impl: str, margin: Any, emb: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a head with ``impl`` runs the fused path for this margin, the gathered batch
+    emb [B_g, d] and the active class rows w [R, d]; margins outside :func:`supports` always use
+    the materialised path. ``auto``: fused when the materialised [B_g, R] fp32 buffer would
+    exceed AUTO_MEMORY_FRACTION of the device memory."""
+    if impl == "materialized" or not supports(margin):
+        return False
+    if impl == "fused":
+        return True
+    return 4 * emb.shape[0] * w.shape[0] > AUTO_MEMORY_FRACTION * device_memory_bytes(emb.device)
+
+
+def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+              n_active: int) -> torch.Tensor:
+    """Per-row loss [B_g] for a ShardedMarginHead (its margin, sub-centres, smoothing, group)."""
+    spec = FusedSpec(s=float(head.margin.s), k=head.k, normalized=bool(head.margin.normalized),
+                     smoothing=head.label_smoothing, n_cls=n_active or head.num_classes, chunk=head.chunk,
+                     group=head.group)
+    aux = MarginAux(step=host_step(head), seed=head.seed, valid=valid)
+    return fused_softmax_ce(head.margin, emb_g, w, target, valid, aux, spec)
+
+
+def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk: int = 0,
+                 activations_only: bool = False) -> int:
+    """Predicted per-rank memory of a fused head step (fp32, SGD momentum), in bytes.
+
+    W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
+    W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
+    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers
+    ``12 B ch K`` (scores, softmax, one transient; five, ``20 B ch K``, with sub-centres), the
+    batch-sized vectors ``24 B d`` (emb_q, its scaled copy, the gradient accumulators) and the
+    target rows ``12 B K d``. No term in B * C_l.
+    ``activations_only``: the last three terms (what one step allocates beyond W, momentum and
+    the weight gradient)."""
+    ch = min(chunk_classes(b, k, chunk), max(1, c_local))
+    act = (12 if k == 1 else 20) * b * ch * k + 24 * b * d + 12 * b * k * d
+    if activations_only:
+        return act
+    c_a = math.ceil(c_local * r) if r < 1 else c_local
+    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * c_local * k * d
+    return 8 * c_local * k * d + rows + act
+
+
+def supports(margin: Any) -> bool:
+    """True for softmax margins that change the target entries only (the fused path's scope)."""
+    return margin.objective == "softmax" and not getattr(margin, "needs_topk", 0)
+
+
+def chunk_classes(b: int, k: int, chunk: int, device: str = "cpu") -> int:
+    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS[device] / (B_g K) (half that
+    with sub-centres, whose arg-max routing holds two more [B_g, ch K] buffers), at least 64.
+    CPU chunks stay cache-sized; GPU chunks are large so that few kernels are launched."""
+    if chunk > 0:
+        return int(chunk)
+    return max(64, CHUNK_ELEMS.get(device, CHUNK_ELEMS["cpu"]) // max(1, b * k * (2 if k > 1 else 1)))
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """Static description of one fused call. s: logit scale; k: sub-centres (rows per class);
+    normalized: cosines (rows and embeddings normalised) vs raw dot products; smoothing / n_cls:
+    label smoothing over the GLOBAL active class count; chunk: classes per chunk."""
+
+    s: float
+    k: int
+    normalized: bool
+    smoothing: float
+    n_cls: int
+    chunk: int
+    group: Any = None
+
+
+def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
+                   aux: MarginAux, spec: FusedSpec):
+    """(zt [B] fp32 target logits (0 where the class is not local), leaves (e, wt), graph output,
+    target row ids [B * K]). The graph is the margin on [B, K] target cosines only; margins that
+    need every row's target cosine get it with one O(B) SUM all-reduce (as the materialised head)."""
+    has = target >= 0
+    b, k = emb_q.shape[0], spec.k
+    rows = (target.clamp(min=0).unsqueeze(1) * k + torch.arange(k, device=w.device)).reshape(-1)
+    if w.shape[0] == 0:  # an empty (sampled) shard holds no target
+        rows = torch.zeros(0, dtype=torch.int64, device=w.device)
+        w = torch.zeros(b * k, emb_q.shape[1], device=w.device)
+    with torch.enable_grad():
+        e = emb_q.detach().float().requires_grad_(True)
+        wt = w.detach()[:b * k] if rows.numel() == 0 else w.detach().index_select(0, rows)
+        wt = wt.float().requires_grad_(True)
+        wv = F.normalize(wt.view(b, k, -1), dim=2) if spec.normalized else wt.view(b, k, -1)
+        cos_t = (wv * e.unsqueeze(1)).sum(2)
+        if margin.needs_target_cos:
+            local = torch.where(has, cos_t.detach().amax(1), torch.zeros(b, device=e.device))
+            aux = replace(aux, target_cos=all_reduce(local, "sum", spec.group))
+        out = margin(cos_t, torch.where(has, 0, -1), aux).float().squeeze(1)
+    zt = torch.where(has, out.detach(), torch.zeros_like(out.detach()))
+    return zt, (e, wt), out, rows
+
+
+def _rows(w: torch.Tensor, a: int, z: int, spec: FusedSpec):
+    """Class rows of classes [a, z) ([(z - a) K, d]) and, for cosine margins, their 1/|w| (fp32):
+    the row normalisation is applied to these chunk rows only (no normalised copy of W)."""
+    wc = w[a * spec.k:z * spec.k]
+    inv = wc.float().norm(dim=1).clamp_min_(1e-12).reciprocal_() if spec.normalized else None
+    return wc, inv
+
+
+def _unit(wc: torch.Tensor, inv: Optional[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
+    """[n, d] chunk rows ``wc / |w|`` (cosine margins) or ``wc`` in the GEMM dtype."""
+    return (wc * inv.unsqueeze(1)).to(dt) if inv is not None else wc.to(dt)
+
+
+def _logits(emb_q, wn, spec: FusedSpec, bias: Optional[torch.Tensor] = None):
+    """(class logits ``s * c - bias`` [B, n] fp32 from unit rows wn [n K, d], raw cosines [B, n K]
+    or None when K = 1). The scale s and the bias ride on the GEMM (addmm's alpha / input)."""
+    b = emb_q.shape[0]
+    if spec.k == 1 and emb_q.dtype == torch.float32:
+        if bias is None:
+            return torch.addmm(emb_q.new_zeros(1, 1), emb_q, wn.t(), beta=0.0, alpha=spec.s), None
+        return torch.addmm(bias.neg().unsqueeze(1), emb_q, wn.t(), alpha=spec.s), None
+    raw = (emb_q @ wn.t()).float()
+    z = raw.view(b, -1, spec.k).amax(2) if spec.k > 1 else raw
+    z = z.mul_(spec.s) if spec.k > 1 or bias is None else z.mul(spec.s)
+    return (z if bias is None else z.sub_(bias.unsqueeze(1))), (raw if spec.k > 1 else None)
+
+
+def _target_col(target: torch.Tensor, a: int, z: int):
+    """(rows whose target class is in [a, z) [B] bool, their local column [B, 1] (clamped))."""
+    return (target >= a) & (target < z), (target - a).clamp(0, z - a - 1).unsqueeze(1)
+
+
+def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
+    """The Triton kernel where it runs (xclass.heads.fused_triton), else the chunked torch loop."""
+    if w.shape[0] and fused_triton.available(emb_q, spec.k):
+        return fused_triton.forward_stats(emb_q, w, target, zt, spec.s, spec.normalized, spec.smoothing > 0)
+    return forward_stats_torch(emb_q, w, target, zt, spec)
+
+
+def forward_stats_torch(emb_q, w, target, zt, spec: FusedSpec):
+    """Local online log-sum-exp over the shard's logits (target column = zt): row max [B], sum of
+    exp(z - max) [B] and sum of logits [B] (label smoothing only), fp32; max -inf for no classes."""
+    b = emb_q.shape[0]
+    m = torch.full((b,), float("-inf"), device=emb_q.device)
+    se = torch.zeros(b, device=emb_q.device)
+    zs = torch.zeros(b, device=emb_q.device)
+    n_cls = w.shape[0] // spec.k
+    ch = chunk_classes(b, spec.k, spec.chunk, emb_q.device.type)
+    for a in range(0, n_cls, ch):
+        z_ = min(a + ch, n_cls)
+        wc, inv = _rows(w, a, z_, spec)
+        logits, _ = _logits(emb_q, _unit(wc, inv, emb_q.dtype), spec)
+        sel, col = _target_col(target, a, z_)
+        logits.scatter_(1, col, torch.where(sel, zt, logits.gather(1, col).squeeze(1)).unsqueeze(1))
+        if spec.smoothing > 0:
+            zs += logits.sum(1)
+        mn = torch.maximum(m, logits.amax(1))
+        se = se * torch.exp(m - mn) + logits.sub_(mn.unsqueeze(1)).exp_().sum(1)
+        m = mn
+    return m, se, zs
+
+
+class _FusedCE(torch.autograd.Function):
+    """Per-row loss [B] (replicated, 0 on ignored rows) from emb_q [B, d] (replicated; already
+    normalised for cosine margins) and class rows w [R = C_a K, d] (sharded, raw)."""
+
+    @staticmethod
+    def forward(ctx, emb_q, w, margin, target, valid, aux, spec):  # type: ignore[override]
+        zt, leaves, out, rows = _target_logits(margin, emb_q, w, target, aux, spec)
+        m, se, zs = _forward_stats(emb_q, w, target, zt, spec)
+        gmax = all_reduce(m, "max", spec.group)
+        se = torch.where(torch.isfinite(m), se * torch.exp(m - gmax), torch.zeros_like(se))
+        stats = all_reduce(torch.stack([se, zt, zs]), "sum", spec.group)
+        lse = gmax + stats[0].log()
+        eps = spec.smoothing
+        loss = lse - (1.0 - eps) * stats[1] - (eps / spec.n_cls) * stats[2]
+        ctx.save_for_backward(emb_q, w, target, valid, zt, lse, rows)
+        ctx.leaves, ctx.out, ctx.spec = leaves, out, spec
+        return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        emb_q, w, target, valid, zt, lse, rows = ctx.saved_tensors
+        spec = ctx.spec
+        g_row = torch.where(valid, g, torch.zeros_like(g))
+        # d loss / d logit_ij = g_i (p_ij - eps/N); the row factor g_i s goes into the embeddings
+        eg = (emb_q.float() * (g_row * spec.s).unsqueeze(1)).to(emb_q.dtype)
+        acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None  # every row is written
+        n_cls = w.shape[0] // spec.k
+        ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk, emb_q.device.type)
+        for a in range(0, n_cls, ch):
+            _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
+        demb = acc.mul_((g_row * spec.s).unsqueeze(1))
+        if ctx.out is not None and rows.numel():
+            eps = spec.smoothing
+            g_zt = torch.where(target >= 0, (torch.exp(zt - lse) - (1.0 - eps) - eps / spec.n_cls) * g_row,
+                               torch.zeros_like(g_row))
+            ge, gwt = torch.autograd.grad(ctx.out, ctx.leaves, g_zt)
+            demb += ge
+            if dw is not None:
+                dw.index_add_(0, rows, gwt.to(dw.dtype))
+        ctx.leaves = ctx.out = None
+        return demb.to(emb_q.dtype), dw, None, None, None, None, None
+
+
+def _backward_chunk(emb_q, eg, w, a: int, z: int, target, lse, spec: FusedSpec,
+                    acc: torch.Tensor, dw: Optional[torch.Tensor]) -> None:
+    """Adds classes [a, z)'s ``(p - eps/N) @ w_unit`` to acc [B, d] and writes
+    dw[a K : z K] = d loss / d rows (eg = emb_q scaled by g_i s per row)."""
+    dt, k = emb_q.dtype, spec.k
+    wc, inv = _rows(w, a, z, spec)
+    wn = _unit(wc, inv, dt)
+    p, raw = _logits(emb_q, wn, spec, bias=lse)
+    p.exp_()
+    if spec.smoothing > 0:
+        p.sub_(spec.smoothing / spec.n_cls)
+    sel, col = _target_col(target, a, z)  # the target logit is zt: its gradient goes through the margin
+    p.scatter_(1, col, torch.where(sel, torch.zeros_like(lse), p.gather(1, col).squeeze(1)).unsqueeze(1))
+    if k > 1:  # route to the arg-max sub-centre (ties split evenly, as amax's backward)
+        c = raw.view(raw.shape[0], -1, k)
+        hit = (c == c.amax(2, keepdim=True)).float()
+        p = hit.div_(hit.sum(2, keepdim=True)).mul_(p.unsqueeze(2)).view(raw.shape[0], -1)
+    pd = p.to(dt)
+    if dw is not None:
+        gy = dw[a * k:z * k]  # d loss / d unit rows, then through the normalisation, in place
+        if dt == torch.float32:
+            torch.mm(pd.t(), eg, out=gy)
+        else:
+            gy.copy_(pd.t() @ eg)
+        if inv is not None:  # (g - u <u, g>) / |w| with u = w / |w|
+            u = wn.float()
+            gy.addcmul_(u, torch.linalg.vecdot(u, gy).unsqueeze(1), value=-1.0).mul_(inv.unsqueeze(1))
+    if dt == torch.float32:
+        acc.addmm_(pd, wn)
+    else:
+        acc += (pd @ wn).float()
+
+
+def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
+                     valid: torch.Tensor, aux: MarginAux, spec: FusedSpec) -> torch.Tensor:
+    """Per-row margin softmax CE [B_g] (replicated, 0 on ignored rows), equal to
+    ``softmax_ce(margin(scores(emb_g, w), target, aux), ...)`` without forming [B_g, C_local].
+
+    emb_g [B_g, d] gathered batch (replicated); w [C_a K, d] class rows (sharded, fp32);
+    target [B_g] local class column or -1; valid [B_g] bool (replicated)."""
+    if not supports(margin):
+        raise ValueError(f"the fused head covers target-only softmax margins, not {type(margin).__name__}")
+    emb_q = F.normalize(emb_g.float(), dim=1).to(emb_g.dtype) if spec.normalized else emb_g
+    return _FusedCE.apply(emb_q, w, margin, target, valid, aux, spec)
