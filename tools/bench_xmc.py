@@ -17,8 +17,9 @@ in a child process, its peak RSS read with wait4). Methods:
 - ``dual_minilm``: ``configs/xmc/wordnet_minilm.yaml`` on ``--features`` (a dataset with frozen
   all-MiniLM-L6-v2 embeddings from ``python -m xclass.xmc.cli embed-text``): MLP query tower,
   label tower over the label-text embeddings plus a free residual, decoupled softmax.
-- ``hybrid``: the ``dual_minilm`` run's label scores fused with TF-IDF kNN votes
-  (score = cosine + ``--hybrid-weight`` x normalised vote), both from this run.
+- ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
+  the same bench) fused with TF-IDF kNN ranks: score = cosine + ``--hybrid-weight`` / (1 + kNN
+  rank) over the union of both top lists.
 
 ``--max-train N`` keeps the first N training rows (all test rows) for quick development runs.
 """
@@ -207,9 +208,11 @@ def child(a: argparse.Namespace) -> Dict:
     if a.method == "dual_minilm":
         cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_minilm.yaml")
         return {"method": "dual_minilm", **run_xclass(a.features, cfg, a.work, a.override)}
-    if a.method == "hybrid":
+    if a.method == "hybrid":  # fuses the MiniLM run when there is one, else the embedding-bag run
         run = os.path.join(a.work, "wordnet_minilm")
-        return run_hybrid(a.features, run, a.hybrid_weight)
+        if a.features and os.path.exists(os.path.join(run + "_eval", "rankings.parquet")):
+            return run_hybrid(a.features, run, a.hybrid_weight)
+        return run_hybrid(a.data, os.path.join(a.work, "wordnet_dual"), a.hybrid_weight)
     raise ValueError(f"unknown method {a.method!r}")
 
 
@@ -237,7 +240,7 @@ def main() -> int:
         a.features = subsample(a.features, a.max_train, a.work) if a.features else None
     rows = []
     for m in a.methods.split(","):
-        if m in ("dual_minilm", "hybrid") and not a.features:
+        if m == "dual_minilm" and not a.features:
             print(f"skip {m}: no --features dataset", file=sys.stderr)
             continue
         row_file = os.path.join(a.work, f"{m}.row.json")
