@@ -69,7 +69,10 @@ def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: An
     from xclass.data.reader import ParquetReader
 
     check_sampler(cfg.data, ctx.world_size)  # again: the world size may differ from cluster.workers
-    cols = input_columns(cfg.data.task, cfg.model.encoder, meta)
+    from xclass.models.decoders import weight_columns
+
+    cols = input_columns(cfg.data.task, cfg.model.encoder)
+    cols += weight_columns(cfg.data.task, cfg.model.encoder, meta, cols)
     group = dict(m_per_class=cfg.data.m_per_class if cfg.data.sampler == "m_per_class" else 0,
                  label_column="label")
     if cfg.data.shard_mode == "global_batch":

@@ -16,6 +16,7 @@ import numpy as np
 from xclass.eval.identification import identification_report
 from xclass.eval.io import ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
+from xclass.eval.rankings import RankingWriter
 from xclass.eval.scorenorm import as_norm_trials, unit_rows
 from xclass.eval.verification import verification_report
 
@@ -207,37 +208,6 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
     out = xmc_metrics(r, ks)
     out.update({"n_queries": int(len(r.n_true)), "n_empty_rows": n_empty})
     return out
-
-
-class RankingWriter:
-    """Streams (query id, top-K label ids, scores) rows into a Parquet file: ``id`` int64,
-    ``labels`` list<int64>, ``scores`` list<float32>; ``path + ".tmp"`` renamed on close."""
-
-    def __init__(self, path: str, k: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.path, self.k, self.pa = path, k, pa
-        self.schema = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())),
-                                 ("scores", pa.list_(pa.float32()))])
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        self.w = pq.ParquetWriter(path + ".tmp", self.schema)
-
-    def write(self, ids: np.ndarray, topk: np.ndarray, scores: np.ndarray) -> None:
-        """ids [b]; topk [b, K] (-1 pads); scores [b, K]."""
-        pa, n, k = self.pa, len(ids), self.k
-        topk = np.asarray(topk, np.int64)
-        scores = np.where(topk >= 0, np.asarray(scores, np.float32), -np.inf).astype(np.float32)
-        off = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-        self.w.write_table(pa.table({
-            "id": pa.array(np.asarray(ids, np.int64)),
-            "labels": pa.ListArray.from_arrays(off, pa.array(topk.reshape(-1))),
-            "scores": pa.ListArray.from_arrays(off, pa.array(scores.reshape(-1)))}, schema=self.schema))
-
-    def close(self) -> None:
-        self.w.close()
-        os.replace(self.path + ".tmp", self.path)
 
 
 def _name(src: Source) -> str:

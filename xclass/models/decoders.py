@@ -67,9 +67,15 @@ def input_columns(task: str, encoder: str, with_labels: bool = True,
         raise KeyError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
     kind = ENCODER_INPUTS.get(encoder)
     cols = ["features"] if kind == "features" else ["text"] if kind == "text" else list(NATIVE_COLUMNS[task])
-    if task == "xmc" and cols == ["tokens"] and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta):
-        cols.append("token_weights")
-    return ([LABEL_COLUMNS[task]] if with_labels else []) + cols
+    return ([LABEL_COLUMNS[task]] if with_labels else []) + cols + weight_columns(task, encoder, meta, cols)
+
+
+def weight_columns(task: str, encoder: str, meta: Optional[Mapping[str, Any]], cols: List[str]) -> List[str]:
+    """``["token_weights"]`` when ``cols`` read ``tokens`` for an encoder that weights them and
+    meta.json says the data has the column; else ``[]``."""
+    if task == "xmc" and "tokens" in cols and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta):
+        return ["token_weights"]
+    return []
 
 
 def pad_ragged(values: np.ndarray, offsets: np.ndarray, pad: Any = 0,

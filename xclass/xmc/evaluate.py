@@ -45,7 +45,11 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
             if "text" in cols:
                 batch["text"] = rb.column("text").to_numpy(zero_copy_only=False)
             for name in [c for c in cols if c != "text"]:
-                batch[name], batch[name + "_offsets"] = _offsets(rb.column(name))
+                col = rb.column(name)
+                if isinstance(col, pa.FixedSizeListArray):  # features [n, F]
+                    batch[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+                else:
+                    batch[name], batch[name + "_offsets"] = _offsets(col)
             inputs, _ = decode(batch)
             embs.append(enc(inputs).float().numpy())
             tables.append(pa.table({"id": rb.column(0), "labels": rb.column(1)}))

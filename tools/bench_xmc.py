@@ -1,0 +1,266 @@
+"""XMC quality benchmark: baselines and xclass recipes trained and evaluated in one run.
+
+    python tools/bench_xmc.py --data runs/data/wordnet [--features runs/data/wordnet_minilm] \
+        [--max-train 20000] [--methods tfidf_knn,xr_linear,dual_embbag,dual_minilm] --out rows.jsonl
+
+One JSON row per method (also printed): method, P@1/3/5, nDCG@5, PSP@1/3/5, R@10 (percent,
+pyxclib conventions: PSP with A = 0.55, B = 1.5 from the training labels, normalised by the
+best achievable), train_s, predict_s, peak_rss_mb (that method's own process: each method runs
+in a child process, its peak RSS read with wait4). Methods:
+
+- ``tfidf_knn``: TF-IDF 50-NN label voting (xclass.xmc.tfidf) on the dataset's tokens.
+- ``xr_linear``: PECOS XR-Linear (hierarchical k-means label tree + linear rankers) on the same
+  TF-IDF features, run by a Python that has libpecos (``--pecos-python`` or
+  ``$XCLASS_PECOS_PYTHON``, default /work/pecos-venv/bin/python if present); without one, a
+  scikit-learn one-vs-rest linear model on the labels with >= 2 training rows (``ovr_linear``).
+- ``dual_embbag``: ``configs/xmc/wordnet_dual.yaml`` (embedding-bag towers, text+free labels).
+- ``dual_minilm``: ``configs/xmc/wordnet_minilm.yaml`` on ``--features`` (a dataset with frozen
+  all-MiniLM-L6-v2 embeddings from ``python -m xclass.xmc.cli embed-text``): MLP query tower,
+  label tower over the label-text embeddings plus a free residual, decoupled softmax.
+- ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
+  the same bench) fused with TF-IDF kNN ranks: score = cosine + ``--hybrid-weight`` / (1 + kNN
+  rank) over the union of both top lists.
+
+``--max-train N`` keeps the first N training rows (all test rows) for quick development runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+KS = (1, 3, 5, 10)
+KEEP = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@1", "PSP@3", "PSP@5", "R@10")
+
+
+def subsample(data: str, n: int, work: str) -> str:
+    """``data`` with only the first ``n`` training rows (labels.parquet / test unchanged)."""
+    import pyarrow.parquet as pq
+
+    out = os.path.join(work, f"{os.path.basename(os.path.normpath(data))}_n{n}")
+    if os.path.exists(out):
+        return out
+    os.makedirs(out)
+    for f in os.listdir(data):
+        if f != "train.parquet" and os.path.isfile(os.path.join(data, f)):
+            shutil.copy(os.path.join(data, f), out)
+    pq.write_table(pq.read_table(os.path.join(data, "train.parquet")).slice(0, n), os.path.join(out, "train.parquet"))
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    meta["splits"]["train"]["rows"] = min(n, meta["splits"]["train"]["rows"])
+    json.dump(meta, open(os.path.join(out, "meta.json"), "w"))
+    return out
+
+
+def metrics_row(topk: np.ndarray, data: str) -> Dict[str, float]:
+    from xclass.eval.metrics import Ranking, inverse_propensity, xmc_metrics
+    from xclass.xmc.tfidf import read_split
+
+    _, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
+    _, Lte, _ = read_split(os.path.join(data, "test.parquet"))
+    n_labels = int(json.load(open(os.path.join(data, "meta.json")))["num_classes"])
+    inv = inverse_propensity(np.bincount(Ltr.indices, minlength=n_labels), Ltr.n_rows)
+    m = xmc_metrics(Ranking.build(topk[:, :max(KS)], Lte, inv), KS)
+    return {k: round(100 * m[k], 2) for k in KEEP}
+
+
+def tfidf_features(data: str):
+    from xclass.xmc.tfidf import features, read_split
+
+    Xtr, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
+    Xte, Lte, _ = read_split(os.path.join(data, "test.parquet"))
+    Dtr, Dte, _ = features(Xtr, Xte)
+    return Dtr, Ltr, Dte, Lte
+
+
+def knn_scores(data: str, k: int = 50):
+    """(top-100 label ids [n, 100], their vote scores) of TF-IDF kNN, and train/predict seconds."""
+    from xclass.xmc.tfidf import knn_rank
+
+    t0 = time.perf_counter()
+    Dtr, Ltr, Dte, _ = tfidf_features(data)
+    t1 = time.perf_counter()
+    n_labels = int(json.load(open(os.path.join(data, "meta.json")))["num_classes"])
+    top = knn_rank(Dte, Dtr, Ltr, n_labels, k=k, top=100, progress=False)
+    return top, t1 - t0, time.perf_counter() - t1
+
+
+PECOS_SCRIPT = r"""
+import sys, numpy as np, scipy.sparse as sp
+from pecos.xmc.xlinear.model import XLinearModel
+from pecos.xmc import Indexer, LabelEmbeddingFactory
+d = sys.argv[1]
+X = sp.load_npz(d + "/Xtr.npz").tocsr().astype(np.float32); Y = sp.load_npz(d + "/Ytr.npz").tocsr().astype(np.float32)
+Xt = sp.load_npz(d + "/Xte.npz").tocsr().astype(np.float32)
+import time; t0 = time.perf_counter()
+feat = LabelEmbeddingFactory.create(Y, X, method="pifa")
+tree = Indexer.gen(feat, indexer_type="hierarchicalkmeans", nr_splits=16)
+m = XLinearModel.train(X, Y, C=tree, threshold=0.1)
+t1 = time.perf_counter()
+P = m.predict(Xt, beam_size=10, only_topk=10).tocsr()
+t2 = time.perf_counter()
+sp.save_npz(d + "/P.npz", P)
+print(t1 - t0, t2 - t1)
+"""
+
+
+def pecos_python(arg: str) -> str:
+    cand = arg or os.environ.get("XCLASS_PECOS_PYTHON") or "/work/pecos-venv/bin/python"
+    if os.path.exists(cand) and subprocess.run([cand, "-c", "import pecos.xmc.xlinear"],
+                                               capture_output=True).returncode == 0:
+        return cand
+    return ""
+
+
+def run_linear(data: str, py: str) -> Dict:
+    import scipy.sparse as sp
+
+    t0 = time.perf_counter()
+    Dtr, Ltr, Dte, Lte = tfidf_features(data)
+    n_labels = int(json.load(open(os.path.join(data, "meta.json")))["num_classes"])
+    Y = sp.csr_matrix((np.ones(len(Ltr.indices), np.float32), Ltr.indices, Ltr.indptr), shape=(Ltr.n_rows, n_labels))
+    prep = time.perf_counter() - t0
+    if py:
+        with tempfile.TemporaryDirectory() as d:
+            for name, M in (("Xtr", Dtr), ("Ytr", Y), ("Xte", Dte)):
+                sp.save_npz(f"{d}/{name}.npz", M)
+            out = subprocess.run([py, "-c", PECOS_SCRIPT, d], capture_output=True, text=True, check=True)
+            tr_s, pr_s = map(float, out.stdout.split()[-2:])
+            P = sp.load_npz(f"{d}/P.npz").tocsr()
+        top = np.full((P.shape[0], 10), -1, np.int64)
+        for i in range(P.shape[0]):
+            a, b = P.indptr[i], P.indptr[i + 1]
+            order = np.argsort(-P.data[a:b], kind="stable")[:10]
+            top[i, :len(order)] = P.indices[a:b][order]
+        return {"method": "xr_linear", **metrics_row(top, data), "train_s": round(prep + tr_s, 1),
+                "predict_s": round(pr_s, 1)}
+    from sklearn.linear_model import SGDClassifier  # fallback: one-vs-rest linear on frequent labels
+    from sklearn.multiclass import OneVsRestClassifier
+
+    keep = np.flatnonzero(np.asarray(Y.sum(0)).ravel() >= 2)
+    t1 = time.perf_counter()
+    clf = OneVsRestClassifier(SGDClassifier(loss="hinge", alpha=1e-5, max_iter=5, tol=None), n_jobs=1)
+    clf.fit(Dtr, Y[:, keep].toarray() > 0)
+    t2 = time.perf_counter()
+    S = clf.decision_function(Dte)
+    top = keep[np.argsort(-S, axis=1)[:, :10]]
+    return {"method": "ovr_linear", **metrics_row(top, data), "train_s": round(prep + t2 - t1, 1),
+            "predict_s": round(time.perf_counter() - t2, 1)}
+
+
+def run_xclass(data: str, config: str, work: str, overrides: List[str]) -> Dict:
+    from xclass.xmc.evaluate import evaluate_run
+
+    run = os.path.join(work, os.path.splitext(os.path.basename(config))[0])
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "xclass.cli", "train", "--config", config, f"data.path={data}",
+           f"train.out_dir={run}", "train.progress=false", *overrides]
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    t1 = time.perf_counter()
+    m = evaluate_run(run, run + "_eval", KS)
+    t2 = time.perf_counter()
+    return {**{k: round(100 * m[k], 2) for k in KEEP}, "train_s": round(t1 - t0, 1),
+            "predict_s": round(t2 - t1, 1), "run": run}
+
+
+def run_hybrid(data: str, run: str, weight: float) -> Dict:
+    """Fuse the dual run's cosine scores with kNN votes (max-normalised per query)."""
+    import pyarrow.parquet as pq
+
+    top_knn, tr_s, pr_s = knn_scores(data)
+    rk = pq.read_table(os.path.join(run + "_eval", "rankings.parquet"))
+    d_ids, d_s = np.array(rk.column("labels").to_pylist()), np.array(rk.column("scores").to_pylist())
+    n = len(d_ids)
+    out = np.full((n, 10), -1, np.int64)
+    for i in range(n):  # votes rank -> a decaying bonus (kNN vote values are not kept by knn_rank)
+        sc: Dict[int, float] = {}
+        for r, lab in enumerate(d_ids[i]):
+            if lab >= 0:
+                sc[int(lab)] = float(d_s[i, r])
+        for r, lab in enumerate(top_knn[i]):
+            if lab >= 0:
+                sc[int(lab)] = sc.get(int(lab), float(d_s[i, -1])) + weight / (1.0 + r)
+        best = sorted(sc, key=lambda x: -sc[x])[:10]
+        out[i, :len(best)] = best
+    return {"method": "hybrid", **metrics_row(out, data), "train_s": round(tr_s, 1), "predict_s": round(pr_s, 1)}
+
+
+def child(a: argparse.Namespace) -> Dict:
+    if a.method == "tfidf_knn":
+        top, tr_s, pr_s = knn_scores(a.data)
+        return {"method": "tfidf_knn", **metrics_row(top, a.data), "train_s": round(tr_s, 1),
+                "predict_s": round(pr_s, 1)}
+    if a.method == "xr_linear":
+        return run_linear(a.data, pecos_python(a.pecos_python))
+    if a.method == "dual_embbag":
+        cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_dual.yaml")
+        return {"method": "dual_embbag", **run_xclass(a.data, cfg, a.work, a.override)}
+    if a.method == "dual_minilm":
+        cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_minilm.yaml")
+        return {"method": "dual_minilm", **run_xclass(a.features, cfg, a.work, a.override)}
+    if a.method == "hybrid":  # fuses the MiniLM run when there is one, else the embedding-bag run
+        run = os.path.join(a.work, "wordnet_minilm")
+        if a.features and os.path.exists(os.path.join(run + "_eval", "rankings.parquet")):
+            return run_hybrid(a.features, run, a.hybrid_weight)
+        return run_hybrid(a.data, os.path.join(a.work, "wordnet_dual"), a.hybrid_weight)
+    raise ValueError(f"unknown method {a.method!r}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--features", default=None, help="the dataset with frozen-tower features (dual_minilm)")
+    p.add_argument("--methods", default="tfidf_knn,xr_linear,dual_embbag,dual_minilm,hybrid")
+    p.add_argument("--max-train", type=int, default=0)
+    p.add_argument("--work", default="runs/bench_xmc")
+    p.add_argument("--out", default=None, help="JSONL file of the rows")
+    p.add_argument("--pecos-python", default="")
+    p.add_argument("--hybrid-weight", type=float, default=0.3)
+    p.add_argument("--override", action="append", default=[], help="config override for the xclass recipes")
+    p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--row-out", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.method:
+        row = child(a)
+        json.dump(row, open(a.row_out, "w"))
+        return 0
+    os.makedirs(a.work, exist_ok=True)
+    if a.max_train:
+        a.data = subsample(a.data, a.max_train, a.work)
+        a.features = subsample(a.features, a.max_train, a.work) if a.features else None
+    rows = []
+    for m in a.methods.split(","):
+        if m == "dual_minilm" and not a.features:
+            print(f"skip {m}: no --features dataset", file=sys.stderr)
+            continue
+        row_file = os.path.join(a.work, f"{m}.row.json")
+        argv = [sys.executable, os.path.abspath(__file__), "--data", a.data, "--method", m, "--row-out", row_file,
+                "--work", a.work, "--pecos-python", a.pecos_python, "--hybrid-weight", str(a.hybrid_weight)]
+        argv += (["--features", a.features] if a.features else []) + sum((["--override", o] for o in a.override), [])
+        proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": ROOT})
+        _, status, ru = os.wait4(proc.pid, 0)
+        if status != 0:
+            print(f"{m}: failed (status {status})", file=sys.stderr)
+            continue
+        row = {**json.load(open(row_file)), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+               "data": a.data, "max_train": a.max_train or None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
