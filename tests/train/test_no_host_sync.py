@@ -143,6 +143,27 @@ def _base_overrides(data: str, out: str) -> List[str]:
             "train.log_every=1", f"train.out_dir={out}", "train.progress=false"]
 
 
+def test_xmc_dual_decoupled_does_not_sync(tmp_path, monkeypatch):
+    """The XMC dual encoder head (free label vectors, no shortlist) on a tiny XMC dataset."""
+    from xclass.data import make_data
+
+    d = str(tmp_path / "xmc")
+    make_data("xmc", d, 40, rows_per_class=4, seed=0, progress=False)
+    log_every, total = 3, 8
+    cfg = load_config(None, [
+        "data.task=xmc", f"data.path={d}", "data.batch_size=16", "model.encoder=embbag",
+        "model.embedding_dim=16", "model.params={token_dim: 16, hidden: []}", "head.name=dual_decoupled",
+        "head.params={scale: 10.0}", "optim.name=sgd", "optim.lr=0.05", "optim.grad_clip=1.0",
+        f"train.max_steps={total}", f"train.log_every={log_every}", "train.checkpoint_every=0",
+        f"train.out_dir={tmp_path / 'run'}", "train.progress=false"])
+    rec = SyncRecorder()
+    _instrument(monkeypatch, rec)
+    with rec:
+        train(cfg, ParallelContext.single("cpu"))
+    bad = sorted({(k, w) for st, (k, w, allowed) in zip(rec.steps, rec.events) if st in {2, 4, 5, 7} and not allowed})
+    assert not bad, f"host syncs in steady steps of dual_decoupled: {bad}"
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_features_data(str(tmp_path_factory.mktemp("sync") / "d"))

@@ -144,6 +144,6 @@ def save(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, epoch: int, 
         "deepspeed": bool(cfg.deepspeed.enabled),
     }
     head_state = {"head": s.head.state_dict(), "optimizer": s.head_opt.state_dict(),
-                  "rng": torch.get_rng_state(), "step": step}
+                  **ckpt.rng_state(s.device), "step": step}
     return ckpt.save_checkpoint(cfg.train.out_dir, step, ctx, manifest, head_state,
                                 lambda d: encoder_state(s, ctx, d), keep=cfg.train.keep_last)
