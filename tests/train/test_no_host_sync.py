@@ -30,6 +30,8 @@ from xclass.train.loop import train
 ALLOWED: Dict[Tuple[str, str], str] = {
     ("xclass.heads.sampling", "sample_classes"):
         "Partial FC: the number of sampled classes is data dependent (it sizes the sampled rows)",
+    ("xclass.heads.sharded", "_global_count"):
+        "Partial FC + label smoothing: the global sampled-class count (data dependent, as the sample size)",
     ("xclass.parallel.device", "check_on_device"):
         "label range check: a host read only on the CPU (free there); torch._assert_async on CUDA",
     ("xclass.zloss.factored", "needs_dense_step"):
@@ -133,6 +135,10 @@ HEADS = {
     "subcenter_arcface": ["head.margin=subcenter_arcface", "head.margin_params={k: 3}"],
     "zloss_efficient": ["head.name=zloss_efficient", "head.params={a: 1.0, b: 2.0}", "optim.head_lr=0.05"],
     "adamw_clip": ["optim.name=adamw", "optim.grad_clip=0.5"],
+    "elastic_arc_plus": ["head.margin=elastic_arc_plus", "head.margin_params={s: 16.0, m: 0.3}"],
+    "intertopk_subcenter": ["head.margin=intertopk_subcenter", "head.margin_params={s: 16.0, m: 0.2, k: 2}"],
+    "partial_fc_label_smoothing": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}",
+                                   "head.sample_rate=0.5", "head.label_smoothing=0.1"],
 }
 
 
