@@ -133,7 +133,7 @@ def _state_tensors(s) -> List[Tuple[str, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("head", ["arcface", "partial_fc", "zloss_efficient", "angproto"])
+@pytest.mark.parametrize("head", ["partial_fc", "zloss_efficient", "angproto"])
 def test_run_device_reaches_every_tensor(tmp_path, monkeypatch, head):
     """train() on ctx.device: every parameter, buffer and optimizer state ends there. The device
     is compared by object, so a tensor made elsewhere ("cpu" vs the run's device) is caught on
@@ -143,7 +143,7 @@ def test_run_device_reaches_every_tensor(tmp_path, monkeypatch, head):
     from xclass.train import loop as loop_mod
 
     data = write_features_data(str(tmp_path / "d"))
-    extra = {"arcface": ["head.margin=arcface"], "partial_fc": ["head.margin=arcface", "head.sample_rate=0.5"],
+    extra = {"partial_fc": ["head.margin=arcface", "head.sample_rate=0.5"],
              "zloss_efficient": ["head.name=zloss_efficient", "head.params={a: 1.0, b: 2.0}"],
              "angproto": ["head.name=angproto", "head.params={}", "data.sampler=m_per_class", "data.m_per_class=2",
                           "data.shard_mode=rows"]}[head]
