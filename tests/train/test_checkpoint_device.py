@@ -45,3 +45,22 @@ def test_head_optimizer_state_follows_the_head():
     got = opt.state["weight"]["momentum"]
     assert got.device == head.step_count.device and torch.equal(got, mom) and got is not mom
     assert opt.state_dict()["skipped"] == 1
+
+
+def test_host_step_follows_loads_and_moves():
+    """The host copy of step_count advances with the optimizer without a read, and is re-read after
+    anything else changes the buffer (a checkpoint load, a move to another device)."""
+    from xclass.heads.base import advance_step, host_step
+
+    m = torch.nn.Module()
+    m.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+    assert host_step(m) == 0
+    advance_step(m)
+    advance_step(m)
+    assert host_step(m) == 2 and int(m.step_count) == 2
+    m.load_state_dict({"step_count": torch.tensor(7)})
+    assert host_step(m) == 7
+    m.to(torch.float64)  # integer buffers stay, but a move may replace the tensor object
+    m.step_count = m.step_count.clone()
+    advance_step(m)
+    assert host_step(m) == 8 and int(m.step_count) == 8
