@@ -55,9 +55,10 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             step += 1
             # the only device->host reads of a step happen here, on log and checkpoint steps
             if step % cfg.train.log_every == 0 or step == total:
-                dt = time.perf_counter() - t_last
-                last = _log_row(s, runlog, out, step, step - step_last, epoch, float(out.loss.detach()), lr,
-                                float(gnorm), n_last * ctx.world_size / max(dt, 1e-9), dt)
+                loss, gnorm_f = float(out.loss.detach()), float(gnorm)  # the device catches up here,
+                dt = time.perf_counter() - t_last                       # so dt covers its work
+                last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm_f,
+                                n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
             if _want_checkpoint(cfg, step, total):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
