@@ -161,6 +161,8 @@ def test_run_device_reaches_every_tensor(tmp_path, monkeypatch, head):
     loop_mod.train(cfg, ParallelContext.single(device))
     s = seen["setup"]
     assert seen["device"] == device and s.device == device
+    with open(os.path.join(str(tmp_path / "run"), "workers", "rank0.json")) as f:
+        assert __import__("json").load(f)["device"] == str(device)
     tensors = _state_tensors(s)
     assert len(tensors) >= 3
     wrong = [(n, str(t.device)) for n, t in tensors if t.device != device]
