@@ -1,7 +1,8 @@
 """Debug entry without Ray: ``torchrun --nproc_per_node 2 launch/torchrun_train.py CONFIG [k=v ...]``.
 
 Runs the same loop (xclass.train.loop.train) on torchrun's processes over gloo (CPU) or
-nccl (``cluster.use_gpu=true``: each process trains on ``cuda:LOCAL_RANK``). Ray is the supported launcher; this is for debugging.
+nccl (``cluster.use_gpu=true``: each process trains on ``cuda:LOCAL_RANK``). Ray is the supported
+launcher; this is for debugging.
 """
 import os
 import sys

@@ -169,7 +169,6 @@ def worker_main(config: Dict[str, Any]) -> None:
     ctx = ParallelContext.from_env()
     ctx = ParallelContext(ctx.rank, ctx.world_size, ctx.group, local_rank, run_device(cfg, gpu_index))
 
-
     def report(metrics: Dict[str, Any], path: Optional[str]) -> None:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 

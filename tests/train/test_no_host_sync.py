@@ -30,6 +30,8 @@ from xclass.train.loop import train
 ALLOWED: Dict[Tuple[str, str], str] = {
     ("xclass.heads.sampling", "sample_classes"):
         "Partial FC: the number of sampled classes is data dependent (it sizes the sampled rows)",
+    ("xclass.heads.sharded", "_global_count"):
+        "Partial FC + label smoothing: the global sampled-class count (data dependent, as the sample size)",
     ("xclass.parallel.device", "check_on_device"):
         "label range check: a host read only on the CPU (free there); torch._assert_async on CUDA",
     ("xclass.zloss.factored", "needs_dense_step"):
@@ -127,12 +129,16 @@ def _instrument(monkeypatch, rec: SyncRecorder) -> None:
 
 
 HEADS = {
-    "arcface": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}"],
-    "arcface_partial_fc": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}", "head.sample_rate=0.5"],
+    # one run per head family; options that add code paths ride along (AdamW + clipping, smoothing)
+    "arcface_adamw_clip": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}", "optim.name=adamw",
+                           "optim.grad_clip=0.5"],
+    "partial_fc_label_smoothing": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}",
+                                   "head.sample_rate=0.5", "head.label_smoothing=0.1"],
     "sphereface2": ["head.margin=sphereface2"],
     "subcenter_arcface": ["head.margin=subcenter_arcface", "head.margin_params={k: 3}"],
+    "intertopk_subcenter": ["head.margin=intertopk_subcenter", "head.margin_params={s: 16.0, m: 0.2, k: 2}"],
+    "elastic_arc_plus": ["head.margin=elastic_arc_plus", "head.margin_params={s: 16.0, m: 0.3}"],
     "zloss_efficient": ["head.name=zloss_efficient", "head.params={a: 1.0, b: 2.0}", "optim.head_lr=0.05"],
-    "adamw_clip": ["optim.name=adamw", "optim.grad_clip=0.5"],
 }
 
 
@@ -143,6 +149,27 @@ def _base_overrides(data: str, out: str) -> List[str]:
             "train.log_every=1", f"train.out_dir={out}", "train.progress=false"]
 
 
+def test_xmc_dual_decoupled_does_not_sync(tmp_path, monkeypatch):
+    """The XMC dual encoder head (free label vectors, no shortlist) on a tiny XMC dataset."""
+    from xclass.data import make_data
+
+    d = str(tmp_path / "xmc")
+    make_data("xmc", d, 40, rows_per_class=4, seed=0, progress=False)
+    log_every, total = 3, 8
+    cfg = load_config(None, [
+        "data.task=xmc", f"data.path={d}", "data.batch_size=16", "model.encoder=embbag",
+        "model.embedding_dim=16", "model.params={token_dim: 16, hidden: []}", "head.name=dual_decoupled",
+        "head.params={scale: 10.0}", "optim.name=sgd", "optim.lr=0.05", "optim.grad_clip=1.0",
+        f"train.max_steps={total}", f"train.log_every={log_every}", "train.checkpoint_every=0",
+        f"train.out_dir={tmp_path / 'run'}", "train.progress=false"])
+    rec = SyncRecorder()
+    _instrument(monkeypatch, rec)
+    with rec:
+        train(cfg, ParallelContext.single("cpu"))
+    bad = sorted({(k, w) for st, (k, w, allowed) in zip(rec.steps, rec.events) if st in {2, 4, 5, 7} and not allowed})
+    assert not bad, f"host syncs in steady steps of dual_decoupled: {bad}"
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_features_data(str(tmp_path_factory.mktemp("sync") / "d"))
@@ -151,8 +178,8 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_steady_steps_do_not_sync(data, tmp_path, monkeypatch, head):
     log_every, total = 3, 8
-    extra = [*HEADS[head], f"train.log_every={log_every}", f"train.max_steps={total}", "train.checkpoint_every=0",
-             "optim.grad_clip=1.0"]
+    extra = ["optim.grad_clip=1.0", *HEADS[head], f"train.log_every={log_every}", f"train.max_steps={total}",
+             "train.checkpoint_every=0"]
     cfg = features_config(data, str(tmp_path / head), *extra)
     if "margin_params" not in " ".join(HEADS[head]):  # the shared config's cosface (s, m) would merge in
         cfg = load_config(None, _base_overrides(data, str(tmp_path / head)) + extra)

@@ -169,7 +169,8 @@ class ShardedHeadOptimizer:
         if state.get("name") != self.name:
             raise ValueError(f"head optimizer state is for {state.get('name')!r}, this is {self.name!r}")
         self.lr, self.skipped = float(state["lr"]), int(state["skipped"])
-        self.state = {k: {kk: vv.clone() for kk, vv in v.items()} for k, v in state["state"].items()}
+        dev = self.head.step_count.device  # a checkpoint from another device (or resharded on the host)
+        self.state = {k: {kk: vv.to(dev, copy=True) for kk, vv in v.items()} for k, v in state["state"].items()}
 
 
 def build_head_optimizer(head: Any, optim_cfg: Any, extra_groups: Iterable[Any] = (),

@@ -158,8 +158,10 @@ class CombinedOptimizer:
         self.ap_opt.lr = float(value)
 
     def step(self) -> bool:
-        ok = self.margin_opt.step()
-        if ok is False:  # the margin optimizer skipped a non-finite step on every rank: skip too
+        ok = self.margin_opt.step()  # a 0-dim bool device tensor (see ShardedHeadOptimizer.step)
+        # a host read: the torch optimizer of (w, b) cannot take the flag on the device (this head
+        # syncs anyway, see docs/devices.md)
+        if not bool(ok):  # the margin optimizer skipped a non-finite step on every rank: skip too
             self.ap_opt.zero_grad()
             return False
         stepped = self.ap_opt.step()

@@ -45,8 +45,10 @@ def sample_classes(start: int, stop: int, target: torch.Tensor, rate: float, see
     if rate >= 1.0:
         return torch.arange(n, device=dev)
     keep = class_uniforms(torch.arange(start, stop, device=dev), seed, step) < rate
-    # positives kept without boolean-mask indexing (a host sync): amax-scatter of "is a positive"
-    is_pos = (target >= 0).to(torch.uint8)
-    keep = keep.to(torch.uint8).scatter_reduce_(0, target.clamp(min=0), is_pos, "amax")
+    # positives kept without boolean-mask indexing (a host sync): count hits per class (integer
+    # index_add: exact and order independent)
+    hits = torch.zeros(n, dtype=torch.int32, device=dev)
+    hits.index_add_(0, target.clamp(min=0), (target >= 0).to(torch.int32))
+    keep = keep | (hits > 0)
     # the one unavoidable host sync of Partial FC: the sample size is data dependent
     return keep.nonzero().squeeze(1)

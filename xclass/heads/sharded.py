@@ -135,11 +135,13 @@ class ShardedMarginHead(nn.Module):
         rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k, device=idx.device)).reshape(-1)
         leaf = self.sampled.take(self.weight, rows)
         t = torch.where(target >= 0, torch.searchsorted(idx, target.clamp(min=0)), target)
-        # label smoothing needs the global sampled-class count: one host read (Partial FC's sample
-        # size is data dependent, idx.numel() already synchronised)
-        n_active = int(C.all_reduce(torch.tensor([idx.numel()], device=idx.device), "sum", self.group)) \
-            if self.label_smoothing else 0
+        n_active = self._global_count(idx) if self.label_smoothing else 0
         return leaf, t, n_active
+
+    def _global_count(self, idx: torch.Tensor) -> int:
+        """Sampled classes over all ranks (label smoothing spreads over them): a host read, like
+        the sample size itself, which is data dependent."""
+        return int(C.all_reduce(torch.tensor([idx.numel()], device=idx.device), "sum", self.group))
 
     def _scores(self, emb_g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[B_g, R] scores in the embedding dtype (bf16/fp16 GEMM allowed), cast to fp32 after."""

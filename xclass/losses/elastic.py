@@ -27,11 +27,12 @@ def elastic_draws(n: int, seed: int, step: int) -> torch.Tensor:
 def plus_assign(margins: torch.Tensor, target_cos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """margins [B], target_cos [B], valid [B] bool -> [B]: over valid rows, the k-th smallest
     margin goes to the row with the k-th largest target cosine (Spearman -1); others unchanged."""
-    out = margins.clone()
-    rows = valid.nonzero().squeeze(1)
-    order = torch.argsort(target_cos[rows], descending=True, stable=True)
-    out[rows[order]] = torch.sort(margins[rows]).values
-    return out
+    # fixed shapes (no host sync): valid rows first, in descending target cosine (stable); the
+    # ascending margins with the invalid rows' keys at +inf line up with them
+    order = torch.argsort(torch.where(valid, target_cos, torch.full_like(target_cos, float("-inf"))),
+                          descending=True, stable=True)
+    ranked = torch.sort(torch.where(valid, margins, torch.full_like(margins, float("inf")))).values
+    return margins.clone().scatter_(0, order, torch.where(valid[order], ranked, margins[order]))
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class _Elastic:
         if self.plus:
             if aux.target_cos is None or aux.valid is None:
                 raise ValueError("ElasticFace+ needs aux.target_cos and aux.valid")
-            m = plus_assign(m, aux.target_cos.cpu(), aux.valid.cpu())
+            m = plus_assign(m.to(device), aux.target_cos, aux.valid)
         return m.to(device)
 
     def value(self, c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,10 @@ def broadcast_object(obj: Any, src: int = 0, group: Optional[Any] = None) -> Any
 
 def barrier(group: Optional[Any] = None) -> None:
     if world_size(group) > 1:
-        dist.barrier(group=group)
+        if dist.get_backend(group) == "nccl":  # name the device: NCCL would otherwise guess it from the rank
+            dist.barrier(group=group, device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier(group=group)
 
 
 def average_gradients(params: List[torch.Tensor], group: Optional[Any] = None) -> None:

@@ -5,7 +5,8 @@ Layout (``run/checkpoints/step_00000100/``)::
     manifest.json        step, epoch, world_size, num_classes, embedding_dim, shard ranges,
                          config digest, data position; written last by rank 0
     encoder.pt           plain engine state (rank 0), or deepspeed/ (every rank writes its part)
-    head-r00000.pt       rank r's head module state + head optimizer state + RNG state
+    head-r00000.pt       rank r's head module state + head optimizer state + RNG state (the CPU
+                         generator's, and the rank's CUDA device's when it trains on one)
 
 Writes go to ``step_XXXXXXXX.tmp/`` and are renamed when every rank has finished, so an
 interrupted write never replaces the previous checkpoint. Only the last ``keep`` are kept.
@@ -118,10 +119,31 @@ def find_resume(run_dir: str, ctx: ParallelContext) -> Optional[str]:
     return broadcast_object(path, 0, ctx.group)
 
 
-def load_head_state(path: str, rank: int) -> Dict[str, Any]:
+def load_head_state(path: str, rank: int, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Rank ``rank``'s head shard state, its tensors on ``map_location`` (the run's device when
+    resuming; the CPU when resharding, which assembles rows from several shards)."""
     f = head_file(path, rank)
     if not os.path.exists(f):
         raise CheckpointError(f"{f}: missing head shard for rank {rank}")
     from xclass.train.safe_io import safe_load
 
-    return safe_load(f, map_location="cpu")
+    return safe_load(f, map_location=map_location)
+
+
+def rng_state(device: Any) -> Dict[str, torch.Tensor]:
+    """The random state a checkpoint keeps: the CPU generator's (``rng``) and, on a CUDA run,
+    that device's generator's (``cuda_rng``)."""
+    out = {"rng": torch.get_rng_state()}
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        out["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    return out
+
+
+def restore_rng(state: Dict[str, Any], device: Any) -> None:
+    """Put back what :func:`rng_state` saved. A CUDA state is restored only on a CUDA run (a GPU
+    checkpoint resumes on the CPU and vice versa; the missing generator keeps its seed)."""
+    torch.set_rng_state(state["rng"].cpu())
+    dev = torch.device(device)
+    if dev.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)

@@ -56,9 +56,10 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             step += 1
             # the only device->host reads of a step happen here, on log and checkpoint steps
             if step % cfg.train.log_every == 0 or step == total:
-                dt = time.perf_counter() - t_last
-                last = _log_row(s, runlog, out, step, step - step_last, epoch, float(out.loss.detach()), lr,
-                                float(gnorm), n_last * ctx.world_size / max(dt, 1e-9), dt)
+                loss, gnorm_f = float(out.loss.detach()), float(gnorm)  # the device catches up here,
+                dt = time.perf_counter() - t_last                       # so dt covers its work
+                last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm_f,
+                                n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
             if _want_checkpoint(cfg, step, total):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
@@ -152,6 +153,6 @@ def save(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, epoch: int, 
         "deepspeed": bool(cfg.deepspeed.enabled),
     }
     head_state = {"head": s.head.state_dict(), "optimizer": s.head_opt.state_dict(),
-                  "rng": torch.get_rng_state(), "step": step}
+                  **ckpt.rng_state(s.device), "step": step}
     return ckpt.save_checkpoint(cfg.train.out_dir, step, ctx, manifest, head_state,
                                 lambda d: encoder_state(s, ctx, d), keep=cfg.train.keep_last)

@@ -87,14 +87,14 @@ def _tensorboard(run_dir: str) -> Optional[Any]:
 
 
 def write_worker_info(run_dir: str, ctx: ParallelContext) -> None:
-    """``workers/rank{r}.json``: pid, host and start time of each rank (operators and tests
-    use it to find a worker process)."""
+    """``workers/rank{r}.json``: pid, host, device and start time of each rank (operators and
+    tests use it to find a worker process, and to see where it trained)."""
     import socket
 
     d = os.path.join(run_dir, "workers")
     os.makedirs(d, exist_ok=True)
     info = {"rank": ctx.rank, "world_size": ctx.world_size, "pid": os.getpid(),
-            "host": socket.gethostname(), "started": time.time()}
+            "host": socket.gethostname(), "device": str(getattr(ctx, "device", "cpu")), "started": time.time()}
     tmp = os.path.join(d, f".rank{ctx.rank}.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)

@@ -91,4 +91,4 @@ def load_resharded(setup: Any, path: str, manifest: Dict[str, Any], ctx: Any) ->
         }
     head.load_state_dict(state["head"])
     setup.head_opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(pieces[0][2]["rng"])
+    ckpt.restore_rng(pieces[0][2], getattr(setup, "device", "cpu"))

@@ -141,10 +141,10 @@ def restore(s: Setup, cfg: RunConfig, ctx: ParallelContext, log: logging.Logger)
         if m["world_size"] != ctx.world_size:
             components.reshard_head(s, path, m, ctx)
         else:
-            hs = ckpt.load_head_state(path, ctx.rank)
+            hs = ckpt.load_head_state(path, ctx.rank, map_location=s.device)
             s.head.load_state_dict(hs["head"])
             s.head_opt.load_state_dict(hs["optimizer"])
-            torch.set_rng_state(hs["rng"])
+            ckpt.restore_rng(hs, s.device)
     if s.uses_deepspeed:
         with _mismatch_is_checkpoint_error(os.path.join(path, "deepspeed")):
             s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
@@ -153,7 +153,7 @@ def restore(s: Setup, cfg: RunConfig, ctx: ParallelContext, log: logging.Logger)
 
         f = os.path.join(path, "encoder.pt")
         with _mismatch_is_checkpoint_error(f):
-            s.engine.load_state_dict(safe_load(f, map_location="cpu"))
+            s.engine.load_state_dict(safe_load(f, map_location=s.device))
     log.info(f"step {m['step']}: resumed from {path}")
     return int(m["step"]), int(m["epoch"]), int(m["batch_in_epoch"])
 

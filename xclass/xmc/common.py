@@ -12,6 +12,7 @@ import torch
 from xclass.parallel import collectives as C
 from xclass.heads.base import IGNORE_INDEX
 from xclass.heads.partition import to_local
+from xclass.parallel.device import check_on_device
 
 
 def check_labels(emb: torch.Tensor, labels: torch.Tensor, d: int, num_classes: int, who: str) -> torch.Tensor:
@@ -24,16 +25,17 @@ def check_labels(emb: torch.Tensor, labels: torch.Tensor, d: int, num_classes: i
         raise ValueError(f"{who}: labels must be an integer [B={emb.shape[0]}, K] tensor padded with "
                          f"{IGNORE_INDEX}, got {labels.dtype} {tuple(labels.shape)}")
     bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(f"{who}: label {int(labels[bad][0])} outside [0, {num_classes}) "
-                         f"(pad with {IGNORE_INDEX})")
+    msg = f"outside [0, {num_classes}) (pad with {IGNORE_INDEX})"
+    check_on_device(~bad.any(), lambda: f"{who}: label {int(labels[bad][0])} {msg}", f"{who}: a label {msg}")
     return labels.to(torch.int64)
 
 
 def gather_labels(labels: torch.Tensor, group: Optional[Any]) -> torch.Tensor:
     """[B_local, K_local] -> [B_global, K] replicated (K = max over ranks), duplicates in a
     row replaced by IGNORE_INDEX (each positive counts once)."""
-    k = int(C.all_reduce(torch.tensor([labels.shape[1]], device=labels.device), "max", group))
+    k = labels.shape[1]
+    if C.world_size(group) > 1:  # ragged K over ranks: one host read of the maximum
+        k = int(C.all_reduce(torch.tensor([k], device=labels.device), "max", group))
     if k > labels.shape[1]:
         pad = torch.full((labels.shape[0], k - labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype,
                          device=labels.device)

@@ -19,10 +19,30 @@ from xclass.parallel.collectives import all_reduce
 
 
 def _pos_cells(pos_col: torch.Tensor):
-    """(row index, column) of the positives stored on this rank."""
+    """(has [B, K]: the slot is a positive stored on this rank, its column [B, K] with 0 in the
+    other slots). Fixed shapes: no boolean-mask indexing, so no host sync."""
     has = pos_col >= 0
-    rows = torch.arange(pos_col.shape[0], device=pos_col.device).unsqueeze(1).expand_as(pos_col)
-    return has, rows[has], pos_col[has]
+    return has, pos_col.clamp(min=0)
+
+
+def _get_cells(z: torch.Tensor, has: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """[B, K]: z[i, col[i, k]] where has[i, k], else 0."""
+    if z.shape[1] == 0:  # no label columns on this rank: no positive either
+        return torch.zeros(has.shape, dtype=z.dtype, device=z.device)
+    return torch.where(has, z.gather(1, col), torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def _set_cells(x: torch.Tensor, has: torch.Tensor, col: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """x[i, col[i, k]] = val[i, k] where has[i, k], in place, fixed shapes. The other slots write
+    the same value as the row's first positive (or x[i, 0] back when the row has none), so every
+    write to one cell carries one value and the result does not depend on the write order."""
+    if has.shape[1] == 0 or x.shape[1] == 0:  # nothing stored here
+        return x
+    first = has.to(torch.uint8).argmax(1, keepdim=True)
+    row_has = has.any(1, keepdim=True)
+    dummy_col = torch.where(row_has, col.gather(1, first), torch.zeros_like(first))
+    dummy_val = torch.where(row_has, val.gather(1, first), x[:, :1])
+    return x.scatter_(1, torch.where(has, col, dummy_col), torch.where(has, val, dummy_val))
 
 
 class _DecoupledSoftmax(torch.autograd.Function):
@@ -36,10 +56,11 @@ class _DecoupledSoftmax(torch.autograd.Function):
     def forward(ctx, logits, pos_col, valid, group: Any, inplace: bool):  # type: ignore[override]
         z = logits.detach() if inplace else logits.detach().clone()
         B, K = pos_col.shape
-        has, r, c = _pos_cells(pos_col)
-        s_loc = torch.zeros(B, K, dtype=z.dtype, device=z.device)
-        s_loc[has] = z[r, c]
-        z[r, c] = float("-inf")  # every positive leaves every denominator
+        has, c = _pos_cells(pos_col)
+        s_loc = _get_cells(z, has, c)
+        if z.shape[1]:  # every positive leaves every denominator (amin with +inf: other cells kept)
+            inf = torch.full((), float("inf"), dtype=z.dtype, device=z.device)
+            z.scatter_reduce_(1, c, torch.where(has, -inf, inf), "amin")
         m_loc = z.amax(1) if z.shape[1] else torch.full((B,), float("-inf"), device=z.device)
         m = all_reduce(m_loc, "max", group)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # no negatives at all: any shift
@@ -60,10 +81,10 @@ class _DecoupledSoftmax(torch.autograd.Function):
         # negative j of row i: sum_l c_i exp(s_ij - lse_il) = e_ij * sum_l c_i exp(m_i - lse_il)
         w = torch.where(valid & has_neg.unsqueeze(1), torch.exp(m.unsqueeze(1) - lse), torch.zeros_like(lse))
         grad = e.mul_((c * w.sum(1)).unsqueeze(1))  # backward runs once: reuse the buffer
-        has, r, col = _pos_cells(pos_col)
+        has, col = _pos_cells(pos_col)
         # positive l of row i (absent from the other positives' denominators): c_i (p_il - 1)
         gp = c.unsqueeze(1) * (torch.exp(s_pos - lse) - 1.0)
-        grad[r, col] = gp[has]
+        _set_cells(grad, has, col, gp)
         return grad, None, None, None, None
 
 
@@ -85,10 +106,9 @@ class _ShardedBCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, pos_col, pos_weight: float, group: Any, inplace: bool):  # type: ignore[override]
         z = logits.detach()
-        has, r, c = _pos_cells(pos_col)
-        zp = z[r, c]
-        fix = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        fix.index_add_(0, r, pos_weight * F.softplus(-zp) - F.softplus(zp))
+        has, c = _pos_cells(pos_col)
+        zp = _get_cells(z, has, c)
+        fix = torch.where(has, pos_weight * F.softplus(-zp) - F.softplus(zp), torch.zeros_like(zp)).sum(1)
         row = all_reduce(F.softplus(z).sum(1) + fix, "sum", group)
         ctx.save_for_backward(z, pos_col)
         ctx.pos_weight, ctx.inplace = pos_weight, inplace
@@ -97,12 +117,12 @@ class _ShardedBCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_row):  # type: ignore[override]
         z, pos_col = ctx.saved_tensors
-        has, r, c = _pos_cells(pos_col)
-        zp = z[r, c]
+        has, c = _pos_cells(pos_col)
+        zp = _get_cells(z, has, c)
         grad = torch.sigmoid_(z) if ctx.inplace else torch.sigmoid(z)
         grad.mul_(g_row.unsqueeze(1))
         # positive cell: sigmoid(z) + d/dz [w softplus(-z) - softplus(z)] = w (sigmoid(z) - 1)
-        grad[r, c] = g_row[r] * ctx.pos_weight * (torch.sigmoid(zp) - 1.0)
+        _set_cells(grad, has, c, g_row.unsqueeze(1) * ctx.pos_weight * (torch.sigmoid(zp) - 1.0))
         return grad, None, None, None, None
 
 
