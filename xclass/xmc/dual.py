@@ -129,8 +129,8 @@ class DualDecoupledHead(nn.Module):
         query's shortlist (refreshed snapshot of the shard's label embeddings)."""
         sl = self.shortlist
         if sl.stale(int(self.step_count)):
-            sl.rebuild(self._prep(self.local_weight()[0]).cpu().numpy(), int(self.step_count))
-        idx = torch.from_numpy(sl.search(self._prep(emb_g.detach()).cpu().numpy())).to(pos_local.device)
+            sl.rebuild(self._prep(self.local_weight()[0]), int(self.step_count))
+        idx = sl.search(self._prep(emb_g.detach())).to(pos_local.device)
         cand = torch.cat([idx.reshape(-1), pos_local.reshape(-1)])
         return torch.unique(cand[cand >= 0])
 
