@@ -217,7 +217,7 @@ def _group(D: float, members: List[Dict[str, Any]], **kw: Any) -> Dict[str, Any]
 
 
 def preset_targets(big: bool) -> List[Dict[str, Any]]:
-    """The rows behind the README targets (heads.md section 12, items 13-16): interleaved timing
+    """The rows behind the targets in docs/heads.md: interleaved timing
     groups at W = 1, then one process per row for memory (and multi-rank timing)."""
     heads_1e5 = ("gemm_floor", "xclass:arcface", "xclass:cosface", "dense:arcface", "pml:arcface",
                  "pml:cosface", "insightface_fullmatrix")
@@ -270,7 +270,7 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
 
 def main(argv: Any = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["targets"], help="the README target rows")
+    ap.add_argument("--preset", choices=["targets"], help="the target rows of docs/heads.md")
     ap.add_argument("--big", action="store_true", help="with --preset: add the D=1e7, W=2 row (~13 GiB)")
     ap.add_argument("--D", default="1e5", help="comma list of class counts")
     ap.add_argument("--d", type=int, default=128)

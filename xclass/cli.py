@@ -77,18 +77,20 @@ def _command(sub: argparse._SubParsersAction, name: str, add_args, func, help_: 
 
 
 def _add_import_commands(sub: argparse._SubParsersAction) -> None:
-    """``xclass import faces|audio|flows|wordnet|xc`` and ``xclass tfidf-baseline``."""
+    """``xclass import faces|audio|flows|wordnet|xc|text`` and ``xclass tfidf-baseline``."""
     from xclass.importers import add_import_args, run_import
-    from xclass.xmc.cli import add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
+    from xclass.xmc.cli import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
 
-    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, wordnet, xc)",
+    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, wordnet, xc, "
+                                      "text)",
                        description="Stream user data into a dataset directory that `xclass train` reads.")
     add_import_args(p)
     kinds = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    kinds.metavar = "{faces,audio,flows,wordnet,xc}"
+    kinds.metavar = "{faces,audio,flows,wordnet,xc,text}"
     add_wordnet_args(kinds.add_parser("wordnet", help="WordNet 3.0 (Debian wordnet-base) -> XMC dataset"))
     add_xc_args(kinds.add_parser("xc", help="Extreme Classification Repository files -> XMC dataset"))
-    xmc_cmd = {"wordnet": "import-wordnet", "xc": "import-xc"}
+    add_text_args(kinds.add_parser("text", help="texts with label lists (JSONL/CSV/TSV/Parquet) -> XMC dataset"))
+    xmc_cmd = {"wordnet": "import-wordnet", "xc": "import-xc", "text": "import-text"}
 
     def _run(a: argparse.Namespace) -> int:
         if a.import_kind in xmc_cmd:
@@ -129,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
              "embed items/labels from a run and write a FAISS index",
              "Encode a split with a trained run (or take an embedding Parquet) and write embeddings + "
              "a FAISS index with an id map.")
+    from xclass.eval.split import add_split_args, run_split
+
+    _command(sub, "split-gallery", add_split_args, run_split,
+             "split labelled rows (embeddings or a dataset split) into gallery and queries",
+             "Per class, seeded: gallery.parquet and queries.parquet for `evaluate --protocol ident`.")
     _command(sub, "evaluate", add_evaluate_cli_args, _cmd_evaluate,
              "retrieval evaluation against an exported index",
              "P@k/nDCG@k/PSP@k (xmc), verification (face), EER/minDCF (speaker), kNN accuracy (quic); "

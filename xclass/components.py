@@ -34,21 +34,32 @@ def build_encoder(model_cfg: Any, meta: Mapping[str, Any]) -> torch.nn.Module:
     return _build(model_cfg, meta)
 
 
-def make_decoder(task: str, meta: Mapping[str, Any]) -> Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
-    """batch (numpy dict from the reader) -> (encoder inputs, labels)."""
-    from xclass.models import decode_batch
+def make_decoder(task: str, meta: Mapping[str, Any], model_cfg: Any = None) -> Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
+    """batch (numpy dict from the reader) -> (encoder inputs, labels). With ``model_cfg`` of an
+    encoder over raw text (``hf``), the ``text`` column is tokenised here, in the data path."""
+    from xclass.models import ENCODER_INPUTS, decode_batch
+
+    tok = None
+    if model_cfg is not None and ENCODER_INPUTS.get(getattr(model_cfg, "encoder", "")) == "text":
+        from xclass.models.encoders.hf import tokenizer_for
+
+        tok = tokenizer_for(model_cfg)
 
     def decode(batch: Dict[str, Any]):
+        if tok is not None and "text" in batch:
+            batch = dict(batch)
+            batch.update(tok(list(batch.pop("text"))))
         return decode_batch(task, batch, meta)
 
     return decode
 
 
-def input_columns(task: str, encoder: str) -> List[str]:
-    """The Parquet columns to read: ``id``, the label column and the encoder's inputs."""
+def input_columns(task: str, encoder: str, meta: Any = None) -> List[str]:
+    """The Parquet columns to read: ``id``, the label column and the encoder's inputs (with
+    ``token_weights`` when ``meta`` says the data has them and the encoder uses them)."""
     from xclass.models.decoders import input_columns as _cols
 
-    return ["id"] + _cols(task, encoder)
+    return ["id"] + _cols(task, encoder, meta=meta)
 
 
 def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: Any) -> Any:
@@ -58,7 +69,7 @@ def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: An
     from xclass.data.reader import ParquetReader
 
     check_sampler(cfg.data, ctx.world_size)  # again: the world size may differ from cluster.workers
-    cols = input_columns(cfg.data.task, cfg.model.encoder)
+    cols = input_columns(cfg.data.task, cfg.model.encoder, meta)
     group = dict(m_per_class=cfg.data.m_per_class if cfg.data.sampler == "m_per_class" else 0,
                  label_column="label")
     if cfg.data.shard_mode == "global_batch":

@@ -152,7 +152,9 @@ class ClusterConfig:
     address: Optional[str] = None
     """Ray address: None = start a local instance; 'auto' or HOST:PORT = join a cluster."""
     use_gpu: bool = False
-    """One GPU per worker."""
+    """One GPU per worker: the run's device is cuda:LOCAL_RANK (an error when CUDA is missing)."""
+    allow_cpu_fallback: bool = False
+    """With use_gpu: train on the CPU (with a warning) instead of failing when CUDA is missing."""
     cpus_per_worker: int = 1
     """CPU cores reserved per worker."""
     max_failures: int = 0
@@ -287,7 +289,7 @@ def save_config(cfg: RunConfig, path: str) -> None:
 
 
 def describe(cls: type = RunConfig, prefix: str = "") -> List[str]:
-    """``key.path (type, default): docstring`` lines, for --help and the README."""
+    """``key.path (type, default): docstring`` lines, for --help and docs/configuration.md."""
     import ast
     import inspect
 

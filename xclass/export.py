@@ -42,9 +42,16 @@ def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any],
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    ckpt.read_manifest(path)  # a corrupt manifest is refused before any weight file is read
     enc = components.build_encoder(cfg.model, meta)
-    state = torch.load(os.path.join(path, "encoder.pt"), map_location="cpu", weights_only=False)
-    enc.load_state_dict(state["module"])
+    from xclass.train.safe_io import safe_load
+
+    f = os.path.join(path, "encoder.pt")
+    state = safe_load(f, map_location="cpu")
+    try:
+        enc.load_state_dict(state["module"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
     return enc.to(device or torch.device("cpu")).eval()
 
 
@@ -63,23 +70,27 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
 
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
-                data_path: Optional[str] = None, device: Optional[torch.device] = None,
-                bf16: bool = False) -> str:
-    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet
-    (float32 embeddings; ``bf16`` = bf16 autocast around the encoder)."""
+                data_path: Optional[str] = None, frame_budget: int = 32768,
+                device: Optional[torch.device] = None, bf16: bool = False) -> str:
+    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
+    ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
+    encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
+    reader batch padded to its longest row, as before; see :func:`encode_batch`).
+    ``device``: where the encoder runs (batches are decoded ahead on a background thread and
+    copied there); ``bf16``: bf16 autocast around the encoder."""
     cfg = load_run(run_dir)
     data_path = data_path or cfg.data.path
     meta = load_meta(data_path)
     device = torch.device(device or "cpu")
     enc = load_encoder(run_dir, cfg, meta, device)
-    decode_inputs = components.make_decoder(cfg.data.task, meta)
+    decode_inputs = components.make_decoder(cfg.data.task, meta, cfg.model)
     from xclass.data.prefetch import prefetch
     from xclass.data.reader import ParquetReader
 
     def decode(batch):  # encoder inputs (to the device) + the id/label columns (numpy, kept)
         return decode_inputs(batch)[0], (np.asarray(batch["id"], dtype=np.int64), _labels_of(batch))
 
-    reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, cfg.model.encoder),
+    reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, cfg.model.encoder, meta),
                            rank=0, world_size=1, batch_rows=batch_rows, seed=0,
                            shuffle=False)
     reader.set_epoch(0)
@@ -90,8 +101,7 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     with torch.no_grad():
         for inputs, (batch_ids, batch_labels) in prefetch(reader, decode, 2, device):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                emb = enc(inputs)
-            embs.append(emb.float().cpu().numpy())
+                embs.append(encode_batch(enc, inputs, frame_budget))
             ids.append(batch_ids)
             labels.append(batch_labels)
             n += len(ids[-1])
@@ -107,6 +117,36 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_parquet_atomic(pa.table(cols), out_path)
     return out_path
+
+
+def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_budget: int = 32768) -> np.ndarray:
+    """Embeddings [B, d] float32 of one decoded batch, rows in input order.
+
+    Variable-length inputs (``lengths`` [B] next to tensors padded on dim 1 to ``T`` frames)
+    are encoded in sub-batches of similar length: rows sorted by length (longest first), each
+    sub-batch holds ``max(1, frame_budget // its longest row)`` rows and its padded tensors are
+    cut to that row's length. A length-masked encoder gives the same embeddings as one padded
+    batch, with far less padding and memory (a 512-row batch of real utterances padded to the
+    longest one is mostly zeros). Inputs without ``lengths`` (or ``frame_budget`` 0) go through
+    in one call."""
+    lengths = inputs.get("lengths")
+    if lengths is None or frame_budget <= 0 or len(lengths) == 0:
+        return enc(inputs).float().cpu().numpy()
+    n, t_pad = len(lengths), max(int(v.shape[1]) for k, v in inputs.items() if k != "lengths" and v.dim() >= 2)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out = None
+    i = 0
+    while i < n:
+        longest = max(1, int(lengths[order[i]]))
+        idx = order[i:i + max(1, frame_budget // longest)]
+        sub = {k: (v[idx, :longest] if k != "lengths" and v.dim() >= 2 and v.shape[1] == t_pad else v[idx])
+               for k, v in inputs.items()}
+        emb = enc(sub).float().cpu().numpy()
+        if out is None:
+            out = np.empty((n, emb.shape[1]), np.float32)
+        out[idx.cpu().numpy()] = emb
+        i += len(idx)
+    return out
 
 
 def _labels_of(batch: Dict[str, Any]) -> Any:

@@ -28,9 +28,10 @@ def run_training(cfg: RunConfig) -> Dict[str, Any]:
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         _cpu_env(cfg)
         from xclass.parallel import ParallelContext
+        from xclass.parallel.device import run_device
         from xclass.train.loop import train
 
-        return train(cfg, ParallelContext.single())
+        return train(cfg, ParallelContext.single(run_device(cfg, 0)))
     return run_on_ray(cfg)
 
 
@@ -84,7 +85,7 @@ def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
             num_workers=cfg.cluster.workers, use_gpu=cfg.cluster.use_gpu,
             resources_per_worker={"CPU": cfg.cluster.cpus_per_worker,
                                   **({"GPU": 1} if cfg.cluster.use_gpu else {})}),
-        torch_config=TorchConfig(backend=cfg.cluster.backend),
+        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else cfg.cluster.backend),
         run_config=RayRunConfig(name="xclass", storage_path=os.path.join(out, "ray"),
                                 failure_config=FailureConfig(max_failures=cfg.cluster.max_failures)),
     )
@@ -159,13 +160,29 @@ def worker_main(config: Dict[str, Any]) -> None:
     import ray.train
 
     from xclass.parallel import ParallelContext
+    from xclass.parallel.device import run_device
     from xclass.train.loop import train
 
+    local_rank = ray.train.get_context().get_local_rank()
+    # Ray decides which GPU(s) a worker sees (CUDA_VISIBLE_DEVICES): ask it for the index
+    gpu_index = _ray_gpu_index(local_rank) if cfg.cluster.use_gpu else local_rank
     ctx = ParallelContext.from_env()
-    ctx = ParallelContext(ctx.rank, ctx.world_size, ctx.group,
-                          ray.train.get_context().get_local_rank())
+    ctx = ParallelContext(ctx.rank, ctx.world_size, ctx.group, local_rank, run_device(cfg, gpu_index))
+
 
     def report(metrics: Dict[str, Any], path: Optional[str]) -> None:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     train(cfg, ctx, report=report)
+
+
+def _ray_gpu_index(local_rank: int) -> int:
+    """This Ray Train worker's CUDA index among the devices it sees (``ray.train.torch.get_device``)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return local_rank  # resolve_device reports the missing GPU
+    from ray.train.torch import get_device
+
+    dev = get_device()
+    return int(dev.index or 0) if dev.type == "cuda" else local_rank

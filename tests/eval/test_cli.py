@@ -63,6 +63,29 @@ def test_xmc_end_to_end(tmp_path, capsys):
     assert got["header"]["filter_file"].endswith("filter.txt")
     assert os.path.exists(tmp_path / "rep" / "xmc_at_k.png")
     assert "P@1" in capsys.readouterr().out
+    # rankings Parquet: query id, the filtered top-10 label ids and their cosine scores
+    rk = pq.read_table(tmp_path / "rep" / "rankings.parquet")
+    assert rk.column("id").to_pylist() == list(range(n))
+    np.testing.assert_array_equal(np.array(rk.column("labels").to_pylist()), top)
+    np.testing.assert_allclose(np.array(rk.column("scores").to_pylist()),
+                               np.take_along_axis(S, top, 1), atol=1e-5)
+    # PSP with label counts from a file and the full training set's N
+    (tmp_path / "counts.txt").write_text("".join(f"{c}\n" for c in counts))
+    rc = run_evaluate(_args(add_evaluate_args, [
+        "--protocol", "xmc", "--index", out, "--queries", qf, "--ks", "1,5", "--label-counts",
+        str(tmp_path / "counts.txt"), "--propensity-n", "5000", "--out", str(tmp_path / "rep2"), "--quiet"]))
+    assert rc == 0
+    got = json.load(open(tmp_path / "rep2" / "metrics.json"))
+    S2 = qn.astype(np.float64) @ ln.T
+    ref = xmc_metrics(Ranking.build(np.argsort(-S2, axis=1)[:, :5], LabelSets.from_lists(truth),
+                                    inverse_propensity(counts, 5000, 0.55, 1.5)), (1, 5))
+    assert got["metrics"]["PSP@5"] == pytest.approx(ref["PSP@5"], abs=1e-9)
+    assert got["header"]["propensity_N"] == 5000
+    # an existing --rankings file is refused before anything is written
+    rc = run_evaluate(_args(add_evaluate_args, [
+        "--protocol", "xmc", "--index", out, "--queries", qf, "--rankings",
+        str(tmp_path / "rep" / "rankings.parquet"), "--quiet"]))
+    assert rc == 2
 
 
 @pytest.mark.parametrize("protocol", ["face", "speaker"])

@@ -5,8 +5,8 @@ from sklearn.metrics import roc_curve
 
 from xclass.eval.identification import (cmc_at_k, identification_report, knn_majority_accuracy,
                                         knn_top1_accuracy, majority_vote)
-from xclass.eval.verification import (det_curve, eer, kfold_accuracy, min_dcf, roc, tar_at_far,
-                                      verification_report)
+from xclass.eval.verification import (_best_threshold, det_curve, eer, kfold_accuracy, min_dcf, roc,
+                                      stratified_folds, tar_at_far, verification_report)
 
 S = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
 T = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
@@ -60,18 +60,75 @@ def test_min_dcf_brute_force(p):
 
 def test_kfold_accuracy_brute_force():
     s, t = _data(4, n=200)
-    folds = np.array_split(np.arange(len(s)), 10)
+    fold = stratified_folds(s, t, 10)
     accs = []
-    for f in folds:
+    for k in range(10):
+        f = np.flatnonzero(fold == k)
         tr = np.setdiff1d(np.arange(len(s)), f)
         u = np.unique(s[tr])
         cands = np.r_[u[0] - 1, (u[:-1] + u[1:]) / 2, u[-1]]
-        tr_acc = [np.mean((s[tr] > c) == t[tr]) for c in cands]
-        thr = cands[int(np.argmax(tr_acc))]
+        tr_acc = np.array([np.mean((s[tr] > c) == t[tr]) for c in cands])
+        thr = cands[np.flatnonzero(tr_acc == tr_acc.max()).max()]   # ties: highest threshold
         accs.append(np.mean((s[f] > thr) == t[f]))
     mean, std, thr = kfold_accuracy(s, t, 10)
     assert mean == pytest.approx(np.mean(accs)) and std == pytest.approx(np.std(accs))
     assert len(thr) == 10
+
+
+def test_stratified_folds_balanced():
+    s, t = _data(7, n=4950)
+    fold = stratified_folds(s, t, 10)
+    for k in range(10):
+        assert abs(int(np.sum(t & (fold == k))) - t.sum() / 10) < 1
+        assert abs(int(np.sum(~t & (fold == k))) - (~t).sum() / 10) < 1
+    assert abs(np.bincount(fold).max() - np.bincount(fold).min()) <= 1
+
+
+def test_kfold_accuracy_independent_of_file_order():
+    """The imported-data case: 450 genuine pairs first, then 4,500 impostors. Contiguous folds
+    gave ~1 - 450/4950 with a std of ~20 points; sorted and shuffled files must agree."""
+    rng = np.random.default_rng(0)
+    t = np.r_[np.ones(450, bool), np.zeros(4500, bool)]
+    s = np.r_[rng.normal(0.6, 0.15, 450), rng.normal(0.1, 0.15, 4500)].round(3)   # with ties
+    sorted_acc = kfold_accuracy(s, t)
+    perm = rng.permutation(len(s))
+    shuffled_acc = kfold_accuracy(s[perm], t[perm])
+    assert sorted_acc[0] == pytest.approx(shuffled_acc[0], abs=1e-12)
+    assert sorted_acc[1] == pytest.approx(shuffled_acc[1], abs=1e-12)
+    order = np.argsort(-s, kind="stable")
+    assert kfold_accuracy(s[order], t[order])[0] == pytest.approx(sorted_acc[0], abs=1e-12)
+    assert sorted_acc[1] < 0.03                    # no all-impostor fold any more
+
+
+def test_kfold_accuracy_hand_computed():
+    """2 folds of one genuine + one impostor. Genuine 0.9, 0.3; impostor 0.4, 0.1.
+    A: {0.9+, 0.4-} | {0.3+, 0.1-}: thresholds 0.65 and 0.2, each fold 1/2 right -> 0.5.
+    B: {0.9+, 0.1-} | {0.3+, 0.4-}: training on B's second fold ties at 1/2 between -0.7 and
+    0.4; the highest (0.4) gets fold one fully right; the other fold gets 1/2 -> 0.75."""
+    s = np.array([0.9, 0.3, 0.4, 0.1])
+    t = np.array([True, True, False, False])
+    seen = set()
+    for seed in range(8):
+        fold = stratified_folds(s, t, 2, seed)
+        case = "A" if fold[0] == fold[2] else "B"
+        seen.add(case)
+        mean, std, _ = kfold_accuracy(s, t, 2, seed=seed)
+        assert (mean, std) == ((0.5, 0.0) if case == "A" else (0.75, 0.25)), (seed, case)
+    assert seen == {"A", "B"}
+
+
+def test_threshold_ties_match_insightface_argmax():
+    """insightface LFW: argmax over ascending L2 distances of unit vectors, same iff d < thr.
+    On cosine scores (d^2 = 2 - 2 cos) its choice is the highest tied cosine threshold."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        t = rng.random(60) < 0.5
+        cos = np.clip(rng.normal(0.2 + 0.4 * t, 0.3), -0.9, 0.9).round(1) + 0.0033   # ties, off-grid
+        d2_grid = np.arange(0, 4, 0.01)
+        acc = [np.mean(((2 - 2 * cos) < d) == t) for d in d2_grid]
+        want = 1 - d2_grid[int(np.argmax(acc))] / 2
+        got = _best_threshold(cos, t, np.sort(1 - d2_grid / 2))
+        assert got == pytest.approx(want, abs=1e-9)     # the same grid point, not just equal accuracy
 
 
 def test_verification_errors_and_reports():

@@ -93,7 +93,7 @@ def skip_case(ctx) -> Dict[str, Any]:
         head.weight.grad[0, 0] = float("inf")
     w0 = head.weight.detach().clone()
     stepped = opt.step()
-    return {"stepped": stepped, "unchanged": torch.equal(w0, head.weight.detach()),
+    return {"stepped": bool(stepped), "unchanged": torch.equal(w0, head.weight.detach()),
             "step_count": int(head.step_count)}
 
 

@@ -69,6 +69,28 @@ def test_import_tree_with_held_out_identities(tmp_path):
     assert all((lab[a] == lab[b]) == s and a != b for a, b, s in zip(pairs["a"], pairs["b"], pairs["same"]))
 
 
+def test_pairs_balanced_and_shuffled_by_default(tmp_path):
+    """Few same-identity pairs (2 ids x 4 images = 12) and num_pairs=100: 12 genuine + 12 impostors,
+    interleaved (the old file had all genuine pairs first, then 88 impostors)."""
+    _tree(tmp_path / "faces")
+    import_faces(str(tmp_path / "faces"), str(tmp_path / "out"), size=8, test_classes=2, num_pairs=100,
+                 show_progress=False)
+    same = pq.read_table(tmp_path / "out" / "pairs.parquet").column("same").to_pylist()
+    assert len(same) == 24 and sum(same) == 12
+    assert same != sorted(same, reverse=True) and same != sorted(same)
+
+
+def test_balanced_pairs_impostor_ratio():
+    from xclass.importers.common import balanced_pairs
+
+    labels = np.repeat(np.arange(20), 3)                     # 20 x 3 pairs = 60 same-label pairs
+    p = balanced_pairs(np.arange(60) + 100, labels, 1000, seed=1, impostor_ratio=2.0)
+    assert int(p["same"].sum()) == 60 and len(p["same"]) == 180
+    lab = dict(zip(np.arange(60) + 100, labels))
+    assert all((lab[a] == lab[b]) == s for a, b, s in zip(p["a"], p["b"], p["same"]))
+    assert len({(a, b) for a, b in zip(p["a"], p["b"])}) == 180
+
+
 def test_corrupt_image_is_named(tmp_path):
     _tree(tmp_path / "faces", n_ids=2, per_id=1)
     (tmp_path / "faces" / "person01" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")

@@ -64,6 +64,33 @@ def test_list_columns_parquet_and_held_out_domains(tmp_path):
     validate_file(str(tmp_path / "out" / "train.parquet"), "quic", 4)
 
 
+def test_closed_set_split_by_rows(tmp_path):
+    """--test-fraction 0.25: each class sends floor or ceil of 25 % of its flows to test, with its
+    training label, never its first flow; the same seed gives the same split; the CLI passes it."""
+    labels = [f"c{i}" for i in range(5) for _ in range(4 * (i + 1))]      # 4, 8, 12, 16, 20 flows
+    table = pa.table({"label": labels, "sizes": [[100 + k, 60] for k in range(len(labels))],
+                      "dirs": [[1, -1]] * len(labels), "times": [[0.0, 1.5]] * len(labels)})
+    pq.write_table(table, tmp_path / "f.parquet")
+    kw = dict(sizes_column="sizes", dirs_column="dirs", iat_column="times", num_packets=4, show_progress=False)
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out"), test_fraction=0.25, seed=3, **kw)
+    assert meta["num_classes"] == 5 and meta["test_classes"] == 0
+    tr, te = (pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pydict() for s in ("train", "test"))
+    for c in range(5):
+        n, k = 4 * (c + 1), te["label"].count(c)
+        assert k in (n // 4, -(-n // 4)) and tr["label"].count(c) == n - k
+    first = {labels.index(f"c{c}") + 100 for c in range(5)}               # size of each class's first flow
+    assert not first & {s[0] for s in te["pkt_sizes"]}
+    assert len(te["id"]) + len(tr["id"]) == len(labels)
+    from xclass.importers import main
+
+    assert main([ "flows", "--input", str(tmp_path / "f.parquet"), "--sizes-column", "sizes", "--dirs-column",
+                 "dirs", "--iat-column", "times", "--num-packets", "4", "--test-fraction", "0.25", "--seed", "3",
+                 "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
+    assert pq.read_table(tmp_path / "out2" / "test.parquet").to_pydict() == te
+    with pytest.raises(ImportError_, match="--test-fraction must be in"):
+        import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out3"), test_fraction=1.0, **kw)
+
+
 def test_bad_direction_names_file_and_row(tmp_path):
     _csv(tmp_path / "f.csv", [("a", [[0, 1], [1, -1], [10, 20]], 1, 1), ("b", [[0, 1], [1, 0], [10, 20]], 1, 1)])
     with pytest.raises(ImportError_, match=r"f\.csv: row 1: directions"):

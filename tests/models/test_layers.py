@@ -56,3 +56,19 @@ def test_masked_batchnorm2d_matches_batchnorm_on_valid_frames():
     torch.testing.assert_close(got, want)
     assert (out[1, :, :, 2:] == 0).all()
     torch.testing.assert_close(mbn.running_var, ref.running_var)
+
+
+def test_masked_batchnorm_eval_matches_batchnorm_eval():
+    torch.manual_seed(1)
+    mbn, ref = MaskedBatchNorm1d(4), nn.BatchNorm1d(4)
+    for bn in (mbn, ref):   # same non-trivial running statistics and affine parameters
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([0.25, 4.0, 1.0, 9.0]))
+        bn.weight.data.copy_(torch.tensor([1.5, -0.5, 2.0, 1.0]))
+        bn.bias.data.copy_(torch.tensor([0.1, 0.2, -0.3, 0.4]))
+        bn.eval()
+    x, lengths = torch.randn(3, 4, 7) * 2, torch.tensor([7, 2, 5])
+    mask = length_mask(lengths, 7)
+    out = mbn(x, mask)
+    torch.testing.assert_close(out * mask.unsqueeze(1), ref(x) * mask.unsqueeze(1))
+    assert (out.transpose(1, 2)[~mask] == 0).all()

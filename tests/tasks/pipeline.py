@@ -3,7 +3,7 @@ export-index -> evaluate, and the same chain for a random-init encoder.
 
 The random-init baseline trains 1 step with ``optim.lr=0`` (encoder and head unchanged; only
 BatchNorm running statistics see one batch), so it goes through exactly the same export and
-evaluation code as the trained run. Used by tests/tasks/ and to measure the README numbers
+evaluation code as the trained run. Used by tests/tasks/ and to measure the numbers in docs/tasks.md
 (``python -m tests.tasks.pipeline TASK WORKDIR [--full]``).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Each task's CPU config, shortened, from make-data to a metrics report through the CLI
 (xclass.cli.main), trained vs the random-init encoder through the same export/evaluate path.
-The bars are ones the random-init encoder does not reach (measured: see README "Tasks")."""
+The bars are ones the random-init encoder does not reach (measured: see docs/tasks.md)."""
 from __future__ import annotations
 
 import os

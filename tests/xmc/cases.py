@@ -29,6 +29,8 @@ CASES = [
                                                              hidden=[6]), optim=SGD),
     dict(id="dual_text_free", head="dual_decoupled", params=dict(label_repr="text+free", scale=3.0, token_dim=4),
          optim=ADAMW),
+    dict(id="dual_features_free", head="dual_decoupled", params=dict(label_repr="features+free", scale=3.0,
+                                                                      hidden=[6]), optim=ADAMW),
     dict(id="dual_shortlist", head="dual_decoupled", params=dict(scale=4.0, init_std=0.5, shortlist_k=1,
                                                                   shortlist_refresh=1), optim=SGD0),
     dict(id="ova_sum", head="ova", params=dict(init_std=0.5), optim=SGD),
@@ -51,9 +53,16 @@ def batch(step: int):
     return torch.randn(8, D, generator=g) * 1.5, LABELS.roll(step, 0)
 
 
+def label_features():
+    """[C, 4] label feature rows (e.g. frozen text-tower embeddings of the label text)."""
+    return torch.randn(C, 4, generator=torch.Generator().manual_seed(6))
+
+
 def head_params(case, start: int, stop: int):
     p = dict(case["params"])
-    if p.get("label_repr", "free") != "free":
+    if p.get("label_repr", "free").startswith("features"):
+        p["label_features"] = label_features()[start:stop]
+    elif p.get("label_repr", "free") != "free":
         p["label_tokens"] = select_bags(*label_bags(), torch.arange(start, stop))
         p["vocab_size"] = V
     return p

@@ -77,7 +77,10 @@ def dense_reference(case, active=None):
         if case["head"] == "ova":
             loss = dense_ova(q, W, b, labels, p)
         else:
-            E = tower(head.label_values, head.label_offsets) if tower else 0
+            if p.get("label_repr", "free").startswith("features"):
+                E = tower(head.label_feats)
+            else:
+                E = tower(head.label_values, head.label_offsets) if tower else 0
             E = E + W if W is not None else E
             loss = dense_dual(q, E, labels, p.get("scale", 20.0), p.get("normalize", True), active)
         opt.zero_grad()

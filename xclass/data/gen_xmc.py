@@ -6,7 +6,8 @@ belongs to topic ``r mod K``. A document draws ``1 + Poisson(mean_labels - 1)`` 
 first from the global Zipf, the others with probability ``topic_prob`` from the first one's
 topic (Zipf inside the topic), else globally. Its tokens are a few words of each label's
 private vocabulary (``words_per_label`` hashed token ids), two words of the topic and
-Zipf-distributed background tokens, in random order. Token 0 is reserved for padding.
+Zipf-distributed background tokens, in random order. Token 0 is never drawn
+(meta.json pad_id = vocab_size: the encoders pad with a dedicated row).
 The label table gives each label text made of its first words and topic word.
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ class XmcGenerator:
         self.vocab_zipf = Zipf(vocab_size - 1, 1.1)
 
     def input_meta(self) -> Dict:
-        return {"tokens": {"vocab_size": self.V, "pad_id": 0}, "num_topics": self.K}
+        # pad_id: the encoders' padding row (id vocab_size); token 0 is simply never drawn.
+        return {"tokens": {"vocab_size": self.V, "pad_id": self.V}, "num_topics": self.K}
 
     def schema(self) -> pa.Schema:
         schema = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())),

@@ -85,6 +85,15 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report directory (metrics.json, summary.md, PNGs)")
     p.add_argument("--ks", type=_ints, default=(1, 3, 5), help="e.g. 1,3,5,10,100")
     p.add_argument("--train-labels", help="training Parquet (labels) for propensities (PSP)")
+    p.add_argument("--label-counts", default=None,
+                   help="xmc PSP: training label counts instead of --train-labels' (text: line i = count of "
+                        "label i, or a Parquet with label_id, train_count such as an XMC labels.parquet)")
+    p.add_argument("--propensity-n", type=int, default=None,
+                   help="xmc PSP: N of the propensity formula (rows of the full training set; default: "
+                        "the rows of --train-labels)")
+    p.add_argument("--rankings", default=None,
+                   help="xmc: write the rankings Parquet (id, labels = top-K label ids, scores) here "
+                        "(default OUT/rankings.parquet with --out; must not exist)")
     p.add_argument("--prop-a", type=float, default=0.55)
     p.add_argument("--prop-b", type=float, default=1.5)
     p.add_argument("--filter", dest="filter_file", help="'row label' pairs removed before ranking")
@@ -129,17 +138,23 @@ def _run_evaluate(args) -> int:
     if args.protocol == "xmc":
         _need(args, "index", "queries")
         index = _open_index(args)
-        inv = None
-        if args.train_labels:
-            n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
-            inv = ev.propensity_from_train(args.train_labels, n_labels, args.prop_a, args.prop_b)
+        rankings = getattr(args, "rankings", None)
+        if rankings and os.path.exists(rankings):
+            raise FileExistsError(f"{rankings} exists (rankings are never overwritten; remove it first)")
+        rankings = rankings or (os.path.join(args.out, "rankings.parquet") if args.out else None)
+        n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
+        inv = ev.xmc_propensity(n_labels, args.train_labels, getattr(args, "label_counts", None),
+                                getattr(args, "propensity_n", None), args.prop_a, args.prop_b)
         filt = ev.read_filter(args.filter_file) if args.filter_file else None
         metrics = ev.evaluate_xmc(index, args.queries, args.ks, inv_prop=inv, filter_pairs=filt,
                                   batch_rows=args.batch_rows, empty_rows=args.empty_rows,
                                   progress=not args.quiet,
-                                  check_labels=not getattr(args, "allow_unindexed_labels", False))
+                                  check_labels=not getattr(args, "allow_unindexed_labels", False),
+                                  rankings_out=rankings)
         header.update({"index": args.index, "index_type": index.spec.kind, "queries": args.queries,
                        "propensity_A_B": [args.prop_a, args.prop_b] if inv is not None else None,
+                       "propensity_N": getattr(args, "propensity_n", None),
+                       "label_counts": getattr(args, "label_counts", None), "rankings": rankings,
                        "filter_file": args.filter_file, "empty_rows": args.empty_rows})
     elif args.protocol in ("face", "speaker"):
         _need(args, "embeddings", "pairs")

@@ -66,6 +66,57 @@ def _label_counts_parquet(path: str, n_labels: int):
     return counts, n
 
 
+def read_label_counts(path: str, n_labels: int) -> np.ndarray:
+    """Training label counts [n_labels] int64 from a text file (line i = count of label i) or a
+    Parquet table with ``label_id`` and ``train_count`` (an XMC dataset's labels.parquet)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        missing = [c for c in ("label_id", "train_count") if c not in t.column_names]
+        if missing:
+            raise ValueError(f"{path}: label-count table needs columns label_id, train_count (missing {missing})")
+        ids = t.column("label_id").to_numpy().astype(np.int64)
+        cnt = t.column("train_count").to_numpy().astype(np.int64)
+    else:
+        with open(path) as f:
+            lines = f.read().split()
+        bad = [i for i, x in enumerate(lines) if not x.isdigit()]
+        if bad:
+            raise ValueError(f"{path}: line {bad[0] + 1}: expected a non-negative integer count, got {lines[bad[0]]!r}")
+        cnt = np.asarray([int(x) for x in lines], np.int64)
+        ids = np.arange(len(cnt))
+    if len(ids) and (ids.min() < 0 or ids.max() >= max(n_labels, len(ids))):
+        raise ValueError(f"{path}: label id {int(ids.max())} outside [0, {n_labels})")
+    out = np.zeros(max(n_labels, len(ids)), np.int64)
+    out[ids] = cnt
+    return out
+
+
+def xmc_propensity(n_labels: int, train: Optional[Source] = None, label_counts: Optional[str] = None,
+                   n_train: Optional[int] = None, a: float = 0.55, b: float = 1.5) -> Optional[np.ndarray]:
+    """Inverse propensities [n_labels] or None: label counts from ``label_counts`` (file) or the
+    ``train`` labels; N = ``n_train`` when given (e.g. the full training set's size), else the
+    number of training rows (needs ``train``)."""
+    if label_counts is None and train is None:
+        if n_train is not None:
+            raise ValueError("the propensity N needs label counts (--train-labels or --label-counts)")
+        return None
+    rows = None
+    if label_counts is not None:
+        counts = read_label_counts(label_counts, n_labels)
+    else:
+        counts, rows = _label_counts_parquet(train, n_labels)
+    if n_train is None and rows is None and train is not None:
+        rows = _label_counts_parquet(train, n_labels)[1]
+    n_train = rows if n_train is None else n_train
+    if n_train is None:
+        raise ValueError("--label-counts needs --propensity-n (the number of training rows) or --train-labels")
+    if n_train < 1:
+        raise ValueError(f"propensity N must be >= 1, got {n_train}")
+    return inverse_propensity(counts, int(n_train), a, b)
+
+
 def read_filter(path: str) -> np.ndarray:
     """XC-repository filter file: whitespace separated ``row label`` pairs -> [m, 2] int64."""
     try:
@@ -112,11 +163,13 @@ class _LabelSpace:
 def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
                  inv_prop: Optional[np.ndarray] = None, filter_pairs: Optional[np.ndarray] = None,
                  batch_rows: int = 4096, empty_rows: str = "keep", progress: bool = True,
-                 check_labels: bool = True) -> dict:
+                 check_labels: bool = True, rankings_out: Optional[str] = None) -> dict:
     """XMC metrics of ``queries`` (with ``labels``/``label``) retrieved from ``index``
     (a :class:`~xclass.eval.searcher.ShardedIndex` or anything with ``search(q, k)``).
     ``check_labels``: refuse query label ids the index does not hold (a label-space mismatch
-    would otherwise silently score as misses)."""
+    would otherwise silently score as misses). ``rankings_out``: also write the rankings as
+    Parquet (``id`` query id, ``labels`` top-K label ids best first, ``scores`` their scores;
+    -1 / -inf pads), written to a temp file and renamed when complete."""
     if empty_rows not in ("keep", "drop"):
         raise ValueError(f"empty_rows must be 'keep' or 'drop', got {empty_rows!r}")
     K = max(ks)
@@ -129,19 +182,24 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
             raise ValueError(f"inverse propensities cover {len(inv_prop)} labels, index ids reach {hi}")
     parts, bar = [], _progress(num_rows(queries), "xmc eval", progress)
     check = _LabelSpace(index, queries) if check_labels else None
+    writer = RankingWriter(rankings_out, K) if rankings_out else None
     for b in iter_batches(queries, batch_rows, with_labels=True):
         if check is not None:
             check(b)
-        _, I = index.search(b.emb, K + extra)
+        D, I = index.search(b.emb, K + extra)
         if extra:
             sel = (filter_pairs[:, 0] >= b.offset) & (filter_pairs[:, 0] < b.offset + len(b.ids))
             pairs = filter_pairs[sel] - np.array([b.offset, 0])
-            I, _ = remove_pairs(I, None, pairs, K)
+            I, D = remove_pairs(I, D, pairs, K)
         parts.append(Ranking.build(I[:, :K], b.labels, inv_prop))
+        if writer is not None:
+            writer.write(b.ids, I[:, :K], D[:, :K])
         if bar is not None:
             bar.update(len(b.ids))
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
     r = Ranking.concat(parts)
     n_empty = int((r.n_true == 0).sum())
     if empty_rows == "drop":
@@ -149,6 +207,37 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
     out = xmc_metrics(r, ks)
     out.update({"n_queries": int(len(r.n_true)), "n_empty_rows": n_empty})
     return out
+
+
+class RankingWriter:
+    """Streams (query id, top-K label ids, scores) rows into a Parquet file: ``id`` int64,
+    ``labels`` list<int64>, ``scores`` list<float32>; ``path + ".tmp"`` renamed on close."""
+
+    def __init__(self, path: str, k: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path, self.k, self.pa = path, k, pa
+        self.schema = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())),
+                                 ("scores", pa.list_(pa.float32()))])
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        self.w = pq.ParquetWriter(path + ".tmp", self.schema)
+
+    def write(self, ids: np.ndarray, topk: np.ndarray, scores: np.ndarray) -> None:
+        """ids [b]; topk [b, K] (-1 pads); scores [b, K]."""
+        pa, n, k = self.pa, len(ids), self.k
+        topk = np.asarray(topk, np.int64)
+        scores = np.where(topk >= 0, np.asarray(scores, np.float32), -np.inf).astype(np.float32)
+        off = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+        self.w.write_table(pa.table({
+            "id": pa.array(np.asarray(ids, np.int64)),
+            "labels": pa.ListArray.from_arrays(off, pa.array(topk.reshape(-1))),
+            "scores": pa.ListArray.from_arrays(off, pa.array(scores.reshape(-1)))}, schema=self.schema))
+
+    def close(self) -> None:
+        self.w.close()
+        os.replace(self.path + ".tmp", self.path)
 
 
 def _name(src: Source) -> str:

@@ -23,6 +23,19 @@ def _fail(path: str, msg: str):
     raise IndexError_(f"{path}: {msg}")
 
 
+def _confined(root: str, name: object) -> str:
+    """``root/name`` for a manifest's shard file name, refused when it is not a plain relative
+    path that stays inside the index directory (``../x``, absolute paths, symlinks out)."""
+    mpath = os.path.join(root, "manifest.json")
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        _fail(mpath, f"shard file {name!r} must be a relative path inside the index directory")
+    full = os.path.realpath(os.path.join(root, name))
+    top = os.path.realpath(root)
+    if os.path.commonpath([full, top]) != top:
+        _fail(mpath, f"shard file {name!r} points outside the index directory; refused")
+    return os.path.join(root, name)
+
+
 class ShardedIndex:
     """All shards of an exported index. ``search(q, k)`` -> (D [n, k], I [n, k] global ids)."""
 
@@ -60,8 +73,10 @@ class ShardedIndex:
         try:
             with open(mpath) as f:
                 man = json.load(f)
-        except json.JSONDecodeError as exc:
-            _fail(mpath, f"corrupted manifest ({exc})")
+        except ValueError as exc:  # JSON or UTF-8 decoding
+            _fail(mpath, f"corrupted manifest ({str(exc)[:200]})")
+        if not isinstance(man, dict):
+            _fail(mpath, "corrupted manifest (not a JSON object)")
         for key in ("format", "spec", "dim", "ntotal", "shards"):
             if key not in man:
                 _fail(mpath, f"manifest lacks key {key!r}")
@@ -79,7 +94,7 @@ class ShardedIndex:
 
     @staticmethod
     def _load_shard(path: str, sh: dict, man: dict, spec: xi.IndexSpec, mmap: bool):
-        f = os.path.join(path, sh["file"])
+        f = _confined(path, sh.get("file") if isinstance(sh, dict) else None)
         if not os.path.isfile(f):
             _fail(f, "shard file listed in the manifest is missing")
         if os.path.getsize(f) != sh.get("bytes", os.path.getsize(f)):

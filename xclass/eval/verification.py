@@ -11,8 +11,13 @@ Every function takes ``scores`` [n] float (higher = more likely the same identit
 * TAR@FAR: ``rule="nearest"`` takes the best TPR at the ROC FPR nearest the target
   (insightface ``eval_ijbc``, except that ties at that FPR take the best TPR rather than the
   first point); ``rule="le"`` the best TPR with FPR <= target.
-* k-fold accuracy (insightface LFW protocol): contiguous folds, the threshold maximising
-  accuracy on the other folds is applied to the held-out fold; mean and std over folds.
+* k-fold accuracy (LFW protocol): the threshold maximising accuracy on the other folds is
+  applied to the held-out fold; mean and std over folds. Folds are stratified and independent of
+  the pairs' order (:func:`stratified_folds`): LFW's own file lists 300 genuine + 300 impostor
+  pairs per fold, so insightface's contiguous split is balanced there but would put only one
+  kind of pair in a fold of a file sorted by label. Ties between thresholds of equal training
+  accuracy go to the HIGHEST score threshold (the strictest accept), which is what insightface's
+  ``argmax`` over its ascending L2-distance grid picks (smallest distance = highest cosine).
 """
 from __future__ import annotations
 
@@ -100,24 +105,50 @@ def _candidate_thresholds(s: np.ndarray) -> np.ndarray:
     return np.r_[u[0] - 1.0, (u[:-1] + u[1:]) / 2.0, u[-1]]
 
 
+def stratified_folds(scores: np.ndarray, target: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index [n] int of every pair: each fold holds genuine and impostor pairs in the same
+    proportion (counts differ by at most one per kind), assigned by a seeded permutation of each
+    kind's pairs taken in score order. The multiset of (score, target) per fold depends only on
+    the multiset of pairs, never on the order of the file (equal-score pairs of one kind are
+    interchangeable), so a shuffled or label-sorted pairs file gives the same accuracy."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(target).astype(bool).ravel()
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(s), dtype=np.int64)
+    offset = 0
+    for kind in (True, False):
+        idx = np.flatnonzero(t == kind)
+        idx = idx[np.argsort(s[idx], kind="stable")]              # canonical order: by score
+        fold[idx[rng.permutation(len(idx))]] = (offset + np.arange(len(idx))) % n_folds
+        offset = (offset + len(idx)) % n_folds                    # keep fold sizes within one
+    return fold
+
+
+def _best_threshold(s: np.ndarray, t: np.ndarray, grid: np.ndarray) -> float:
+    """The grid threshold of best accuracy; ties -> the highest threshold (see module doc)."""
+    acc = _accuracy_per_threshold(s, t, grid)
+    return float(grid[int(np.flatnonzero(acc == acc.max())[-1])])
+
+
 def kfold_accuracy(scores: np.ndarray, target: np.ndarray, n_folds: int = 10,
-                   thresholds: Optional[np.ndarray] = None):
+                   thresholds: Optional[np.ndarray] = None, seed: int = 0):
     """Returns (mean accuracy, std accuracy, per-fold best thresholds [n_folds]).
 
     ``thresholds``: the grid to search (ascending). None = every midpoint between distinct
     training scores (exact best). insightface's grid on squared L2 distance of unit vectors
     ``0:0.01:4`` is ``thresholds = 1 - np.arange(0, 4, 0.01)[::-1] / 2`` on cosine scores.
+    ``seed``: the fold assignment's permutation (:func:`stratified_folds`).
     """
     s, t = _validate(scores, target)
     if len(s) < n_folds:
         raise ValueError(f"{len(s)} pairs cannot be split into {n_folds} folds")
-    folds = np.array_split(np.arange(len(s)), n_folds)   # same sizes as KFold(shuffle=False)
+    fold = stratified_folds(s, t, n_folds, seed)
     accs, best = [], []
-    for test_idx in folds:
-        train = np.ones(len(s), dtype=bool)
-        train[test_idx] = False
+    for k in range(n_folds):
+        test_idx = np.flatnonzero(fold == k)
+        train = fold != k
         grid = _candidate_thresholds(s[train]) if thresholds is None else np.asarray(thresholds)
-        thr = grid[int(np.argmax(_accuracy_per_threshold(s[train], t[train], grid)))]
+        thr = _best_threshold(s[train], t[train], grid)
         pred = s[test_idx] > thr
         accs.append(float(np.mean(pred == t[test_idx])))
         best.append(float(thr))

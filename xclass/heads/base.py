@@ -119,3 +119,24 @@ def head_lr(optim_cfg: Any) -> float:
     """Learning rate for the head: optim.head_lr when set, else optim.lr."""
     hl: Optional[float] = getattr(optim_cfg, "head_lr", None)
     return float(hl if hl is not None else optim_cfg.lr)
+
+
+def host_step(module: Any, name: str = "step_count") -> int:
+    """A 0-dim int64 counter buffer (``step_count``, on the run's device) as a Python int, without
+    a device read in a steady step: the value is cached on the host and re-read only when the
+    buffer was changed by something else (a load_state_dict, a move), detected by its version."""
+    buf = getattr(module, name)
+    key = "_host_" + name
+    cached = module.__dict__.get(key)
+    if cached is None or cached[0] is not buf or cached[1] != buf._version:
+        cached = (buf, buf._version, int(buf))  # host read: after construction or a load only
+        module.__dict__[key] = cached
+    return cached[2]
+
+
+def advance_step(module: Any, name: str = "step_count") -> None:
+    """``module.<name> += 1`` on the device and in the host cache (no sync)."""
+    n = host_step(module, name)
+    buf = getattr(module, name)
+    buf.add_(1)
+    module.__dict__["_host_" + name] = (buf, buf._version, n + 1)

@@ -7,7 +7,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from xclass.heads.base import HEADS, HeadOutput, head_lr, torch_optimizer
+from xclass.heads.base import HEADS, HeadOutput, advance_step, head_lr, host_step, torch_optimizer
 from xclass.heads.sharded import ShardedMarginHead, init_class_rows
 from xclass.losses import MARGINS
 from xclass.losses.reference import dense_margin_loss, dense_scores
@@ -47,7 +47,7 @@ class DenseMarginHead(nn.Module):
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         loss = dense_margin_loss(emb, labels, self.weight, self.margin, bias=self.bias,
-                                 step=int(self.step_count), seed=self.seed, label_smoothing=self.label_smoothing)
+                                 step=host_step(self), seed=self.seed, label_smoothing=self.label_smoothing)
         return HeadOutput(loss=loss, metrics={"loss": loss.detach()})
 
     def local_weight(self) -> Tuple[torch.Tensor, int]:
@@ -61,7 +61,7 @@ class DenseMarginHead(nn.Module):
     def make_optimizer(self, optim_cfg: Any) -> torch.optim.Optimizer:
         """torch SGD / AdamW; a step hook advances ``step_count`` (margin schedules, ElasticFace draws)."""
         opt = torch_optimizer(self.parameters(), optim_cfg, head_lr(optim_cfg))
-        opt.register_step_post_hook(lambda *_: self.step_count.add_(1))
+        opt.register_step_post_hook(lambda *_: advance_step(self))
         return opt
 
 

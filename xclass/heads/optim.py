@@ -8,9 +8,12 @@ truly sparse Partial-FC update and a skipped step agreed by all ranks.
 - With ``sample_rate == 1`` the update equals ``torch.optim.SGD`` (dampening 0, no Nesterov) or
   ``torch.optim.AdamW`` on the full shard. AdamW keeps a per-row step count, so the bias
   correction of a row counts the steps *that row* was updated (LazyAdam semantics).
-- ``step()`` returns False and changes nothing when any gradient on any rank is inf/NaN:
-  ``found_inf`` is all-reduced with MAX over the head group (and ``extra_groups``, e.g. the
-  data-parallel group), so every rank skips together and can update its loss scale identically.
+- ``step()`` changes no weight or state when any gradient on any rank is inf/NaN: ``found_inf``
+  is all-reduced with MAX over the head group (and ``extra_groups``, e.g. the data-parallel
+  group), so every rank skips together and can update its loss scale identically. The flag stays
+  on the device (the fused kernel and ``torch.where`` apply it): no host sync. ``step()`` returns
+  it as a 0-dim bool tensor (True: applied); ``head.step_count`` counts optimizer steps *taken or
+  skipped*, like the loop's step counter and LR schedule, so the host knows it without a read.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from xclass.parallel.collectives import all_reduce
-from xclass.heads.base import head_lr
+from xclass.heads.base import advance_step, head_lr
 
 OPTIMIZERS = ("sgd", "adamw")
 _FUSED_SGD = getattr(torch, "_fused_sgd_", None)  # private kernel behind torch.optim.SGD(fused=True)
@@ -38,7 +41,7 @@ class ShardedHeadOptimizer:
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
         self.extra_groups = list(extra_groups)
         self.state: Dict[str, Dict[str, torch.Tensor]] = {}
-        self.skipped = 0
+        self.skipped: Any = 0  # skipped steps: an int, or a 0-dim int64 device tensor once stepped
 
     # ------------------------------------------------------------------ gradients
     def _grads(self) -> List[Tuple[str, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]:
@@ -54,16 +57,19 @@ class ShardedHeadOptimizer:
             out.append(("bias", h.bias, None, h.bias.grad))
         return [o for o in out if o[3] is not None]
 
-    def found_inf(self) -> bool:
-        """True when any gradient on any rank of the head group (and extra groups) is not finite."""
+    def found_inf(self) -> torch.Tensor:
+        """0-dim float32 flag on the head's device: 1 when any gradient on any rank of the head
+        group (and extra groups) is not finite, else 0. Stays on the device (no host sync)."""
         # one reduction per gradient: inf/NaN anywhere makes the sum non-finite (a finite sum
         # overflowing fp32 would also count as inf, which only happens for already-broken steps)
-        local = any(not bool(torch.isfinite(g.sum())) for _, _, _, g in self._grads())
-        flag = torch.tensor([1.0 if local else 0.0])
+        dev = self.head.step_count.device
+        flag = torch.zeros(1, dtype=torch.float32, device=dev)
+        for _, _, _, g in self._grads():
+            flag = torch.maximum(flag, (~torch.isfinite(g.sum())).to(torch.float32).reshape(1))
         flag = all_reduce(flag, "max", self.head.group)
         for g in self.extra_groups:
             flag = all_reduce(flag, "max", g)
-        return bool(flag.item() > 0)
+        return flag.reshape(())
 
     # ------------------------------------------------------------------ updates
     def _state(self, name: str, p: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -77,63 +83,74 @@ class ShardedHeadOptimizer:
             self.state[name] = st
         return st
 
-    def _sgd(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
-        """In place on ``w`` and ``st`` (torch.optim.SGD: dampening 0, no Nesterov). One fused
-        pass over (w, g, momentum) where torch has the kernel (about 2x less memory traffic than
-        three separate in-place ops; equal up to rounding)."""
+    def _sgd(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor], inf: torch.Tensor) -> None:
+        """In place on ``w`` and ``st`` unless ``inf`` (0-dim float flag) is set (torch.optim.SGD:
+        dampening 0, no Nesterov). One fused pass over (w, g, momentum) where torch has the kernel
+        (about 2x less memory traffic than separate ops; equal up to rounding); it reads ``inf``
+        on the device."""
         buf = st["momentum"]
         if _FUSED_SGD is not None and self.momentum > 0 and w.is_contiguous() and buf.is_contiguous():
             _FUSED_SGD([w], [g.contiguous()], [buf], weight_decay=self.weight_decay, momentum=self.momentum,
-                       lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+                       lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+                       found_inf=inf)
             return
-        buf.mul_(self.momentum).add_(g)
+        new_buf = buf * self.momentum + g
         if self.weight_decay:
-            buf.add_(w, alpha=self.weight_decay)
-        w.add_(buf, alpha=-self.lr)
+            new_buf = torch.add(new_buf, w, alpha=self.weight_decay)
+        new_w = torch.add(w, new_buf, alpha=-self.lr)
+        skip = inf > 0
+        buf.copy_(torch.where(skip, buf, new_buf))
+        w.copy_(torch.where(skip, w, new_w))
 
-    def _adamw(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
-        """In place on ``w`` and ``st`` (torch.optim.AdamW with a per-row step count)."""
+    def _adamw(self, w: torch.Tensor, g: torch.Tensor, st: Dict[str, torch.Tensor], inf: torch.Tensor) -> None:
+        """In place on ``w`` and ``st`` unless ``inf`` is set (torch.optim.AdamW with a per-row
+        step count)."""
         b1, b2 = self.betas
-        st["steps"].add_(1)
-        w.mul_(1.0 - self.lr * self.weight_decay)
-        st["exp_avg"].mul_(b1).add_(g, alpha=1.0 - b1)
-        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        skip = inf > 0
+        steps = st["steps"] + (~skip).to(torch.int64)
+        new_w = w * (1.0 - self.lr * self.weight_decay)
+        m = torch.add(st["exp_avg"] * b1, g, alpha=1.0 - b1)
+        v = (st["exp_avg_sq"] * b2).addcmul_(g, g, value=1.0 - b2)
         shape = (-1,) + (1,) * (w.dim() - 1)
-        bc1 = (1.0 - b1 ** st["steps"].double()).to(w.dtype).view(shape)
-        bc2 = (1.0 - b2 ** st["steps"].double()).to(w.dtype).view(shape)
-        denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt()).add_(self.eps)
-        w.sub_(st["exp_avg"] * (self.lr / bc1) / denom)
+        bc1 = (1.0 - b1 ** steps.double()).to(w.dtype).view(shape)
+        bc2 = (1.0 - b2 ** steps.double()).to(w.dtype).view(shape)
+        denom = (v.sqrt() / bc2.sqrt()).add_(self.eps)
+        new_w.sub_(m * (self.lr / bc1) / denom)
+        st["steps"].copy_(steps)
+        st["exp_avg"].copy_(torch.where(skip, st["exp_avg"], m))
+        st["exp_avg_sq"].copy_(torch.where(skip, st["exp_avg_sq"], v))
+        w.copy_(torch.where(skip, w, new_w))
 
     @torch.no_grad()
-    def _apply(self, name: str, p: torch.Tensor, rows: Optional[torch.Tensor], g: torch.Tensor) -> None:
+    def _apply(self, name: str, p: torch.Tensor, rows: Optional[torch.Tensor], g: torch.Tensor,
+               inf: torch.Tensor) -> None:
         st = self._state(name, p)
         rule = self._sgd if self.name == "sgd" else self._adamw
         if rows is None:
             if self.name == "sgd" and self.momentum == 0:
                 st["momentum"].zero_()
-            rule(p.data, g, st)
+            rule(p.data, g, st, inf)
             return
         sub = {k: v.index_select(0, rows) for k, v in st.items()}
         w = p.data.index_select(0, rows)
         if self.name == "sgd" and self.momentum == 0:
             sub["momentum"].zero_()
-        rule(w, g, sub)
+        rule(w, g, sub, inf)
         p.data.index_copy_(0, rows, w)
         for k, v in sub.items():
             st[k].index_copy_(0, rows, v)
 
-    def step(self) -> bool:
-        """Update the rows used this step; False (and nothing changed) when a step is skipped."""
+    def step(self) -> torch.Tensor:
+        """Update the rows used this step unless a gradient is inf/NaN on some rank. Returns a 0-dim
+        bool device tensor, True when applied (reading it is a host sync: do so on log steps)."""
         grads = self._grads()
-        if self.found_inf():
-            self.skipped += 1
-            self.zero_grad()
-            return False
+        inf = self.found_inf()
         for name, p, rows, g in grads:
-            self._apply(name, p, rows, g)
-        self.head.step_count += 1
+            self._apply(name, p, rows, g, inf)
+        self.skipped = inf.to(torch.int64) + self.skipped
+        advance_step(self.head)
         self.zero_grad()
-        return True
+        return inf == 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         h = self.head
@@ -145,7 +162,7 @@ class ShardedHeadOptimizer:
             sampled.clear()
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "lr": self.lr, "skipped": self.skipped,
+        return {"name": self.name, "lr": self.lr, "skipped": int(self.skipped),
                 "state": {k: dict(v) for k, v in self.state.items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:

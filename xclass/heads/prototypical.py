@@ -73,13 +73,13 @@ def angproto_loss(emb: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
     n = q.shape[0]
     if n == 0:  # keeps the graph connected so backward still works (all gradients zero)
         zero = emb.sum() * 0.0 + (w.sum() + b.sum()) * 0.0
-        return zero, {"ap_speakers": torch.tensor(0.0), "ap_acc": torch.tensor(0.0)}
+        return zero, {"ap_speakers": torch.zeros((), device=emb.device), "ap_acc": torch.zeros((), device=emb.device)}
     cos = F.normalize(q, dim=1) @ F.normalize(p, dim=1).t()
     logits = w.clamp(min=1e-6) * cos + b
     target = torch.arange(n, device=emb.device)
     loss = F.cross_entropy(logits, target)
     acc = (logits.detach().argmax(1) == target).float().mean()
-    return loss, {"ap_speakers": torch.tensor(float(n)), "ap_acc": acc}
+    return loss, {"ap_speakers": torch.tensor(float(n), device=emb.device), "ap_acc": acc}
 
 
 def scalar_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:
@@ -132,7 +132,7 @@ class AngularPrototypicalHead(nn.Module):
 
     def local_weight(self) -> Tuple[torch.Tensor, int]:
         """No class vectors: an empty [0, d] shard."""
-        return torch.zeros(0, self.embedding_dim), 0
+        return torch.zeros(0, self.embedding_dim, device=self.w.device), 0
 
     @torch.no_grad()
     def scores(self, emb: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xclass.parallel import collectives as C
-from xclass.heads.base import IGNORE_INDEX, HeadOutput
+from xclass.parallel.device import check_on_device
+from xclass.heads.base import IGNORE_INDEX, HeadOutput, host_step
 from xclass.heads.partition import class_range, to_local
 from xclass.heads.sampling import sample_classes
 from xclass.heads.sparse import SampledRows
@@ -118,9 +119,8 @@ class ShardedMarginHead(nn.Module):
             raise ValueError(f"head: labels must be an integer [B={emb.shape[0]}] tensor, got "
                              f"{labels.dtype} {tuple(labels.shape)}")
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_classes))
-        if bool(bad.any()):
-            raise ValueError(f"head: label {int(labels[bad][0])} outside [0, {self.num_classes}) "
-                             f"(use {IGNORE_INDEX} to ignore a row)")
+        msg = f"outside [0, {self.num_classes}) (use {IGNORE_INDEX} to ignore a row)"
+        check_on_device(~bad.any(), lambda: f"head: label {int(labels[bad][0])} {msg}", f"head: a label {msg}")
 
     def _active_rows(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
         """(class rows [R, d] used this step, target remapped to them, global active class count)."""
@@ -129,11 +129,13 @@ class ShardedMarginHead(nn.Module):
         # negatives depend on (seed, step): the micro-batches of one step share them and add
         # their own positives; their gradients accumulate on the union (SampledRows.merged)
         idx = sample_classes(self.start, self.stop, target, self.sample_rate, self.seed,
-                             int(self.step_count))
+                             host_step(self))
         rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k, device=idx.device)).reshape(-1)
         leaf = self.sampled.take(self.weight, rows)
         t = torch.where(target >= 0, torch.searchsorted(idx, target.clamp(min=0)), target)
-        n_active = int(C.all_reduce(torch.tensor([idx.numel()]), "sum", self.group)) \
+        # label smoothing needs the global sampled-class count: one host read (Partial FC's sample
+        # size is data dependent, idx.numel() already synchronised)
+        n_active = int(C.all_reduce(torch.tensor([idx.numel()], device=idx.device), "sum", self.group)) \
             if self.label_smoothing else 0
         return leaf, t, n_active
 
@@ -166,7 +168,7 @@ class ShardedMarginHead(nn.Module):
         if getattr(self.margin, "needs_topk", 0):
             c = cos.detach().view(cos.shape[0], -1, self.k).amax(-1)
             thr = topk_threshold(c, target, self.margin.needs_topk, self.group)
-        aux = MarginAux(step=int(self.step_count), seed=self.seed, valid=valid, target_cos=tcos, owned=True,
+        aux = MarginAux(step=host_step(self), seed=self.seed, valid=valid, target_cos=tcos, owned=True,
                         topk_threshold=thr)
         logits = self.margin(cos, target, aux)
         if self.margin.objective == "binary":

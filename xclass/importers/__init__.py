@@ -42,8 +42,18 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="import_kind", required=True, metavar="{faces,audio,flows}")
     p = sub.add_parser("faces", help="face images (PGM/PNG/JPEG), one folder per identity -> face schema")
     _folder(p, "images")
-    p.add_argument("--size", type=int, default=112, help="square side after resize + center crop")
-    p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split")
+    p.add_argument("--size", type=int, default=112, help="square side of the stored image")
+    p.add_argument("--grayscale", action="store_true", help="store one grey channel instead of RGB")
+    p.add_argument("--crop-box", default=None, metavar="X0,Y0,X1,Y1",
+                   help="crop every image to this box (widened to a square), then resize")
+    p.add_argument("--boxes", default=None, metavar="CSV",
+                   help="per-image crop boxes: header row, then file (relative to --root),x0,y0,x1,y1")
+    p.add_argument("--landmarks", default=None, metavar="CSV",
+                   help="per-image 5 points (eyes, nose, mouth corners): header row, then file,x1,y1,...,x5,y5; "
+                        "similarity-aligned to the ArcFace 112x112 template scaled to --size")
+    p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split (at most)")
+    p.add_argument("--impostor-ratio", type=float, default=1.0,
+                   help="impostor pairs per genuine pair (default 1: a balanced file, shuffled)")
     _common(p)
     p = sub.add_parser("audio", help="WAV/FLAC/OGG, one folder per speaker -> 80-dim log-mel fbank")
     _folder(p, "recordings")
@@ -52,7 +62,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=0, help="crop training utterances to this many frames")
     p.add_argument("--segments", action="store_true",
                    help="with --max-frames: cut training utterances into consecutive chunks instead")
-    p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split")
+    p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split (at most)")
+    p.add_argument("--impostor-ratio", type=float, default=1.0,
+                   help="non-target trials per target trial (default 1: a balanced file, shuffled)")
     _common(p)
     p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
@@ -82,6 +94,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="pairs of --flow-id-column columns a reply swaps (e.g. src_ip=dst_ip,src_port=dst_port): "
                         "both directions of a connection become one flow (use with --src-column)")
     p.add_argument("--num-packets", type=int, default=30, help="packets kept per flow (zero-padded)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="closed set: this share of each class's flows (seeded, spread over the file) goes to "
+                        "the test split with its training label")
     _common(p)
     return parser
 
@@ -108,14 +123,15 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
         return import_faces(a.root, a.out, size=a.size, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
-                            show_progress=show)
+                            show_progress=show, impostor_ratio=a.impostor_ratio, grayscale=a.grayscale,
+                            crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
         return import_audio(a.root, a.out, sample_rate=a.sample_rate, n_mels=a.n_mels, max_frames=a.max_frames,
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
-                            overwrite=a.overwrite, show_progress=show)
+                            overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,
@@ -123,7 +139,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         stats_map=a.stats_map, flow_id_column=a.flow_id_column, time_column=a.time_column,
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
                         src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
-                        seed=a.seed, overwrite=a.overwrite, show_progress=show)
+                        test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show)
 
 
 def main(argv=None) -> int:

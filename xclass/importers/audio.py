@@ -146,7 +146,7 @@ def chunks(fb: np.ndarray, max_frames: int, segments: bool) -> List[np.ndarray]:
 def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int = 80, max_frames: int = 0,
                  segments: bool = False, test_classes: int = 0, test_regex: Optional[str] = None,
                  label_regex: Optional[str] = None, num_trials: int = 6000, seed: int = 0,
-                 overwrite: bool = False, show_progress: bool = True) -> Dict:
+                 overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0) -> Dict:
     """Import an audio folder into ``out`` (train.parquet, test.parquet + trials.parquet when a
     test split is requested, meta.json). Returns the meta dict."""
     items = discover(root, AUDIO_EXTS, label_regex)
@@ -165,4 +165,5 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                             "min_frames": int(min(frames)), "max_frames": int(max(frames)),
                             "sample_rate": sample_rate, "win_ms": 25.0, "hop_ms": 10.0}}
         return finish(tmp, "speaker", w, train_names, test_names, inputs,
-                      {"importer": "audio", "root": os.path.abspath(root), "files": len(items)}, num_trials, seed)
+                      {"importer": "audio", "root": os.path.abspath(root), "files": len(items)}, num_trials, seed,
+                      impostor_ratio)

@@ -94,9 +94,13 @@ def assign_splits(items: List[Item], *, test_classes: int = 0, test_regex: Optio
     return train_names, test_names
 
 
-def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: int) -> Dict[str, np.ndarray]:
-    """``num_pairs`` pairs (a, b, same) of distinct rows, half same-label, half different, seeded.
-    Fewer same-label pairs when the data has fewer; never duplicates a pair."""
+def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: int,
+                   impostor_ratio: float = 1.0) -> Dict[str, np.ndarray]:
+    """Up to ``num_pairs`` pairs (a, b, same) of distinct rows, seeded, in shuffled order:
+    ``n_pos = min(num_pairs // 2, same-label pairs available)`` genuine pairs and
+    ``min(num_pairs - n_pos, round(impostor_ratio * n_pos))`` impostors, so the default file is
+    balanced (like LFW's 3,000 + 3,000) even when the data has few same-label pairs (no
+    same-label pair at all: ``num_pairs`` impostors). Never duplicates a pair."""
     rng = np.random.default_rng(seed)
     n = len(ids)
     if n < 2 or len(np.unique(labels)) < 2:
@@ -117,15 +121,18 @@ def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: in
     pos = sorted(pos_set)
     neg: set = set()
     tries = 0
-    while len(neg) < num_pairs - n_pos and tries < 100 * num_pairs:
+    n_neg = min(num_pairs - n_pos, int(round(impostor_ratio * n_pos))) if n_pos else num_pairs
+    while len(neg) < n_neg and tries < 100 * num_pairs:
         i, j = rng.integers(0, n, 2)
         tries += 1
         if labels[i] != labels[j]:
             neg.add((min(i, j), max(i, j)))
     pairs = pos + sorted(neg)
-    a = np.array([ids[i] for i, _ in pairs], np.int64)
-    b = np.array([ids[j] for _, j in pairs], np.int64)
-    return {"a": a, "b": b, "same": np.array([True] * len(pos) + [False] * len(neg))}
+    same = np.array([True] * len(pos) + [False] * len(neg))
+    order = rng.permutation(len(pairs))            # genuine and impostor pairs interleaved
+    a = np.array([ids[pairs[k][0]] for k in order], np.int64)
+    b = np.array([ids[pairs[k][1]] for k in order], np.int64)
+    return {"a": a, "b": b, "same": same[order]}
 
 
 def write_pairs(path: str, pairs: Dict[str, np.ndarray], speaker: bool) -> None:
@@ -176,7 +183,7 @@ class SplitWriters:
 
 
 def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], test_names: List[str],
-           inputs: Dict, source: Dict, num_pairs: int, seed: int) -> Dict:
+           inputs: Dict, source: Dict, num_pairs: int, seed: int, impostor_ratio: float = 1.0) -> Dict:
     """Close the writers, write pairs/trials for the test split and meta.json; returns meta."""
     splits = writers.close()
     if "train" not in splits:
@@ -186,7 +193,8 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
                   "class_names": train_names + test_names, "inputs": inputs, "splits": splits,
                   "source": source}
     if "test" in splits and task in ("face", "speaker"):
-        pairs = balanced_pairs(np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed)
+        pairs = balanced_pairs(np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed,
+                               impostor_ratio)
         fname = "pairs.parquet" if task == "face" else "trials.parquet"
         write_pairs(os.path.join(tmp, fname), pairs, speaker=task == "speaker")
         key = "pairs" if task == "face" else "trials"

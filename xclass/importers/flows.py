@@ -147,13 +147,17 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                  flow_id_column: Optional[str] = None, time_column: Optional[str] = None, time_unit: str = "s",
                  size_column: Optional[str] = None, direction_column: Optional[str] = None,
                  src_column: Optional[str] = None, bidirectional: Optional[str] = None, num_packets: int = 30,
-                 test_classes: int = 0, seed: int = 0,
+                 test_classes: int = 0, seed: int = 0, test_fraction: float = 0.0,
                  overwrite: bool = False, show_progress: bool = True) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
-    ``test_classes`` > 0, meta.json). One row per flow (two passes: class names, then rows), or
-    one row per packet when ``flow_id_column`` is given (one pass, then the flows)."""
+    ``test_classes`` > 0 or ``test_fraction`` > 0, meta.json). One row per flow (two passes: class
+    names, then rows), or one row per packet when ``flow_id_column`` is given (one pass, then the
+    flows). ``test_fraction``: closed set, that share of each training class's flows (seeded,
+    :class:`RowSplit`) goes to test with its training label."""
     if not inputs:
         raise ImportError_("no input files")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
     source: Dict[str, Any] = {"importer": "flows", "files": [os.path.abspath(p) for p in inputs],
                               "label_column": label_column}
     if flow_id_column:
@@ -165,7 +169,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
         source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit,
                       bidirectional=bidirectional or None)
         return _write(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
-                      num_packets, test_classes, seed, overwrite)
+                      num_packets, test_classes, seed, overwrite, test_fraction)
     if time_column or size_column or direction_column or src_column or bidirectional:
         raise ImportError_("--time-column, --size-column, --direction-column, --src-column and --bidirectional "
                            "need --flow-id-column (one row per packet)")
@@ -174,7 +178,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
     smap = parse_stats_map(stats_map)
     read = lambda: _flow_rows(inputs, label_column, ppi_column, [sizes_column, dirs_column, iat_column],  # noqa: E731
                               smap, num_packets, show_progress)
-    return _write(out, read, source, num_packets, test_classes, seed, overwrite)
+    return _write(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
 
 
 def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
@@ -190,8 +194,30 @@ def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[st
                    for rec, path, row in rows)
 
 
+class RowSplit:
+    """Closed-set split by rows, streaming: systematic sampling per class with a seeded random
+    phase. Flow k (0-based, in file order) of a class goes to test when ``floor((k + 1) f + u)``
+    > ``floor(k f + u)`` (``u`` uniform in [0, 1 - f) per class), so each class sends
+    ``floor(n f + u)``, i.e. ``floor(n f)`` or ``ceil(n f)``, of its ``n`` flows to test, spread
+    over the file; its first flow (k = 0) always stays in train, so every class has training rows."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.f, self.rng = fraction, np.random.default_rng(seed + 7919)
+        self.k: Dict[str, int] = {}
+        self.u: Dict[str, float] = {}
+
+    def is_test(self, name: str) -> bool:
+        if self.f <= 0:
+            return False
+        if name not in self.k:
+            self.k[name], self.u[name] = 0, float(self.rng.random()) * (1.0 - self.f)
+        k, u = self.k[name], self.u[name]
+        self.k[name] = k + 1
+        return math.floor((k + 1) * self.f + u) > math.floor(k * self.f + u)
+
+
 def _write(out: str, read: Callable[[], Rows], source: Dict, n: int, test_classes: int, seed: int,
-           overwrite: bool) -> Dict:
+           overwrite: bool, test_fraction: float = 0.0) -> Dict:
     """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes, write splits and meta."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         names, flows = read()
@@ -203,8 +229,9 @@ def _write(out: str, read: Callable[[], Rows], source: Dict, n: int, test_classe
         test_names = sorted(held)
         label_of = {n: i for i, n in enumerate(train_names + test_names)}
         writers = _FlowWriters(tmp, n)
+        rows = RowSplit(test_fraction, seed)
         for name, packets in flows:
-            writers.add("test" if name in held else "train", label_of[name], packets)
+            writers.add("test" if name in held or rows.is_test(name) else "train", label_of[name], packets)
         meta = writers.close(train_names, test_names, source, seed)
         write_json(os.path.join(tmp, "meta.json"), meta)
         return meta
@@ -297,7 +324,7 @@ class _FlowWriters:
         return meta
 
     def _gallery_query(self) -> Dict:
-        """Per held-out class, the first half of its rows (file order, at least 1) is gallery."""
+        """Per test class, the first half of its test rows (file order, at least 1) is gallery."""
         ids, labels = (np.array(x) for x in zip(*self.seen["test"]))
         is_q = np.zeros(len(ids), bool)
         for c in np.unique(labels):

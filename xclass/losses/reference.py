@@ -32,7 +32,7 @@ def dense_logits(emb: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, 
     if margin.needs_target_cos:
         c = cos.view(cos.shape[0], -1, margin.sub_centers).amax(-1)
         tcos = torch.where(valid, c.gather(1, target.clamp(min=0)[:, None]).squeeze(1).float(),
-                           torch.zeros(c.shape[0])).detach()
+                           torch.zeros(c.shape[0], device=c.device)).detach()
     return margin(cos, target, MarginAux(step=step, seed=seed, valid=valid, target_cos=tcos))
 
 

@@ -10,8 +10,11 @@ face       ``image`` uint8 ``[B, C, H, W]`` (a channels-last view of the HWC byt
 speaker    ``fbank`` float32 ``[B, T_max, n_mels]`` zero-padded, ``lengths`` int64 ``[B]``
 quic       ``pkt_sizes``/``pkt_dirs``/``pkt_iat`` float32 ``[B, N]``, ``lengths`` int64
            ``[B]`` (= num_packets clipped to N), ``flow_stats`` float32 ``[B, S]``
-xmc        ``tokens`` int64 ``[B, L_max]`` (0-padded), ``lengths`` int64 ``[B]``,
-           ``num_labels`` int64 ``[B]``
+xmc        ``input_ids`` / ``attention_mask`` int64 ``[B, L]`` (text tokenised in the data
+           path, see :func:`xclass.components.make_decoder`), or
+           ``tokens`` int64 ``[B, L_max]`` (0-padded), ``lengths`` int64 ``[B]``,
+           ``num_labels`` int64 ``[B]``; ``token_weights`` float32 ``[B, L_max]``
+           (0-padded) when the batch has that column
 any        ``features`` float32 ``[B, F]``
 =========  =====================================================================
 
@@ -46,11 +49,26 @@ LABEL_COLUMNS = {"face": "label", "speaker": "label", "quic": "label", "xmc": "l
                  "xmc_labels": "label_id"}
 
 
-def input_columns(task: str, encoder: str, with_labels: bool = True) -> List[str]:
-    """Parquet columns to read for ``encoder`` on ``task`` (labels first, when asked)."""
+#: Encoders that weight their tokens by ``token_weights`` (read when meta.json has them).
+TOKEN_WEIGHT_ENCODERS = {"embbag"}
+
+
+def has_token_weights(meta: Optional[Mapping[str, Any]]) -> bool:
+    """meta.json says the splits hold a ``token_weights`` column (inputs.tokens.weights)."""
+    tok = ((meta or {}).get("inputs", {}) or {}).get("tokens", {}) or {}
+    return bool(tok.get("weights", False))
+
+
+def input_columns(task: str, encoder: str, with_labels: bool = True,
+                  meta: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Parquet columns to read for ``encoder`` on ``task`` (labels first, when asked);
+    ``token_weights`` too when ``meta`` says the data has them and the encoder uses them."""
     if task not in NATIVE_COLUMNS:
         raise KeyError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
-    cols = ["features"] if ENCODER_INPUTS.get(encoder) == "features" else list(NATIVE_COLUMNS[task])
+    kind = ENCODER_INPUTS.get(encoder)
+    cols = ["features"] if kind == "features" else ["text"] if kind == "text" else list(NATIVE_COLUMNS[task])
+    if task == "xmc" and cols == ["tokens"] and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta):
+        cols.append("token_weights")
     return ([LABEL_COLUMNS[task]] if with_labels else []) + cols
 
 
@@ -207,12 +225,23 @@ def _tokens(batch: Batch, meta: Mapping[str, Any], who: str, out: Dict[str, Tens
                         row=i, column="tokens")
     tok, lengths = pad_ragged(values.astype(np.int64, copy=False), offsets, 0)
     out["tokens"], out["lengths"] = torch.from_numpy(tok), torch.from_numpy(lengths)
+    if "token_weights" in batch:
+        w_val, w_off = _ragged(batch, "token_weights")
+        bad = np.diff(w_off) != np.diff(offsets)
+        if bad.any():
+            raise DataError("token_weights and tokens differ in length", row=_first_bad_row(bad),
+                            column="token_weights")
+        w, _ = pad_ragged(w_val.astype(np.float32, copy=False), w_off, 0.0)
+        out["token_weights"] = torch.from_numpy(w)
 
 
 @DECODERS.register("xmc")
 def decode_xmc(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
     out: Dict[str, Tensor] = {}
     _tokens(batch, meta, "xmc decoder", out)
+    for name in ("input_ids", "attention_mask"):
+        if name in batch:
+            out[name] = _tensor(batch[name], np.int64)
     _features(batch, out)
     _require_input("xmc", batch, out)
     labels = None

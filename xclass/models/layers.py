@@ -59,8 +59,11 @@ def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Tens
                 bn.running_mean.mul_(1 - mom).add_(mom * mean.to(bn.running_mean.dtype))
                 bn.running_var.mul_(1 - mom).add_(mom * unbiased.to(bn.running_var.dtype))
                 bn.num_batches_tracked.add_(1)
-    else:
-        mean, var = bn.running_mean.to(ct), bn.running_var.to(ct)
+    else:  # inference: one fused pass, x * scale + shift, then the mask in place
+        scale = torch.rsqrt(bn.running_var.to(ct) + bn.eps)
+        scale = scale * bn.weight.to(ct) if bn.affine else scale
+        shift = -bn.running_mean.to(ct) * scale + (bn.bias.to(ct) if bn.affine else 0.0)
+        return torch.addcmul(shift.view(shape), xf, scale.view(shape)).mul_(m).to(x.dtype)
     y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
     if bn.affine:
         y = y * bn.weight.to(ct).view(shape) + bn.bias.to(ct).view(shape)

@@ -19,7 +19,7 @@ ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
 
 #: encoder name -> tasks whose decoded inputs it accepts (first = the one tests use).
 ENCODER_TASKS: Dict[str, Tuple[str, ...]] = {}
-#: encoder name -> "native" (the task's own columns) or "features" (the dense column).
+#: encoder name -> "native" (the task's own columns), "features" (the dense column) or "text".
 ENCODER_INPUTS: Dict[str, str] = {}
 
 #: The encoder a task uses when the config does not say otherwise.
@@ -31,10 +31,11 @@ DEFAULT_ENCODER: Dict[str, str] = {
 def register_encoder(name: str, tasks: Sequence[str], inputs: str = "native") -> Callable:
     """Decorator: register ``factory(meta, embedding_dim, **params)`` under ``name``.
 
-    ``tasks``: tasks whose decoded inputs it reads; ``inputs``: "native" or "features".
+    ``tasks``: tasks whose decoded inputs it reads; ``inputs``: "native", "features" or "text"
+    (the raw ``text`` column, tokenised in the data path by the encoder's tokenizer).
     """
-    if inputs not in ("native", "features"):
-        raise ValueError(f"inputs must be 'native' or 'features', got {inputs!r}")
+    if inputs not in ("native", "features", "text"):
+        raise ValueError(f"inputs must be 'native', 'features' or 'text', got {inputs!r}")
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         ENCODERS.register(name)(factory)

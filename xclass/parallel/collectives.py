@@ -1,5 +1,11 @@
 """Collectives used by the math path. Each takes the group explicitly; group=None or a
-world of one is the identity, so single-process code needs no process group."""
+world of one is the identity, so single-process code needs no process group.
+
+Devices: tensors handed to a group live on the group's device (:func:`group_device`: the current
+CUDA device for NCCL, the CPU for gloo). The training path creates them there; a host tensor
+given to an NCCL group (set-up code such as an initial column sum) is copied to the GPU and the
+result copied back, so no caller can hand NCCL a CPU tensor.
+"""
 from __future__ import annotations
 
 from typing import Any, List, Optional
@@ -22,22 +28,41 @@ def rank(group: Optional[Any]) -> int:
     return dist.get_rank(group)
 
 
+def group_device(group: Optional[Any]) -> torch.device:
+    """The device a tensor given to ``group`` must be on: the current CUDA device for an NCCL
+    group, else the CPU."""
+    if group is not None and dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _on_group_device(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """``x`` itself, or a copy on the GPU when ``group`` is NCCL and ``x`` is not on CUDA."""
+    if x.device.type != "cuda" and dist.get_backend(group) == "nccl":
+        return x.to(group_device(group))
+    return x
+
+
 def all_reduce(x: torch.Tensor, op: str = "sum", group: Optional[Any] = None) -> torch.Tensor:
-    """Out-of-place all-reduce (no autograd). ``op`` in {sum, max, min}."""
+    """Out-of-place all-reduce (no autograd). ``op`` in {sum, max, min}. The result is on
+    ``x``'s device."""
     if world_size(group) == 1:
         return x
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-    y = x.clone()
+    y = _on_group_device(x, group)
+    y = y.clone() if y is x else y
     dist.all_reduce(y, op=ops[op], group=group)
-    return y
+    return y.to(x.device)
 
 
-def gather_sizes(n: int, group: Optional[Any], device: Any = "cpu") -> List[int]:
-    """All ranks' values of a local integer (e.g. ragged batch sizes), replicated."""
+def gather_sizes(n: int, group: Optional[Any], device: Any = None) -> List[int]:
+    """All ranks' values of a local integer (e.g. ragged batch sizes), replicated. A host read
+    (the sizes shape later tensors); ``device``: where the exchanged tensor lives (default: the
+    group's device)."""
     ws = world_size(group)
     if ws == 1:
         return [int(n)]
-    t = torch.tensor([n], dtype=torch.int64, device=device)
+    t = torch.tensor([n], dtype=torch.int64, device=device if device is not None else group_device(group))
     out = [torch.zeros_like(t) for _ in range(ws)]
     dist.all_gather(out, t, group=group)
     return [int(o.item()) for o in out]
@@ -47,10 +72,10 @@ def _gather_ragged(x: torch.Tensor, sizes: List[int], group: Any) -> torch.Tenso
     """Concatenate per-rank tensors of ragged first dimension (pads to the max)."""
     n_max = max(sizes)
     pad = torch.zeros((n_max - x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    xp = torch.cat([x.contiguous(), pad], 0)
+    xp = _on_group_device(torch.cat([x.contiguous(), pad], 0), group)
     out = [torch.empty_like(xp) for _ in sizes]
     dist.all_gather(out, xp, group=group)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)], 0)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)], 0).to(x.device)
 
 
 class _AllGatherGrad(torch.autograd.Function):

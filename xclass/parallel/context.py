@@ -1,33 +1,39 @@
-"""ParallelContext: rank, world size and the process group, passed explicitly.
+"""ParallelContext: rank, world size, the process group and the run's device, passed explicitly.
 
 World size 1 needs no process group (``group=None``): every collective helper in
-``xclass.parallel.collectives`` is then the identity.
+``xclass.parallel.collectives`` is then the identity. ``device`` is the one device of this
+process (see :mod:`xclass.parallel.device`): library code creates its tensors there.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+import torch
 import torch.distributed as dist
+
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class ParallelContext:
-    """Who this process is. ``group`` is None when world_size == 1 and no group exists."""
+    """Who this process is. ``group`` is None when world_size == 1 and no group exists;
+    ``device`` is where this rank's model, optimizer state and batches live."""
 
     rank: int = 0
     world_size: int = 1
     group: Optional[Any] = None
     local_rank: int = 0
+    device: torch.device = CPU
 
     @classmethod
-    def single(cls) -> "ParallelContext":
+    def single(cls, device: Any = CPU) -> "ParallelContext":
         """One process, no process group."""
-        return cls()
+        return cls(device=torch.device(device))
 
     @classmethod
-    def from_env(cls, group: Any = None) -> "ParallelContext":
+    def from_env(cls, group: Any = None, device: Any = CPU) -> "ParallelContext":
         """Take rank/world size from an initialised default group, else from env, else single."""
         if dist.is_available() and dist.is_initialized():
             g = group if group is not None else dist.group.WORLD
@@ -36,8 +42,13 @@ class ParallelContext:
                 world_size=dist.get_world_size(g),
                 group=g,
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                device=torch.device(device),
             )
-        return cls.single()
+        return cls.single(device)
+
+    def with_device(self, device: Any) -> "ParallelContext":
+        """The same rank on ``device``."""
+        return replace(self, device=torch.device(device))
 
     @property
     def is_main(self) -> bool:

@@ -93,11 +93,14 @@ def read_manifest(path: str) -> Dict[str, Any]:
     mp = os.path.join(path, MANIFEST)
     try:
         with open(mp) as f:
-            return json.load(f)
+            m = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {MANIFEST}; not a complete checkpoint") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{mp}: corrupt manifest: {exc}") from None
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise CheckpointError(f"{mp}: corrupt manifest: {str(exc)[:200]}") from None
+    if not isinstance(m, dict):
+        raise CheckpointError(f"{mp}: corrupt manifest: not a JSON object")
+    return m
 
 
 def check_compatible(path: str, manifest: Dict[str, Any], expect: Dict[str, Any]) -> None:
@@ -119,4 +122,6 @@ def load_head_state(path: str, rank: int) -> Dict[str, Any]:
     f = head_file(path, rank)
     if not os.path.exists(f):
         raise CheckpointError(f"{f}: missing head shard for rank {rank}")
-    return torch.load(f, map_location="cpu", weights_only=False)
+    from xclass.train.safe_io import safe_load
+
+    return safe_load(f, map_location="cpu")

@@ -9,7 +9,6 @@ autograd (``head.active``): those are what is clipped. DeepSpeed clips the encod
 """
 from __future__ import annotations
 
-import math
 from typing import Any, List
 
 import torch
@@ -18,27 +17,35 @@ from xclass.parallel import ParallelContext
 from xclass.parallel.collectives import sharded_sq_norm
 
 
-def _sq_norm(params: List[torch.Tensor]) -> torch.Tensor:
+def _sq_norm(params: List[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """0-dim float64 sum of squared gradients on ``device`` (zero when no gradient)."""
     grads = [p.grad.detach().float() for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros((), dtype=torch.float64)
+        return torch.zeros((), dtype=torch.float64, device=device)
     return sum((g * g).sum().double() for g in grads)  # type: ignore[return-value]
 
 
-def _scale(params: List[torch.Tensor], norm: float, max_norm: float) -> None:
-    if max_norm > 0 and norm > max_norm and math.isfinite(norm):
-        c = max_norm / (norm + 1e-6)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(c)
+def _scale(params: List[torch.Tensor], sq: torch.Tensor, max_norm: float) -> None:
+    """Scale gradients by max_norm / (norm + 1e-6) when the norm exceeds ``max_norm`` and is finite:
+    a device-side factor (1 otherwise), so no host sync."""
+    if max_norm <= 0:
+        return
+    norm = sq.sqrt()
+    c = torch.where(torch.isfinite(norm) & (norm > max_norm), max_norm / (norm + 1e-6),
+                    torch.ones_like(norm))
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(c.to(p.grad.dtype))
 
 
-def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
+def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> torch.Tensor:
     """Clip encoder and head gradients (each to ``max_norm``); return the total norm
-    before clipping, sqrt(|g_enc|^2 + |g_head|^2), replicated on every rank."""
+    before clipping, sqrt(|g_enc|^2 + |g_head|^2): a 0-dim float64 tensor on the run's device,
+    replicated on every rank (read it on log steps only: reading it is a host sync)."""
     sync = getattr(s.head_opt, "sync_grads", None)
     if sync is not None:  # replicated head parts (an XMC label tower) hold partial sums until then
         sync()
+    dev = getattr(s, "device", None) or ctx.device
     head_params = [p for p in s.head.parameters() if p.requires_grad]
     rep = {id(p) for p in getattr(s.head, "replicated_parameters", lambda: [])()}
     sharded = [p for p in head_params if id(p) not in rep]
@@ -47,9 +54,9 @@ def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> float:
         sharded.append(active[1])
     replicated = [p for p in head_params if id(p) in rep]
     enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
-    head_sq = float(sharded_sq_norm(_sq_norm(sharded), ctx.group)) + float(_sq_norm(replicated))
-    enc_sq = float(_sq_norm(enc_params)) if not s.uses_deepspeed else 0.0
-    _scale(sharded + replicated, math.sqrt(head_sq), max_norm)
+    head_sq = sharded_sq_norm(_sq_norm(sharded, dev), ctx.group) + _sq_norm(replicated, dev)
+    enc_sq = _sq_norm(enc_params, dev) if not s.uses_deepspeed else torch.zeros_like(head_sq)
+    _scale(sharded + replicated, head_sq, max_norm)
     if not s.uses_deepspeed:
-        _scale(enc_params, math.sqrt(enc_sq), max_norm)
-    return math.sqrt(head_sq + enc_sq)
+        _scale(enc_params, enc_sq, max_norm)
+    return (head_sq + enc_sq).sqrt()

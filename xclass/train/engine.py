@@ -167,7 +167,11 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(path, tag=tag)
 
     def load(self, path: str, tag: str) -> None:
-        self.engine.load_checkpoint(path, tag=tag)
+        """Restore module + optimizer; files are read by xclass.train.safe_io (no unpickled code)."""
+        from xclass.train.safe_io import safe_deepspeed_loads
+
+        with safe_deepspeed_loads(self.engine):
+            self.engine.load_checkpoint(path, tag=tag)
 
 
 def build_engine(encoder: nn.Module, cfg: Any, ctx: ParallelContext) -> Any:

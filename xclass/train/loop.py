@@ -17,6 +17,7 @@ import torch
 from xclass.config import RunConfig, save_config
 from xclass.data.prefetch import prefetch
 from xclass.parallel import ParallelContext
+from xclass.parallel.device import run_device
 from xclass.train import checkpoint as ckpt
 from xclass.train.clip import clip_gradients
 from xclass.train.report import RunLog, get_logger, plot_training, write_worker_info
@@ -32,6 +33,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
     ``ray.train.report``'s adapter here); it is never needed for correctness.
     """
     ctx = ctx or ParallelContext.from_env()
+    if cfg.cluster.use_gpu and ctx.device.type != "cuda":  # a caller that did not decide the device
+        ctx = ctx.with_device(run_device(cfg, ctx.local_rank))
     log = get_logger(ctx)
     run_dir = cfg.train.out_dir
     s, runlog, (step, epoch, batch_in_epoch) = _start(cfg, ctx, log)
@@ -42,27 +45,25 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         s.reader.set_epoch(epoch)
         if batch_in_epoch:
             s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
-        batches = prefetch(s.reader, s.decode, cfg.data.prefetch, getattr(ctx, "device", None))
+        batches = prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)
         for micro, (inputs, labels) in enumerate(batches):
-            emb = s.engine(inputs)
-            out = s.head(emb, labels)
-            s.engine.backward(out.loss)
+            out = _micro_step(s, inputs, labels)
             n_last += int(labels.shape[0])
             if not s.engine.at_boundary():
                 s.engine.step()
                 continue
             gnorm, lr = _optimizer_step(s, cfg, ctx, step, total)
             step += 1
-            loss = float(out.loss.detach())
+            # the only device->host reads of a step happen here, on log and checkpoint steps
             if step % cfg.train.log_every == 0 or step == total:
                 dt = time.perf_counter() - t_last
-                last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm,
-                                n_last * ctx.world_size / max(dt, 1e-9), dt)
+                last = _log_row(s, runlog, out, step, step - step_last, epoch, float(out.loss.detach()), lr,
+                                float(gnorm), n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
             if _want_checkpoint(cfg, step, total):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
                 if report is not None:
-                    report({"step": step, "loss": loss, **last}, path)
+                    report({"step": step, "loss": float(out.loss.detach()), **last}, path)
             if step >= total:
                 break
         else:
@@ -74,6 +75,15 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
         plot_training(run_dir)
     log.info(f"step {step}: done; run directory {os.path.abspath(run_dir)}")
     return {"step": step, **last}
+
+
+def _micro_step(s: Setup, inputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
+    """Forward and backward of one micro-batch already on the run's device; returns the head's
+    output (``loss`` and ``metrics`` stay device tensors: no host sync here)."""
+    emb = s.engine(inputs)
+    out = s.head(emb, labels)
+    s.engine.backward(out.loss)
+    return out
 
 
 def _start(cfg: RunConfig, ctx: ParallelContext, log: Any) -> tuple:
@@ -90,13 +100,20 @@ def _start(cfg: RunConfig, ctx: ParallelContext, log: Any) -> tuple:
     if pos[0] > 0:
         runlog.event(pos[0], "resumed", epoch=pos[1], batch_in_epoch=pos[2])
     log.info(f"step {pos[0]}: training {s.total_steps} steps, world size {ctx.world_size}, "
-             f"{s.num_classes} classes, head {cfg.head.name}/{cfg.head.margin}")
+             f"{s.num_classes} classes, head {head_description(cfg, s.head)}")
     return s, runlog, pos
+
+
+def head_description(cfg: RunConfig, head: Any) -> str:
+    """``name/margin`` for heads that apply ``head.margin``, else only the head's name (the XMC
+    and prototypical heads ignore the margin inherited from base.yaml)."""
+    uses_margin = getattr(head, "margin", None) is not None
+    return f"{cfg.head.name}/{cfg.head.margin}" if uses_margin else cfg.head.name
 
 
 def _optimizer_step(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, total: int) -> tuple:
     """At an accumulation boundary: clip, schedule the LRs of step ``step``, step the head and the
-    encoder. Returns (pre-clip gradient norm, encoder LR)."""
+    encoder. Returns (pre-clip gradient norm: a 0-dim device tensor, encoder LR)."""
     s.engine.grads_ready()
     gnorm = clip_gradients(s, cfg.optim.grad_clip, ctx)
     lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)

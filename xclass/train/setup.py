@@ -2,13 +2,14 @@
 head optimizer; restores them from the newest checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import inspect
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -19,10 +20,15 @@ from xclass.heads.base import HEADS, head_lr, set_lr
 from xclass.heads.partition import class_range
 from xclass.train import checkpoint as ckpt
 from xclass.train.engine import build_engine
+from xclass.train.report import get_logger
+from xclass.train.schedule import schedule_warning
 
 
 @dataclass
 class Setup:
+    """What the loop uses. ``device``: the run's device (``ctx.device``), where the encoder, the
+    head, every optimizer state and every decoded batch live."""
+
     reader: Any
     decode: Callable[[Dict[str, Any]], Tuple[Dict[str, torch.Tensor], torch.Tensor]]
     engine: Any
@@ -33,6 +39,7 @@ class Setup:
     shard_ranges: List[List[int]]
     head_peak_lr: float
     uses_deepspeed: bool
+    device: torch.device = torch.device("cpu")
 
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
@@ -64,18 +71,24 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     meta = load_meta(cfg.data.path)
     num_classes = cfg.data.num_classes or int(meta["num_classes"])
     torch.manual_seed(cfg.train.seed)
-    encoder = components.build_encoder(cfg.model, meta)
-    head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx)
+    # built on the host (the same seeded values on every device), then moved once, before any
+    # optimizer exists: optimizer states are created from the moved parameters
+    encoder = components.build_encoder(cfg.model, meta).to(ctx.device)
+    head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx).to(ctx.device)
     engine = build_engine(encoder, cfg, ctx)
     head_opt = head.make_optimizer(cfg.optim)
     reader = components.make_reader(split_files(cfg.data.path, "train"), cfg, meta, ctx)
     ga = max(1, cfg.train.grad_accum)
     per_epoch = max(1, reader.batches_per_epoch() // ga)
     total = cfg.train.max_steps or cfg.train.epochs * per_epoch
-    decode = components.make_decoder(cfg.data.task, meta)
+    warn = schedule_warning(per_epoch, total, cfg.optim.warmup_steps, cfg.data.batch_size * ga,
+                            int(getattr(reader, "num_rows", 0)), cfg.train.max_steps)
+    if warn and ctx.is_main:
+        get_logger(ctx).warning(warn)
+    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
-                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled))
+                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
 
 
 def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: ParallelContext) -> Any:
@@ -124,16 +137,35 @@ def restore(s: Setup, cfg: RunConfig, ctx: ParallelContext, log: logging.Logger)
     m = ckpt.read_manifest(path)
     ckpt.check_compatible(path, m, {"num_classes": s.num_classes, "embedding_dim": cfg.model.embedding_dim,
                                     "head": cfg.head.name, "encoder": cfg.model.encoder})
-    if m["world_size"] != ctx.world_size:
-        components.reshard_head(s, path, m, ctx)
-    else:
-        hs = ckpt.load_head_state(path, ctx.rank)
-        s.head.load_state_dict(hs["head"])
-        s.head_opt.load_state_dict(hs["optimizer"])
-        torch.set_rng_state(hs["rng"])
+    with _mismatch_is_checkpoint_error(ckpt.head_file(path, ctx.rank)):
+        if m["world_size"] != ctx.world_size:
+            components.reshard_head(s, path, m, ctx)
+        else:
+            hs = ckpt.load_head_state(path, ctx.rank)
+            s.head.load_state_dict(hs["head"])
+            s.head_opt.load_state_dict(hs["optimizer"])
+            torch.set_rng_state(hs["rng"])
     if s.uses_deepspeed:
-        s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
+        with _mismatch_is_checkpoint_error(os.path.join(path, "deepspeed")):
+            s.engine.load(os.path.join(path, "deepspeed"), tag="encoder")
     else:
-        s.engine.load_state_dict(torch.load(os.path.join(path, "encoder.pt"), weights_only=False))
+        from xclass.train.safe_io import safe_load
+
+        f = os.path.join(path, "encoder.pt")
+        with _mismatch_is_checkpoint_error(f):
+            s.engine.load_state_dict(safe_load(f, map_location="cpu"))
     log.info(f"step {m['step']}: resumed from {path}")
     return int(m["step"]), int(m["epoch"]), int(m["batch_in_epoch"])
+
+
+@contextlib.contextmanager
+def _mismatch_is_checkpoint_error(f: str) -> Iterator[None]:
+    """A state that does not fit this run (other widths, another optimizer): one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, ckpt.CheckpointError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ckpt.CheckpointError(f"{f}: does not fit this run's model/optimizer ({first}); "
+                                   "use a new train.out_dir or the run's original config") from None

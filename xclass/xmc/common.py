@@ -72,6 +72,29 @@ def vocab_size_of(meta: dict, where: str) -> int:
     return int(v)
 
 
+def read_label_features(data_path: str, start: int, stop: int) -> torch.Tensor:
+    """Feature rows of labels [start, stop) from ``labels.parquet`` (label_id, features):
+    float32 [stop - start, F]; every label must have a row."""
+    import pyarrow.parquet as pq
+
+    path = os.path.join(data_path, "labels.parquet")
+    if not os.path.exists(path) or "features" not in pq.ParquetFile(path).schema_arrow.names:
+        raise FileNotFoundError(f"{path}: no label 'features' column (label_repr features needs one; "
+                                "see python -m xclass.xmc.cli embed-text)")
+    t = pq.read_table(path, columns=["label_id", "features"])
+    ids = t.column("label_id").to_numpy()
+    col = t.column("features").combine_chunks()
+    F_ = col.type.list_size
+    x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, F_)
+    keep = (ids >= start) & (ids < stop)
+    out = np.zeros((stop - start, F_), np.float32)
+    seen = np.zeros(stop - start, bool)
+    out[ids[keep] - start], seen[ids[keep] - start] = x[keep], True
+    if not seen.all():
+        raise ValueError(f"{path}: label {start + int(np.flatnonzero(~seen)[0])} has no features row")
+    return torch.from_numpy(out)
+
+
 def read_label_tokens(data_path: str, start: int, stop: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token bags of labels [start, stop) from ``labels.parquet`` (columns label_id, tokens):
     (values int64 [T], offsets int64 [stop - start + 1]); a label without a row gets an empty bag."""

@@ -2,9 +2,11 @@
 iterators: used by the XC-repository importer and the WordNet importer.
 
 Layout: ``train.parquet``, ``test.parquet`` (``id``, ``labels`` list<int64>, ``tokens``
-list<int32>, ``token_weights`` list<float32>), ``labels.parquet`` (``label_id``, ``text``,
+list<int32>, ``token_weights`` list<float32>, and ``text`` string when the rows carry their raw
+text), ``labels.parquet`` (``label_id``, ``text``,
 ``tokens``, ``train_count``), ``meta.json`` (task, schema_version, num_classes, inputs.tokens
-.vocab_size, splits with files/rows/id_range/label_range, labels, source). Row ids are unique
+.vocab_size/pad_id/weights, splits with files/rows/id_range/label_range, labels, source).
+``pad_id`` = vocab_size: the encoders pad with a dedicated row, every id below it is a token. Row ids are unique
 across splits (train first). Written into a temp directory and renamed when complete.
 """
 from __future__ import annotations
@@ -20,13 +22,13 @@ from tqdm import tqdm
 from xclass.data.schema import SCHEMA_VERSION
 from xclass.data.writer import PartWriter, atomic_dir, var_list, with_task_meta, write_json
 
-Row = Tuple[Sequence[int], Sequence[int], Sequence[float]]  # (labels, token ids, token weights)
+Row = Tuple  # (labels, token ids, token weights) or (labels, token ids, token weights, raw text)
 CHUNK = 65536
 
 
-def row_schema(vocab_size: int) -> pa.Schema:
+def row_schema(vocab_size: int, with_text: bool = False) -> pa.Schema:
     s = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())), ("tokens", pa.list_(pa.int32())),
-                   ("token_weights", pa.list_(pa.float32()))])
+                   ("token_weights", pa.list_(pa.float32()))] + ([("text", pa.string())] if with_text else []))
     return with_task_meta(s, "xmc", vocab_size=vocab_size)
 
 
@@ -41,13 +43,16 @@ def _flush(w: PartWriter, ids: List[int], buf: List[Row]) -> None:
     lab, lo = _csr([r[0] for r in buf], np.int64)
     tok, to = _csr([r[1] for r in buf], np.int32)
     wt, _ = _csr([r[2] for r in buf], np.float32)
-    w.write({"id": pa.array(np.asarray(ids, np.int64)), "labels": var_list(lab, lo, pa.int64()),
-             "tokens": var_list(tok, to, pa.int32()), "token_weights": var_list(wt, to, pa.float32())})
+    cols = {"id": pa.array(np.asarray(ids, np.int64)), "labels": var_list(lab, lo, pa.int64()),
+            "tokens": var_list(tok, to, pa.int32()), "token_weights": var_list(wt, to, pa.float32())}
+    if w.schema.get_field_index("text") >= 0:
+        cols["text"] = pa.array([r[3] for r in buf], pa.string())
+    w.write(cols)
 
 
 def _write_split(tmp: str, name: str, rows: Iterable[Row], id0: int, vocab: int, num_labels: int,
-                 counts: Optional[np.ndarray], total: Optional[int], progress: bool) -> Dict:
-    w = PartWriter(os.path.join(tmp, f"{name}.parquet"), row_schema(vocab), row_group_rows=CHUNK)
+                 counts: Optional[np.ndarray], total: Optional[int], progress: bool, with_text: bool) -> Dict:
+    w = PartWriter(os.path.join(tmp, f"{name}.parquet"), row_schema(vocab, with_text), row_group_rows=CHUNK)
     buf: List[Row] = []
     n = 0
     with tqdm(total=total, desc=f"import {name}", unit="rows", disable=not progress, file=sys.stderr) as bar:
@@ -85,8 +90,11 @@ def write_xmc_dataset(out_dir: str, splits: Dict[str, Iterable[Row]], *, num_lab
                       label_text: Optional[Sequence[str]] = None,
                       label_tokens: Optional[Sequence[Sequence[int]]] = None,
                       totals: Optional[Dict[str, int]] = None, source: Optional[Dict] = None,
-                      overwrite: bool = False, progress: bool = True) -> Dict:
-    """Write ``splits`` (name -> rows; "train" first) to ``out_dir``; returns meta.json's dict."""
+                      overwrite: bool = False, progress: bool = True, with_text: bool = False,
+                      text_files: Optional[Dict[str, Sequence[str]]] = None) -> Dict:
+    """Write ``splits`` (name -> rows; "train" first) to ``out_dir``; returns meta.json's dict.
+    ``with_text``: rows are 4-tuples whose last item is the raw text (column ``text``).
+    ``text_files``: file name -> lines (e.g. ``vocab.txt``: line i = token i), written inside too."""
     for name, seq in (("label_text", label_text), ("label_tokens", label_tokens)):
         if seq is not None and len(seq) != num_labels:
             raise ValueError(f"{name} has {len(seq)} entries, expected num_labels={num_labels}")
@@ -96,13 +104,18 @@ def write_xmc_dataset(out_dir: str, splits: Dict[str, Iterable[Row]], *, num_lab
         id0 = 0
         for name, rows in splits.items():
             info[name] = _write_split(tmp, name, rows, id0, vocab_size, num_labels,
-                                      counts if name == "train" else None, (totals or {}).get(name), progress)
+                                      counts if name == "train" else None, (totals or {}).get(name), progress,
+                                      with_text)
             id0 += info[name]["rows"]
         _write_labels(tmp, num_labels, vocab_size, counts, label_text, label_tokens)
         meta = {"task": "xmc", "schema_version": SCHEMA_VERSION, "seed": 0, "num_classes": num_labels,
-                "test_classes": 0, "inputs": {"tokens": {"vocab_size": vocab_size, "pad_id": 0}},
+                "test_classes": 0, "inputs": {"tokens": {"vocab_size": vocab_size, "pad_id": vocab_size,
+                                                       "weights": True}},
                 "splits": info, "labels": {"file": "labels.parquet", "rows": num_labels,
                                            "labels_with_train_rows": int((counts > 0).sum())},
                 "source": source or {}}
         write_json(os.path.join(tmp, "meta.json"), meta)
+        for fname, lines in (text_files or {}).items():
+            with open(os.path.join(tmp, fname), "w", encoding="utf-8") as f:
+                f.write("".join(w + "\n" for w in lines))
     return meta

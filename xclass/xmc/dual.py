@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xclass.parallel import collectives as C
-from xclass.heads.base import HeadOutput
+from xclass.heads.base import HeadOutput, host_step
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.heads.sparse import SampledRows
@@ -40,9 +40,9 @@ from xclass.losses.seeding import mix_key
 from xclass.xmc.common import check_labels, gather_labels, local_positions
 from xclass.xmc.losses import decoupled_softmax
 from xclass.xmc.shortlist import Shortlist
-from xclass.xmc.tower import LabelTower, select_bags
+from xclass.xmc.tower import FeatureTower, LabelTower, select_bags
 
-REPRS = ("free", "text", "text+free")
+REPRS = ("free", "text", "text+free", "features", "features+free")
 
 
 class DualDecoupledHead(nn.Module):
@@ -54,7 +54,7 @@ class DualDecoupledHead(nn.Module):
                  init_std: float = 0.01, label_tokens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                  vocab_size: int = 0, token_dim: int = 128, hidden: Sequence[int] = (),
                  shortlist_k: int = 0, shortlist_refresh: int = 100, shortlist_index: str = "flat",
-                 faiss_threads: int = 1) -> None:
+                 faiss_threads: int = 1, label_features: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         if label_repr not in REPRS:
             raise ValueError(f"dual_decoupled: label_repr {label_repr!r} not in {REPRS}")
@@ -62,11 +62,13 @@ class DualDecoupledHead(nn.Module):
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.scale, self.normalize = float(scale), bool(normalize)
         self.start, self.stop = class_range(num_classes, ctx.rank, ctx.world_size)
-        self.tower: Optional[LabelTower] = None
-        if label_repr != "free":
+        self.tower: Optional[nn.Module] = None
+        if label_repr.startswith("features"):
+            self._init_feature_tower(label_features, hidden)
+        elif label_repr != "free":
             self._init_tower(label_tokens, vocab_size, token_dim, hidden)
         self.weight: Optional[nn.Parameter] = None
-        if label_repr != "text":
+        if label_repr not in ("text", "features"):
             std = init_std if label_repr == "free" else 0.0
             rows = init_class_rows(self.start, self.stop, 1, embedding_dim, self.seed, std)
             # with a shortlist only active rows are touched: Partial-FC style leaf (see optim)
@@ -93,6 +95,16 @@ class DualDecoupledHead(nn.Module):
             torch.manual_seed(mix_key(self.seed, 0x70E4))
             self.tower = LabelTower(vocab_size, self.embedding_dim, token_dim, hidden)
 
+    def _init_feature_tower(self, feats: Optional[torch.Tensor], hidden: Sequence[int]) -> None:
+        n = self.stop - self.start
+        if feats is None or feats.dim() != 2 or feats.shape[0] != n:
+            raise ValueError(f"dual_decoupled: label_repr {self.label_repr!r} needs label_features [{n}, F] "
+                             "(the factory reads labels.parquet's 'features' column)")
+        self.register_buffer("label_feats", feats.float(), persistent=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_key(self.seed, 0x70E5))
+            self.tower = FeatureTower(feats.shape[1], self.embedding_dim, hidden)
+
     @property
     def active(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """(rows, leaf) of the free label rows with this step's gradient (shortlist only; the
@@ -108,7 +120,9 @@ class DualDecoupledHead(nn.Module):
         """[R, d] label vectors of local rows ``cols`` (sorted int64; None = the whole shard).
         ``track``: with a shortlist, the free rows become a leaf recorded in ``self.sampled``."""
         out = None
-        if self.tower is not None:
+        if self.tower is not None and self.label_repr.startswith("features"):
+            out = self.tower(self.label_feats if cols is None else self.label_feats.index_select(0, cols))
+        elif self.tower is not None:
             v, o = (self.label_values, self.label_offsets) if cols is None else \
                 select_bags(self.label_values, self.label_offsets, cols)
             out = self.tower(v, o)
@@ -128,8 +142,8 @@ class DualDecoupledHead(nn.Module):
         """Sorted local rows scored this step: the batch's positives on this shard plus each
         query's shortlist (refreshed snapshot of the shard's label embeddings)."""
         sl = self.shortlist
-        if sl.stale(int(self.step_count)):
-            sl.rebuild(self._prep(self.local_weight()[0]), int(self.step_count))
+        if sl.stale(host_step(self)):
+            sl.rebuild(self._prep(self.local_weight()[0]), host_step(self))
         idx = sl.search(self._prep(emb_g.detach())).to(pos_local.device)
         cand = torch.cat([idx.reshape(-1), pos_local.reshape(-1)])
         return torch.unique(cand[cand >= 0])
@@ -168,7 +182,7 @@ class DualDecoupledHead(nn.Module):
         n = self.stop - self.start
         if self.tower is None:
             return self.weight.detach().float(), self.start
-        dev = self.label_values.device
+        dev = self.tower.mlp[-1].weight.device
         chunks = [self.label_embeddings(torch.arange(a, min(a + 65536, n), device=dev)) for a in range(0, n, 65536)]
         return torch.cat(chunks).float(), self.start
 

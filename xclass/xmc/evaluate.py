@@ -35,13 +35,16 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
     cfg = load_run(run_dir)
     meta = load_meta(data)
     enc = load_encoder(run_dir, cfg, meta)
-    decode = components.make_decoder("xmc", meta)
+    decode = components.make_decoder("xmc", meta, cfg.model)
     f = pq.ParquetFile(os.path.join(data, f"{split}.parquet"))
+    cols = components.input_columns("xmc", cfg.model.encoder, meta)[1:]  # labels, tokens[, token_weights]
     embs, tables = [], []
     with torch.no_grad():
-        for rb in f.iter_batches(batch_rows, columns=["id", "labels", "tokens"]):
+        for rb in f.iter_batches(batch_rows, columns=["id"] + cols):
             batch = {"id": rb.column(0).to_numpy()}
-            for name in ("labels", "tokens"):
+            if "text" in cols:
+                batch["text"] = rb.column("text").to_numpy(zero_copy_only=False)
+            for name in [c for c in cols if c != "text"]:
                 batch[name], batch[name + "_offsets"] = _offsets(rb.column(name))
             inputs, _ = decode(batch)
             embs.append(enc(inputs).float().numpy())
@@ -72,8 +75,11 @@ def run_metric(run_dir: str) -> str:
 
 
 def evaluate_run(run_dir: str, work: str, ks: Sequence[int] = (1, 3, 5), a: float = 0.55, b: float = 1.5,
-                 data_path: Optional[str] = None, progress: bool = False) -> Dict[str, float]:
-    """Export the label index and the test embeddings of ``run_dir`` under ``work``; XMC metrics."""
+                 data_path: Optional[str] = None, progress: bool = False, label_counts: Optional[str] = None,
+                 n_train: Optional[int] = None) -> Dict[str, float]:
+    """Export the label index and the test embeddings of ``run_dir`` under ``work``; XMC metrics
+    (fractions). Rankings go to ``work/rankings.parquet``; PSP uses ``label_counts`` (file) /
+    ``n_train`` when given, else the train split's label counts and rows."""
     cfg = load_run(run_dir)
     data = data_path or cfg.data.path
     spec = IndexSpec(kind="flat", metric=run_metric(run_dir))
@@ -82,7 +88,8 @@ def evaluate_run(run_dir: str, work: str, ks: Sequence[int] = (1, 3, 5), a: floa
     queries = embed_xmc_split(run_dir, data, "test", os.path.join(work, "test_embeddings.parquet"))
     index = ShardedIndex.open(os.path.join(work, "label_index"))
     n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
-    inv = train_propensity(os.path.join(data, "train.parquet"), n_labels, a, b)
-    out = ev.evaluate_xmc(index, queries, ks, inv_prop=inv, progress=progress)
+    inv = ev.xmc_propensity(n_labels, os.path.join(data, "train.parquet"), label_counts, n_train, a, b)
+    out = ev.evaluate_xmc(index, queries, ks, inv_prop=inv, progress=progress,
+                          rankings_out=os.path.join(work, "rankings.parquet"))
     out["metric"] = spec.metric
     return out

@@ -1,6 +1,7 @@
 """Registers the XMC heads in HEADS: "dual_decoupled" and "ova". Options go in ``head.params``.
 
-dual_decoupled params: label_repr (free | text | text+free), scale (1 / temperature, default 20),
+dual_decoupled params: label_repr (free | text | text+free | features | features+free: a tower
+over labels.parquet's ``features``, e.g. frozen text-encoder embeddings of the label text), scale (1 / temperature, default 20),
 normalize (cosine scores, default true), init_std, token_dim, hidden (label tower MLP widths),
 shortlist_k (0 = all labels every step), shortlist_refresh (steps), shortlist_index (flat | hnsw),
 faiss_threads. ova params: normalize, scale, pos_weight, reduction (sum | mean), init_std,
@@ -14,7 +15,7 @@ from torch import nn
 
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range
-from xclass.xmc.common import read_label_tokens, read_meta, vocab_size_of
+from xclass.xmc.common import read_label_features, read_label_tokens, read_meta, vocab_size_of
 from xclass.xmc.dual import DualDecoupledHead
 from xclass.xmc.ova import OvAHead
 
@@ -30,7 +31,13 @@ def dual_decoupled_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, 
                         data_path: Optional[str] = None) -> nn.Module:
     """Dual encoder head; label_repr text / text+free reads ``data_path``/labels.parquet."""
     p = _params(head_cfg, "dual_decoupled")
-    if p.get("label_repr", "free") != "free" and "label_tokens" not in p:
+    features = str(p.get("label_repr", "free")).startswith("features")
+    if features and "label_features" not in p:
+        if not data_path:
+            raise ValueError("head 'dual_decoupled': label_repr features needs the dataset directory (data_path)")
+        start, stop = class_range(num_classes, ctx.rank, ctx.world_size)
+        p["label_features"] = read_label_features(data_path, start, stop)
+    elif not features and p.get("label_repr", "free") != "free" and "label_tokens" not in p:
         if not data_path:
             raise ValueError("head 'dual_decoupled': label_repr text needs the dataset directory (data_path)")
         start, stop = class_range(num_classes, ctx.rank, ctx.world_size)

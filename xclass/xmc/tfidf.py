@@ -1,7 +1,11 @@
 """TF-IDF nearest-neighbour XMC baseline (computed in the same run as the trained heads).
 
-Documents are the ``tokens`` of each row (term counts). TF-IDF = sublinear tf (1 + log tf) x
-smoothed idf (ln((1 + N) / (1 + df)) + 1) fitted on the training split, rows L2-normalised.
+Documents are the ``tokens`` of each row with their ``token_weights`` (1.0 per token when the
+column is absent; repeated tokens add up). ``weighting="auto"`` picks the document vectors:
+when every value is a whole number (term counts, e.g. the WordNet importer) it is TF-IDF =
+sublinear tf (1 + log tf) x smoothed idf (ln((1 + N) / (1 + df)) + 1) fitted on the training
+split; otherwise the imported values are used as they are (e.g. the tf-idf features of the
+Extreme Classification Repository files). Either way rows are L2-normalised.
 For each test row: cosine similarity to every training row (sparse GEMM, query chunks), the
 ``k`` most similar training rows vote for their labels with weight sim^power, and labels are
 ranked by total vote. Metrics via :mod:`xclass.eval.metrics` (P@k, nDCG@k, PSP@k, ...).
@@ -19,16 +23,25 @@ from xclass.eval.metrics import LabelSets, Ranking, inverse_propensity, xmc_metr
 
 
 def read_split(path: str) -> Tuple[sp.csr_matrix, LabelSets, int]:
-    """(term-count CSR [n, V], label sets, V) of an XMC Parquet split (tokens, labels)."""
-    t = pq.read_table(path, columns=["tokens", "labels"])
+    """(feature CSR [n, V], label sets, V) of an XMC Parquet split (tokens, labels and, when
+    present, token_weights; repeated tokens of a row add up)."""
+    names = pq.ParquetFile(path).schema_arrow.names
+    cols = ["tokens", "labels"] + (["token_weights"] if "token_weights" in names else [])
+    t = pq.read_table(path, columns=cols)
     tok = t.column("tokens").combine_chunks()
     lab = t.column("labels").combine_chunks()
     t_off = tok.offsets.to_numpy().astype(np.int64)
     vals = tok.flatten().to_numpy().astype(np.int64)
     n = len(tok)
     V = int(vals.max(initial=0)) + 1
+    wts = np.ones(len(vals), np.float32)
+    if "token_weights" in cols:
+        w = t.column("token_weights").combine_chunks()
+        w_off = w.offsets.to_numpy().astype(np.int64)
+        if np.array_equal(np.diff(w_off), np.diff(t_off)):  # else (e.g. written empty): counts
+            wts = w.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     rows = np.repeat(np.arange(n), np.diff(t_off))
-    X = sp.csr_matrix((np.ones(len(vals), np.float32), (rows, vals)), shape=(n, V))
+    X = sp.csr_matrix((wts, (rows, vals)), shape=(n, V))
     X.sum_duplicates()
     l_off = lab.offsets.to_numpy().astype(np.int64)
     return X, LabelSets(l_off - l_off[0], lab.flatten().to_numpy().astype(np.int64)), V
@@ -39,13 +52,22 @@ def fit_idf(X: sp.csr_matrix) -> np.ndarray:
     return (np.log((1.0 + X.shape[0]) / (1.0 + df)) + 1.0).astype(np.float32)
 
 
-def tfidf(X: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+def is_counts(X: sp.csr_matrix) -> bool:
+    """True when every stored value is a positive whole number (term counts)."""
+    return bool(np.all((X.data >= 1) & (X.data == np.round(X.data))))
+
+
+def tfidf(X: sp.csr_matrix, idf: Optional[np.ndarray], width: Optional[int] = None) -> sp.csr_matrix:
+    """Rows of ``X`` [n, V] -> L2-normalised [n, width]; with ``idf`` [width] they are counts
+    turned into sublinear tf x idf, without it they are used as given (imported weights)."""
+    width = len(idf) if idf is not None else (width or X.shape[1])
     X = X.astype(np.float32, copy=True)
-    if X.shape[1] < len(idf):
-        X.resize((X.shape[0], len(idf)))
-    X = X[:, :len(idf)]
-    X.data = 1.0 + np.log(X.data)
-    X = X @ sp.diags(idf)
+    if X.shape[1] < width:
+        X.resize((X.shape[0], width))
+    X = X[:, :width]
+    if idf is not None:
+        X.data = 1.0 + np.log(X.data)
+        X = X @ sp.diags(idf)
     norm = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-12)) @ X)
 
@@ -76,20 +98,33 @@ def knn_rank(Q: sp.csr_matrix, D: sp.csr_matrix, d_labels: LabelSets, num_labels
     return out
 
 
+def features(Xtr: sp.csr_matrix, Xte: sp.csr_matrix, weighting: str = "auto") -> Tuple[sp.csr_matrix, sp.csr_matrix, str]:
+    """(train, test) L2-normalised document vectors and the weighting used: ``tfidf`` (fitted on
+    train), ``given`` (imported values as they are) or ``auto`` (tfidf for counts, else given)."""
+    if weighting not in ("auto", "tfidf", "given"):
+        raise ValueError(f"weighting must be auto, tfidf or given, got {weighting!r}")
+    if weighting == "auto":
+        weighting = "tfidf" if is_counts(Xtr) and is_counts(Xte) else "given"
+    idf = fit_idf(Xtr) if weighting == "tfidf" else None
+    return tfidf(Xtr, idf), tfidf(Xte, idf, Xtr.shape[1]), weighting
+
+
 def tfidf_knn_baseline(train: str, test: str, num_labels: int, ks: Sequence[int] = (1, 3, 5), k: int = 50,
                        power: float = 1.0, a: float = 0.55, b: float = 1.5, progress: bool = True,
-                       max_test: Optional[int] = None) -> Dict[str, float]:
-    """XMC metrics of the TF-IDF kNN baseline on ``test`` (PSP with propensities (a, b) of train)."""
+                       max_test: Optional[int] = None, weighting: str = "auto",
+                       inv_prop: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """XMC metrics (fractions) of the TF-IDF kNN baseline on ``test``; PSP with ``inv_prop``
+    [num_labels] or else propensities (a, b) of the train split's label counts."""
     Xtr, Ltr, V = read_split(train)
     Xte, Lte, _ = read_split(test)
     if max_test:
         Xte = Xte[:max_test]
         Lte = LabelSets(Lte.indptr[:max_test + 1], Lte.indices[:Lte.indptr[max_test]])
-    idf = fit_idf(Xtr)
-    I = knn_rank(tfidf(Xte, idf), tfidf(Xtr, idf), Ltr, num_labels, k=k, top=max(ks), power=power,
-                 progress=progress)
-    counts = np.bincount(Ltr.indices, minlength=num_labels)
-    r = Ranking.build(I, Lte, inverse_propensity(counts, Ltr.n_rows, a, b))
+    Dtr, Dte, used = features(Xtr, Xte, weighting)
+    I = knn_rank(Dte, Dtr, Ltr, num_labels, k=k, top=max(ks), power=power, progress=progress)
+    if inv_prop is None:
+        inv_prop = inverse_propensity(np.bincount(Ltr.indices, minlength=num_labels), Ltr.n_rows, a, b)
+    r = Ranking.build(I, Lte, inv_prop)
     out = xmc_metrics(r, ks)
-    out.update({"n_queries": int(Lte.n_rows), "k_neighbours": k})
+    out.update({"n_queries": int(Lte.n_rows), "k_neighbours": k, "weighting": used})
     return out

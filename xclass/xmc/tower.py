@@ -33,6 +33,23 @@ class LabelTower(nn.Module):
         return self.mlp(self.bag(values, offsets[:-1]))
 
 
+class FeatureTower(nn.Module):
+    """Label feature vectors (e.g. a frozen text encoder's embeddings of the label text) ->
+    (Linear, ReLU)* -> Linear: [n, F] -> [n, d]."""
+
+    def __init__(self, feature_dim: int, embedding_dim: int, hidden: Sequence[int] = ()) -> None:
+        super().__init__()
+        layers, d_in = [], int(feature_dim)
+        for h in hidden:
+            layers += [nn.Linear(d_in, h), nn.ReLU()]
+            d_in = h
+        layers.append(nn.Linear(d_in, embedding_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
 def select_bags(values: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CSR sub-matrix of ``rows`` (int64 [m]): (values [T'], offsets [m + 1])."""
     lens = offsets[rows + 1] - offsets[rows]

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from xclass.parallel import collectives as coll
+from xclass.parallel.device import check_on_device
 from xclass.heads.partition import class_range  # noqa: F401  (re-exported for the zloss heads)
 from xclass.zloss.losses import SPHERICAL_LOSSES
 
@@ -72,8 +73,9 @@ def split_labels(labels: torch.Tensor, num_classes: int, start: int, end: int
     if lab.dim() != 2:
         raise ValueError(f"labels must be [B] or [B, K], got shape {tuple(labels.shape)}")
     mask = lab >= 0
-    if bool((lab[mask] >= num_classes).any()):
-        raise ValueError(f"label >= num_classes ({num_classes}): max {int(lab.max())}")
+    check_on_device(~(mask & (lab >= num_classes)).any(),
+                    lambda: f"label >= num_classes ({num_classes}): max {int(lab.max())}",
+                    f"zloss: a label >= num_classes ({num_classes})")
     local = mask & (lab >= start) & (lab < end)
     idx = torch.where(local, lab - start, torch.zeros_like(lab))
     return mask, idx, local

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from xclass.heads.base import HEADS, HeadOutput, head_lr
+from xclass.heads.base import HEADS, HeadOutput, advance_step, head_lr, host_step
 from xclass.zloss import factored as F
 from xclass.zloss import maintenance as mt
 from xclass.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
@@ -43,13 +43,13 @@ class _FactoredStats(torch.autograd.Function):
         H64 = H.detach().double()
         A, q, s = F.forward_stats(head, H64, idx, local)
         ctx.head, ctx.H64, ctx.idx, ctx.local = head, H64, idx, local
-        ctx.in_dtype, ctx.version = H.dtype, int(head.n_updates)
+        ctx.in_dtype, ctx.version = H.dtype, host_step(head, "n_updates")
         return torch.cat([A, q[:, None], s[:, None]], 1)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         head, K = ctx.head, ctx.idx.shape[1]
-        if int(head.n_updates) != ctx.version:
+        if host_step(head, "n_updates") != ctx.version:
             raise RuntimeError("zloss_efficient: backward after an optimizer step on the same forward")
         g = g.double()
         gA = torch.where(ctx.local, g[:, :K], torch.zeros_like(g[:, :K]))
@@ -149,8 +149,8 @@ class FactoredZLossHead(nn.Module):
         if F.sgd_update(self, H, idx, local, gA, gq, gs, float(lr), float(weight_decay),
                         self.p.guard_tau, self.block, pre=(gradH, Zh)):
             self.dense_steps += 1
-        self.n_updates += 1
-        mt.maintain(self, int(self.n_updates), self.p.stabilize_period, self.p.sv_band, self.block)
+        advance_step(self, "n_updates")
+        mt.maintain(self, host_step(self, "n_updates"), self.p.stabilize_period, self.p.sv_band, self.block)
 
     def make_optimizer(self, optim_cfg: Any) -> FactoredSGD:
         """Plain SGD on W with lr = head_lr(optim_cfg) and optim_cfg.weight_decay (L2). Momentum
@@ -183,14 +183,15 @@ class FactoredZLossHead(nn.Module):
             lo, hi = max(a, self.start), min(b, self.end)
             if lo < hi:
                 rows.append(sd["V"][lo - a:hi - a].double() @ sd["U"] + sd["omega"])
-        W = torch.cat(rows) if rows else torch.zeros(0, self.V.shape[1], dtype=torch.float64)
+        W = torch.cat(rows) if rows else torch.zeros(0, self.V.shape[1], dtype=torch.float64, device=self.V.device)
         if W.shape[0] != self.end - self.start:
             raise ValueError(f"zloss_efficient: checkpoint pieces cover {W.shape[0]} of classes "
                              f"[{self.start}, {self.end})")
         V = W.to(self.V.dtype)
         Wd = V.double()
-        eye = torch.eye(V.shape[1], dtype=torch.float64)
-        head = {"V": V, "U": eye, "Uinv": eye.clone(), "omega": torch.zeros(V.shape[1], dtype=torch.float64),
+        eye = torch.eye(V.shape[1], dtype=torch.float64, device=V.device)
+        head = {"V": V, "U": eye, "Uinv": eye.clone(),
+                "omega": torch.zeros(V.shape[1], dtype=torch.float64, device=V.device),
                 "Q": Wd.t() @ Wd, "wbar": Wd.sum(0), "n_updates": pieces[0][2]["head"]["n_updates"].clone()}
         return {"head": head, "optimizer": pieces[0][2]["optimizer"]}
 
@@ -209,7 +210,7 @@ class FactoredZLossHead(nn.Module):
     def local_bias(self) -> torch.Tensor:
         """Per-class bias [C_local] implied by the constant feature (zeros without one)."""
         if self.p.bias_feature == 0:
-            return torch.zeros(self.V.shape[0], dtype=self.V.dtype)
+            return torch.zeros(self.V.shape[0], dtype=self.V.dtype, device=self.V.device)
         return (self.full_local_weight()[:, -1] * self.p.bias_feature).to(self.V.dtype)
 
     def _score_block(self, H: torch.Tensor):
@@ -226,7 +227,7 @@ class FactoredZLossHead(nn.Module):
     def topk(self, emb: torch.Tensor, k: int, block: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
         """Global top-k (scores, class ids) [B, k] of replicated emb, blockwise; replicated."""
         H = self._inputs(emb)
-        v, i = blockwise_topk(self._score_block(H), self.V.shape[0], H.shape[0], k, block, self.start)
+        v, i = blockwise_topk(self._score_block(H), self.V.shape[0], H.shape[0], k, block, self.start, self.V.device)
         return merge_shards_topk(v, i, k, self.group)
 
 

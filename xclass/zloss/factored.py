@@ -49,12 +49,20 @@ def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor) 
 
 
 def _target_proj(H: Tensor, idx: Tensor, local: Tensor, gA: Tensor) -> Tensor:
-    """R = Ydot^T H restricted to the distinct local targets [n_targets, d'] (R^T R = H^T Ydot Ydot^T H)."""
+    """R = Ydot^T H over the distinct local targets, [m K, d'] (R^T R = H^T Ydot Ydot^T H).
+
+    Fixed size, no host sync: entry (j, k) goes to the row of its target's rank among the sorted
+    distinct keys; off-shard entries share one key with weight 0, and unused rows stay zero, which
+    leaves R^T R unchanged."""
     K = idx.shape[1]
     sel = local.reshape(-1)
-    uniq, inv = torch.unique(idx.reshape(-1)[sel], return_inverse=True)
-    rows = (gA.reshape(-1, 1) * H.repeat_interleave(K, 0))[sel]
-    return torch.zeros(uniq.numel(), H.shape[1], dtype=H.dtype).index_add_(0, inv, rows)
+    key = torch.where(sel, idx.reshape(-1), torch.full_like(sel, -1, dtype=idx.dtype))
+    sorted_key, order = torch.sort(key)
+    first = torch.ones_like(sel)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    seg = torch.empty_like(order).scatter_(0, order, first.to(torch.int64).cumsum(0) - 1)
+    rows = (gA.reshape(-1) * sel).reshape(-1, 1) * H.repeat_interleave(K, 0)
+    return torch.zeros(rows.shape[0], H.shape[1], dtype=H.dtype, device=H.device).index_add_(0, seg, rows)
 
 
 def _h_gram_h(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, X: Tensor, gs: Tensor,
@@ -72,8 +80,11 @@ def _h_gram_h(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, X: Ten
 
 def needs_dense_step(C: Tensor, tau: float) -> bool:
     """True when C = I - 2 eta H^T diag(gq) H is nearly singular (min |eig| < tau). Skips the
-    O(d^3) eigvalsh when ||C - I||_F < 1 - tau already bounds every eigenvalue above tau."""
-    eye = torch.eye(C.shape[0], dtype=C.dtype)
+    O(d^3) eigvalsh when ||C - I||_F < 1 - tau already bounds every eigenvalue above tau.
+
+    The one host read of a Z-loss step (a 0-dim norm): it decides whether the O(D d^2) dense
+    fallback runs, which a branch-free step would have to pay every time."""
+    eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
     if float(torch.linalg.matrix_norm(C - eye)) < 1.0 - tau:
         return False
     return bool(torch.linalg.eigvalsh(C).abs().min() < tau)
@@ -82,9 +93,10 @@ def needs_dense_step(C: Tensor, tau: float) -> bool:
 def _scatter_rows(st: Any, idx: Tensor, local: Tensor, gA: Tensor, P: Tensor, eta: float) -> None:
     """V[idx[j,k]] -= eta gA[j,k] P[j] for local targets; duplicates accumulate."""
     K = idx.shape[1]
-    sel = local.reshape(-1)
-    rows = (gA.reshape(-1, 1) * P.repeat_interleave(K, 0))[sel]
-    st.V.index_add_(0, idx.reshape(-1)[sel], (-eta * rows).to(st.V.dtype))
+    # every entry is added (off-shard ones as exact zeros onto row idx = 0): no boolean-mask
+    # indexing, so no host sync
+    rows = (gA.reshape(-1) * local.reshape(-1)).reshape(-1, 1) * P.repeat_interleave(K, 0)
+    st.V.index_add_(0, idx.reshape(-1), (-eta * rows).to(st.V.dtype))
 
 
 def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gs: Tensor,
@@ -95,7 +107,7 @@ def _dense_step(st: Any, C: Tensor, H: Tensor, idx: Tensor, local: Tensor, gA: T
     for lo in range(0, st.V.shape[0], block):
         Wb = (st.V[lo:lo + block].double() @ st.U + st.omega) @ C - shift
         st.V[lo:lo + block] = Wb.to(st.V.dtype)
-    eye = torch.eye(C.shape[0], dtype=torch.float64)
+    eye = torch.eye(C.shape[0], dtype=torch.float64, device=C.device)
     st.U.copy_(eye)
     st.Uinv.copy_(eye)
     st.omega.zero_()
@@ -118,7 +130,7 @@ def sgd_update(st: Any, H: Tensor, idx: Tensor, local: Tensor, gA: Tensor, gq: T
     X = H.t() @ (gq[:, None] * H)
     HMH = _h_gram_h(st, H, idx, local, gA, X, gs, Zh, ybar)
     s = H @ st.wbar
-    C = torch.eye(H.shape[1], dtype=torch.float64) - 2.0 * e * X
+    C = torch.eye(H.shape[1], dtype=torch.float64, device=X.device) - 2.0 * e * X
     dense = needs_dense_step(C, tau)
     if dense:
         _dense_step(st, C, H, idx, local, gA, gs, e, block)

@@ -22,7 +22,7 @@ def unfactorise(st: Any, block: int = 65536) -> None:
     """V <- V U + 1 omega^T, U = Uinv = I, omega = 0."""
     for lo in range(0, st.V.shape[0], block):
         st.V[lo:lo + block] = materialise(st, lo, lo + block).to(st.V.dtype)
-    eye = torch.eye(st.U.shape[0], dtype=torch.float64)
+    eye = torch.eye(st.U.shape[0], dtype=torch.float64, device=st.U.device)
     st.U.copy_(eye)
     st.Uinv.copy_(eye)
     st.omega.zero_()
@@ -70,8 +70,8 @@ def fold_omega(st: Any, ratio: float = 1.0) -> bool:
 def resync(st: Any, block: int = 65536) -> None:
     """Recompute Q = W^T W and w_bar = W^T 1 exactly, accumulating in float64."""
     d = st.U.shape[0]
-    Q = torch.zeros(d, d, dtype=torch.float64)
-    wbar = torch.zeros(d, dtype=torch.float64)
+    Q = torch.zeros(d, d, dtype=torch.float64, device=st.U.device)
+    wbar = torch.zeros(d, dtype=torch.float64, device=st.U.device)
     for lo in range(0, st.V.shape[0], block):
         Wb = materialise(st, lo, lo + block)
         Q += Wb.t() @ Wb

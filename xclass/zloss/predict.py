@@ -16,19 +16,21 @@ ScoreBlock = Callable[[int, int], torch.Tensor]
 
 
 def blockwise_topk(score_block: ScoreBlock, num_rows: int, batch: int, k: int,
-                   block: int = 65536, offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                   block: int = 65536, offset: int = 0, device: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Running top-k over class rows [0, num_rows).
 
     score_block(lo, hi) -> raw scores [batch, hi - lo] of rows lo..hi-1.
     Returns (values [batch, k'], ids [batch, k'] int64, ids shifted by ``offset``), k' = min(k, num_rows),
-    sorted descending.
+    sorted descending. ``device``: where the empty result of ``num_rows == 0`` lives (else the
+    scores' device).
     """
     kk = min(k, num_rows)
-    best_v = torch.full((batch, 0), float("-inf"), dtype=torch.float64)
-    best_i = torch.zeros((batch, 0), dtype=torch.int64)
+    best_v = torch.full((batch, 0), float("-inf"), dtype=torch.float64, device=device)
+    best_i = torch.zeros((batch, 0), dtype=torch.int64, device=device)
     for lo in range(0, num_rows, block):
         hi = min(num_rows, lo + block)
         sc = score_block(lo, hi).double()
+        best_v, best_i = best_v.to(sc.device), best_i.to(sc.device)
         v, i = sc.topk(min(kk, hi - lo), dim=1)
         cat_v = torch.cat([best_v, v], 1)
         cat_i = torch.cat([best_i, i + lo], 1)
@@ -43,7 +45,7 @@ def merge_shards_topk(values: torch.Tensor, ids: torch.Tensor, k: int, group: An
     Shards may hold fewer than k classes (ragged k_r)."""
     if coll.world_size(group) == 1:
         return values, ids
-    kk = coll.gather_sizes(values.shape[1], group)
+    kk = coll.gather_sizes(values.shape[1], group, values.device)
     kmax = max(kk)
     pad = kmax - values.shape[1]
     v = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], 1)

@@ -46,7 +46,7 @@ class DenseZLossHead(nn.Module):
         mask, idx, local = split_labels(gather_labels(labels, self.group),
                                         self.num_classes, self.start, self.end)
         O = H @ self.weight.t()                                        # [B, C_local]
-        A = torch.where(local, O.gather(1, idx), torch.zeros((), dtype=O.dtype))
+        A = torch.where(local, O.gather(1, idx), torch.zeros((), dtype=O.dtype, device=O.device))
         stats = sum_shards(torch.cat([A, (O * O).sum(1, keepdim=True), O.sum(1, keepdim=True)], 1),
                            self.group)                                 # replicated [B, K + 2]
         K = A.shape[1]
@@ -71,7 +71,7 @@ class DenseZLossHead(nn.Module):
     def local_bias(self) -> torch.Tensor:
         """Per-class bias [C_local] implied by the constant feature (zeros without one)."""
         if self.p.bias_feature == 0:
-            return torch.zeros(self.end - self.start, dtype=self.weight.dtype)
+            return torch.zeros(self.end - self.start, dtype=self.weight.dtype, device=self.weight.device)
         return self.weight[:, -1] * self.p.bias_feature
 
     @torch.no_grad()

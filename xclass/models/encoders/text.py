@@ -2,7 +2,10 @@
 
 Inputs: ``tokens [B, L]`` int64 padded with anything, ``lengths [B]`` int64. Positions
 ``>= lengths`` are replaced by a dedicated padding row (index ``vocab_size``), so the
-padding value written by the decoder never aliases a real token.
+padding value written by the decoder never aliases a real token (meta.json ``pad_id`` =
+``vocab_size``). ``embbag`` also takes ``token_weights [B, L]`` float (e.g. tf-idf values):
+then the bag is the weighted sum (mode sum) or the weighted mean, sum_i w_i e_i / sum_i w_i
+(mode mean), through ``per_sample_weights``.
 """
 from __future__ import annotations
 
@@ -39,8 +42,16 @@ class EmbBagEncoder(nn.Module):
         self.mlp = mlp_stack(token_dim, hidden, embedding_dim, dropout)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        tokens, _ = _padded_tokens(inputs, self.vocab_size, self.max_len)
-        return self.mlp(self.bag(tokens))
+        tokens, mask = _padded_tokens(inputs, self.vocab_size, self.max_len)
+        if "token_weights" not in inputs:
+            return self.mlp(self.bag(tokens))
+        w = inputs["token_weights"][:, :tokens.shape[1]].to(self.bag.weight.dtype) * mask
+        # per_sample_weights needs mode "sum"; the mean divides by the row's weight total.
+        bag = nn.functional.embedding_bag(tokens, self.bag.weight, per_sample_weights=w, mode="sum",
+                                          padding_idx=self.vocab_size, sparse=self.bag.sparse)
+        if self.bag.mode == "mean":
+            bag = bag / w.sum(1, keepdim=True).clamp_min(1e-12)
+        return self.mlp(bag)
 
 
 class TransformerTextEncoder(nn.Module):

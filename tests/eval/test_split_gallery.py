@@ -1,0 +1,62 @@
+"""xclass split-gallery: stratified seeded split, gallery_query files, errors before writing."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xclass.cli import main
+from xclass.eval.split import query_mask
+
+
+def _emb(path, labels, ids=None):
+    ids = np.arange(len(labels)) + 1000 if ids is None else ids
+    emb = np.random.default_rng(0).normal(size=(len(labels), 4)).astype(np.float32)
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 4)}), path)
+    return ids
+
+
+def test_query_mask_stratified_and_order_free():
+    labels = np.repeat(np.arange(5), [1, 2, 4, 7, 10])
+    ids = np.arange(len(labels)) * 3
+    m = query_mask(ids, labels, 0.5, seed=3)
+    for c, n in enumerate([1, 2, 4, 7, 10]):
+        q = int(m[labels == c].sum())
+        assert q == n - max(1, n - int(round(0.5 * n)))        # 0, 1, 2, 4 (round half to even), 5
+    perm = np.random.default_rng(1).permutation(len(ids))
+    m2 = query_mask(ids[perm], labels[perm], 0.5, seed=3)
+    assert set(ids[perm][m2]) == set(ids[m])                   # file order does not matter
+    assert set(ids[query_mask(ids, labels, 0.5, seed=4)]) != set(ids[m])
+
+
+def test_cli_split_and_gallery_query(tmp_path, capsys):
+    labels = np.repeat(np.arange(4), 6)
+    ids = _emb(tmp_path / "e.parquet", labels)
+    assert main(["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "o")]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    g, q = (pq.read_table(tmp_path / "o" / f).to_pydict() for f in ("gallery.parquet", "queries.parquet"))
+    assert info["gallery_rows"] == len(g["id"]) == 12 and len(q["id"]) == 12
+    assert sorted(g["id"] + q["id"]) == ids.tolist() and set(g["label"]) == set(q["label"]) == {0, 1, 2, 3}
+    assert len(g["embedding"][0]) == 4
+    # an explicit gallery_query file decides
+    isq = ids % 3 == 0
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "is_query": pa.array(isq)}), tmp_path / "gq.parquet")
+    assert main(["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "o"),
+                 "--gallery-query", str(tmp_path / "gq.parquet"), "--overwrite"]) == 0
+    q = pq.read_table(tmp_path / "o" / "queries.parquet").column("id").to_pylist()
+    assert q == ids[isq].tolist()
+
+
+def test_cli_errors(tmp_path, capsys):
+    _emb(tmp_path / "e.parquet", np.repeat(np.arange(2), 3))
+    args = ["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert main(args) == 2 and "exists (pass --overwrite)" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": pa.array([1000], pa.int64()), "is_query": pa.array([True])}), tmp_path / "gq.parquet")
+    assert main([*args, "--overwrite", "--gallery-query", str(tmp_path / "gq.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "id 1001 is not in" in err and "row 1" in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--overwrite", "--query-fraction", "1.5"]) == 2
+    assert "--query-fraction" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+"""No device->host synchronisation in a steady training step, checked on the CPU.
+
+A real ``train()`` run (tiny features dataset, one process) is driven with the loop's two step
+functions (``_micro_step``: forward + backward; ``_optimizer_step``: clip, schedule, head and
+encoder step) wrapped in a TorchFunctionMode that records every operation which, on a CUDA
+tensor, makes the host wait for the device: ``item``, ``bool``/``int``/``float``/``index``,
+``tolist``, ``cpu``, ``numpy``, ``nonzero``, ``unique``, boolean-mask indexing... Steady steps
+are the ones that neither log (``train.log_every``) nor checkpoint, after the first (which builds
+lazy state: optimizer buffers, the host copy of the step counter). On a GPU the same property is
+checked with ``torch.cuda.set_sync_debug_mode("error")`` (tests/gpu).
+
+ALLOWED lists the few reads that stay, each with its reason (they are also in docs/devices.md).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from tests.train.common import features_config, write_features_data
+from xclass.config import load_config
+from xclass.parallel import ParallelContext
+from xclass.train import loop as loop_mod
+from xclass.train.loop import train
+
+# (module, function) of a frame on the stack -> why the read there is allowed
+ALLOWED: Dict[Tuple[str, str], str] = {
+    ("xclass.heads.sampling", "sample_classes"):
+        "Partial FC: the number of sampled classes is data dependent (it sizes the sampled rows)",
+    ("xclass.parallel.device", "check_on_device"):
+        "label range check: a host read only on the CPU (free there); torch._assert_async on CUDA",
+    ("xclass.zloss.factored", "needs_dense_step"):
+        "Z-loss singular-C guard: one 0-dim read decides whether the O(D d^2) dense fallback runs",
+    ("torch.optim.optimizer", "_get_value"):
+        "torch optimizers (encoder) keep their step count on the host unless capturable/fused: not a device read",
+}
+
+_SCALAR_READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "cpu", "numpy"}
+_SIZE_DEPENDENT = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
+                   "equal", "allclose", "repeat_interleave"}
+
+
+def _is_bool_index(idx: Any) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return any(torch.is_tensor(i) and i.dtype == torch.bool for i in items)
+
+
+def _sync_kind(func: Any, args: tuple, kwargs: dict) -> str:
+    """The name of the synchronising operation ``func(*args)`` would be on CUDA, or ''."""
+    name = getattr(func, "__name__", "")
+    if name in _SCALAR_READS:
+        return name
+    if name in _SIZE_DEPENDENT:
+        if name == "repeat_interleave" and not (len(args) > 1 and torch.is_tensor(args[1])):
+            return ""  # an int repeat count gives a known output size
+        if name == "bincount" and kwargs.get("minlength", 0):
+            return ""
+        return name
+    if name in ("__getitem__", "__setitem__") and len(args) > 1 and _is_bool_index(args[1]):
+        return name + "[bool mask]"
+    if name == "where" and len(args) == 1 and not kwargs:
+        return "where(cond)"
+    return ""
+
+
+def _allowed_by() -> str:
+    f = sys._getframe(2)
+    while f is not None:
+        key = (f.f_globals.get("__name__", ""), f.f_code.co_name)
+        if key in ALLOWED:
+            return f"{key[0]}.{key[1]}"
+        f = f.f_back
+    return ""
+
+
+def _where() -> str:
+    """Innermost xclass frame (file:line function) of the current call."""
+    f = sys._getframe(2)
+    while f is not None:
+        if f.f_globals.get("__name__", "").startswith("xclass."):
+            return f"{f.f_code.co_filename.split('xclass/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+        f = f.f_back
+    return "?"
+
+
+class SyncRecorder(TorchFunctionMode):
+    """Records synchronising operations as (kind, location, allow-list entry or ''), each tagged
+    with ``self.step``: the optimizer step in flight when it happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: List[Tuple[str, str, str]] = []
+        self.steps: List[int] = []
+        self.step = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        kind = _sync_kind(func, args, kwargs)
+        if kind:
+            self.events.append((kind, _where(), _allowed_by()))
+            self.steps.append(self.step)
+        return func(*args, **kwargs)
+
+
+def _instrument(monkeypatch, rec: SyncRecorder) -> None:
+    """Tag ``rec``'s events with the step they belong to: a step runs from its first micro-batch
+    (``_micro_step``) through its optimizer step, logging and checkpoint, up to the next step's
+    first micro-batch (so the loop body, logging and the next batch's reading are covered)."""
+    micro, opt = loop_mod._micro_step, loop_mod._optimizer_step
+    done = {"n": 0}
+
+    def micro_w(s, inputs, labels):
+        rec.step = done["n"] + 1
+        return micro(s, inputs, labels)
+
+    def opt_w(s, cfg, ctx, step, total):
+        rec.step = step + 1
+        out = opt(s, cfg, ctx, step, total)
+        done["n"] = step + 1
+        return out
+
+    monkeypatch.setattr(loop_mod, "_micro_step", micro_w)
+    monkeypatch.setattr(loop_mod, "_optimizer_step", opt_w)
+
+
+HEADS = {
+    "arcface": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}"],
+    "arcface_partial_fc": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}", "head.sample_rate=0.5"],
+    "sphereface2": ["head.margin=sphereface2"],
+    "subcenter_arcface": ["head.margin=subcenter_arcface", "head.margin_params={k: 3}"],
+    "zloss_efficient": ["head.name=zloss_efficient", "head.params={a: 1.0, b: 2.0}", "optim.head_lr=0.05"],
+    "adamw_clip": ["optim.name=adamw", "optim.grad_clip=0.5"],
+}
+
+
+def _base_overrides(data: str, out: str) -> List[str]:
+    """tests.train.common.features_config's overrides without its margin parameters."""
+    return [f"data.path={data}", "data.batch_size=24", "data.shard_mode=global_batch", "model.encoder=mlp",
+            "model.embedding_dim=8", "model.params={hidden: []}", "optim.lr=0.1", "optim.schedule=cosine",
+            "train.log_every=1", f"train.out_dir={out}", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_features_data(str(tmp_path_factory.mktemp("sync") / "d"))
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_steady_steps_do_not_sync(data, tmp_path, monkeypatch, head):
+    log_every, total = 3, 8
+    extra = [*HEADS[head], f"train.log_every={log_every}", f"train.max_steps={total}", "train.checkpoint_every=0",
+             "optim.grad_clip=1.0"]
+    cfg = features_config(data, str(tmp_path / head), *extra)
+    if "margin_params" not in " ".join(HEADS[head]):  # the shared config's cosface (s, m) would merge in
+        cfg = load_config(None, _base_overrides(data, str(tmp_path / head)) + extra)
+    rec = SyncRecorder()
+    _instrument(monkeypatch, rec)
+    with rec:
+        train(cfg, ParallelContext.single("cpu"))
+    steady = {k for k in range(2, total + 1) if k % log_every and k != total}
+    assert steady == {2, 4, 5, 7}
+    # the recorder works: log steps read the loss and the gradient norm
+    assert any(st == log_every and not allowed for st, (_, _, allowed) in zip(rec.steps, rec.events))
+    bad = sorted({(k, w) for st, (k, w, allowed) in zip(rec.steps, rec.events) if st in steady and not allowed})
+    assert not bad, f"host syncs in steady steps of {head}: {bad}"
+
+
+def test_the_recorder_sees_syncs():
+    """The detector itself: each kind of read is caught, allowed only under an ALLOWED frame."""
+    x = torch.arange(6.0)
+    with SyncRecorder() as r:
+        float(x.sum()), x[x > 2], x.nonzero(), torch.unique(x), x.tolist(), bool(x[0]), x.sum().item()
+        x.repeat_interleave(2), x[torch.tensor([1, 2])]  # known sizes: not syncs
+    kinds = [k for k, _, _ in r.events]
+    assert kinds == ["__float__", "__getitem__[bool mask]", "nonzero", "unique", "tolist", "__bool__", "item"]
+    from xclass.heads.sampling import sample_classes
+
+    with SyncRecorder() as r:
+        sample_classes(0, 10, torch.tensor([1, -1]), 0.5, 0, 1)
+    assert r.events and all(a == "xclass.heads.sampling.sample_classes" for _, _, a in r.events)

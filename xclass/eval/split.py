@@ -1,0 +1,107 @@
+"""``xclass split-gallery``: split a labelled Parquet (an embedding file from ``export-index``
+or a dataset split) into ``gallery.parquet`` and ``queries.parquet`` for identification.
+
+Rule, per class: ``--gallery-query FILE`` (a dataset's ``gallery_query.parquet``: ``id``,
+``is_query``) decides when given; otherwise a seeded permutation of each class's rows puts
+``max(1, n - round(query_fraction * n))`` rows in the gallery and the rest in the queries, so
+every class with a query also has a gallery row and the split does not depend on file order
+beyond the rows' ids (rows are ordered by id before the permutation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xclass.data.schema import DataError
+
+
+def query_mask(ids: np.ndarray, labels: np.ndarray, query_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """bool [n]: True = query. Stratified by label, seeded; classes of one row stay in the gallery."""
+    if not 0.0 <= query_fraction < 1.0:
+        raise ValueError(f"query fraction must be in [0, 1), got {query_fraction}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(ids), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.argsort(ids[idx], kind="stable")]
+        n_gallery = max(1, len(idx) - int(round(query_fraction * len(idx))))
+        mask[idx[rng.permutation(len(idx))[n_gallery:]]] = True
+    return mask
+
+
+def _mask_from_file(path: str, ids: np.ndarray, emb_path: str) -> np.ndarray:
+    gq = pq.read_table(path)
+    for col in ("id", "is_query"):
+        if col not in gq.column_names:
+            raise DataError(f"missing column {col!r} (has {gq.column_names})", file=path, column=col)
+    is_q = dict(zip(gq.column("id").to_pylist(), gq.column("is_query").to_pylist()))
+    missing = np.flatnonzero([i not in is_q for i in ids.tolist()])
+    if len(missing):
+        raise DataError(f"id {int(ids[missing[0]])} is not in {path}", file=emb_path, row=int(missing[0]),
+                        column="id")
+    return np.array([bool(is_q[i]) for i in ids.tolist()])
+
+
+def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = None, query_fraction: float = 0.5,
+                  seed: int = 0, overwrite: bool = False) -> Dict[str, object]:
+    """Write ``out_dir/gallery.parquet`` and ``out_dir/queries.parquet`` (all columns of ``path``).
+    Checks everything before writing; each file is written to a temp path and renamed."""
+    out = {"gallery": os.path.join(out_dir, "gallery.parquet"), "queries": os.path.join(out_dir, "queries.parquet")}
+    if not overwrite:
+        for p in out.values():
+            if os.path.exists(p):
+                raise FileExistsError(f"{p} exists (pass --overwrite)")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    t = pq.read_table(path)
+    for col in ("id", "label"):
+        if col not in t.column_names:
+            raise DataError(f"missing column {col!r} (has {t.column_names})", file=path, column=col)
+    ids, labels = t.column("id").to_numpy(), t.column("label").to_numpy()
+    if gallery_query:
+        mask = _mask_from_file(gallery_query, ids, path)
+    else:
+        mask = query_mask(ids, labels, query_fraction, seed)
+    os.makedirs(out_dir, exist_ok=True)
+    for name, keep in (("gallery", ~mask), ("queries", mask)):
+        tmp = out[name] + ".tmp"
+        pq.write_table(t.filter(pa.array(keep)), tmp)
+        os.replace(tmp, out[name])
+    return {**out, "gallery_rows": int((~mask).sum()), "query_rows": int(mask.sum()),
+            "classes": int(len(np.unique(labels)))}
+
+
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True,
+                   help="Parquet with id and label columns (export-index embeddings, or a dataset split)")
+    p.add_argument("--out", required=True, help="directory for gallery.parquet and queries.parquet")
+    p.add_argument("--gallery-query", default=None,
+                   help="a dataset's gallery_query.parquet (id, is_query) deciding the split")
+    p.add_argument("--query-fraction", type=float, default=0.5,
+                   help="without --gallery-query: share of each class's rows that become queries "
+                        "(seeded; at least one gallery row per class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run_split(a: argparse.Namespace) -> int:
+    """CLI: prints a one-line JSON summary; bad input -> one line on stderr, exit 2."""
+    try:
+        if not 0.0 <= a.query_fraction < 1.0:
+            raise DataError(f"--query-fraction must be in [0, 1), got {a.query_fraction}")
+        info = split_gallery(a.input, a.out, gallery_query=a.gallery_query, query_fraction=a.query_fraction,
+                             seed=a.seed, overwrite=a.overwrite)
+    except (DataError, FileExistsError, FileNotFoundError, pa.ArrowInvalid) as exc:
+        if os.environ.get("XCLASS_DEBUG"):
+            raise
+        print(f"xclass split-gallery: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info))
+    return 0
