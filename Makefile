@@ -45,8 +45,8 @@ GPU_DEPS ?= .gpu-deps
 GPU_PKGS ?= pyyaml==6.0.4 tqdm==4.70.1 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4
 GPU_PYVER ?= 3.12
 GPU_TEST_TIMEOUT ?= 150
-GPU_BENCH_TIMEOUT ?= 140
-GPU_BENCH_ARGS ?=
+GPU_BENCH_TIMEOUT ?= 150
+GPU_BENCH_ARGS ?= --budget-s 100
 GPU_ENV = PYTHONPATH=$(CURDIR):$(CURDIR)/$(GPU_DEPS)$(if $(PYTHONPATH),:$(PYTHONPATH)) DS_ACCELERATOR=cuda
 
 gpu-wheels:

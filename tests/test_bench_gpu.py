@@ -56,3 +56,12 @@ def test_recipe_harness_and_overrides(tmp_path):
 
     cfg = load_config(bench_gpu_recipe.RECIPE, bench_gpu_recipe.recipe_overrides(a, data, str(tmp_path / "r")))
     assert cfg.cluster.workers == 1 and cfg.train.precision == "bf16" and cfg.data.batch_size == 32
+    assert not cfg.cluster.use_gpu  # the recipe asks for GPUs; a --device cpu run must not
+
+
+def test_budget_zero_skips_every_measurement(tmp_path):
+    out = str(tmp_path / "gpu.jsonl")
+    bench_gpu.main(["--device", "cpu", "--quick", "--only", "zloss,arcface", "--budget-s", "0", "--out", out])
+    rows = [json.loads(l) for l in open(out)]
+    assert rows and all(r.get("skipped") == "budget" and r["step_ms"] is None for r in rows)
+    assert all(KEYS <= r.keys() for r in rows)

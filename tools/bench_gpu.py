@@ -93,10 +93,20 @@ def _peak_gb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
+_DEADLINE = [float("inf")]  # perf_counter time after which no new measurement starts (--budget-s)
+
+
+def over_budget() -> bool:
+    return time.perf_counter() > _DEADLINE[0]
+
+
 def measured(base: Dict[str, Any], device: torch.device, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-    """``base`` + what ``fn`` measures + peak memory; an out-of-memory error becomes a row."""
-    _reset_peak(device)
+    """``base`` + what ``fn`` measures + peak memory; an out-of-memory error becomes a row, and
+    past the ``--budget-s`` deadline a row says ``skipped: budget`` instead of measuring."""
     row = dict(base, device=str(device))
+    if over_budget():
+        return dict(row, step_ms=None, peak_gb=None, skipped="budget")
+    _reset_peak(device)
     try:
         row.update(fn())
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
@@ -271,6 +281,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per row (median)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--recipe-steps", type=int, default=None, help="steps of each xclass train run")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new measurement after this many seconds (the rest become 'skipped' rows)")
     ap.add_argument("--out", default=None, help="JSONL path (default tools/results/gpu_<UTC date>.jsonl)")
     a = ap.parse_args(argv)
     day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
@@ -286,11 +298,14 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     a.zd, a.zm = (16, 32) if q else (128, 256)
     a.recipe_steps = a.recipe_steps or (6 if q else 60)
     a.recipe_log, a.recipe_timeout = (2 if q else 10), 600
+    a.recipe_rows = 400 if q else 256 * 24  # 24 steps per epoch at the recipe's B = 256
     return a
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = parse(argv)
+    if a.budget_s is not None:
+        _DEADLINE[0] = time.perf_counter() + a.budget_s
     device = torch.device(a.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)

@@ -28,17 +28,29 @@ def recipe_overrides(a: Any, data: str, out: str) -> List[str]:
     q = a.quick
     over = [f"data.path={data}", f"train.out_dir={out}", "cluster.workers=1", "train.progress=false",
             f"data.batch_size={32 if q else 256}", f"train.max_steps={a.recipe_steps}",
-            f"train.log_every={a.recipe_log}", "train.checkpoint_every=0", "optim.warmup_steps=0"]
+            f"train.log_every={a.recipe_log}", "train.checkpoint_every=0", "optim.warmup_steps=0",
+            f"cluster.use_gpu={str(a.device.startswith('cuda')).lower()}"]
     return over + ([TINY_MODEL, "model.embedding_dim=32"] if q else [])
 
 
 def make_recipe_data(a: Any, root: str) -> str:
+    """Face data at the recipe's 112 px: 100 generated classes x 2 rows, tiled (new ids, same
+    labels and schema) to ``a.recipe_rows`` rows so an epoch spans many steps."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from xclass.data import make_data
 
     data = os.path.join(root, "faces")
-    rows = 4 if a.quick else 26  # 100 classes: 400 / 2600 rows, the run cycles over them
-    make_data("face", data, 100, rows_per_class=rows, seed=0, progress=False,
-              image_size=16 if a.quick else 112)
+    make_data("face", data, 100, rows_per_class=2, seed=0, progress=False, image_size=16 if a.quick else 112)
+    path = os.path.join(data, "train.parquet")
+    t = pq.read_table(path)
+    reps = -(-a.recipe_rows // t.num_rows)
+    big = pa.concat_tables([t] * reps).slice(0, a.recipe_rows)
+    big = big.set_column(t.schema.get_field_index("id"), "id", pa.array(np.arange(big.num_rows, dtype=np.int64)))
+    pq.write_table(big.replace_schema_metadata(t.schema.metadata), path + ".tmp", row_group_size=1024)
+    os.replace(path + ".tmp", path)
     return data
 
 
@@ -93,6 +105,8 @@ def train_run(a: Any, device: torch.device, data: str, out: str, num_classes: in
 
 
 def bench_recipe(a: Any, device: torch.device, measured: Callable) -> List[Dict[str, Any]]:
+    from bench_gpu import over_budget
+
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="xclass_bench_gpu_") as root:
         data = make_recipe_data(a, root)
@@ -101,6 +115,9 @@ def bench_recipe(a: Any, device: torch.device, measured: Callable) -> List[Dict[
                              lambda: harness(a, device, data, root)))
         for D in ([100, 1000] if a.quick else [100, 10**6]):
             row = dict(base, mode=f"train_D={D}", D=D, device=str(device), peak_gb=None)
+            if over_budget():
+                rows.append(dict(row, step_ms=None, skipped="budget"))
+                continue
             row.update(train_run(a, device, data, os.path.join(root, f"run_{D}"), D))
             h = rows[0].get("samples_per_s")
             if h and row.get("samples_per_s"):
