@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))  # bench_gpu, bench_gpu_recipe, bench_gpu_zloss
 
 import bench_gpu  # noqa: E402
 import bench_gpu_recipe  # noqa: E402

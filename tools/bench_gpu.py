@@ -46,12 +46,9 @@ SGD = types.SimpleNamespace(name="sgd", lr=0.01, momentum=0.9, weight_decay=0.0,
 
 
 def _ctx(device: torch.device):
-    import dataclasses
-
     from xclass.parallel import ParallelContext
 
-    has = "device" in {f.name for f in dataclasses.fields(ParallelContext)}
-    return ParallelContext(device=device) if has else ParallelContext()
+    return ParallelContext.single(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -203,62 +200,6 @@ def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: 
     return rows
 
 
-# ---- Z-loss efficient vs full log-softmax --------------------------------------------------
-def zloss_step(D: int, a, device: torch.device) -> float:
-    from xclass import components
-    from xclass.heads.base import HEADS
-
-    components.load_all()
-    cfg = types.SimpleNamespace(name="zloss_efficient", params={"dtype": "float32", "init_std": 0.05,
-                                                                "stabilize_period": 0})
-    head = HEADS.get("zloss_efficient")(cfg, num_classes=D, embedding_dim=a.zd, ctx=_ctx(device), seed=0)
-    head = head.to(device)
-    opt = head.make_optimizer(types.SimpleNamespace(name="sgd", lr=0.01, momentum=0.0, weight_decay=0.0,
-                                                    head_lr=None))
-    g = torch.Generator().manual_seed(0)
-    H = torch.randn(a.zm, a.zd, generator=g).to(device)
-    y = torch.randint(0, D, (a.zm,), generator=g).to(device)
-
-    def step() -> None:
-        emb = H.clone().requires_grad_(True)
-        head(emb, y).loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    return time_ms(step, device, a.warmup, a.steps)
-
-
-def logsoftmax_step(D: int, a, device: torch.device) -> float:
-    W = torch.nn.Parameter(torch.randn(D, a.zd + 1, device=device) * 0.05)
-    opt = torch.optim.SGD([W], lr=0.01)
-    H = torch.randn(a.zm, a.zd, device=device)
-    y = torch.randint(0, D, (a.zm,), device=device)
-    ones = torch.ones(a.zm, 1, device=device)
-
-    def step() -> None:
-        emb = H.clone().requires_grad_(True)
-        torch.nn.functional.cross_entropy(torch.cat([emb, ones], 1) @ W.t(), y).backward()
-        opt.step()
-        opt.zero_grad()
-
-    return time_ms(step, device, a.warmup, a.steps)
-
-
-def bench_zloss(a, device: torch.device) -> List[Dict[str, Any]]:
-    rows = []
-    for D in a.z_D:
-        base = {"bench": "zloss", "D": D, "dtype": "fp32", "r": 1.0, "d": a.zd, "m": a.zm}
-        ls = measured(dict(base, method="logsoftmax"), device, lambda: {"step_ms": logsoftmax_step(D, a, device)})
-        zl = measured(dict(base, method="zloss_efficient"), device, lambda: {"step_ms": zloss_step(D, a, device)})
-        if ls.get("step_ms") and zl.get("step_ms"):
-            zl["speedup"] = ls["step_ms"] / zl["step_ms"]
-        emit([ls, zl], a)
-        rows += [ls, zl]
-    return rows
-
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gpu_recipe import bench_recipe  # noqa: E402  (face GPU recipe: harness vs xclass train)
 
 
 def emit(rows: List[Dict[str, Any]], a) -> None:
@@ -300,6 +241,12 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     a.recipe_log, a.recipe_timeout = (2 if q else 10), 600
     a.recipe_rows = 400 if q else 256 * 24  # 24 steps per epoch at the recipe's B = 256
     return a
+
+
+sys.modules.setdefault("bench_gpu", sys.modules[__name__])  # one module (and deadline) as a script too
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gpu_recipe import bench_recipe  # noqa: E402  (face GPU recipe: harness vs xclass train)
+from bench_gpu_zloss import bench_zloss  # noqa: E402  (Z-loss efficient vs log-softmax)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
