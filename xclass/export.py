@@ -1,7 +1,9 @@
 """From a trained run directory to embedding Parquet files and FAISS indexes.
 
-``embed_split`` encodes a Parquet split with the run's encoder (batched, progress on
-stderr) and writes ``id``, ``label``/``labels`` and ``embedding``; ``export_head`` writes
+``embed_split`` encodes a Parquet split with the run's encoder (batched, no_grad, on
+``device``: ``export-index --gpu`` picks the CUDA device, optional bf16 autocast; batches are
+read and decoded ahead on a background thread; progress on stderr) and writes ``id``,
+``label``/``labels`` and ``embedding``; ``export_head`` writes
 the classifier head's class vectors as label embeddings, one Parquet file per saved shard
 (never all shards in memory at once). The CLI glue hands those files to
 ``xclass.eval.cli`` for index building and evaluation.
@@ -33,8 +35,9 @@ def load_run(run_dir: str) -> RunConfig:
     return load_config(p)
 
 
-def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any]) -> torch.nn.Module:
-    """The run's encoder with the newest checkpoint's weights, in eval mode."""
+def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any],
+                 device: Optional[torch.device] = None) -> torch.nn.Module:
+    """The run's encoder with the newest checkpoint's weights, in eval mode, on ``device``."""
     components.load_all()
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:
@@ -49,7 +52,14 @@ def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any]) -> torch.nn
         enc.load_state_dict(state["module"])
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
-    return enc.eval()
+    return enc.to(device or torch.device("cpu")).eval()
+
+
+def encode_device(gpu: bool) -> torch.device:
+    """cuda (the current device) with ``--gpu`` when CUDA is available, else the CPU."""
+    if gpu and not torch.cuda.is_available():
+        print("[xclass export] --gpu: no CUDA device visible, encoding on the CPU", file=sys.stderr)
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> None:
@@ -60,17 +70,25 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
 
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
-                data_path: Optional[str] = None, frame_budget: int = 32768) -> str:
-    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet.
+                data_path: Optional[str] = None, frame_budget: int = 32768,
+                device: Optional[torch.device] = None, bf16: bool = False) -> str:
+    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
     ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
     encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
-    reader batch padded to its longest row, as before; see :func:`encode_batch`)."""
+    reader batch padded to its longest row, as before; see :func:`encode_batch`).
+    ``device``: where the encoder runs (batches are decoded ahead on a background thread and
+    copied there); ``bf16``: bf16 autocast around the encoder."""
     cfg = load_run(run_dir)
     data_path = data_path or cfg.data.path
     meta = load_meta(data_path)
-    enc = load_encoder(run_dir, cfg, meta)
-    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
+    device = torch.device(device or "cpu")
+    enc = load_encoder(run_dir, cfg, meta, device)
+    decode_inputs = components.make_decoder(cfg.data.task, meta, cfg.model)
+    from xclass.data.prefetch import prefetch
     from xclass.data.reader import ParquetReader
+
+    def decode(batch):  # encoder inputs (to the device) + the id/label columns (numpy, kept)
+        return decode_inputs(batch)[0], (np.asarray(batch["id"], dtype=np.int64), _labels_of(batch))
 
     reader = ParquetReader(split_files(data_path, split), components.input_columns(cfg.data.task, cfg.model.encoder, meta),
                            rank=0, world_size=1, batch_rows=batch_rows, seed=0,
@@ -81,11 +99,11 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     labels: List[Any] = []
     t0, n = time.perf_counter(), 0
     with torch.no_grad():
-        for batch in reader:
-            inputs, _ = decode(batch)
-            embs.append(encode_batch(enc, inputs, frame_budget))
-            ids.append(np.asarray(batch["id"], dtype=np.int64))
-            labels.append(_labels_of(batch))
+        for inputs, (batch_ids, batch_labels) in prefetch(reader, decode, 2, device):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                embs.append(encode_batch(enc, inputs, frame_budget))
+            ids.append(batch_ids)
+            labels.append(batch_labels)
             n += len(ids[-1])
             print(f"\r[xclass export] {split}: {n} rows, {n / (time.perf_counter() - t0):.0f} rows/s",
                   end="", file=sys.stderr)
@@ -113,7 +131,7 @@ def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_bu
     in one call."""
     lengths = inputs.get("lengths")
     if lengths is None or frame_budget <= 0 or len(lengths) == 0:
-        return enc(inputs).float().numpy()
+        return enc(inputs).float().cpu().numpy()
     n, t_pad = len(lengths), max(int(v.shape[1]) for k, v in inputs.items() if k != "lengths" and v.dim() >= 2)
     order = torch.argsort(lengths, descending=True, stable=True)
     out = None
@@ -123,10 +141,10 @@ def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_bu
         idx = order[i:i + max(1, frame_budget // longest)]
         sub = {k: (v[idx, :longest] if k != "lengths" and v.dim() >= 2 and v.shape[1] == t_pad else v[idx])
                for k, v in inputs.items()}
-        emb = enc(sub).float().numpy()
+        emb = enc(sub).float().cpu().numpy()
         if out is None:
             out = np.empty((n, emb.shape[1]), np.float32)
-        out[idx.numpy()] = emb
+        out[idx.cpu().numpy()] = emb
         i += len(idx)
     return out
 
@@ -189,11 +207,18 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
     p.add_argument("--head", action="store_true",
                    help="with --run: export the classifier head's class vectors as the label index")
+    p.add_argument("--encode-batch-rows", type=int, default=512,
+                   help="with --run: rows per encoder batch (default 512)")
+    p.add_argument("--bf16", action="store_true",
+                   help="with --run: bf16 autocast for the encoder (embeddings are written as float32)")
     add_export_args(p)
     for action in p._actions:  # --embeddings is optional when --run provides them
         if action.dest == "embeddings":
             action.required = False
             action.help = "embedding Parquet file(s)/dirs/globs (or use --run)"
+        if action.dest == "gpu":
+            action.help = ("--run: encode on the CUDA device; index: GPU faiss when faiss has GPUs "
+                           "(falls back to the CPU)")
 
 
 def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
@@ -213,7 +238,9 @@ def run_export_cli(args: argparse.Namespace) -> int:
         if args.head:
             args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
         else:
-            args.embeddings = [embed_split(args.run, args.split, os.path.join(out, f"{args.split}_embeddings.parquet"))]
+            args.embeddings = [embed_split(args.run, args.split, os.path.join(out, f"{args.split}_embeddings.parquet"),
+                                           batch_rows=args.encode_batch_rows, device=encode_device(args.gpu),
+                                           bf16=args.bf16)]
     return int(run_export(args) or 0)
 
 

@@ -170,3 +170,20 @@ def test_negative_depth_rejected_and_config_range_checked():
     for bad in ("-1", "65"):
         with pytest.raises(ConfigError, match="data.prefetch"):
             load_config(None, [f"data.prefetch={bad}"])
+
+
+def test_cuda_target_pins_on_the_thread_after_selecting_the_device(monkeypatch):
+    """No GPU needed: CUDA availability, set_device and pin_memory are stubbed; the thread must
+    select the target device before it pins (else it would open a context on cuda:0)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d, threading.current_thread().name)))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: calls.append(("pin",)) or t.clone())
+    monkeypatch.setattr(Prefetcher, "_to_device", lambda self, out: out)
+    pf = Prefetcher(_Boom(2), decode, depth=2, device="cuda:1")
+    assert pf.pin
+    with pytest.raises(ValueError):
+        for _ in pf:
+            pass
+    assert calls[0] == ("set_device", 1, "xclass-prefetch")
+    assert calls.count(("pin",)) == 2 * 3  # 2 batches x 3 tensors (x, id, label)

@@ -68,6 +68,11 @@ class Prefetcher:
         self.reader, self.decode, self.depth = reader, decode, int(depth)
         self.device = torch.device(device) if device is not None else None
         self.pin = self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+        # the thread makes this device current before pinning: otherwise its first CUDA call
+        # would open a context on cuda:0 (on every rank of a multi-GPU node)
+        self._cuda_index: Optional[int] = None
+        if self.pin:
+            self._cuda_index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self._state: Optional[Dict[str, Any]] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -114,6 +119,8 @@ class Prefetcher:
 
     def _produce(self, q: "queue.Queue") -> None:
         try:
+            if self._cuda_index is not None:
+                torch.cuda.set_device(self._cuda_index)
             for batch in self.reader:
                 item = ("batch", self._prepare(batch), _reader_state(self.reader))
                 if not self._put(q, item):

@@ -107,7 +107,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--gpu", action="store_true",
+                   help="search on the GPU: faiss' GPU index when faiss has GPUs, else (flat indexes) an "
+                        "exact torch top-k on the CUDA device, else the CPU")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -14,6 +14,9 @@ page faults), followed by a cheap selection:
 * the per-block winners are merged by one top-k over (blocks x k) columns per query chunk.
 
 All tensors are float32; the label matrix can be a read-only memory-mapped view (no copy).
+With ``device`` (e.g. ``cuda``, for ``xclass evaluate --gpu`` without faiss GPU support) the
+shard is copied to that device once and every GEMM and top-k runs there; only the (scores,
+ids) of the top k come back to the host.
 """
 from __future__ import annotations
 
@@ -58,12 +61,14 @@ class TorchFlat:
 
     Defaults were measured on the 2-core dev box (tools/bench_eval.py): large tiles keep the
     GEMM near its peak (4096 x 32768 scores = 512 MiB buffer, reused); small tiles that fit
-    in L2 were 3-10x slower there (threads waking per tiny GEMM)."""
+    in L2 were 3-10x slower there (threads waking per tiny GEMM). ``device``: where the shard,
+    the score buffer and the queries live (default cpu)."""
 
     def __init__(self, xb: np.ndarray, ids: Optional[np.ndarray] = None,
                  higher_is_better: bool = True, db_block: int = 32768, q_chunk: int = 4096,
-                 group: int = 64):
-        self.x = _as_tensor(xb)
+                 group: int = 64, device: Optional[torch.device] = None):
+        self.device = torch.device(device if device is not None else "cpu")
+        self.x = _as_tensor(xb).to(self.device)
         self.ids = np.arange(len(xb), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         self.higher_is_better = higher_is_better
         self.db_block, self.q_chunk, self.group = db_block, q_chunk, group
@@ -99,13 +104,13 @@ class TorchFlat:
         D[:, kk:] = -np.inf if self.higher_is_better else np.inf
         if n == 0 or kk == 0:
             return D, I
-        qall = _as_tensor(q)
-        buf = torch.empty(min(self.q_chunk, n) * min(self.db_block, N))
+        qall = _as_tensor(q).to(self.device)
+        buf = torch.empty(min(self.q_chunk, n) * min(self.db_block, N), device=self.device)
         for s in range(0, n, self.q_chunk):
             qt = qall[s:s + self.q_chunk]
             v, c = self._chunk(qt, kk, buf)
             if self.norms is not None:
                 v = (qt * qt).sum(1, keepdim=True) - v
-            D[s:s + len(qt), :kk] = v.numpy()
-            I[s:s + len(qt), :kk] = self.ids[c.numpy()]
+            D[s:s + len(qt), :kk] = v.cpu().numpy()
+            I[s:s + len(qt), :kk] = self.ids[c.cpu().numpy()]
         return D, I

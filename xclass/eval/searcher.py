@@ -50,6 +50,7 @@ class ShardedIndex:
         self._parts: dict = {}
         self._torch: dict = {}       # shard position -> TorchFlat (zero-copy view, cached norms)
         self.use_gpu = use_gpu and xi.gpu_available()
+        self.torch_device = search_device(use_gpu, self.use_gpu)
         self.shards = [xi.to_gpu(s) for s in shards] if self.use_gpu else shards
         for s in self.shards + self.cpu_shards:
             xi.set_search_params(s, spec)
@@ -163,7 +164,7 @@ class ShardedIndex:
         if self.backend == "torch" and not self.use_gpu and s.ntotal:
             if j not in self._torch:
                 self._torch[j] = TorchFlat(_flat_vectors(cpu_s), xi.ids_of(cpu_s),
-                                           self.spec.higher_is_better)
+                                           self.spec.higher_is_better, device=self.torch_device)
             return self._torch[j].search(q, k)
         if not self.use_gpu or k <= GPU_MAX_K or s is cpu_s:
             return s.search(q, k)
@@ -174,6 +175,16 @@ class ShardedIndex:
             self._parts[key] = _gpu_flat_parts(cpu_s, self.spec, k)
         return search_k_limited(self._parts[key], cpu_s.search, q, k,
                                 GPU_MAX_K, self.spec.higher_is_better)[:2]
+
+
+def search_device(want_gpu: bool, faiss_gpu: bool, cuda: Optional[bool] = None) -> str:
+    """Device of the torch flat search: ``--gpu`` picks faiss' GPU index when faiss has GPUs
+    (``faiss_gpu``), else the exact torch search on the CUDA device, else the CPU."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return "cuda" if want_gpu and not faiss_gpu and cuda else "cpu"
 
 
 def _flat_vectors(idmap) -> np.ndarray:

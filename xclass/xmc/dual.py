@@ -143,8 +143,8 @@ class DualDecoupledHead(nn.Module):
         query's shortlist (refreshed snapshot of the shard's label embeddings)."""
         sl = self.shortlist
         if sl.stale(host_step(self)):
-            sl.rebuild(self._prep(self.local_weight()[0]).cpu().numpy(), host_step(self))
-        idx = torch.from_numpy(sl.search(self._prep(emb_g.detach()).cpu().numpy())).to(pos_local.device)
+            sl.rebuild(self._prep(self.local_weight()[0]), host_step(self))
+        idx = sl.search(self._prep(emb_g.detach())).to(pos_local.device)
         cand = torch.cat([idx.reshape(-1), pos_local.reshape(-1)])
         return torch.unique(cand[cand >= 0])
 

@@ -1,14 +1,19 @@
-"""Hard-negative shortlist: a FAISS index over this rank's label embeddings (a snapshot),
-rebuilt every ``refresh_steps`` optimizer steps (set it to the steps of an epoch for
-per-epoch refresh). Each rank searches the *global* query batch in its own shard only, so
-no label vector ever leaves its rank. torch is imported before faiss (OpenMP clash), and the
-OpenMP thread count is set explicitly (faiss in forked children hangs otherwise)."""
+"""Hard-negative shortlist: a snapshot of this rank's label embeddings, searched by inner
+product and rebuilt every ``refresh_steps`` optimizer steps (set it to the steps of an epoch for
+per-epoch refresh). Each rank searches the *global* query batch in its own shard only, so no
+label vector ever leaves its rank.
+
+``kind="flat"`` (exact): the snapshot is a tensor on the device of the embeddings it was built
+from and the search is a blocked GEMM + top-k there (GPU or CPU, same code, no host copy).
+``kind="hnsw"``: a faiss HNSW index on the CPU (tensors are copied to the host and the ids back).
+torch is imported before faiss (OpenMP clash), and the OpenMP thread count is set explicitly
+(faiss in forked children hangs otherwise)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
-import torch  # noqa: F401  (before faiss: OpenMP runtime order)
+import torch  # (imported before faiss: OpenMP runtime order)
 
 KINDS = ("flat", "hnsw")
 
@@ -31,24 +36,48 @@ class Shortlist:
     def stale(self, step: int) -> bool:
         return self.index is None or step - int(self.built_at or 0) >= self.refresh_steps
 
-    def rebuild(self, label_emb: np.ndarray, step: int) -> None:
-        """label_emb float32 [R, d] (normalised by the caller for cosine scores)."""
-        import faiss
-
-        faiss.omp_set_num_threads(self.threads)
-        x = np.ascontiguousarray(label_emb, dtype=np.float32)
-        d = x.shape[1]
+    def rebuild(self, label_emb: Union[np.ndarray, torch.Tensor], step: int) -> None:
+        """label_emb float32 [R, d] (normalised by the caller for cosine scores), a tensor on any
+        device or a numpy array."""
         if self.kind == "flat":
-            index = faiss.IndexFlatIP(d)
+            x = torch.as_tensor(label_emb).detach()
+            self.index = x.to(dtype=torch.float32, copy=True).contiguous()
         else:
-            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.add(x)
-        self.index, self.built_at, self.size = index, int(step), x.shape[0]
+            import faiss
 
-    def search(self, q: np.ndarray) -> np.ndarray:
-        """q float32 [B, d] -> local label indices int64 [B, min(k, R)] (-1 = none)."""
+            faiss.omp_set_num_threads(self.threads)
+            x = _host(label_emb)
+            index = faiss.IndexHNSWFlat(x.shape[1], self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.add(x)
+            self.index = index
+        self.built_at, self.size = int(step), int(x.shape[0])
+
+    def search(self, q: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch.Tensor]:
+        """q float32 [B, d] -> local label indices int64 [B, min(k, R)] (-1 = none), the same
+        kind as ``q`` (a tensor stays on its device)."""
+        k = min(self.k, self.size)
+        if self.kind == "flat":
+            idx = topk_ip(torch.as_tensor(q), self.index, k)
+            return idx if torch.is_tensor(q) else idx.numpy()
         import faiss
 
         faiss.omp_set_num_threads(self.threads)
-        _, idx = self.index.search(np.ascontiguousarray(q, dtype=np.float32), min(self.k, self.size))
-        return idx
+        _, idx = self.index.search(_host(q), k)
+        return torch.from_numpy(idx).to(q.device) if torch.is_tensor(q) else idx
+
+
+def _host(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def topk_ip(q: torch.Tensor, x: torch.Tensor, k: int, block_elems: int = 1 << 26) -> torch.Tensor:
+    """Exact inner-product top-k: q [B, d], x [R, d] (same device) -> int64 [B, k] row ids of x,
+    best first. Queries are processed in blocks of at most ``block_elems`` scores."""
+    q = q.to(device=x.device, dtype=x.dtype)
+    out = torch.empty(q.shape[0], k, dtype=torch.int64, device=x.device)
+    step = max(1, block_elems // max(1, x.shape[0]))
+    for lo in range(0, q.shape[0], step):
+        out[lo:lo + step] = (q[lo:lo + step] @ x.t()).topk(k, dim=1).indices
+    return out
