@@ -40,7 +40,7 @@ class Shortlist:
         """label_emb float32 [R, d] (normalised by the caller for cosine scores), a tensor on any
         device or a numpy array."""
         if self.kind == "flat":
-            x = torch.as_tensor(label_emb).detach()
+            x = _tensor(label_emb).detach()
             self.index = x.to(dtype=torch.float32, copy=True).contiguous()
         else:
             import faiss
@@ -57,13 +57,18 @@ class Shortlist:
         kind as ``q`` (a tensor stays on its device)."""
         k = min(self.k, self.size)
         if self.kind == "flat":
-            idx = topk_ip(torch.as_tensor(q), self.index, k)
+            idx = topk_ip(_tensor(q), self.index, k)
             return idx if torch.is_tensor(q) else idx.numpy()
         import faiss
 
         faiss.omp_set_num_threads(self.threads)
         _, idx = self.index.search(_host(q), k)
         return torch.from_numpy(idx).to(q.device) if torch.is_tensor(q) else idx
+
+
+def _tensor(x: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """A tensor stays where it is; a numpy array becomes a CPU tensor sharing its memory."""
+    return x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _host(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
