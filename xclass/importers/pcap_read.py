@@ -125,14 +125,19 @@ def _pcap_records(f, path: str) -> Tuple[int, Iterator[Tuple[float, bytes]]]:
 def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
     """TCP/UDP packets of one capture in file order; ``stats`` counts packets and skips.
     A damaged capture raises ImportError_ naming the file and the packet number (1-based)."""
-    import dpkt
-
+    try:
+        import dpkt
+        dpkt_errors: tuple = (dpkt.UnpackError, dpkt.NeedData)
+    except ImportError:  # only pcapng needs it
+        dpkt, dpkt_errors = None, ()
     n = 0
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
             f.seek(0)
             if magic == PCAPNG_MAGIC:
+                if dpkt is None:
+                    raise ImportError_(f"{path}: reading pcapng needs dpkt (pip install 'xclass[pcap]')", file=path)
                 reader = dpkt.pcapng.Reader(f)
                 link, records = reader.datalink(), iter(reader)
             elif magic in PCAP_MAGICS:
@@ -150,7 +155,7 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
                 yield p
     except ImportError_:
         raise
-    except (ValueError, struct.error, dpkt.UnpackError, dpkt.NeedData, EOFError, OSError) as exc:
+    except (ValueError, struct.error, EOFError, OSError, *dpkt_errors) as exc:
         raise ImportError_(f"{path}: packet {n + 1}: cannot read the capture ({type(exc).__name__}: {exc})",
                            file=path, row=n + 1) from None
 
