@@ -116,6 +116,8 @@ def _add_pcap(sub) -> None:
     p.add_argument("--min-packets", type=int, default=1, help="drop flows with fewer packets")
     p.add_argument("--min-flows", type=int, default=1, help="drop labels with fewer flows")
     p.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a packet that end a flow")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out captures that cannot be read (listed in meta.json) instead of stopping")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="closed set: this share of each class's flows (seeded) goes to the test split")
     _common(p)
@@ -158,7 +160,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
         return import_pcap(a.input, a.out, labels=a.labels, ndpi=a.ndpi, ndpi_level=a.ndpi_level, sni=a.label_sni,
                            num_packets=a.num_packets, min_packets=a.min_packets, min_flows=a.min_flows,
                            idle_timeout=a.idle_timeout, test_classes=a.test_classes,
-                           test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show)
+                           test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
+                           skip_bad=a.skip_bad)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,

@@ -92,7 +92,7 @@ def ndpi_labels(path: str, level: str = "full") -> Dict[Key, str]:
         if res.returncode != 0 or not os.path.exists(out):
             msg = (res.stderr or res.stdout).strip().splitlines()
             raise ImportError_(f"{path}: ndpiReader failed ({msg[-1] if msg else res.returncode})", file=path)
-        with open(out, newline="") as f:
+        with open(out, newline="", encoding="utf-8", errors="replace") as f:  # SNI bytes may be anything
             rows = list(csv.DictReader(f))
     labels: Dict[Key, str] = {}
     for r in rows:
@@ -117,20 +117,30 @@ def flow_packets(fl: Flow, num_packets: int) -> Dict[str, np.ndarray]:
 
 def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,
                    ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
-                   min_flows: int = 1, idle_timeout: float = 120.0) -> Tuple[List[Tuple[str, Flow]], Dict]:
-    """[(label, flow)] over all captures (capture order, then first-packet order) and counts."""
+                   min_flows: int = 1, idle_timeout: float = 120.0,
+                   skip_bad: bool = False) -> Tuple[List[Tuple[str, Flow]], Dict]:
+    """[(label, flow)] over all captures (capture order, then first-packet order) and counts.
+    ``skip_bad``: a capture that cannot be read is left out (named in counts["skipped_files"])
+    instead of stopping the import."""
     if sum([labels is not None, ndpi, sni]) != 1:
         raise ImportError_("give exactly one label source: --labels FILE, --ndpi or --label-sni")
     table = read_label_file(labels) if labels else {}
     counts: Counter = Counter()
     out: List[Tuple[str, Flow]] = []
+    bad: List[str] = []
     for path in captures:
         if not os.path.isfile(path):
             raise ImportError_(f"{path}: capture not found", file=path)
         stats: Dict[str, int] = {}
-        flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)
+        try:
+            flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)
+            nd = ndpi_labels(path, ndpi_level) if ndpi else {}
+        except ImportError_ as exc:
+            if not skip_bad:
+                raise
+            bad.append(str(exc))
+            continue
         counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
-        nd = ndpi_labels(path, ndpi_level) if ndpi else {}
         base = os.path.basename(path)
         for fl in flows:
             key = flow_key(fl.proto, fl.client, fl.server)
@@ -145,13 +155,13 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
     per = Counter(n for n, _ in out)
     rare = {n for n, c in per.items() if c < min_flows}
     counts["rare_label_flows"] = sum(per[n] for n in rare)
-    return [(n, f) for n, f in out if n not in rare], dict(counts)
+    return [(n, f) for n, f in out if n not in rare], {**counts, "skipped_files": bad}
 
 
 def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = None, ndpi: bool = False,
                 ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
-                seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Dict:
+                seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False) -> Dict:
     """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta."""
     from xclass.importers.flows import _write
 
@@ -163,7 +173,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
         raise ImportError_(f"{out} exists; pass --overwrite to replace it", file=out)
     flows, counts = labelled_flows(captures, labels=labels, ndpi=ndpi, ndpi_level=ndpi_level, sni=sni,
                                    num_packets=num_packets, min_packets=min_packets, min_flows=min_flows,
-                                   idle_timeout=idle_timeout)
+                                   idle_timeout=idle_timeout, skip_bad=skip_bad)
     if not flows:
         raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
     names = sorted({n for n, _ in flows})
