@@ -148,3 +148,14 @@ def test_ndpi_labels_and_packet_counts(tmp_path):
     flows, _ = labelled_flows([write(tmp_path / "c.pcap", fr)], ndpi=True)
     names = {n for n, _ in flows}
     assert "DNS" in names and any(n.startswith("TLS") for n in names), names
+
+
+def test_unsupported_link_type_is_named(tmp_path):
+    path = tmp_path / "ppp.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=9)
+        w.writepkt(b"\xff\x03\x00\x21" + bytes(20), ts=1.0)
+    with pytest.raises(ImportError_, match=r"ppp\.pcap: link type 9 is not supported"):
+        labelled_flows([str(path)], sni=True)
+    flows, counts = labelled_flows([str(path), write(tmp_path / "c.pcap", capture())], sni=True, skip_bad=True)
+    assert len(flows) == 1 and len(counts["skipped_files"]) == 1 and "ppp.pcap" in counts["skipped_files"][0]

@@ -23,6 +23,8 @@ from xclass.importers.common import ImportError_
 Endpoint = Tuple[bytes, int]
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+LINK_TYPES = {0: "BSD loopback", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "OpenBSD loopback",
+              113: "Linux cooked", 228: "raw IPv4", 229: "raw IPv6", 276: "Linux cooked v2"}
 
 
 @dataclass
@@ -145,6 +147,9 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
             else:
                 raise ImportError_(f"{path}: not a pcap or pcapng file (starts with {magic.hex() or 'nothing'})",
                                    file=path)
+            if link not in LINK_TYPES:
+                raise ImportError_(f"{path}: link type {link} is not supported (supported: "
+                                   f"{', '.join(sorted(set(LINK_TYPES.values())))})", file=path)
             for n, (ts, buf) in enumerate(records, start=1):
                 stats["packets"] = stats.get("packets", 0) + 1
                 ip = _ip_layer(link, bytes(buf))
