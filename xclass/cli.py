@@ -77,16 +77,16 @@ def _command(sub: argparse._SubParsersAction, name: str, add_args, func, help_: 
 
 
 def _add_import_commands(sub: argparse._SubParsersAction) -> None:
-    """``xclass import faces|audio|flows|wordnet|xc|text`` and ``xclass tfidf-baseline``."""
+    """``xclass import faces|audio|flows|pcap|wordnet|xc|text`` and ``xclass tfidf-baseline``."""
     from xclass.importers import add_import_args, run_import
     from xclass.xmc.cli import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
 
-    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, wordnet, xc, "
-                                      "text)",
+    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, pcap, "
+                                      "wordnet, xc, text)",
                        description="Stream user data into a dataset directory that `xclass train` reads.")
     add_import_args(p)
     kinds = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    kinds.metavar = "{faces,audio,flows,wordnet,xc,text}"
+    kinds.metavar = "{faces,audio,flows,pcap,wordnet,xc,text}"
     add_wordnet_args(kinds.add_parser("wordnet", help="WordNet 3.0 (Debian wordnet-base) -> XMC dataset"))
     add_xc_args(kinds.add_parser("xc", help="Extreme Classification Repository files -> XMC dataset"))
     add_text_args(kinds.add_parser("text", help="texts with label lists (JSONL/CSV/TSV/Parquet) -> XMC dataset"))

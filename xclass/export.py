@@ -70,7 +70,7 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
 
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
-                data_path: Optional[str] = None, frame_budget: int = 32768,
+                data_path: Optional[str] = None, frame_budget: int = 1 << 18,
                 device: Optional[torch.device] = None, bf16: bool = False) -> str:
     """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
     ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
@@ -119,7 +119,7 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     return out_path
 
 
-def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_budget: int = 32768) -> np.ndarray:
+def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_budget: int = 1 << 18) -> np.ndarray:
     """Embeddings [B, d] float32 of one decoded batch, rows in input order.
 
     Variable-length inputs (``lengths`` [B] next to tensors padded on dim 1 to ``T`` frames)

@@ -39,7 +39,7 @@ def _folder(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sub = parser.add_subparsers(dest="import_kind", required=True, metavar="{faces,audio,flows}")
+    sub = parser.add_subparsers(dest="import_kind", required=True, metavar="{faces,audio,flows,pcap}")
     p = sub.add_parser("faces", help="face images (PGM/PNG/JPEG), one folder per identity -> face schema")
     _folder(p, "images")
     p.add_argument("--size", type=int, default=112, help="square side of the stored image")
@@ -98,7 +98,29 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="closed set: this share of each class's flows (seeded, spread over the file) goes to "
                         "the test split with its training label")
     _common(p)
+    _add_pcap(sub)
     return parser
+
+
+def _add_pcap(sub) -> None:
+    p = sub.add_parser("pcap", help="packet captures (pcap/pcapng) -> bidirectional flows -> quic schema")
+    p.add_argument("--input", nargs="+", required=True, help="capture files (.pcap, .pcapng)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labels", default=None, metavar="FILE",
+                   help="CSV/JSONL flow labels: src_ip,src_port,dst_ip,dst_port,proto,label[,file]")
+    g.add_argument("--ndpi", action="store_true", help="label flows with nDPI's ndpiReader (libndpi-bin)")
+    g.add_argument("--label-sni", action="store_true", help="label = the TLS server name")
+    p.add_argument("--ndpi-level", default="full", choices=["full", "app"],
+                   help="full nDPI name (TLS.YouTube) or the application after the last dot (YouTube)")
+    p.add_argument("--num-packets", type=int, default=30, help="packets kept per flow (zero-padded)")
+    p.add_argument("--min-packets", type=int, default=1, help="drop flows with fewer packets")
+    p.add_argument("--min-flows", type=int, default=1, help="drop labels with fewer flows")
+    p.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a packet that end a flow")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out captures that cannot be read (listed in meta.json) instead of stopping")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="closed set: this share of each class's flows (seeded) goes to the test split")
+    _common(p)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -132,6 +154,14 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
                             overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio)
+    if a.import_kind == "pcap":
+        from xclass.importers.pcap import import_pcap
+
+        return import_pcap(a.input, a.out, labels=a.labels, ndpi=a.ndpi, ndpi_level=a.ndpi_level, sni=a.label_sni,
+                           num_packets=a.num_packets, min_packets=a.min_packets, min_flows=a.min_flows,
+                           idle_timeout=a.idle_timeout, test_classes=a.test_classes,
+                           test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
+                           skip_bad=a.skip_bad)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,

@@ -7,6 +7,7 @@ chunks with :class:`~xclass.data.writer.PartWriter` inside :func:`~xclass.data.w
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -133,6 +134,28 @@ def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: in
     a = np.array([ids[pairs[k][0]] for k in order], np.int64)
     b = np.array([ids[pairs[k][1]] for k in order], np.int64)
     return {"a": a, "b": b, "same": same[order]}
+
+
+class RowSplit:
+    """Closed-set split by rows, streaming: systematic sampling per class with a seeded random
+    phase. Flow k (0-based, in file order) of a class goes to test when ``floor((k + 1) f + u)``
+    > ``floor(k f + u)`` (``u`` uniform in [0, 1 - f) per class), so each class sends
+    ``floor(n f + u)``, i.e. ``floor(n f)`` or ``ceil(n f)``, of its ``n`` flows to test, spread
+    over the file; its first flow (k = 0) always stays in train, so every class has training rows."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.f, self.rng = fraction, np.random.default_rng(seed + 7919)
+        self.k: Dict[str, int] = {}
+        self.u: Dict[str, float] = {}
+
+    def is_test(self, name: str) -> bool:
+        if self.f <= 0:
+            return False
+        if name not in self.k:
+            self.k[name], self.u[name] = 0, float(self.rng.random()) * (1.0 - self.f)
+        k, u = self.k[name], self.u[name]
+        self.k[name] = k + 1
+        return math.floor((k + 1) * self.f + u) > math.floor(k * self.f + u)
 
 
 def write_pairs(path: str, pairs: Dict[str, np.ndarray], speaker: bool) -> None:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_meta, write_json
 from xclass.data.schema import SCHEMA_VERSION
-from xclass.importers.common import ImportError_
+from xclass.importers.common import ImportError_, RowSplit
 
 STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
 Rows = Tuple[List[str], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (class names, (class, packets) per flow)
@@ -192,28 +192,6 @@ def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[st
                 disable=not show_progress)
     return names, ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap))
                    for rec, path, row in rows)
-
-
-class RowSplit:
-    """Closed-set split by rows, streaming: systematic sampling per class with a seeded random
-    phase. Flow k (0-based, in file order) of a class goes to test when ``floor((k + 1) f + u)``
-    > ``floor(k f + u)`` (``u`` uniform in [0, 1 - f) per class), so each class sends
-    ``floor(n f + u)``, i.e. ``floor(n f)`` or ``ceil(n f)``, of its ``n`` flows to test, spread
-    over the file; its first flow (k = 0) always stays in train, so every class has training rows."""
-
-    def __init__(self, fraction: float, seed: int) -> None:
-        self.f, self.rng = fraction, np.random.default_rng(seed + 7919)
-        self.k: Dict[str, int] = {}
-        self.u: Dict[str, float] = {}
-
-    def is_test(self, name: str) -> bool:
-        if self.f <= 0:
-            return False
-        if name not in self.k:
-            self.k[name], self.u[name] = 0, float(self.rng.random()) * (1.0 - self.f)
-        k, u = self.k[name], self.u[name]
-        self.k[name] = k + 1
-        return math.floor((k + 1) * self.f + u) > math.floor(k * self.f + u)
 
 
 def _write(out: str, read: Callable[[], Rows], source: Dict, n: int, test_classes: int, seed: int,

@@ -1,0 +1,161 @@
+"""import pcap: captures written with dpkt (an independent writer/parser), hand-computed flows,
+pcap == pcapng, TLS SNI, label files, nDPI labels (when ndpiReader is installed), errors."""
+import json
+import shutil
+import struct
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+dpkt = pytest.importorskip("dpkt")
+
+from xclass.importers import ImportError_, main  # noqa: E402
+from xclass.importers.pcap import import_pcap, labelled_flows  # noqa: E402
+from xclass.importers.pcap_read import assemble_flows, read_packets, tls_sni  # noqa: E402
+
+C4, S4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+C6, S6 = bytes(15) + b"\x01", bytes(15) + b"\x02"
+
+
+def client_hello(name: str) -> bytes:
+    sni = name.encode()
+    ext = struct.pack("!HHHBH", 0, len(sni) + 5, len(sni) + 3, 0, len(sni)) + sni
+    ext = struct.pack("!HH", 10, 4) + b"\x00\x02\x00\x17" + ext          # another extension first
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext
+    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def _tcp(src, dst, sp, dp, flags, data=b""):
+    ip = dpkt.ip.IP(src=src, dst=dst, p=6, data=dpkt.tcp.TCP(sport=sp, dport=dp, flags=flags, data=data))
+    ip.len = len(bytes(ip))
+    return dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x01" * 6, type=0x0800, data=ip)
+
+
+def _udp(src, dst, sp, dp, data, v6=False):
+    u = dpkt.udp.UDP(sport=sp, dport=dp, data=data)
+    u.ulen = len(bytes(u))
+    if v6:
+        ip = dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=64, data=u, plen=len(bytes(u)))
+        return dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x01" * 6, type=0x86DD, data=ip)
+    ip = dpkt.ip.IP(src=src, dst=dst, p=17, data=u)
+    ip.len = len(bytes(ip))
+    return dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x01" * 6, type=0x0800, data=ip)
+
+
+def capture():
+    """(time, frame) list: a TLS flow with SNI, a UDP flow, an IPv6 UDP flow, an ARP frame."""
+    hello = client_hello("www.example.org")
+    arp = dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\xff" * 6, type=0x0806, data=b"\x00" * 28)
+    return [
+        (100.000, _tcp(C4, S4, 5555, 443, dpkt.tcp.TH_SYN)),
+        (100.010, _tcp(S4, C4, 443, 5555, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)),
+        (100.020, arp),
+        (100.030, _tcp(C4, S4, 5555, 443, dpkt.tcp.TH_ACK, hello)),
+        (100.035, _udp(C4, S4, 40000, 53, b"q" * 30)),
+        (100.070, _tcp(S4, C4, 443, 5555, dpkt.tcp.TH_ACK, b"s" * 1000)),
+        (100.080, _udp(S4, C4, 53, 40000, b"r" * 90)),
+        (100.090, _udp(C6, S6, 7000, 8000, b"x" * 10, v6=True)),
+        (100.130, _tcp(C4, S4, 5555, 443, dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK)),
+    ]
+
+
+def write(path, frames, ng=False):
+    with open(path, "wb") as f:
+        w = dpkt.pcapng.Writer(f) if ng else dpkt.pcap.Writer(f)
+        for ts, fr in frames:
+            w.writepkt(bytes(fr), ts=ts)
+    return str(path)
+
+
+def test_tls_sni_hand_built_and_dpkt():
+    h = client_hello("a.example")
+    assert tls_sni(h) == "a.example" and tls_sni(h[:20]) is None and tls_sni(b"\x17" + h[1:]) is None
+    rec = dpkt.ssl.TLSRecord(h)                               # dpkt parses the same ClientHello
+    exts = dict(dpkt.ssl.TLSHandshake(rec.data).data.extensions)
+    assert exts[0][5:].decode() == "a.example"
+
+
+@pytest.mark.parametrize("ng", [False, True])
+def test_flows_hand_computed(tmp_path, ng):
+    st = {}
+    flows = assemble_flows(read_packets(write(tmp_path / "c.cap", capture(), ng), st), keep=3)
+    assert st == {"packets": 9, "skipped": 1}
+    tls, dns, v6 = flows
+    ip_len = lambda fr: len(bytes(fr.data))  # noqa: E731
+    fr = [f for _, f in capture()]
+    assert tls.proto == 6 and tls.client == (C4, 5555) and tls.n == 5 and tls.n_up == 3
+    assert tls.sizes == [ip_len(fr[0]), ip_len(fr[1]), ip_len(fr[3])]           # first 3 kept
+    assert tls.dirs == [1, -1, 1]
+    np.testing.assert_allclose(tls.iat_ms, [0, 10, 20], atol=1e-6)
+    assert tls.bytes_up == ip_len(fr[0]) + ip_len(fr[3]) + ip_len(fr[8])
+    assert tls.bytes_down == ip_len(fr[1]) + ip_len(fr[5]) and tls.sni == "www.example.org"
+    assert tls.span_ms == pytest.approx(130.0)
+    assert dns.sizes == [20 + 8 + 30, 20 + 8 + 90] and dns.dirs == [1, -1] and dns.sni is None
+    assert v6.client == (C6, 7000) and v6.sizes == [40 + 8 + 10]
+
+
+def test_idle_timeout_and_tcp_reuse(tmp_path):
+    fr = [(0.0, _udp(C4, S4, 1, 2, b"a")), (50.0, _udp(S4, C4, 2, 1, b"b")), (500.0, _udp(C4, S4, 1, 2, b"c")),
+          (501.0, _tcp(C4, S4, 9, 10, dpkt.tcp.TH_SYN)), (502.0, _tcp(C4, S4, 9, 10, dpkt.tcp.TH_RST)),
+          (503.0, _tcp(C4, S4, 9, 10, dpkt.tcp.TH_SYN))]
+    flows = assemble_flows(read_packets(write(tmp_path / "c.pcap", fr), {}), keep=5, idle_timeout=120)
+    assert [f.n for f in flows] == [2, 1, 2, 1]
+
+
+def test_import_with_label_files_matches_either_direction(tmp_path):
+    cap = write(tmp_path / "c.pcap", capture())
+    (tmp_path / "l.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label\n"
+                                    "10.0.0.2,443,10.0.0.1,5555,tcp,web\n10.0.0.1,40000,10.0.0.2,53,17,dns\n")
+    meta = import_pcap([cap], str(tmp_path / "o"), labels=str(tmp_path / "l.csv"), num_packets=4,
+                       show_progress=False)
+    assert meta["class_names"] == ["dns", "web"] and meta["source"]["unlabelled_flows"] == 1
+    t = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
+    web = t["label"].index(1)
+    assert t["pkt_dirs"][web] == [1, -1, 1, -1] and t["num_packets"][web] == 4
+    assert t["flow_stats"][web][3:5] == [3, 2]                                # packets up / down, all packets
+    (tmp_path / "l.jsonl").write_text(json.dumps({"src_ip": "::2", "src_port": 8000, "dst_ip": "::1",
+                                                  "dst_port": 7000, "proto": "udp", "label": "v6"}) + "\n")
+    flows, counts = labelled_flows([cap], labels=str(tmp_path / "l.jsonl"))
+    assert [n for n, _ in flows] == ["v6"] and counts["unlabelled_flows"] == 2
+    flows, _ = labelled_flows([cap], sni=True)
+    assert [n for n, _ in flows] == ["www.example.org"]
+
+
+def test_errors_name_file_and_packet(tmp_path, capsys):
+    good = open(write(tmp_path / "c.pcap", capture()), "rb").read()
+    (tmp_path / "cut.pcap").write_bytes(good[:-7])                            # last record cut short
+    with pytest.raises(ImportError_, match=r"cut\.pcap: packet 9: cannot read the capture"):
+        labelled_flows([str(tmp_path / "cut.pcap")], sni=True)
+    (tmp_path / "x.pcap").write_bytes(b"hello world")
+    assert main(["pcap", "--input", str(tmp_path / "x.pcap"), "--label-sni", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "x.pcap: not a pcap or pcapng file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "bad.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label\n1.2.3,1,1.2.3.4,2,6,x\n")
+    with pytest.raises(ImportError_, match=r"bad\.csv: line 2: bad address"):
+        labelled_flows([str(tmp_path / "c.pcap")], labels=str(tmp_path / "bad.csv"))
+
+
+@pytest.mark.skipif(shutil.which("ndpiReader") is None, reason="nDPI's ndpiReader not installed")
+def test_ndpi_labels_and_packet_counts(tmp_path):
+    q = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name="www.example.org", type=1, cls=1)])
+    r = dpkt.dns.DNS(id=7, op=dpkt.dns.DNS_RA | 0x8000, qd=q.qd,
+                     an=[dpkt.dns.DNS.RR(name="www.example.org", type=1, cls=1, ttl=60, rdata=S4)])
+    fr = [(1.0, _udp(C4, S4, 40001, 53, bytes(q))), (1.01, _udp(S4, C4, 53, 40001, bytes(r)))] + capture()
+    flows, _ = labelled_flows([write(tmp_path / "c.pcap", fr)], ndpi=True)
+    names = {n for n, _ in flows}
+    assert "DNS" in names and any(n.startswith("TLS") for n in names), names
+
+
+def test_unsupported_link_type_is_named(tmp_path):
+    path = tmp_path / "ppp.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=9)
+        w.writepkt(b"\xff\x03\x00\x21" + bytes(20), ts=1.0)
+    with pytest.raises(ImportError_, match=r"ppp\.pcap: link type 9 is not supported"):
+        labelled_flows([str(path)], sni=True)
+    flows, counts = labelled_flows([str(path), write(tmp_path / "c.pcap", capture())], sni=True, skip_bad=True)
+    assert len(flows) == 1 and len(counts["skipped_files"]) == 1 and "ppp.pcap" in counts["skipped_files"][0]

@@ -1,0 +1,184 @@
+"""``xclass import pcap``: packet captures -> the quic flow schema (as ``import flows`` writes).
+
+Flows come from :mod:`xclass.importers.pcap_read`. Each flow needs a label, from one of:
+
+- ``labels``: a CSV (header row) or JSONL flow-label file with ``src_ip``, ``src_port``,
+  ``dst_ip``, ``dst_port``, ``proto`` (6/17 or tcp/udp) and ``label``; a row matches a flow in
+  either direction (the first row of a 5-tuple wins; optional ``file`` column = capture base name);
+- ``ndpi``: run nDPI's ``ndpiReader -C`` on every capture (Debian ``libndpi-bin``) and take its
+  ``ndpi_proto`` (e.g. ``TLS.YouTube``; ``ndpi_level="app"`` keeps the part after the last dot);
+  flows nDPI calls ``Unknown`` are unlabelled;
+- ``sni``: the flow's TLS server name.
+
+Unlabelled flows and flows of fewer than ``min_packets`` packets are dropped (counted in
+meta.json ``source``). Labels with fewer than ``min_flows`` flows are dropped too.
+"""
+from __future__ import annotations
+
+import csv
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from xclass.importers.common import ImportError_
+from xclass.importers.flows import finish_stats, pack
+from xclass.importers.pcap_read import Flow, assemble_flows, read_packets
+
+Key = Tuple[int, Tuple[bytes, int], Tuple[bytes, int]]
+
+
+def flow_key(proto: int, a: Tuple[bytes, int], b: Tuple[bytes, int]) -> Key:
+    return (proto,) + ((a, b) if a <= b else (b, a))  # type: ignore[return-value]
+
+
+def _endpoint(ip: str, port, where: str) -> Tuple[bytes, int]:
+    try:
+        return ipaddress.ip_address(str(ip).strip()).packed, int(port)
+    except ValueError:
+        raise ImportError_(f"{where}: bad address or port {ip!r}:{port!r}") from None
+
+
+def _proto(v, where: str) -> int:
+    s = str(v).strip().lower()
+    if s in ("6", "tcp"):
+        return 6
+    if s in ("17", "udp"):
+        return 17
+    raise ImportError_(f"{where}: proto must be 6/tcp or 17/udp, got {v!r}")
+
+
+def read_label_file(path: str) -> Dict[Tuple[str, Key], str]:
+    """{(capture base name or "", flow key): label} from a CSV or JSONL flow-label file."""
+    if not os.path.isfile(path):
+        raise ImportError_(f"{path}: label file not found", file=path)
+    with open(path, newline="") as f:
+        if path.endswith((".jsonl", ".json")):
+            rows = []
+            for i, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append((i, json.loads(line)))
+                    except json.JSONDecodeError as exc:
+                        raise ImportError_(f"{path}: line {i}: not JSON ({exc})", file=path, row=i) from None
+        else:
+            rows = [(i, r) for i, r in enumerate(csv.DictReader(f), start=2)]
+    out: Dict[Tuple[str, Key], str] = {}
+    for i, r in rows:
+        where = f"{path}: line {i}"
+        miss = [c for c in ("src_ip", "src_port", "dst_ip", "dst_port", "proto", "label") if r.get(c) in (None, "")]
+        if miss:
+            raise ImportError_(f"{where}: missing {miss}", file=path, row=i)
+        key = flow_key(_proto(r["proto"], where), _endpoint(r["src_ip"], r["src_port"], where),
+                       _endpoint(r["dst_ip"], r["dst_port"], where))
+        out.setdefault((os.path.basename(str(r.get("file") or "")), key), str(r["label"]))
+    return out
+
+
+def ndpi_labels(path: str, level: str = "full") -> Dict[Key, str]:
+    """{flow key: nDPI protocol} of one capture from ``ndpiReader -q -i PATH -C CSV``."""
+    exe = shutil.which("ndpiReader")
+    if exe is None:
+        raise ImportError_("--ndpi needs nDPI's ndpiReader on PATH (Debian: apt-get install libndpi-bin)")
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "flows.csv")
+        res = subprocess.run([exe, "-q", "-i", path, "-C", out], capture_output=True, text=True, timeout=3600)
+        if res.returncode != 0 or not os.path.exists(out):
+            msg = (res.stderr or res.stdout).strip().splitlines()
+            raise ImportError_(f"{path}: ndpiReader failed ({msg[-1] if msg else res.returncode})", file=path)
+        with open(out, newline="", encoding="utf-8", errors="replace") as f:  # SNI bytes may be anything
+            rows = list(csv.DictReader(f))
+    labels: Dict[Key, str] = {}
+    for r in rows:
+        proto = r.get("protocol") or r.get("#protocol") or ""
+        name = r.get("ndpi_proto", "")
+        if proto not in ("6", "17") or not name or name.startswith("Unknown"):
+            continue
+        try:
+            key = flow_key(int(proto), _endpoint(r["src_ip"], r["src_port"], path),
+                           _endpoint(r["dst_ip"], r["dst_port"], path))
+        except ImportError_:
+            continue
+        labels.setdefault(key, name.rsplit(".", 1)[-1] if level == "app" else name)
+    return labels
+
+
+def flow_packets(fl: Flow, num_packets: int) -> Dict[str, np.ndarray]:
+    """The writer's dict for a flow: first packets and the 8 statistics over all its packets."""
+    stats = finish_stats(fl.n, fl.n_up, fl.bytes_up, fl.bytes_down, fl.size_sq, fl.span_ms)
+    return pack(np.array(fl.sizes), np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets)
+
+
+def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,
+                   ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
+                   min_flows: int = 1, idle_timeout: float = 120.0,
+                   skip_bad: bool = False) -> Tuple[List[Tuple[str, Flow]], Dict]:
+    """[(label, flow)] over all captures (capture order, then first-packet order) and counts.
+    ``skip_bad``: a capture that cannot be read is left out (named in counts["skipped_files"])
+    instead of stopping the import."""
+    if sum([labels is not None, ndpi, sni]) != 1:
+        raise ImportError_("give exactly one label source: --labels FILE, --ndpi or --label-sni")
+    table = read_label_file(labels) if labels else {}
+    counts: Counter = Counter()
+    out: List[Tuple[str, Flow]] = []
+    bad: List[str] = []
+    for path in captures:
+        if not os.path.isfile(path):
+            raise ImportError_(f"{path}: capture not found", file=path)
+        stats: Dict[str, int] = {}
+        try:
+            flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)
+            nd = ndpi_labels(path, ndpi_level) if ndpi else {}
+        except ImportError_ as exc:
+            if not skip_bad:
+                raise
+            bad.append(str(exc))
+            continue
+        counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
+        base = os.path.basename(path)
+        for fl in flows:
+            key = flow_key(fl.proto, fl.client, fl.server)
+            name = (fl.sni if sni else nd.get(key) if ndpi
+                    else table.get((base, key), table.get(("", key))))
+            if name is None:
+                counts["unlabelled_flows"] += 1
+            elif fl.n < min_packets:
+                counts["short_flows"] += 1
+            else:
+                out.append((name, fl))
+    per = Counter(n for n, _ in out)
+    rare = {n for n, c in per.items() if c < min_flows}
+    counts["rare_label_flows"] = sum(per[n] for n in rare)
+    return [(n, f) for n, f in out if n not in rare], {**counts, "skipped_files": bad}
+
+
+def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = None, ndpi: bool = False,
+                ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
+                min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
+                seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False) -> Dict:
+    """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta."""
+    from xclass.importers.flows import _write
+
+    if not captures:
+        raise ImportError_("no capture files")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if os.path.exists(out) and not overwrite:
+        raise ImportError_(f"{out} exists; pass --overwrite to replace it", file=out)
+    flows, counts = labelled_flows(captures, labels=labels, ndpi=ndpi, ndpi_level=ndpi_level, sni=sni,
+                                   num_packets=num_packets, min_packets=min_packets, min_flows=min_flows,
+                                   idle_timeout=idle_timeout, skip_bad=skip_bad)
+    if not flows:
+        raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
+    names = sorted({n for n, _ in flows})
+    source = {"importer": "pcap", "files": [os.path.abspath(p) for p in captures],
+              "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
+              "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
+    read = lambda: (names, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
+    return _write(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
