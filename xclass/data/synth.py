@@ -41,13 +41,6 @@ def hash_uniform(seed: int, *keys) -> np.ndarray:
     return (hash_u64(seed, *keys) >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def hash_normal(seed: int, *keys) -> np.ndarray:
-    """Standard normal floats (Box-Muller on two hashed uniforms)."""
-    u1 = hash_uniform(seed, *keys, 1)
-    u2 = hash_uniform(seed, *keys, 2)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
-
-
 class AffinePerm:
     """A bijection of ``[0, n)``: ``i -> (a*i + b) mod n`` with ``gcd(a, n) = 1``.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Optional
 
 import torch.distributed as dist
 
@@ -36,14 +35,3 @@ def clean_exit(code: int = 0, destroy: bool = True) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def env_rank_world() -> Optional[tuple]:
-    """(rank, world_size, local_rank) from torchrun-style env vars, or None."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return (
-            int(os.environ["RANK"]),
-            int(os.environ["WORLD_SIZE"]),
-            int(os.environ.get("LOCAL_RANK", "0")),
-        )
-    return None

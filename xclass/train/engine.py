@@ -32,11 +32,10 @@ class PlainEngine:
     """Encoder + torch optimizer; gradients averaged over ranks at each boundary."""
 
     def __init__(self, encoder: nn.Module, optim_cfg: Any, ctx: ParallelContext,
-                 grad_accum: int = 1, grad_clip: float = 0.0, bf16: bool = False) -> None:
+                 grad_accum: int = 1, bf16: bool = False) -> None:
         self.module = encoder
         self.ctx = ctx
         self.grad_accum = max(1, grad_accum)
-        self.grad_clip = grad_clip
         self.bf16 = bf16
         self.optimizer = make_torch_optimizer(encoder.parameters(), optim_cfg)
         self.micro = 0
@@ -178,8 +177,7 @@ def build_engine(encoder: nn.Module, cfg: Any, ctx: ParallelContext) -> Any:
     """DeepSpeedEngine when ``deepspeed.enabled``, else PlainEngine."""
     if cfg.deepspeed.enabled:
         return DeepSpeedEngine(encoder, cfg, ctx)
-    return PlainEngine(encoder, cfg.optim, ctx, cfg.train.grad_accum, cfg.optim.grad_clip,
-                       bf16=cfg.train.precision == "bf16")
+    return PlainEngine(encoder, cfg.optim, ctx, cfg.train.grad_accum, bf16=cfg.train.precision == "bf16")
 
 
 def encoder_params(engine: Any) -> List[torch.Tensor]:
