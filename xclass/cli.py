@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # `train --workers 2 a=b c=d`: key=value overrides may follow options too
+        if args.cmd != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except KeyboardInterrupt:
