@@ -8,7 +8,8 @@ def is_user_error(exc: BaseException) -> bool:
     from xclass.train.checkpoint import CheckpointError
 
     kinds = [ConfigError, CheckpointError, FileNotFoundError, KeyError]
-    for mod, name in (("xclass.data.schema", "DataError"), ("xclass.eval.errors", "EvalError")):
+    for mod, name in (("xclass.data.schema", "DataError"), ("xclass.eval.errors", "EvalError"),
+                      ("xclass.train.nonfinite", "NonFiniteError")):
         try:
             kinds.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

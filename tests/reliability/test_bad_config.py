@@ -33,9 +33,11 @@ def test_overrides_after_workers_accepted(tmp_path, capfd):
     assert rc == 0, err
 
 
-def test_unknown_flag_still_rejected(capfd):
+def test_unknown_flag_still_rejected():
+    from xclass.cli import main
+
     with pytest.raises(SystemExit) as e:
-        cli(["train", "--wrokers", "2"], capfd)
+        main(["train", "--wrokers", "2"])
     assert e.value.code == 2
 
 
