@@ -114,6 +114,8 @@ class TrainConfig:
     """fp32 or bf16 (autocast for the encoder; heads accumulate in fp32)."""
     resume: bool = True
     """Resume from the latest checkpoint in out_dir if there is one."""
+    overwrite: bool = False
+    """With resume=false and a run already in out_dir: move it aside (OUT_DIR.old-TIME) instead of refusing."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     max_nonfinite_steps: int = 3

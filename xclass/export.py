@@ -176,11 +176,15 @@ def run_export_cli(args: argparse.Namespace) -> int:
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
     if getattr(args, "run", None):
         out = os.path.abspath(args.out)
+        emb = os.path.join(out, f"{args.split}_embeddings.parquet")
+        if not args.overwrite and (os.path.exists(os.path.join(out, "manifest.json")) or
+                                   (not args.head and os.path.exists(emb))):
+            raise FileExistsError(f"{out}: already holds an index or embeddings; pass --overwrite to replace them")
         os.makedirs(out, exist_ok=True)
         if args.head:
             args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
         else:
-            args.embeddings = [embed_split(args.run, args.split, os.path.join(out, f"{args.split}_embeddings.parquet"))]
+            args.embeddings = [embed_split(args.run, args.split, emb)]
     return int(run_export(args) or 0)
 
 

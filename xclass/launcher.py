@@ -21,6 +21,9 @@ from xclass.config import RunConfig
 
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
     """Train ``cfg``; returns the final metrics row of rank 0."""
+    from xclass.train.rundir import prepare_run_dir
+
+    prepare_run_dir(cfg)
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         _cpu_env(cfg)
         from xclass.netbind import bind_stores_to_host
