@@ -170,7 +170,10 @@ def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import run_export
+    from xclass.eval.cli import _check_positive, run_export
+
+    _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
+                           "train_size", "shard_rows", "batch_rows"))
 
     if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")

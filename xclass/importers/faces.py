@@ -15,6 +15,9 @@ import pyarrow as pa
 from xclass.data.writer import atomic_dir, fixed_list, with_task_meta
 from xclass.importers.common import ImportError_, SplitWriters, assign_splits, discover, finish, progress
 
+#: largest image accepted (pixels): far above any face photo, far below a decompression bomb
+MAX_PIXELS = 40_000_000
+
 IMAGE_EXTS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
@@ -25,6 +28,9 @@ def load_face(path: str, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:  # checked from the header, before decoding
+                raise ValueError(f"{im.size[0]}x{im.size[1]} pixels exceeds the {MAX_PIXELS} limit "
+                                 "(decompression bomb?)")
             im = im.convert("RGB")
             w, h = im.size
             scale = size / min(w, h)
@@ -33,7 +39,7 @@ def load_face(path: str, size: int) -> np.ndarray:
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ImportError_(f"{path}: cannot read image ({exc})", file=path) from None
 
 

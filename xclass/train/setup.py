@@ -15,6 +15,7 @@ import torch
 
 from xclass import components
 from xclass.config import RunConfig
+from xclass.config_types import ConfigError
 from xclass.data.preflight import check_enough_rows, check_training_files
 from xclass.data.schema import DataError
 from xclass.parallel import ParallelContext
@@ -87,7 +88,10 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     encoder = components.build_encoder(cfg.model, meta)
     head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx)
     engine = build_engine(encoder, cfg, ctx)
-    head_opt = head.make_optimizer(cfg.optim)
+    try:
+        head_opt = head.make_optimizer(cfg.optim)
+    except ValueError as exc:  # e.g. a sharded head's own optimizer supports sgd and adamw only
+        raise ConfigError(f"optim.name={cfg.optim.name!r} with head.name={cfg.head.name!r}: {exc}") from None
     files = split_files(cfg.data.path, "train")
     rows = _preflight(cfg, meta, num_classes, files, ctx)
     reader = components.make_reader(files, cfg, meta, ctx)
@@ -130,8 +134,13 @@ def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: Paralle
     extra: Dict[str, Any] = {}
     if "data_path" in inspect.signature(factory).parameters:
         extra["data_path"] = cfg.data.path
-    return factory(cfg.head, num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx,
-                   seed=cfg.train.seed, **extra)
+    try:
+        return factory(cfg.head, num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx,
+                       seed=cfg.train.seed, **extra)
+    except ValueError as exc:  # a head that cannot take these settings (e.g. its optimizer kinds)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"head.name={cfg.head.name!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
 
 def _shard_ranges(num_classes: int, ctx: ParallelContext) -> List[List[int]]:

@@ -58,8 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 def _tfidf(data: str, ks, k: int = 50) -> dict:
     from xclass.xmc.tfidf import tfidf_knn_baseline
 
-    with open(os.path.join(data, "meta.json")) as f:
-        n = int(json.load(f)["num_classes"])
+    from xclass.data.schema import DataError
+    from xclass.train.setup import load_meta
+
+    meta = load_meta(data)
+    if meta.get("task") != "xmc" or not isinstance(meta.get("num_classes"), int):
+        raise DataError(f"task is {meta.get('task')!r}; tfidf-baseline needs an XMC dataset (task 'xmc' with "
+                        "num_classes)", file=os.path.join(data, "meta.json"))
+    n = int(meta["num_classes"])
     t0 = time.perf_counter()
     out = tfidf_knn_baseline(os.path.join(data, "train.parquet"), os.path.join(data, "test.parquet"), n, ks, k=k)
     return {"method": "tfidf_knn", "data": data, "seconds": round(time.perf_counter() - t0, 1), **out}
