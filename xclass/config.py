@@ -211,8 +211,8 @@ def _read_yaml(path: str) -> Dict[str, Any]:
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid YAML: {str(exc)[:300]}") from None
     if raw is None:
         return {}
     check_yaml_size(raw, path)
