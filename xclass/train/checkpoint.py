@@ -31,6 +31,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used with this run (names the file and the field)."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint write that failed (disk full, I/O error); still an OSError for callers."""
+
+
 def ckpt_root(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
@@ -103,7 +107,7 @@ def _write_errors(tmp: str) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
         full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(os.path.dirname(tmp))
         why = "no space left on device" if full else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{tmp}: checkpoint not written: {why}; the previous checkpoint is intact") from None
+        raise CheckpointWriteError(f"{tmp}: checkpoint not written: {why}; the previous checkpoint is intact") from None
 
 
 def _disk_full(path: str, min_free: int = 1 << 20) -> bool:
