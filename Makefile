@@ -8,7 +8,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xclass-installed
 export DS_ACCELERATOR ?= cpu
-export RAY_AUTH_MODE ?= disabled
+# Ray: local runs listen on 127.0.0.1 with a per-run token; clusters need RAY_AUTH_MODE=token (docs/security.md)
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONWARNINGS ?= ignore::FutureWarning
 

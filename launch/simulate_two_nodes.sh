@@ -2,10 +2,12 @@
 # Simulate a 2-node Ray cluster on one machine (two raylets on loopback addresses with their own
 # ports and temp dirs), as the multi-node test does. Usage:
 #   launch/simulate_two_nodes.sh up      # prints the address to pass to --address
-#   xclass train --config configs/debug/tiny_cpu.yaml --workers 2 --address 127.0.0.2:6390
+#   RAY_AUTH_TOKEN=... xclass train --config configs/debug/tiny_cpu.yaml --workers 2 --address 127.0.0.2:6390
 #   launch/simulate_two_nodes.sh down    # `ray stop` (stops every Ray process on this machine)
 set -euo pipefail
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+# Token auth as on a real cluster: both raylets and the driver share RAY_AUTH_TOKEN (set one first).
+export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+: "${RAY_AUTH_TOKEN:?export RAY_AUTH_TOKEN=\$(python3 -c 'import secrets; print(secrets.token_hex(32))') first}"
 RAY=${RAY:-ray}
 TMP2=${TMP2:-/tmp/xclass-ray-node2}
 case "${1:-up}" in

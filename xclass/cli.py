@@ -19,6 +19,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (cluster.use_gpu=true)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with train.resume=false: move an existing run in train.out_dir aside first")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. optim.lr=0.05 head.margin=cosface")
@@ -37,10 +39,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra.append(f"cluster.address={args.address}")
     if args.gpu:
         extra += ["cluster.use_gpu=true", "cluster.backend=nccl"]
+    if args.overwrite:
+        extra.append("train.overwrite=true")
     cfg = load_config(args.config, extra)
     from xclass.launcher import run_training
 
     result = run_training(cfg)
+    if "loss" not in result:  # nothing left to train: the run was already complete
+        print(f"[xclass] run already complete at step {result.get('step', 0)}; nothing to train "
+              f"(run directory: {os.path.abspath(cfg.train.out_dir)})")
+        return 0
     print(f"[xclass] trained {result.get('step', 0)} steps, final loss "
           f"{result.get('loss', float('nan')):.4f}; run directory: {os.path.abspath(cfg.train.out_dir)}")
     return 0
@@ -151,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # `train --workers 2 a=b c=d`: key=value overrides may follow options too
+        if args.cmd != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except KeyboardInterrupt:

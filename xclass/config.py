@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
+from xclass.config_checks import check_ranges, check_yaml_size
 from xclass.config_types import ConfigError, from_dict, to_dict
 
 
@@ -41,6 +42,8 @@ class DataConfig:
     """Rows per label group with sampler m_per_class (>= 2; each rank's batch must be a multiple of it)."""
     generate: Dict[str, Any] = field(default_factory=dict)
     """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
+    validate: bool = True
+    """Check the training split in one streaming pass before step 1 (labels, finite values, unique ids)."""
     prefetch: int = 2
     """Batches read and decoded ahead on a background thread (0 = synchronous, at most 64)."""
 
@@ -117,8 +120,12 @@ class TrainConfig:
     """fp32 or bf16 (autocast for the encoder; heads accumulate in fp32)."""
     resume: bool = True
     """Resume from the latest checkpoint in out_dir if there is one."""
+    overwrite: bool = False
+    """With resume=false and a run already in out_dir: move it aside (OUT_DIR.old-TIME) instead of refusing."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    max_nonfinite_steps: int = 3
+    """Consecutive optimizer steps with a non-finite loss or gradient (skipped) before the run stops."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.data.sampler != "shuffle":  # the data.sampler keys against the task and batch
             from xclass.data.grouping import check_sampler
 
@@ -211,10 +219,11 @@ def _read_yaml(path: str) -> Dict[str, Any]:
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid YAML: {str(exc)[:300]}") from None
     if raw is None:
         return {}
+    check_yaml_size(raw, path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     return raw
@@ -266,6 +275,7 @@ def parse_override(text: str) -> Dict[str, Any]:
         value = yaml.safe_load(val) if val.strip() else ""
     except yaml.YAMLError:
         value = val
+    check_yaml_size(value, f"override {key.strip()}")
     out: Dict[str, Any] = {parts[-1]: value}
     for p in reversed(parts[:-1]):
         out = {p: out}

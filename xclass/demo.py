@@ -105,7 +105,7 @@ def run_demo(out: str, workers: int = 2, task: str = "face") -> int:
         _run(["make-data", "--task", task, "--out", data, *DEMO_DATA[task]])
     cfg = os.path.join(ROOT, "configs", task, "cpu.yaml")
     _run(["train", "--config", cfg, "--workers", str(workers), f"data.path={data}",
-          f"train.out_dir={run}", "train.resume=false"])
+          f"train.out_dir={run}", "train.resume=false", "train.overwrite=true"])
     evaluate_task(task, data, run, work)
     print(f"\n[xclass demo] {task} done in {time.perf_counter() - t0:.0f} s\n"
           f"  data:   {data}\n  run:    {run} (config.yaml, metrics.jsonl, loss.png, checkpoints/)\n"

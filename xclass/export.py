@@ -228,17 +228,24 @@ def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import run_export
+    from xclass.eval.cli import _check_positive, run_export
+
+    _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
+                           "train_size", "shard_rows", "batch_rows"))
 
     if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
     if getattr(args, "run", None):
         out = os.path.abspath(args.out)
+        emb = os.path.join(out, f"{args.split}_embeddings.parquet")
+        if not args.overwrite and (os.path.exists(os.path.join(out, "manifest.json")) or
+                                   (not args.head and os.path.exists(emb))):
+            raise FileExistsError(f"{out}: already holds an index or embeddings; pass --overwrite to replace them")
         os.makedirs(out, exist_ok=True)
         if args.head:
             args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
         else:
-            args.embeddings = [embed_split(args.run, args.split, os.path.join(out, f"{args.split}_embeddings.parquet"),
+            args.embeddings = [embed_split(args.run, args.split, emb,
                                            batch_rows=args.encode_batch_rows, device=encode_device(args.gpu),
                                            bf16=args.bf16)]
     return int(run_export(args) or 0)

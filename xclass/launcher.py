@@ -19,17 +19,19 @@ from typing import Any, Dict, Optional
 
 from xclass.config import RunConfig
 
-# Ray on a CPU box: no dashboard, no usage stats, loopback node address.
-LOCAL_NODE_IP = "127.0.0.2"
-
-
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
     """Train ``cfg``; returns the final metrics row of rank 0."""
+    from xclass.train.rundir import prepare_run_dir
+
+    prepare_run_dir(cfg)
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         _cpu_env(cfg)
+        from xclass.netbind import bind_stores_to_host
         from xclass.parallel import ParallelContext
         from xclass.parallel.device import run_device
         from xclass.train.loop import train
+
+        bind_stores_to_host()  # DeepSpeed's one-process rendezvous: loopback only
 
         return train(cfg, ParallelContext.single(run_device(cfg, 0)))
     return run_on_ray(cfg)
@@ -46,23 +48,29 @@ def _cpu_env(cfg: RunConfig) -> None:
 
 
 def ray_init(cfg: RunConfig) -> None:
-    """Join ``cluster.address`` or start a quiet local Ray sized for the job."""
+    """Join ``cluster.address`` (token authentication required) or start a quiet local Ray that
+    listens on 127.0.0.1 only (see xclass/netbind.py and docs/security.md)."""
+    from xclass import netbind
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    if cfg.cluster.address:
+        netbind.cluster_ray_env()
+    else:
+        netbind.local_ray_env()
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Worker output stays in Ray's log files; the driver shows progress from metrics.jsonl.
     common = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                  configure_logging=True)
+                  configure_logging=True,
+                  runtime_env={"worker_process_setup_hook": "xclass.netbind.setup_worker"})
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, **common)
         return
     ncpu = max(os.cpu_count() or 1, cfg.cluster.workers * cfg.cluster.cpus_per_worker)
-    ray.init(num_cpus=ncpu, _node_ip_address=LOCAL_NODE_IP,
-             object_store_memory=200 * 2**20, **common)
+    ray.init(num_cpus=ncpu, object_store_memory=200 * 2**20, **common)
 
 
 def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 bad input ended in one line on stderr with exit code 2."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -21,8 +22,17 @@ def cli(argv: Sequence[str], capfd) -> Tuple[int, str]:
     from xclass.cli import main
 
     capfd.readouterr()
+    _rebind_loggers()
     rc = main(list(argv))
     return rc, capfd.readouterr().err
+
+
+def _rebind_loggers() -> None:
+    """xclass loggers made by an earlier in-process run still write to that test's captured
+    stderr (closed now): point them at this test's."""
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if name.startswith("xclass") and isinstance(lg, logging.Logger):
+            lg.handlers.clear()  # get_logger makes a new one on this test's stderr
 
 
 def assert_one_line(rc: int, err: str, *needles: str) -> str:

@@ -95,3 +95,17 @@ def test_manifest_shard_path_confined(runs, tmp_path, capfd):
         rc, err = cli(["evaluate", "--protocol", "ident", "--index", idx, "--queries", queries,
                        "--gallery", queries, "--no-plots", "--quiet"], capfd)
         assert_one_line(rc, err, "outside the index directory" if bad.startswith("..") else "relative path")
+
+
+def test_planted_config_yaml(runs, tmp_path, capfd):
+    """The run's config.yaml is read with yaml.safe_load: a pickle there is just invalid YAML."""
+    tmp, plain, _ = runs
+    run = copy_run(plain, str(tmp_path / "run"))
+    marker = str(tmp_path / "PWNED")
+    plant(os.path.join(run, "config.yaml"), marker, "raw")
+    rc, err = cli(["export-index", "--run", run, "--out", str(tmp_path / "idx")], capfd)
+    assert not os.path.exists(marker)
+    assert_one_line(rc, err, "config.yaml")
+    rc, err = cli(["train", "-c", os.path.join(run, "config.yaml")], capfd)
+    assert not os.path.exists(marker)
+    assert_one_line(rc, err, "config.yaml")

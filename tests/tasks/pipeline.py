@@ -56,7 +56,7 @@ def train_and_evaluate(task: str, config: str, data: str, work: str, overrides: 
     run = os.path.join(work, tag, "run")
     t0 = time.perf_counter()
     cli(["train", "--config", config, "--workers", str(workers), f"data.path={data}", f"train.out_dir={run}",
-         "train.resume=false", "train.progress=false", *overrides, *(UNTRAINED if untrained else [])])
+         "train.resume=false", "train.overwrite=true", "train.progress=false", *overrides, *(UNTRAINED if untrained else [])])
     t1 = time.perf_counter()
     m = evaluate_run(task, data, run, os.path.join(work, tag))
     m.update(train_s=t1 - t0, eval_s=time.perf_counter() - t1)

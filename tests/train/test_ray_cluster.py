@@ -20,7 +20,10 @@ BIN = os.path.dirname(sys.executable)
 
 
 def _env():
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", DS_ACCELERATOR="cpu",
+    import secrets
+
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               RAY_USAGE_STATS_ENABLED="0", DS_ACCELERATOR="cpu",
                RAY=os.path.join(BIN, "ray"), PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     return env
 

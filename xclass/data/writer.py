@@ -100,27 +100,73 @@ def atomic_dir(out_dir: str, *, overwrite: bool = False) -> Iterator[str]:
     """Yield a temp directory beside ``out_dir``; rename it to ``out_dir`` on success.
 
     On error the temp directory is removed and ``out_dir`` is untouched. An existing
-    ``out_dir`` is an error unless ``overwrite`` (then it is replaced after success).
+    ``out_dir`` is an error unless ``overwrite`` (then it is replaced after success). Without
+    ``overwrite`` the name is reserved at the start (``mkdir``, exclusive): a directory another
+    process creates there meanwhile is never replaced. Temp directories left by killed
+    writers (their process is gone) are removed first.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+    _clean_stale(parent, os.path.basename(out_dir))
+    reserved = False
+    if not overwrite:
+        try:
+            os.mkdir(out_dir)  # exclusive: fails if it exists or another writer got there first
+            reserved = True
+        except FileExistsError:
+            raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it") from None
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if reserved:
+            _rmdir_quiet(out_dir)
         raise
-    if os.path.exists(out_dir):
+    if reserved:
+        try:
+            os.rename(tmp, out_dir)  # replaces our empty reservation only (ENOTEMPTY otherwise)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{out_dir} was filled by another process while this one wrote; "
+                                  "left untouched (nothing written)") from None
+    elif os.path.exists(out_dir):
         old = tmp + ".old"
         os.rename(out_dir, old)
         os.rename(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out_dir)
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _clean_stale(parent: str, base: str) -> None:
+    """Remove ``.BASE.tmp-PID-*`` directories whose writer process no longer exists."""
+    prefix = f".{base}.tmp-"
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str, obj: Dict) -> None:

@@ -66,8 +66,20 @@ def run_export(args) -> int:
     return _guard(_run_export, args)
 
 
+def _check_positive(args, names) -> None:
+    """Index and batching sizes must be >= 1 (faiss aborts the process on 0)."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            from xclass.config_types import ConfigError
+
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
 def _run_export(args) -> int:
     from xclass.eval.export import export_index
+    _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
+                           "train_size", "shard_rows", "batch_rows"))
     man = export_index(args.embeddings, args.out, _spec(args), batch_rows=args.batch_rows,
                        shard_rows=args.shard_rows, use_gpu=args.gpu, overwrite=args.overwrite)
     print(f"exported {man['ntotal']} vectors (d={man['dim']}, {man['spec']['kind']}, "

@@ -101,7 +101,7 @@ def export_index(sources: Sequence, out_dir: str, spec: xi.IndexSpec = xi.IndexS
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(os.path.join(out_dir, "manifest.json")):
         if not overwrite:
-            raise FileExistsError(f"{out_dir}: already holds an index (pass overwrite=True)")
+            raise FileExistsError(f"{out_dir}: already holds an index; pass --overwrite to replace it")
         for old in glob.glob(os.path.join(out_dir, "shard-*.faiss")):
             os.remove(old)
         os.remove(os.path.join(out_dir, "manifest.json"))

@@ -130,7 +130,7 @@ def run_import(args: argparse.Namespace) -> int:
     except (ImportError_, FileExistsError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
-        print(f"xclass import: {exc}", file=sys.stderr)
+        print(f"xclass import: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"out": os.path.abspath(args.out), "task": meta["task"], "num_classes": meta["num_classes"],
                       "test_classes": meta["test_classes"],

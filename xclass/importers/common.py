@@ -45,10 +45,14 @@ def discover(root: str, exts: Sequence[str], label_regex: Optional[str] = None) 
         raise ImportError_(f"{root}: not a directory", file=root)
     rx = re.compile(label_regex) if label_regex else None
     items: List[Item] = []
-    for dirpath, _, files in os.walk(root):
+    top = os.path.realpath(root)
+    for dirpath, _, files in os.walk(root):  # symlinked folders are not entered
         for f in files:
             if not f.lower().endswith(tuple(e.lower() for e in exts)):
                 continue
+            full = os.path.join(dirpath, f)
+            if os.path.commonpath([os.path.realpath(full), top]) != top:
+                raise ImportError_(f"{full}: symlink points outside the import root {root}; refused", file=full)
             rel = os.path.relpath(os.path.join(dirpath, f), root)
             if rx is not None:
                 m = rx.search(rel)

@@ -24,6 +24,9 @@ from xclass.data.writer import atomic_dir, fixed_list, with_task_meta
 from xclass.importers.common import ImportError_, SplitWriters, assign_splits, discover, finish, progress
 from xclass.importers.face_align import align_5points, lookup, parse_box, read_point_csv, square_box
 
+#: largest image accepted (pixels): far above any face photo, far below a decompression bomb
+MAX_PIXELS = 40_000_000
+
 IMAGE_EXTS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
@@ -77,9 +80,12 @@ def load_face(path: str, size: int, geo: FaceGeometry = FaceGeometry()) -> np.nd
 
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:  # checked from the header, before decoding
+                raise ValueError(f"{im.size[0]}x{im.size[1]} pixels exceeds the {MAX_PIXELS} limit "
+                                 "(decompression bomb?)")
             im = _frame(im.convert("L" if geo.grayscale else "RGB"), path, size, geo)
             return np.asarray(im, dtype=np.uint8).reshape(size, size, geo.channels)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         if isinstance(exc, ImportError_):
             raise
         raise ImportError_(f"{path}: cannot read image ({exc})", file=path) from None

@@ -13,10 +13,12 @@ interrupted write never replaces the previous checkpoint. Only the last ``keep``
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -28,6 +30,10 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used with this run (names the file and the field)."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint write that failed (disk full, I/O error); still an OSError for callers."""
 
 
 def ckpt_root(run_dir: str) -> str:
@@ -74,13 +80,15 @@ def save_checkpoint(run_dir: str, step: int, ctx: ParallelContext, manifest: Dic
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier(ctx.group)
-    _atomic_torch_save(head_state, head_file(tmp, ctx.rank))
-    encoder_save(tmp)
+    with _write_errors(tmp):
+        _atomic_torch_save(head_state, head_file(tmp, ctx.rank))
+        encoder_save(tmp)
     barrier(ctx.group)
     if ctx.is_main:
-        with open(os.path.join(tmp, MANIFEST + ".part"), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-        os.replace(os.path.join(tmp, MANIFEST + ".part"), os.path.join(tmp, MANIFEST))
+        with _write_errors(tmp):
+            with open(os.path.join(tmp, MANIFEST + ".part"), "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+            os.replace(os.path.join(tmp, MANIFEST + ".part"), os.path.join(tmp, MANIFEST))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -88,6 +96,27 @@ def save_checkpoint(run_dir: str, step: int, ctx: ParallelContext, manifest: Dic
             shutil.rmtree(old, ignore_errors=True)
     barrier(ctx.group)
     return final
+
+
+@contextlib.contextmanager
+def _write_errors(tmp: str) -> Iterator[None]:
+    """A failed checkpoint write: the half-written directory removed, one line naming it
+    (and "no space left on device" when the disk is full; torch's own message hides that)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(os.path.dirname(tmp))
+        why = "no space left on device" if full else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointWriteError(f"{tmp}: checkpoint not written: {why}; the previous checkpoint is intact") from None
+
+
+def _disk_full(path: str, min_free: int = 1 << 20) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < min_free
 
 
 def read_manifest(path: str) -> Dict[str, Any]:

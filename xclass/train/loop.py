@@ -19,6 +19,7 @@ from xclass.data.prefetch import prefetch
 from xclass.parallel import ParallelContext
 from xclass.parallel.device import run_device
 from xclass.train import checkpoint as ckpt
+from xclass.train import nonfinite
 from xclass.train.clip import clip_gradients
 from xclass.train.report import RunLog, get_logger, plot_training, write_worker_info
 from xclass.train.schedule import lr_at
@@ -61,7 +62,7 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
                 last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm_f,
                                 n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
-            if _want_checkpoint(cfg, step, total):
+            if _want_checkpoint(cfg, step, total) and not nonfinite.streak(s):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
                 if report is not None:
                     report({"step": step, "loss": float(out.loss.detach()), **last}, path)
@@ -72,6 +73,9 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             continue
         break
     runlog.close()
+    if nonfinite.streak(s):
+        raise nonfinite.NonFiniteError(f"step {step}: the last {nonfinite.streak(s)} step(s) were not finite; "
+                                       "no final checkpoint written")
     if ctx.is_main:
         plot_training(run_dir)
     log.info(f"step {step}: done; run directory {os.path.abspath(run_dir)}")
@@ -118,6 +122,8 @@ def _optimizer_step(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, t
     s.engine.grads_ready()
     gnorm = clip_gradients(s, cfg.optim.grad_clip, ctx)
     lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
+    if nonfinite.skip_if_nonfinite(s, gnorm, step, cfg.train.max_nonfinite_steps):
+        return gnorm, lr
     s.engine.set_lr(lr)
     s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
     s.head_opt.step()
@@ -145,6 +151,7 @@ def _want_checkpoint(cfg: RunConfig, step: int, total: int) -> bool:
 
 def save(s: Setup, cfg: RunConfig, ctx: ParallelContext, step: int, epoch: int, batch: int) -> str:
     """Write a checkpoint of encoder, head shard and data position; returns its path."""
+    nonfinite.check_finite_params(s, step, ctx.group)
     manifest = {
         "step": step, "epoch": epoch, "batch_in_epoch": batch, "world_size": ctx.world_size,
         "num_classes": s.num_classes, "embedding_dim": cfg.model.embedding_dim,

@@ -15,6 +15,9 @@ import torch
 
 from xclass import components
 from xclass.config import RunConfig
+from xclass.config_types import ConfigError
+from xclass.data.preflight import check_enough_rows, check_training_files
+from xclass.data.schema import DataError
 from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS, head_lr, set_lr
 from xclass.heads.partition import class_range
@@ -50,8 +53,25 @@ def load_meta(data_path: str) -> Dict[str, Any]:
     p = os.path.join(data_path, "meta.json")
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: dataset not found (run `xclass make-data` or set data.path)")
-    with open(p) as f:
-        return json.load(f)
+    try:
+        with open(p) as f:
+            meta = json.load(f)
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise DataError(f"corrupt meta.json ({str(exc)[:200]})", file=p) from None
+    if not isinstance(meta, dict):
+        raise DataError("corrupt meta.json (not a JSON object)", file=p)
+    return meta
+
+
+def meta_num_classes(cfg: RunConfig, meta: Dict[str, Any], data_path: str) -> int:
+    """data.num_classes, else meta.json's num_classes (a positive integer)."""
+    if cfg.data.num_classes:
+        return int(cfg.data.num_classes)
+    n = meta.get("num_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"num_classes is {n!r}; expected a positive integer (or set data.num_classes)",
+                        file=os.path.join(data_path, "meta.json"))
+    return n
 
 
 def split_files(data_path: str, split: str) -> List[str]:
@@ -69,15 +89,21 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     """Everything the loop uses, built identically on every rank (same seeds)."""
     components.load_all()
     meta = load_meta(cfg.data.path)
-    num_classes = cfg.data.num_classes or int(meta["num_classes"])
+    num_classes = meta_num_classes(cfg, meta, cfg.data.path)
     torch.manual_seed(cfg.train.seed)
     # built on the host (the same seeded values on every device), then moved once, before any
     # optimizer exists: optimizer states are created from the moved parameters
     encoder = components.build_encoder(cfg.model, meta).to(ctx.device)
     head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx).to(ctx.device)
     engine = build_engine(encoder, cfg, ctx)
-    head_opt = head.make_optimizer(cfg.optim)
-    reader = components.make_reader(split_files(cfg.data.path, "train"), cfg, meta, ctx)
+    try:
+        head_opt = head.make_optimizer(cfg.optim)
+    except ValueError as exc:  # e.g. a sharded head's own optimizer supports sgd and adamw only
+        raise ConfigError(f"optim.name={cfg.optim.name!r} with head.name={cfg.head.name!r}: {exc}") from None
+    files = split_files(cfg.data.path, "train")
+    rows = _preflight(cfg, meta, num_classes, files, ctx)
+    reader = components.make_reader(files, cfg, meta, ctx)
+    check_enough_rows(reader, files, cfg.data.batch_size, cfg.train.grad_accum, ctx.world_size, rows)
     ga = max(1, cfg.train.grad_accum)
     per_epoch = max(1, reader.batches_per_epoch() // ga)
     total = cfg.train.max_steps or cfg.train.epochs * per_epoch
@@ -91,6 +117,28 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
 
 
+def _preflight(cfg: RunConfig, meta: Dict[str, Any], num_classes: int, files: List[str],
+               ctx: ParallelContext) -> Any:
+    """One validation pass over the training files on rank 0 (data.validate); every rank raises
+    the same one-line DataError. Returns the row count (None when not validated)."""
+    if not cfg.data.validate:
+        return None
+    from xclass.parallel.collectives import broadcast_object
+
+    result: Any = None
+    if ctx.is_main:
+        try:
+            result = check_training_files(files, cfg.data.task, num_classes, meta)["num_rows"]
+        except DataError as exc:
+            result = exc
+    result = broadcast_object(str(result) if isinstance(result, DataError) else result, 0, ctx.group)
+    if isinstance(result, str):
+        err = DataError(result)
+        err.args = (result,)
+        raise err
+    return result
+
+
 def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: ParallelContext) -> Any:
     """The configured head; factories with a ``data_path`` keyword also get the dataset
     directory (e.g. to read label text)."""
@@ -98,8 +146,13 @@ def make_head(cfg: RunConfig, num_classes: int, embedding_dim: int, ctx: Paralle
     extra: Dict[str, Any] = {}
     if "data_path" in inspect.signature(factory).parameters:
         extra["data_path"] = cfg.data.path
-    return factory(cfg.head, num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx,
-                   seed=cfg.train.seed, **extra)
+    try:
+        return factory(cfg.head, num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx,
+                       seed=cfg.train.seed, **extra)
+    except ValueError as exc:  # a head that cannot take these settings (e.g. its optimizer kinds)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"head.name={cfg.head.name!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
 
 def _shard_ranges(num_classes: int, ctx: ParallelContext) -> List[List[int]]:

@@ -107,8 +107,14 @@ def _tfidf(data: str, ks, k: int = 50, weighting: str = "auto", label_counts: Op
            n_train: Optional[int] = None) -> dict:
     from xclass.xmc.tfidf import tfidf_knn_baseline
 
-    with open(os.path.join(data, "meta.json")) as f:
-        n = int(json.load(f)["num_classes"])
+    from xclass.data.schema import DataError
+    from xclass.train.setup import load_meta
+
+    meta = load_meta(data)
+    if meta.get("task") != "xmc" or not isinstance(meta.get("num_classes"), int):
+        raise DataError(f"task is {meta.get('task')!r}; tfidf-baseline needs an XMC dataset (task 'xmc' with "
+                        "num_classes)", file=os.path.join(data, "meta.json"))
+    n = int(meta["num_classes"])
     inv = propensities(data, n, label_counts, n_train)
     t0 = time.perf_counter()
     out = tfidf_knn_baseline(os.path.join(data, "train.parquet"), os.path.join(data, "test.parquet"), n, ks, k=k,

@@ -82,7 +82,7 @@ def _check_count(path: str, want: int, got: int) -> None:
 
 def read_bow(path: str) -> Tuple[Tuple[int, int, int], Iterator[Row]]:
     """((num_rows, num_features, num_labels), row iterator) of a BoW single file."""
-    f = open(path)
+    f = open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes fail as a bad item on their line
     n, nf, nl = _header(path, f, 3)
 
     def rows() -> Iterator[Row]:
@@ -105,7 +105,7 @@ def read_bow(path: str) -> Tuple[Tuple[int, int, int], Iterator[Row]]:
 
 def read_sparse(path: str) -> Tuple[Tuple[int, int], Iterator[Tuple[List[int], List[float]]]]:
     """((num_rows, num_cols), iterator of (indices, values)) of a split-format sparse file."""
-    f = open(path)
+    f = open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes fail as a bad item on their line
     n, nc = _header(path, f, 2)
 
     def rows():
