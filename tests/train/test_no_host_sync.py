@@ -36,6 +36,9 @@ ALLOWED: Dict[Tuple[str, str], str] = {
         "label range check: a host read only on the CPU (free there); torch._assert_async on CUDA",
     ("xclass.zloss.factored", "needs_dense_step"):
         "Z-loss singular-C guard: one 0-dim read decides whether the O(D d^2) dense fallback runs",
+    ("xclass.train.nonfinite", "skip_if_nonfinite"):
+        "non-finite step check: a host read of the norm only on the CPU (free there); accelerators zero the "
+        "step's gradients on the device instead",
     ("torch.optim.optimizer", "_get_value"):
         "torch optimizers (encoder) keep their step count on the host unless capturable/fused: not a device read",
 }

@@ -62,6 +62,7 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
                 last = _log_row(s, runlog, out, step, step - step_last, epoch, loss, lr, gnorm_f,
                                 n_last * ctx.world_size / max(dt, 1e-9), dt)
                 t_last, n_last, step_last = time.perf_counter(), 0, step
+                nonfinite.check_streak(s, step, cfg.train.max_nonfinite_steps)
             if _want_checkpoint(cfg, step, total) and not nonfinite.streak(s):
                 path = save(s, cfg, ctx, step, epoch, micro + 1 + batch_in_epoch)
                 if report is not None:
