@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.heads.rss import HWM
+
 pytestmark = pytest.mark.slow
 
 CHILD = r"""
@@ -41,20 +43,13 @@ def step():
 small = margin_head(cfg, num_classes=64, embedding_dim=d, ctx=ParallelContext.single(), seed=0)
 small(emb, labels % 64).loss.backward()
 emb.grad = None
-def _hwm():
-    # the resident high-water mark; reset to the current RSS first, so memory mapped earlier and
-    # since evicted (shared-library pages under memory pressure) cannot hide the step's growth
-    import re
-    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-except OSError:
-    pass
-before = _hwm()
+reset_peak()
+before = hwm()
 step()
-after = _hwm()
+after = hwm()
 print(json.dumps({"peak_growth": after - before}))
 """
+CHILD = HWM + CHILD
 
 
 @pytest.mark.parametrize("margin,r", [("arcface", 1.0), ("cosface", 1.0), ("arcface", 0.5)])

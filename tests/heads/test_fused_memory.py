@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.heads.rss import HWM
+
 from xclass.heads.fused import memory_bytes
 
 pytestmark = pytest.mark.slow
@@ -36,20 +38,13 @@ def step(h, lab):
     emb.grad = None
 # a small warm-up on a few classes allocates the code paths' fixed costs
 step(margin_head(cfg, num_classes=64, embedding_dim=d, ctx=ParallelContext.single(), seed=0), labels % 64)
-def _hwm():
-    # the resident high-water mark; reset to the current RSS first, so memory mapped earlier and
-    # since evicted (shared-library pages under memory pressure) cannot hide the step's growth
-    import re
-    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-except OSError:
-    pass
-before = _hwm()
+reset_peak()
+before = hwm()
 step(head, labels)
-after = _hwm()
+after = hwm()
 print(json.dumps({"peak_growth": after - before}))
 """
+CHILD = HWM + CHILD
 
 B, C, D = 256, 200_000, 8
 
