@@ -9,6 +9,7 @@ import importlib
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
+from xclass.registry import UnknownNameError
 
 REGISTERING_MODULES: Tuple[str, ...] = (
     "xclass.losses.margins",
@@ -82,7 +83,7 @@ def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: An
                              seed=cfg.data.seed, drop_last=True, **group)
         return GlobalBatchSlicer(full, ctx.rank, ctx.world_size)
     if cfg.data.shard_mode != "rows":
-        raise KeyError(f"unknown data.shard_mode {cfg.data.shard_mode!r} (rows, global_batch)")
+        raise UnknownNameError(f"unknown data.shard_mode {cfg.data.shard_mode!r} (rows, global_batch)")
     per_rank = max(1, cfg.data.batch_size // ctx.world_size)
     return ParquetReader(list(paths), cols, rank=ctx.rank, world_size=ctx.world_size, batch_rows=per_rank,
                          seed=cfg.data.seed, drop_last=True, **group)

@@ -5,20 +5,20 @@ import errno
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Config, data, checkpoint and index errors, and missing files: a clear message suffices."""
+    """Config, data and checkpoint errors, unknown names, missing or existing files, a diverged run
+    and a full disk: a clear message suffices. Anything else (a plain KeyError included) is a bug
+    and keeps its traceback."""
     from xclass.config_types import ConfigError
+    from xclass.data.schema import DataError
+    from xclass.registry import UnknownNameError
     from xclass.train.checkpoint import CheckpointError
+    from xclass.train.nonfinite import NonFiniteError
 
-    kinds = [ConfigError, CheckpointError, FileNotFoundError, FileExistsError, KeyError]
-    for mod, name in (("xclass.data.schema", "DataError"), ("xclass.eval.errors", "EvalError"),
-                      ("xclass.train.nonfinite", "NonFiniteError")):
-        try:
-            kinds.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+    kinds = (ConfigError, CheckpointError, DataError, NonFiniteError, UnknownNameError, FileNotFoundError,
+             FileExistsError)
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
         return True  # "[Errno 28] No space left on device: 'PATH'"
-    return isinstance(exc, tuple(kinds))
+    return isinstance(exc, kinds)
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

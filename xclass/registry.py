@@ -11,6 +11,15 @@ from typing import Any, Callable, Dict, Generic, List, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    """A name the user gave (a registry key, a task, a mode) that is not known: the message lists
+    the known ones. The CLI prints it as one line (exit 2); other KeyErrors are internal bugs and
+    keep their traceback."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry(Generic[T]):
     """A named mapping from string keys to factories (classes or functions)."""
 
@@ -35,7 +44,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Instantiate ``name`` with keyword arguments; bad keywords name the key."""

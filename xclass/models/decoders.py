@@ -32,7 +32,7 @@ from torch import Tensor
 
 from xclass.data.schema import DataError
 from xclass.models.registry import ENCODER_INPUTS, meta_get
-from xclass.registry import Registry
+from xclass.registry import Registry, UnknownNameError
 
 IGNORE = -100
 Batch = Mapping[str, np.ndarray]
@@ -64,7 +64,7 @@ def input_columns(task: str, encoder: str, with_labels: bool = True,
     """Parquet columns to read for ``encoder`` on ``task`` (labels first, when asked);
     ``token_weights`` too when ``meta`` says the data has them and the encoder uses them."""
     if task not in NATIVE_COLUMNS:
-        raise KeyError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
+        raise UnknownNameError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
     kind = ENCODER_INPUTS.get(encoder)
     cols = ["features"] if kind == "features" else ["text"] if kind == "text" else list(NATIVE_COLUMNS[task])
     return ([LABEL_COLUMNS[task]] if with_labels else []) + cols + weight_columns(task, encoder, meta, cols)

@@ -11,6 +11,7 @@ from xclass.parallel import collectives as coll
 from xclass.parallel.device import check_on_device
 from xclass.heads.partition import class_range  # noqa: F401  (re-exported for the zloss heads)
 from xclass.zloss.losses import SPHERICAL_LOSSES
+from xclass.registry import UnknownNameError
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ZParams:
                 lp[key] = p.pop(key)
         bad = sorted(set(p) - known)
         if bad:
-            raise KeyError(f"head.params: unknown key(s) {bad}; known: {sorted(known | {'a', 'b', 'eps'})}")
+            raise UnknownNameError(f"head.params: unknown key(s) {bad}; known: {sorted(known | {'a', 'b', 'eps'})}")
         out = cls(loss_params=lp, **p)
         SPHERICAL_LOSSES.get(out.loss)  # unknown loss names fail here, listing the known ones
         if out.dtype not in ("float32", "float64"):
