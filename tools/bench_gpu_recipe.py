@@ -60,7 +60,7 @@ def harness(a: Any, device: torch.device, data: str, root: str) -> Dict[str, Any
     from xclass import components
     from xclass.config import load_config
     from xclass.data.reader import ParquetReader
-    from xclass.train.setup import load_meta, split_files
+    from xclass.data.meta import load_meta, split_files
 
     cfg = load_config(RECIPE, recipe_overrides(a, data, os.path.join(root, "harness")))
     meta = load_meta(data)

@@ -36,7 +36,7 @@ from xclass.cli import main as xclass
 from xclass.config import load_config
 from xclass.data.reader import ParquetReader
 from xclass.export import encode_batch, load_encoder
-from xclass.train.setup import load_meta, split_files
+from xclass.data.meta import load_meta, split_files
 
 
 def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> Dict[str, np.ndarray]:

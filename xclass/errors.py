@@ -1,7 +1,16 @@
-"""Which exceptions are the user's input problems (printed as one line, exit code 2)."""
+"""The user-error types (printed as one line, exit code 2) and the test that recognises them.
+This module imports nothing from train/: the training code raises the errors defined here."""
 from __future__ import annotations
 
 import errno
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used with this run (names the file and the field)."""
+
+
+class NonFiniteError(RuntimeError):
+    """The run diverged (loss or gradients NaN/Inf for too many consecutive steps)."""
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -11,8 +20,6 @@ def is_user_error(exc: BaseException) -> bool:
     from xclass.config_types import ConfigError
     from xclass.data.schema import DataError
     from xclass.registry import UnknownNameError
-    from xclass.train.checkpoint import CheckpointError
-    from xclass.train.nonfinite import NonFiniteError
 
     kinds = (ConfigError, CheckpointError, DataError, NonFiniteError, UnknownNameError, FileNotFoundError,
              FileExistsError)

@@ -25,7 +25,8 @@ from xclass import components
 from xclass.config import RunConfig, load_config
 from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
-from xclass.train.setup import load_meta, make_head, split_files
+from xclass.data.meta import load_meta, split_files
+from xclass.train.setup import make_head
 
 
 def load_run(run_dir: str) -> RunConfig:

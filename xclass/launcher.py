@@ -26,7 +26,7 @@ def run_training(cfg: RunConfig) -> Dict[str, Any]:
     prepare_run_dir(cfg)
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         _cpu_env(cfg)
-        from xclass.netbind import bind_stores_to_host
+        from xclass.parallel.netbind import bind_stores_to_host
         from xclass.parallel import ParallelContext
         from xclass.parallel.device import run_device
         from xclass.train.loop import train
@@ -49,8 +49,8 @@ def _cpu_env(cfg: RunConfig) -> None:
 
 def ray_init(cfg: RunConfig) -> None:
     """Join ``cluster.address`` (token authentication required) or start a quiet local Ray that
-    listens on 127.0.0.1 only (see xclass/netbind.py and docs/security.md)."""
-    from xclass import netbind
+    listens on 127.0.0.1 only (see xclass/parallel/netbind.py and docs/security.md)."""
+    from xclass.parallel import netbind
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return
@@ -65,7 +65,7 @@ def ray_init(cfg: RunConfig) -> None:
     # Worker output stays in Ray's log files; the driver shows progress from metrics.jsonl.
     common = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                   configure_logging=True,
-                  runtime_env={"worker_process_setup_hook": "xclass.netbind.setup_worker"})
+                  runtime_env={"worker_process_setup_hook": "xclass.parallel.netbind.setup_worker"})
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, **common)
         return

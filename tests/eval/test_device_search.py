@@ -79,7 +79,7 @@ def run(tmp_path_factory):
 def test_embed_split_equals_the_encoder_by_hand(run, tmp_path, bf16):
     from xclass import components
     from xclass.export import embed_split, load_encoder, load_run
-    from xclass.train.setup import load_meta
+    from xclass.data.meta import load_meta
 
     run_dir, data = run
     out = embed_split(run_dir, "test", str(tmp_path / "e.parquet"), batch_rows=13,

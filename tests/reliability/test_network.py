@@ -68,7 +68,7 @@ def test_local_ray_run_listens_on_loopback_only(tmp_path):
 
 def test_cluster_join_requires_token(monkeypatch, tmp_path):
     from xclass.config_types import ConfigError
-    from xclass.netbind import cluster_ray_env
+    from xclass.parallel.netbind import cluster_ray_env
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "XCLASS_RAY_INSECURE"):
@@ -90,7 +90,7 @@ def test_rendezvous_store_binds_to_its_host():
 
     import importlib
 
-    from xclass.netbind import _listen, bind_stores_to_host
+    from xclass.parallel.netbind import _listen, bind_stores_to_host
 
     rdz = importlib.import_module("torch.distributed.rendezvous")
     fd, port = _listen("127.0.0.1", 0)

@@ -58,3 +58,8 @@ class ParallelContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def distributed_ready() -> bool:
+    """True when a default torch.distributed process group exists."""
+    return dist.is_available() and dist.is_initialized()

@@ -24,12 +24,9 @@ import torch
 
 from xclass.parallel import ParallelContext
 from xclass.parallel.collectives import barrier, broadcast_object
+from xclass.errors import CheckpointError  # noqa: F401  (raised here; defined with the other user errors)
 
 MANIFEST = "manifest.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used with this run (names the file and the field)."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):

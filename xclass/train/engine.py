@@ -21,6 +21,7 @@ from torch import nn
 from xclass.parallel import ParallelContext
 from xclass.heads.base import torch_optimizer
 from xclass.parallel.collectives import average_gradients
+from xclass.parallel.context import distributed_ready
 
 
 def make_torch_optimizer(params: Iterable[torch.Tensor], optim_cfg: Any) -> torch.optim.Optimizer:
@@ -131,7 +132,7 @@ class DeepSpeedEngine:
         opt = make_torch_optimizer(encoder.parameters(), cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=encoder, optimizer=opt, config=deepspeed_config(cfg, ctx),
-            dist_init_required=ctx.world_size == 1 and not _dist_ready())
+            dist_init_required=ctx.world_size == 1 and not distributed_ready())
         self.module = self.engine.module
         self.bf16 = bool(self.engine.bfloat16_enabled())
         if self.bf16:  # DeepSpeed casts parameters only; BatchNorm running stats must follow
@@ -182,9 +183,3 @@ def build_engine(encoder: nn.Module, cfg: Any, ctx: ParallelContext) -> Any:
 
 def encoder_params(engine: Any) -> List[torch.Tensor]:
     return [p for p in engine.module.parameters() if p.requires_grad]
-
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()

@@ -22,9 +22,7 @@ from typing import Any, List
 
 import torch
 
-
-class NonFiniteError(RuntimeError):
-    """The run diverged (loss or gradients NaN/Inf for too many consecutive steps)."""
+from xclass.errors import NonFiniteError  # noqa: F401  (raised here)
 
 
 def streak(s: Any) -> int:

@@ -3,9 +3,7 @@ head optimizer; restores them from the newest checkpoint."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import inspect
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ import torch
 from xclass import components
 from xclass.config import RunConfig
 from xclass.config_types import ConfigError
+from xclass.data.meta import load_meta, split_files  # noqa: F401  (re-exported for callers of train.setup)
 from xclass.data.preflight import check_enough_rows, check_training_files
 from xclass.data.schema import DataError
 from xclass.parallel import ParallelContext
@@ -48,21 +47,6 @@ class Setup:
         set_lr(self.head_opt, lr)
 
 
-def load_meta(data_path: str) -> Dict[str, Any]:
-    """The dataset's meta.json (written by ``xclass make-data`` or an importer)."""
-    p = os.path.join(data_path, "meta.json")
-    if not os.path.exists(p):
-        raise FileNotFoundError(f"{p}: dataset not found (run `xclass make-data` or set data.path)")
-    try:
-        with open(p) as f:
-            meta = json.load(f)
-    except ValueError as exc:  # JSON or UTF-8 decoding
-        raise DataError(f"corrupt meta.json ({str(exc)[:200]})", file=p) from None
-    if not isinstance(meta, dict):
-        raise DataError("corrupt meta.json (not a JSON object)", file=p)
-    return meta
-
-
 def meta_num_classes(cfg: RunConfig, meta: Dict[str, Any], data_path: str) -> int:
     """data.num_classes, else meta.json's num_classes (a positive integer)."""
     if cfg.data.num_classes:
@@ -72,17 +56,6 @@ def meta_num_classes(cfg: RunConfig, meta: Dict[str, Any], data_path: str) -> in
         raise DataError(f"num_classes is {n!r}; expected a positive integer (or set data.num_classes)",
                         file=os.path.join(data_path, "meta.json"))
     return n
-
-
-def split_files(data_path: str, split: str) -> List[str]:
-    """``DIR/split.parquet`` or the parts under ``DIR/split/``."""
-    single = os.path.join(data_path, f"{split}.parquet")
-    if os.path.exists(single):
-        return [single]
-    parts = sorted(glob.glob(os.path.join(data_path, split, "*.parquet")))
-    if not parts:
-        raise FileNotFoundError(f"{data_path}: no {split}.parquet or {split}/*.parquet")
-    return parts
 
 
 def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:

@@ -108,7 +108,7 @@ def _tfidf(data: str, ks, k: int = 50, weighting: str = "auto", label_counts: Op
     from xclass.xmc.tfidf import tfidf_knn_baseline
 
     from xclass.data.schema import DataError
-    from xclass.train.setup import load_meta
+    from xclass.data.meta import load_meta
 
     meta = load_meta(data)
     if meta.get("task") != "xmc" or not isinstance(meta.get("num_classes"), int):

@@ -21,7 +21,7 @@ from xclass.eval.index import IndexSpec
 from xclass.eval.metrics import inverse_propensity
 from xclass.eval.searcher import ShardedIndex
 from xclass.export import export_head, load_encoder, load_run
-from xclass.train.setup import load_meta
+from xclass.data.meta import load_meta
 
 
 def _offsets(arr):

@@ -51,10 +51,9 @@ class XmcHeadOptimizer(ShardedHeadOptimizer):
         grads = [p.grad for _, p in self._tower_params() if p.grad is not None]
         if not grads or world_size(self.head.group) == 1:
             return
-        import torch.distributed as dist
+        from xclass.parallel.collectives import all_reduce
 
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.head.group)
+        flat = all_reduce(torch.cat([g.reshape(-1) for g in grads]), "sum", self.head.group)
         off = 0
         for g in grads:
             g.copy_(flat[off:off + g.numel()].view_as(g))
