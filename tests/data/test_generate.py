@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from xclass.data import GENERATORS, TASKS, make_data, validate_file
-from xclass.data.decode import decode_images, pad_ragged, quic_inputs
 from xclass.data.reader import table_to_numpy
+from xclass.models.decoders import DECODERS
 
 SMALL = {"face": dict(image_size=12), "speaker": dict(min_frames=8, max_frames=20), "quic": {}, "xmc": {}}
 
@@ -187,13 +187,15 @@ def _nearest_mean(x, y):
 
 
 def _raw_features(task, b, meta):
+    """Raw inputs as the training decoders produce them, flattened per row."""
+    x, _ = DECODERS.get(task)(b, meta)
+    n = len(b["id"])
     if task == "face":
-        return decode_images(b["image"], (12, 12, 3)).reshape(len(b["id"]), -1).astype(np.float32)
+        return x["image"].permute(0, 2, 3, 1).reshape(n, -1).float().numpy()
     if task == "speaker":
-        x, n = pad_ragged(b["fbank"], b["fbank_offsets"], 80)
-        return x.sum(1) / n[:, None]  # utterance-mean log-mel
-    q = quic_inputs(b)
-    return np.concatenate([q["seq"].reshape(len(b["id"]), -1), q["stats"]], 1)
+        return x["fbank"].numpy().sum(1) / x["lengths"].numpy()[:, None]  # utterance-mean log-mel
+    seq = np.stack([x["pkt_sizes"].numpy() / 1500.0, x["pkt_dirs"].numpy(), np.log1p(x["pkt_iat"].numpy())], 2)
+    return np.concatenate([seq.reshape(n, -1), np.log1p(x["flow_stats"].numpy())], 1)
 
 
 @pytest.mark.parametrize("task", ["face", "speaker", "quic"])

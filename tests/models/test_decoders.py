@@ -1,6 +1,8 @@
 """Decoders on hand-built reader batches against hand-computed tensors."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -138,3 +140,18 @@ def test_input_columns():
     assert input_columns("speaker", "ecapa") == ["label", "fbank", "num_frames"]
     assert input_columns("face", "mlp") == ["label", "features"]
     assert input_columns("xmc_labels", "embbag", with_labels=False) == ["tokens"]
+
+
+def test_face_png_bytes_round_trip():
+    """A binary (PNG) image column decodes to the same pixels (PNG is lossless), NCHW."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    blobs = []
+    for im in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    batch = {"id": np.arange(3), "label": np.arange(3), "image": np.array(blobs, dtype=object)}
+    x, _ = DECODERS.get("face")(batch, {"height": 4, "width": 5, "channels": 3})
+    np.testing.assert_array_equal(x["image"].permute(0, 2, 3, 1).numpy(), imgs)
