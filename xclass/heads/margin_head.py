@@ -41,9 +41,9 @@ class DenseMarginHead(nn.Module):
         self.margin, self.num_classes, self.seed = margin, num_classes, seed
         self.label_smoothing = label_smoothing
         self.weight = nn.Parameter(init_class_rows(0, num_classes, margin.sub_centers, embedding_dim, seed, init_std))
-        self.bias = nn.Parameter(torch.tensor([margin.init_bias(num_classes)])) \
+        self.bias = nn.Parameter(torch.tensor([margin.init_bias(num_classes)], device=self.weight.device)) \
             if margin.objective == "binary" else None
-        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64, device=self.weight.device))
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         loss = dense_margin_loss(emb, labels, self.weight, self.margin, bias=self.bias,

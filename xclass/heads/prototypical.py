@@ -102,8 +102,9 @@ class AngularPrototypicalHead(nn.Module):
                  init_b: float = -5.0) -> None:
         super().__init__()
         self.num_classes, self.embedding_dim, self.ctx = int(num_classes), int(embedding_dim), ctx
-        self.w = nn.Parameter(torch.tensor([float(init_w)]))
-        self.b = nn.Parameter(torch.tensor([float(init_b)]))
+        dev = getattr(ctx, "device", None)  # the run's device (ParallelContext.device)
+        self.w = nn.Parameter(torch.tensor([float(init_w)], device=dev))
+        self.b = nn.Parameter(torch.tensor([float(init_b)], device=dev))
 
     @property
     def group(self) -> Any:

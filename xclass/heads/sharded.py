@@ -99,8 +99,8 @@ class ShardedMarginHead(nn.Module):
         self.bias: Optional[nn.Parameter] = None
         if margin.objective == "binary":
             b0 = margin.init_bias(num_classes) if bias_init is None else bias_init
-            self.bias = nn.Parameter(torch.tensor([float(b0)]))
-        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+            self.bias = nn.Parameter(torch.tensor([float(b0)], device=rows.device))
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64, device=rows.device))
         self.sampled = SampledRows()  # Partial FC: the sampled rows of each forward of this step
 
     @property

@@ -75,7 +75,7 @@ class DualDecoupledHead(nn.Module):
             self.weight = nn.Parameter(rows, requires_grad=shortlist_k <= 0)
         self.shortlist = Shortlist(shortlist_k, shortlist_refresh, shortlist_index, faiss_threads) \
             if shortlist_k > 0 else None
-        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64, device=getattr(ctx, "device", None)))
         self.sampled = SampledRows()  # shortlist: the free rows scored by each forward of this step
         self.last_active: Optional[torch.Tensor] = None  # global label ids scored last step
 

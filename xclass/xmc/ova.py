@@ -85,8 +85,8 @@ class OvAHead(nn.Module):
         self.weight = nn.Parameter(rows)
         # prior log-odds of one label among L (a few positives per row): BCE starts near its optimum
         b0 = -math.log(max(num_classes, 2)) if bias_init is None else float(bias_init)
-        self.bias = nn.Parameter(torch.tensor([b0]))
-        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self.bias = nn.Parameter(torch.tensor([b0], device=rows.device))
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64, device=rows.device))
         self.active = None  # dense updates (optimizer contract)
 
     @property

@@ -94,12 +94,13 @@ class FactoredZLossHead(nn.Module):
         self.start, self.end = class_range(num_classes, ctx.rank, ctx.world_size)
         dim = embedding_dim + (1 if p.bias_feature != 0 else 0)
         w0 = init_rows(num_classes, dim, self.start, self.end, p, seed, ctx.group)
-        eye = torch.eye(dim, dtype=torch.float64)
+        dev = w0.device  # the d x d state lives with the class rows
+        eye = torch.eye(dim, dtype=torch.float64, device=dev)
         self.register_buffer("V", w0)
-        for name, val in (("U", eye), ("Uinv", eye.clone()), ("omega", torch.zeros(dim, dtype=torch.float64)),
-                          ("Q", torch.zeros(dim, dim, dtype=torch.float64)),
-                          ("wbar", torch.zeros(dim, dtype=torch.float64)),
-                          ("n_updates", torch.zeros((), dtype=torch.int64))):
+        for name, val in (("U", eye), ("Uinv", eye.clone()), ("omega", torch.zeros(dim, dtype=torch.float64, device=dev)),
+                          ("Q", torch.zeros(dim, dim, dtype=torch.float64, device=dev)),
+                          ("wbar", torch.zeros(dim, dtype=torch.float64, device=dev)),
+                          ("n_updates", torch.zeros((), dtype=torch.int64, device=dev))):
             self.register_buffer(name, val)
         mt.resync(self, block)   # Q = W0^T W0, w_bar = W0^T 1 accumulated in float64
         self._pending: List[Tuple[torch.Tensor, ...]] = []
