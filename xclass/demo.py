@@ -11,11 +11,7 @@ import sys
 import time
 from typing import Dict, List
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from xclass.export import write_parquet_atomic
+from xclass.eval.split import split_gallery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,29 +35,6 @@ def _run(argv: List[str]) -> None:
         raise SystemExit(f"xclass demo: step failed with exit code {rc}: xclass {' '.join(argv)}")
 
 
-def split_gallery_query(emb_path: str, out_dir: str, gallery_query: str = "") -> Dict[str, str]:
-    """Split a labelled embedding Parquet into gallery.parquet / queries.parquet: by the
-    dataset's gallery_query.parquet when given, else the first half of each class's rows."""
-    t = pq.read_table(emb_path)
-    if gallery_query and os.path.exists(gallery_query):
-        gq = pq.read_table(gallery_query)
-        is_q = dict(zip(gq.column("id").to_pylist(), gq.column("is_query").to_pylist()))
-        mask = np.array([bool(is_q.get(i, False)) for i in t.column("id").to_pylist()])
-    else:
-        labels = t.column("label").to_numpy()
-        order = np.argsort(labels, kind="stable")
-        rank = np.empty(len(labels), np.int64)
-        starts = np.r_[0, np.flatnonzero(np.diff(labels[order])) + 1]
-        counts = np.diff(np.r_[starts, len(labels)])
-        rank[order] = np.arange(len(labels)) - np.repeat(starts, counts)
-        mask = rank >= np.repeat(counts, counts)[np.argsort(order)] // 2
-    out = {"gallery": os.path.join(out_dir, "gallery.parquet"),
-           "queries": os.path.join(out_dir, "queries.parquet")}
-    write_parquet_atomic(t.filter(pa.array(~mask)), out["gallery"])
-    write_parquet_atomic(t.filter(pa.array(mask)), out["queries"])
-    return out
-
-
 def evaluate_task(task: str, data: str, run: str, work: str, quiet: bool = False) -> Dict[str, str]:
     """Export the index(es) the task's protocol needs, then evaluate. Returns the report
     directories by protocol (each holds metrics.json). ``quiet``: no plots, no progress bars."""
@@ -83,7 +56,9 @@ def evaluate_task(task: str, data: str, run: str, work: str, quiet: bool = False
         pairs = os.path.join(data, "pairs.parquet" if task == "face" else "trials.parquet")
         out[task] = os.path.join(report, "verification")
         _run(["evaluate", "--protocol", task, "--embeddings", emb, "--pairs", pairs, "--out", out[task], *flags])
-    parts = split_gallery_query(emb, work, os.path.join(data, "gallery_query.parquet"))
+    gq = os.path.join(data, "gallery_query.parquet")
+    parts = split_gallery(emb, work, gallery_query=gq if os.path.exists(gq) else None, first_half=True,
+                          overwrite=True)
     _run(["export-index", "--embeddings", parts["gallery"], "--out", os.path.join(work, "gallery_index"),
           "--overwrite"])
     out["ident"] = os.path.join(report, "identification")

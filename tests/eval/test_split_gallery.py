@@ -60,3 +60,11 @@ def test_cli_errors(tmp_path, capsys):
     assert "id 1001 is not in" in err and "row 1" in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--overwrite", "--query-fraction", "1.5"]) == 2
     assert "--query-fraction" in capsys.readouterr().err
+
+
+def test_first_half_mask_by_hand():
+    """The demo's split: per class, the first floor(n/2) rows in file order are gallery."""
+    from xclass.eval.split import first_half_mask
+
+    labels = np.array([1, 0, 1, 0, 1, 1, 0])
+    assert first_half_mask(labels).tolist() == [False, False, False, True, True, True, True]

@@ -36,6 +36,17 @@ def query_mask(ids: np.ndarray, labels: np.ndarray, query_fraction: float = 0.5,
     return mask
 
 
+def first_half_mask(labels: np.ndarray) -> np.ndarray:
+    """bool [n]: True = query. Per class, the first half of its rows in file order (rounded down)
+    is the gallery and the rest are queries: the deterministic split of ``xclass demo``."""
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(len(labels), np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(labels[order])) + 1]
+    counts = np.diff(np.r_[starts, len(labels)])
+    rank[order] = np.arange(len(labels)) - np.repeat(starts, counts)
+    return rank >= np.repeat(counts, counts)[np.argsort(order)] // 2
+
+
 def _mask_from_file(path: str, ids: np.ndarray, emb_path: str) -> np.ndarray:
     gq = pq.read_table(path)
     for col in ("id", "is_query"):
@@ -50,9 +61,11 @@ def _mask_from_file(path: str, ids: np.ndarray, emb_path: str) -> np.ndarray:
 
 
 def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = None, query_fraction: float = 0.5,
-                  seed: int = 0, overwrite: bool = False) -> Dict[str, object]:
+                  seed: int = 0, overwrite: bool = False, first_half: bool = False) -> Dict[str, object]:
     """Write ``out_dir/gallery.parquet`` and ``out_dir/queries.parquet`` (all columns of ``path``).
-    Checks everything before writing; each file is written to a temp path and renamed."""
+    Without ``gallery_query``, ``first_half`` picks :func:`first_half_mask` instead of the seeded
+    :func:`query_mask`. Checks everything before writing; each file is written to a temp path and
+    renamed."""
     out = {"gallery": os.path.join(out_dir, "gallery.parquet"), "queries": os.path.join(out_dir, "queries.parquet")}
     if not overwrite:
         for p in out.values():
@@ -67,6 +80,8 @@ def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = Non
     ids, labels = t.column("id").to_numpy(), t.column("label").to_numpy()
     if gallery_query:
         mask = _mask_from_file(gallery_query, ids, path)
+    elif first_half:
+        mask = first_half_mask(labels)
     else:
         mask = query_mask(ids, labels, query_fraction, seed)
     os.makedirs(out_dir, exist_ok=True)
