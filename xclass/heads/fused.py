@@ -26,6 +26,7 @@ the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -50,8 +51,10 @@ CHUNK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] 
 AUTO_MEMORY_FRACTION = 1.0 / 16
 
 
+@functools.lru_cache(maxsize=None)
 def device_memory_bytes(device: torch.device) -> int:
-    """Total memory of ``device`` (host RAM for CPU); no synchronisation."""
+    """Total memory of ``device`` (host RAM for CPU); no synchronisation. Read once per device:
+    ``impl: auto`` asks on every forward."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
