@@ -39,6 +39,15 @@ ALLOWED: Dict[Tuple[str, str], str] = {
     ("xclass.train.nonfinite", "skip_if_nonfinite"):
         "non-finite step check: a host read of the norm only on the CPU (free there); accelerators zero the "
         "step's gradients on the device instead",
+    ("xclass.heads.prototypical", "scalars_may_step"):
+        "margin_angproto: the skip flag of the margin optimizer read only on the CPU (free there); "
+        "accelerators multiply the gradients of (w, b) by it on the device",
+    ("xclass.heads.sparse", "merged"):
+        "Partial FC with gradient accumulation: the union of the micro-batches' sampled rows is data "
+        "dependent in size, like the sample itself",
+    ("xclass.parallel.collectives", "gather_sizes"):
+        "ragged batch sizes: host integers exchanged over the gloo side group (host_group); no device "
+        "tensor is read",
     ("torch.optim.optimizer", "_get_value"):
         "torch optimizers (encoder) keep their step count on the host unless capturable/fused: not a device read",
 }
@@ -137,11 +146,16 @@ HEADS = {
                            "optim.grad_clip=0.5"],
     "partial_fc_label_smoothing": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}",
                                    "head.sample_rate=0.5", "head.label_smoothing=0.1"],
+    "partial_fc_grad_accum": ["head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}",
+                              "head.sample_rate=0.5", "train.grad_accum=2"],
     "sphereface2": ["head.margin=sphereface2"],
     "subcenter_arcface": ["head.margin=subcenter_arcface", "head.margin_params={k: 3}"],
     "intertopk_subcenter": ["head.margin=intertopk_subcenter", "head.margin_params={s: 16.0, m: 0.2, k: 2}"],
     "elastic_arc_plus": ["head.margin=elastic_arc_plus", "head.margin_params={s: 16.0, m: 0.3}"],
     "zloss_efficient": ["head.name=zloss_efficient", "head.params={a: 1.0, b: 2.0}", "optim.head_lr=0.05"],
+    "angproto": ["head.name=angproto"],
+    "margin_angproto": ["head.name=margin_angproto", "head.margin=arcface", "head.margin_params={s: 16.0, m: 0.3}",
+                        "head.params={ap_weight: 0.5}"],
 }
 
 
@@ -171,6 +185,48 @@ def test_xmc_dual_decoupled_does_not_sync(tmp_path, monkeypatch):
         train(cfg, ParallelContext.single("cpu"))
     bad = sorted({(k, w) for st, (k, w, allowed) in zip(rec.steps, rec.events) if st in {2, 4, 5, 7} and not allowed})
     assert not bad, f"host syncs in steady steps of dual_decoupled: {bad}"
+
+
+def _instrument_plain(rec: SyncRecorder) -> None:
+    """:func:`_instrument` without pytest's monkeypatch (for spawned rank processes)."""
+    micro, opt = loop_mod._micro_step, loop_mod._optimizer_step
+    done = {"n": 0}
+
+    def micro_w(s, inputs, labels):
+        rec.step = done["n"] + 1
+        return micro(s, inputs, labels)
+
+    def opt_w(s, cfg, ctx, step, total):
+        rec.step = step + 1
+        out = opt(s, cfg, ctx, step, total)
+        done["n"] = step + 1
+        return out
+
+    loop_mod._micro_step, loop_mod._optimizer_step = micro_w, opt_w
+
+
+def _rank_unallowed_syncs(ctx, data: str, out: str, head: str) -> List[Tuple[str, str]]:
+    """One rank of a multi-rank run: the synchronising operations of its steady steps that no
+    allow-list entry covers (ragged rows mode, so every rank's last batch is smaller)."""
+    log_every, total = 3, 8
+    extra = ["optim.grad_clip=1.0", *HEADS[head], f"train.log_every={log_every}", f"train.max_steps={total}",
+             "train.checkpoint_every=0", "data.shard_mode=rows", "data.batch_size=20"]
+    cfg = features_config(data, out, *extra)
+    rec = SyncRecorder()
+    _instrument_plain(rec)
+    with rec:
+        train(cfg, ctx)
+    return sorted({(k, w) for st, (k, w, allowed) in zip(rec.steps, rec.events) if st in {2, 4, 5, 7} and not allowed})
+
+
+@pytest.mark.parametrize("head", ["arcface_adamw_clip", "partial_fc_label_smoothing", "margin_angproto"])
+def test_two_ranks_steady_steps_do_not_sync(data, tmp_path, head):
+    """With two ranks the ragged batch sizes are exchanged on the host side group, and nothing
+    else in a steady step reads the device."""
+    from tests.distutil import run_on_ranks
+
+    for r, bad in enumerate(run_on_ranks(_rank_unallowed_syncs, 2, data, str(tmp_path), head)):
+        assert not bad, f"rank {r}: host syncs in steady steps of {head}: {bad}"
 
 
 @pytest.fixture(scope="module")

@@ -40,46 +40,58 @@ from xclass.heads.optim import build_head_optimizer
 AP_KEYS = ("ap_weight", "init_w", "init_b")
 
 
-def prototypes(emb: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Queries and prototypes of the speakers with >= 2 rows.
+def prototypes(emb: torch.Tensor, labels: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries and prototypes of the speakers with >= 2 rows, in static shapes.
 
-    emb [B, d] (replicated global batch), labels [B] int64 (IGNORE_INDEX rows dropped).
-    Returns (queries [N, d], protos [N, d]) ordered by each speaker's first row in the batch.
+    emb [B, d] (replicated global batch), labels [B] int64 (IGNORE_INDEX rows take no part).
+    Returns (queries [B, d], protos [B, d], valid [B] bool): one slot per possible speaker;
+    the N valid slots come first, ordered by each speaker's first row in the batch, and the
+    other B - N slots hold zeros. Every shape depends on B only, so nothing here reads the
+    device (no ``torch.unique``, no boolean indexing): a steady step stays free of host syncs.
     """
+    n, dev = labels.shape[0], labels.device
     keep = labels != IGNORE_INDEX
-    emb, labels = emb[keep], labels[keep]
-    if labels.numel() == 0:
-        return emb[:0], emb[:0]
-    uniq, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    pos = torch.arange(labels.numel(), device=labels.device)
-    first = torch.full((uniq.numel(),), labels.numel(), dtype=torch.int64, device=labels.device)
-    first = first.scatter_reduce(0, inv, pos, reduce="amin")
-    is_query = pos == first[inv]
-    support = torch.zeros(uniq.numel(), emb.shape[1], dtype=emb.dtype, device=emb.device)
-    support = support.index_add(0, inv[~is_query], emb[~is_query])
+    pos = torch.arange(n, device=dev)
+    if n == 0:
+        return emb[:0], emb[:0], keep
+    # speaker slot of every row: rank of its label among the sorted distinct labels
+    lab = torch.where(keep, labels, torch.full_like(labels, torch.iinfo(torch.int64).max))
+    s_lab, s_idx = torch.sort(lab, stable=True)
+    change = torch.ones(n, dtype=torch.bool, device=dev)
+    change[1:] = s_lab[1:] != s_lab[:-1]
+    slot = torch.empty_like(pos).scatter_(0, s_idx, torch.cumsum(change.long(), 0) - 1)
+    first = torch.full((n,), n, dtype=torch.int64, device=dev).scatter_reduce(0, slot, pos, reduce="amin")
+    counts = torch.zeros(n, dtype=torch.int64, device=dev).scatter_add(0, slot, keep.long())
+    is_query = pos == first[slot]
+    support = torch.zeros(n, emb.shape[1], dtype=emb.dtype, device=dev)
+    support = support.index_add(0, slot, emb * (keep & ~is_query).unsqueeze(1).to(emb.dtype))
     ok = counts >= 2
-    order = torch.argsort(first[ok])  # speakers in order of first appearance
-    queries = emb[first[ok]][order]
-    protos = (support[ok] / (counts[ok] - 1).unsqueeze(1).to(emb.dtype))[order]
-    return queries, protos
+    order = torch.argsort(torch.where(ok, first, n + pos))  # valid speakers first, by first row
+    queries = emb[first.clamp(max=n - 1)] * ok.unsqueeze(1).to(emb.dtype)
+    protos = support / (counts - 1).clamp(min=1).unsqueeze(1).to(emb.dtype)
+    return queries[order], protos[order], ok[order]
 
 
 def angproto_loss(emb: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
                   b: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Angular prototypical loss of one (global) batch. emb [B, d]; labels [B]; w, b scalars [1].
 
-    Returns (loss scalar, metrics: ap_speakers = N, ap_acc = top-1 accuracy of the queries)."""
-    q, p = prototypes(emb.float(), labels.to(torch.int64))
-    n = q.shape[0]
-    if n == 0:  # keeps the graph connected so backward still works (all gradients zero)
-        zero = emb.sum() * 0.0 + (w.sum() + b.sum()) * 0.0
-        return zero, {"ap_speakers": torch.zeros((), device=emb.device), "ap_acc": torch.zeros((), device=emb.device)}
+    Returns (loss scalar, metrics: ap_speakers = N, ap_acc = top-1 accuracy of the queries); all
+    device tensors. The logits are [B, B] over every slot of :func:`prototypes`; invalid columns
+    get a finite -1e30 (their softmax weight is exactly 0) and invalid rows weight 0, so the loss
+    equals the CE over the N x N valid block, and N = 0 gives 0 with zero gradients."""
+    q, p, valid = prototypes(emb.float(), labels.to(torch.int64))
+    nb = q.shape[0]
+    vf = valid.float()
+    n = vf.sum()
     cos = F.normalize(q, dim=1) @ F.normalize(p, dim=1).t()
-    logits = w.clamp(min=1e-6) * cos + b
-    target = torch.arange(n, device=emb.device)
-    loss = F.cross_entropy(logits, target)
-    acc = (logits.detach().argmax(1) == target).float().mean()
-    return loss, {"ap_speakers": torch.tensor(float(n), device=emb.device), "ap_acc": acc}
+    logits = (w.clamp(min=1e-6) * cos + b).masked_fill(~valid.unsqueeze(0), -1e30)
+    target = torch.arange(nb, device=emb.device)
+    ce = F.cross_entropy(logits, target, reduction="none") if nb else logits.sum(1)
+    loss = (ce * vf).sum() / n.clamp(min=1.0) + (w.sum() + b.sum()) * 0.0
+    acc = ((logits.detach().argmax(1) == target).float() * vf).sum() / n.clamp(min=1.0)
+    return loss, {"ap_speakers": n, "ap_acc": acc}
 
 
 def scalar_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:
@@ -143,6 +155,24 @@ class AngularPrototypicalHead(nn.Module):
         return scalar_optimizer([self.w, self.b], optim_cfg)
 
 
+def scalars_may_step(ok: Any, ap_opt: TorchHeadOptimizer) -> bool:
+    """Whether the (w, b) optimizer steps after the margin optimizer returned ``ok``.
+
+    On the CPU ``ok`` is read on the host (free there) and a skipped margin step skips (w, b)
+    too. On an accelerator nothing is read: the gradients of (w, b) are multiplied by ``ok`` on
+    the device, so a skipped step becomes a zero-gradient step for them, as for the encoder
+    (xclass.train.nonfinite)."""
+    if not torch.is_tensor(ok):
+        return bool(ok)
+    if ok.device.type == "cpu":
+        return bool(ok)
+    for group in ap_opt.opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.mul_(ok.to(p.grad.dtype))
+    return True
+
+
 class CombinedOptimizer:
     """The margin head's sharded optimizer + the scalar optimizer of w, b, stepped together."""
 
@@ -160,9 +190,7 @@ class CombinedOptimizer:
 
     def step(self) -> bool:
         ok = self.margin_opt.step()  # a 0-dim bool device tensor (see ShardedHeadOptimizer.step)
-        # a host read: the torch optimizer of (w, b) cannot take the flag on the device (this head
-        # syncs anyway, see docs/devices.md)
-        if not bool(ok):  # the margin optimizer skipped a non-finite step on every rank: skip too
+        if not scalars_may_step(ok, self.ap_opt):  # the margin optimizer skipped a non-finite step
             self.ap_opt.zero_grad()
             return False
         stepped = self.ap_opt.step()

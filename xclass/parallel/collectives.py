@@ -8,7 +8,7 @@ result copied back, so no caller can hand NCCL a CPU tensor.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -55,17 +55,35 @@ def all_reduce(x: torch.Tensor, op: str = "sum", group: Optional[Any] = None) ->
     return y.to(x.device)
 
 
-def gather_sizes(n: int, group: Optional[Any], device: Any = None) -> List[int]:
-    """All ranks' values of a local integer (e.g. ragged batch sizes), replicated. A host read
-    (the sizes shape later tensors); ``device``: where the exchanged tensor lives (default: the
-    group's device)."""
+_HOST_GROUPS: Dict[Any, Any] = {}
+
+
+def host_group(group: Any) -> Any:
+    """A group over the same ranks whose collectives run on the host: ``group`` itself when it
+    is gloo, else a gloo twin made on first use. ``dist.new_group`` must be called by every
+    rank at the same point: the twin is made either where every rank builds its context
+    (:meth:`ParallelContext.from_env`) or here, inside a collective every rank is calling."""
+    if dist.get_backend(group) == "gloo":
+        return group
+    if group not in _HOST_GROUPS:
+        _HOST_GROUPS[group] = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo")
+    return _HOST_GROUPS[group]
+
+
+def gather_sizes(n: int, group: Optional[Any]) -> List[int]:
+    """All ranks' values of a host integer (e.g. ragged batch sizes), replicated.
+
+    The exchange runs on the host (:func:`host_group`): an int64 CPU tensor over gloo, so an
+    NCCL run reads no device memory for it and the device stream is never synchronised (the
+    later gathers of device tensors are sized from this host list)."""
     ws = world_size(group)
     if ws == 1:
         return [int(n)]
-    t = torch.tensor([n], dtype=torch.int64, device=device if device is not None else group_device(group))
+    hg = host_group(group)
+    t = torch.tensor([int(n)], dtype=torch.int64)
     out = [torch.zeros_like(t) for _ in range(ws)]
-    dist.all_gather(out, t, group=group)
-    return [int(o.item()) for o in out]
+    dist.all_gather(out, t, group=hg)
+    return torch.cat(out).tolist()
 
 
 def _gather_ragged(x: torch.Tensor, sizes: List[int], group: Any) -> torch.Tensor:
@@ -105,7 +123,7 @@ def all_gather_with_grad(x: torch.Tensor, group: Optional[Any] = None) -> torch.
     ws = world_size(group)
     if ws == 1:
         return x
-    sizes = gather_sizes(x.shape[0], group, x.device)
+    sizes = gather_sizes(x.shape[0], group)
     return _AllGatherGrad.apply(x, group, sizes, rank(group))
 
 
@@ -140,7 +158,7 @@ def all_gather_nograd(x: torch.Tensor, group: Optional[Any] = None) -> torch.Ten
     ws = world_size(group)
     if ws == 1:
         return x
-    sizes = gather_sizes(x.shape[0], group, x.device)
+    sizes = gather_sizes(x.shape[0], group)
     return _gather_ragged(x, sizes, group)
 
 

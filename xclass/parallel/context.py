@@ -37,6 +37,10 @@ class ParallelContext:
         """Take rank/world size from an initialised default group, else from env, else single."""
         if dist.is_available() and dist.is_initialized():
             g = group if group is not None else dist.group.WORLD
+            if dist.get_world_size(g) > 1:
+                from xclass.parallel.collectives import host_group
+
+                host_group(g)  # the gloo twin of an NCCL group, made while every rank is here
             return cls(
                 rank=dist.get_rank(g),
                 world_size=dist.get_world_size(g),

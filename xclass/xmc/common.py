@@ -34,8 +34,8 @@ def gather_labels(labels: torch.Tensor, group: Optional[Any]) -> torch.Tensor:
     """[B_local, K_local] -> [B_global, K] replicated (K = max over ranks), duplicates in a
     row replaced by IGNORE_INDEX (each positive counts once)."""
     k = labels.shape[1]
-    if C.world_size(group) > 1:  # ragged K over ranks: one host read of the maximum
-        k = int(C.all_reduce(torch.tensor([k], device=labels.device), "max", group))
+    if C.world_size(group) > 1:  # ragged K over ranks: host integers, exchanged on the host
+        k = max(C.gather_sizes(k, group))
     if k > labels.shape[1]:
         pad = torch.full((labels.shape[0], k - labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype,
                          device=labels.device)

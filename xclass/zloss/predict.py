@@ -45,7 +45,7 @@ def merge_shards_topk(values: torch.Tensor, ids: torch.Tensor, k: int, group: An
     Shards may hold fewer than k classes (ragged k_r)."""
     if coll.world_size(group) == 1:
         return values, ids
-    kk = coll.gather_sizes(values.shape[1], group, values.device)
+    kk = coll.gather_sizes(values.shape[1], group)
     kmax = max(kk)
     pad = kmax - values.shape[1]
     v = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], 1)
