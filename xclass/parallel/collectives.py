@@ -80,7 +80,7 @@ def gather_sizes(n: int, group: Optional[Any]) -> List[int]:
     if ws == 1:
         return [int(n)]
     hg = host_group(group)
-    t = torch.tensor([int(n)], dtype=torch.int64)
+    t = torch.tensor([int(n)], dtype=torch.int64, device="cpu")  # a host tensor on purpose (gloo)
     out = [torch.zeros_like(t) for _ in range(ws)]
     dist.all_gather(out, t, group=hg)
     return torch.cat(out).tolist()
