@@ -191,7 +191,7 @@ def _run_evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Standalone entry: ``python -m xclass.eval.cli {export-index,evaluate} ...``."""
+    """Standalone entry: ``python -m xclass.cli.evaluate {export-index,evaluate} ...``."""
     ap = argparse.ArgumentParser(prog="xclass-eval")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_export_args(sub.add_parser("export-index"))

@@ -6,7 +6,7 @@ read and decoded ahead on a background thread; progress on stderr) and writes ``
 ``label``/``labels`` and ``embedding``; ``export_head`` writes
 the classifier head's class vectors as label embeddings, one Parquet file per saved shard
 (never all shards in memory at once). The CLI glue hands those files to
-``xclass.eval.cli`` for index building and evaluation.
+``xclass.cli.evaluate`` for index building and evaluation.
 """
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
 
 
 def add_export_cli_args(p: argparse.ArgumentParser) -> None:
-    from xclass.eval.cli import add_export_args
+    from xclass.cli.evaluate import add_export_args
 
     p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
@@ -223,13 +223,13 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
-    from xclass.eval.cli import add_evaluate_args
+    from xclass.cli.evaluate import add_evaluate_args
 
     add_evaluate_args(p)
 
 
 def run_export_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import _check_positive, run_export
+    from xclass.cli.evaluate import _check_positive, run_export
 
     _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
                            "train_size", "shard_rows", "batch_rows"))
@@ -253,6 +253,6 @@ def run_export_cli(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import run_evaluate
+    from xclass.cli.evaluate import run_evaluate
 
     return int(run_evaluate(args) or 0)

@@ -55,19 +55,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from xclass.data.cli import run_make_data
+    from xclass.cli.data import run_make_data
 
     return int(run_make_data(args) or 0)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from xclass.export import run_export_cli
+    from xclass.eval.embed import run_export_cli
 
     return int(run_export_cli(args) or 0)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from xclass.export import run_evaluate_cli
+    from xclass.eval.embed import run_evaluate_cli
 
     return int(run_evaluate_cli(args) or 0)
 
@@ -86,8 +86,8 @@ def _command(sub: argparse._SubParsersAction, name: str, add_args, func, help_: 
 
 def _add_import_commands(sub: argparse._SubParsersAction) -> None:
     """``xclass import faces|audio|flows|pcap|wordnet|xc|text`` and ``xclass tfidf-baseline``."""
-    from xclass.importers import add_import_args, run_import
-    from xclass.xmc.cli import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
+    from xclass.cli.importers import add_import_args, run_import
+    from xclass.cli.xmc import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
 
     p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, pcap, "
                                       "wordnet, xc, text)",
@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "indexes, evaluate retrieval.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    from xclass.data.cli import add_make_data_args, add_validate_data_args, run_validate_data
-    from xclass.export import add_evaluate_cli_args, add_export_cli_args
+    from xclass.cli.data import add_make_data_args, add_validate_data_args, run_validate_data
+    from xclass.eval.embed import add_evaluate_cli_args, add_export_cli_args
 
     _command(sub, "make-data", add_make_data_args, _cmd_make_data,
              "generate a synthetic dataset (face, speaker, quic, xmc)",
