@@ -1,11 +1,12 @@
-"""Importers for real user data: ``xclass import {faces,audio,flows} ...``.
+"""CLI glue of ``xclass import {faces,audio,flows,pcap} ...`` (the XMC kinds wordnet, xc and text are
+wired by :mod:`xclass.cli.main` through :mod:`xclass.cli.xmc`); the importers are in :mod:`xclass.importers`.
 
 Each streams files into the xclass Parquet schema of its task inside a temp directory renamed
 when complete, with a progress bar, and writes ``meta.json`` like ``xclass make-data`` so that
 ``xclass train data.path=OUT`` works directly. Unreadable files stop the import with one line
 naming the file (and row), exit code 2.
 
-CLI glue: ``add_import_args(parser)`` adds the three sub-subcommands; ``run_import(args) -> int``.
+CLI glue: ``add_import_args(parser)`` adds the sub-subcommands; ``run_import(args) -> int``.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from xclass import components
 from xclass.eval import evaluate as ev
 from xclass.eval.export import export_index
 from xclass.eval.index import IndexSpec
+from xclass.eval.io import write_parquet_atomic
 from xclass.eval.metrics import inverse_propensity
 from xclass.eval.searcher import ShardedIndex
 from xclass.eval.embed import export_head, load_encoder, load_run
@@ -56,8 +57,7 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
     emb = np.concatenate(embs)
     t = pa.concat_tables(tables).append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]))
-    pq.write_table(t, out_path + ".tmp")
-    os.replace(out_path + ".tmp", out_path)
+    write_parquet_atomic(t, out_path)
     return out_path
 
 
