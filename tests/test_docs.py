@@ -52,3 +52,53 @@ def test_linked_docs_exist():
     for src, text in [(os.path.join(ROOT, "README.md"), README), *DOCS.items()]:
         for link in re.findall(r"\]\(([\w/.-]+\.md)\)", text):
             assert os.path.exists(os.path.join(os.path.dirname(src), link)), (src, link)
+
+
+def _map_paths(text: str):
+    """Paths of the package map in docs/architecture.md: the first column of the tree block
+    (``xclass/`` entries indented by two spaces, top-level folders not), split on commas."""
+    block = text.split("```\nxclass/\n", 1)[1].split("```", 1)[0]
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("   "):  # blank, or a continuation of the description
+            continue
+        first = line.strip().split("  ")[0]
+        for name in first.split(", "):
+            yield os.path.join("xclass", name) if line.startswith("  ") else name
+
+
+def test_architecture_map_paths_exist():
+    arch = DOCS[os.path.join(ROOT, "docs", "architecture.md")]
+    paths = list(_map_paths(arch))
+    assert "xclass/tasks/" in paths and "xclass/heads/zloss/" in paths and "launch/" in paths
+    missing = [p for p in paths if not os.path.exists(os.path.join(ROOT, p))]
+    assert not missing, missing
+
+
+#: paths the docs name inside other projects
+OTHER_PROJECTS = {"tests/pcap"}  # nDPI's regression captures (docs/tasks.md)
+
+
+def test_paths_named_in_readme_and_docs_exist():
+    """Every xclass/..., tests/... and tools/... path in README.md and docs/ exists (name
+    patterns such as ``gpu_<date>.jsonl`` or ``_{a,b}`` and paths inside other projects are skipped)."""
+    missing = []
+    for src, text in [("README.md", README), *DOCS.items()]:
+        for m in re.finditer(r"(?<![\w/.-])((?:xclass|tests|tools)/[\w/.-]*\w/?)(?![<{*\w])", text):
+            path = m.group(1)
+            if not os.path.exists(os.path.join(ROOT, path)) and path not in OTHER_PROJECTS:
+                missing.append((os.path.basename(src), path))
+    assert not missing, missing
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_section_links_exist():
+    """Links of the form page.md#anchor point at a heading of that page."""
+    for src, text in [(os.path.join(ROOT, "README.md"), README), *DOCS.items()]:
+        for page, anchor in re.findall(r"\]\(([\w/.-]+\.md)#([\w-]+)\)", text):
+            target = open(os.path.join(os.path.dirname(src), page)).read()
+            anchors = {_slug(h) for h in re.findall(r"(?m)^#+ (.+)$", target)}
+            assert anchor in anchors, (src, page, anchor)

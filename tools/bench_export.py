@@ -4,7 +4,7 @@
 
 Generates speaker data with utterances of 1-16 s (100-1,600 frames, like read speech), trains
 the CPU speaker config for one step (weights do not change the cost), then encodes the test split
-with :func:`xclass.export.embed_split` twice in one process: ``frame_budget=0`` (the whole
+with :func:`xclass.eval.embed.embed_split` twice in one process: ``frame_budget=0`` (the whole
 512-row reader batch padded to its longest utterance: the old path) and the default
 length-sorted sub-batches. Prints rows/s of each and the largest embedding difference.
 """
@@ -21,7 +21,7 @@ import torch
 
 from xclass.cli import main as xclass
 from xclass.data import make_data
-from xclass.export import embed_split
+from xclass.eval.embed import embed_split
 
 
 def run(out: str, rows: int, threads: int) -> None:

@@ -35,7 +35,7 @@ from xclass import components
 from xclass.cli import main as xclass
 from xclass.config import load_config
 from xclass.data.reader import ParquetReader
-from xclass.export import encode_batch, load_encoder
+from xclass.eval.embed import encode_batch, load_encoder
 from xclass.data.meta import load_meta, split_files
 
 

@@ -8,14 +8,14 @@ pyxclib conventions: PSP with A = 0.55, B = 1.5 from the training labels, normal
 best achievable), train_s, predict_s, peak_rss_mb (that method's own process: each method runs
 in a child process, its peak RSS read with wait4). Methods:
 
-- ``tfidf_knn``: TF-IDF 50-NN label voting (xclass.xmc.tfidf) on the dataset's tokens.
+- ``tfidf_knn``: TF-IDF 50-NN label voting (xclass.eval.tfidf) on the dataset's tokens.
 - ``xr_linear``: PECOS XR-Linear (hierarchical k-means label tree + linear rankers) on the same
   TF-IDF features, run by a Python that has libpecos (``--pecos-python`` or
   ``$XCLASS_PECOS_PYTHON``, default /work/pecos-venv/bin/python if present); without one, a
   scikit-learn one-vs-rest linear model on the labels with >= 2 training rows (``ovr_linear``).
 - ``dual_embbag``: ``configs/xmc/wordnet_dual.yaml`` (embedding-bag towers, text+free labels).
 - ``dual_minilm``: ``configs/xmc/wordnet_minilm.yaml`` on ``--features`` (a dataset with frozen
-  all-MiniLM-L6-v2 embeddings from ``python -m xclass.xmc.cli embed-text``): MLP query tower,
+  all-MiniLM-L6-v2 embeddings from ``python -m xclass.cli.xmc embed-text``): MLP query tower,
   label tower over the label-text embeddings plus a free residual, decoupled softmax.
 - ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
   the same bench) fused with TF-IDF kNN ranks: score = cosine + ``--hybrid-weight`` / (1 + kNN
@@ -63,7 +63,7 @@ def subsample(data: str, n: int, work: str) -> str:
 
 def metrics_row(topk: np.ndarray, data: str) -> Dict[str, float]:
     from xclass.eval.metrics import Ranking, inverse_propensity, xmc_metrics
-    from xclass.xmc.tfidf import read_split
+    from xclass.eval.tfidf import read_split
 
     _, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
     _, Lte, _ = read_split(os.path.join(data, "test.parquet"))
@@ -74,7 +74,7 @@ def metrics_row(topk: np.ndarray, data: str) -> Dict[str, float]:
 
 
 def tfidf_features(data: str):
-    from xclass.xmc.tfidf import features, read_split
+    from xclass.eval.tfidf import features, read_split
 
     Xtr, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
     Xte, Lte, _ = read_split(os.path.join(data, "test.parquet"))
@@ -84,7 +84,7 @@ def tfidf_features(data: str):
 
 def knn_scores(data: str, k: int = 50):
     """(top-100 label ids [n, 100], their vote scores) of TF-IDF kNN, and train/predict seconds."""
-    from xclass.xmc.tfidf import knn_rank
+    from xclass.eval.tfidf import knn_rank
 
     t0 = time.perf_counter()
     Dtr, Ltr, Dte, _ = tfidf_features(data)
@@ -158,7 +158,7 @@ def run_linear(data: str, py: str) -> Dict:
 
 
 def run_xclass(data: str, config: str, work: str, overrides: List[str]) -> Dict:
-    from xclass.xmc.evaluate import evaluate_run
+    from xclass.eval.xmc_run import evaluate_run
 
     run = os.path.join(work, os.path.splitext(os.path.basename(config))[0])
     shutil.rmtree(run, ignore_errors=True)

@@ -70,7 +70,7 @@ def _head_step(name: str, D: int, a: argparse.Namespace) -> Dict[str, Any]:
 
     from xclass.parallel import ParallelContext
     from xclass.heads.base import HEADS
-    import xclass.zloss  # noqa: F401
+    import xclass.heads.zloss  # noqa: F401
 
     cfg = types.SimpleNamespace(name=name, params={"dtype": "float32", "init_std": 0.05, "stabilize_period": 0})
     head = HEADS.get(name)(cfg, num_classes=D, embedding_dim=a.d, ctx=ParallelContext.single(), seed=0)
@@ -96,7 +96,7 @@ def _maintenance(head: Any, a: argparse.Namespace) -> Dict[str, float]:
     """One-off cost of each maintenance operation (ms), on the trained head."""
     import torch
 
-    from xclass.zloss import maintenance as mt
+    from xclass.heads.zloss import maintenance as mt
 
     out = {}
     Uu, S, Vh = torch.linalg.svd(head.U)

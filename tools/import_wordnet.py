@@ -5,7 +5,7 @@
 """
 import sys
 
-from xclass.xmc.cli import main
+from xclass.cli.xmc import main
 
 if __name__ == "__main__":
     sys.exit(main(["import-wordnet", *sys.argv[1:]]))

@@ -15,8 +15,8 @@ REGISTERING_MODULES: Tuple[str, ...] = (
     "xclass.losses.margins",
     "xclass.heads",
     "xclass.heads.prototypical",
-    "xclass.xmc",
-    "xclass.zloss",
+    "xclass.heads.xmc",
+    "xclass.heads.zloss",
     "xclass.models",
     "xclass.eval.metrics",
 )

@@ -7,6 +7,9 @@ import math
 from typing import Any, Iterable, Optional
 
 from xclass.config_types import ConfigError
+from xclass.tasks.base import NamesView
+
+TASKS = NamesView()  # the registered task names (xclass/tasks/), a live view
 
 _FLAGS = {"cluster.workers": " (--workers)", "cluster.address": " (--address)"}
 
@@ -24,7 +27,7 @@ _FLOAT_RANGES = [
     ("head.label_smoothing", 0.0, 1.0), ("eval.propensity_a", 0.0, None), ("eval.propensity_b", 0.0, None),
 ]
 _CHOICES = [
-    ("data.task", ("face", "speaker", "quic", "xmc")), ("data.shard_mode", ("rows", "global_batch")),
+    ("data.task", TASKS), ("data.shard_mode", ("rows", "global_batch")),
     ("data.sampler", ("shuffle", "m_per_class")), ("optim.name", ("sgd", "adam", "adamw")),
     ("optim.schedule", ("constant", "cosine", "linear")), ("train.precision", ("fp32", "bf16")),
     ("cluster.backend", ("gloo", "nccl")), ("deepspeed.zero_stage", (None, 0, 1, 2)),

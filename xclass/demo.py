@@ -11,19 +11,11 @@ import sys
 import time
 from typing import Dict, List
 
+from xclass.eval import VERIFICATION_PROTOCOLS
 from xclass.eval.split import split_gallery
+from xclass.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: make-data arguments of each task's demo dataset (small: minutes on a 2-core CPU).
-DEMO_DATA: Dict[str, List[str]] = {
-    "face": ["--num-classes", "300", "--rows-per-class", "20", "--test-classes", "60",
-             "--opt", "image_size=16"],
-    "speaker": ["--num-classes", "120", "--rows-per-class", "16", "--test-classes", "30",
-                "--opt", "max_frames=80", "--opt", "min_frames=40"],
-    "quic": ["--num-classes", "300", "--rows-per-class", "20", "--test-classes", "60"],
-    "xmc": ["--num-classes", "2000", "--num-rows", "20000", "--num-test-rows", "2000"],
-}
 
 
 def _run(argv: List[str]) -> None:
@@ -36,11 +28,13 @@ def _run(argv: List[str]) -> None:
 
 
 def evaluate_task(task: str, data: str, run: str, work: str, quiet: bool = False) -> Dict[str, str]:
-    """Export the index(es) the task's protocol needs, then evaluate. Returns the report
-    directories by protocol (each holds metrics.json). ``quiet``: no plots, no progress bars."""
+    """Export the index(es) the task's protocols need (``Task.protocols``), then evaluate.
+    Returns the report directories by protocol (each holds metrics.json). ``quiet``: no plots,
+    no progress bars."""
+    protocols = get_task(task).protocols
     report = os.path.join(work, "report")
     flags = ["--no-plots", "--quiet"] if quiet else []
-    if task == "xmc":
+    if "xmc" in protocols:
         _run(["export-index", "--run", run, "--head", "--out", os.path.join(work, "label_index"), "--overwrite"])
         _run(["export-index", "--run", run, "--split", "test", "--out", os.path.join(work, "query_index"),
               "--overwrite"])
@@ -52,19 +46,25 @@ def evaluate_task(task: str, data: str, run: str, work: str, quiet: bool = False
     _run(["export-index", "--run", run, "--split", "test", "--out", os.path.join(work, "test_index"),
           "--overwrite"])
     emb = os.path.join(work, "test_index", "test_embeddings.parquet")
-    if task in ("face", "speaker"):
-        pairs = os.path.join(data, "pairs.parquet" if task == "face" else "trials.parquet")
-        out[task] = os.path.join(report, "verification")
-        _run(["evaluate", "--protocol", task, "--embeddings", emb, "--pairs", pairs, "--out", out[task], *flags])
+    for protocol in (p for p in protocols if p in VERIFICATION_PROTOCOLS):  # pairs / trials
+        pairs = os.path.join(data, get_task(task).pairs.file)
+        out[protocol] = os.path.join(report, "verification")
+        _run(["evaluate", "--protocol", protocol, "--embeddings", emb, "--pairs", pairs, "--out", out[protocol],
+              *flags])
+    if "ident" in protocols:
+        out["ident"] = _identification(emb, data, work, os.path.join(report, "identification"), flags)
+    return out
+
+
+def _identification(emb: str, data: str, work: str, out: str, flags: List[str]) -> str:
+    """Gallery/query split of the test embeddings, gallery index, ``evaluate --protocol ident``."""
     gq = os.path.join(data, "gallery_query.parquet")
     parts = split_gallery(emb, work, gallery_query=gq if os.path.exists(gq) else None, first_half=True,
                           overwrite=True)
     _run(["export-index", "--embeddings", parts["gallery"], "--out", os.path.join(work, "gallery_index"),
           "--overwrite"])
-    out["ident"] = os.path.join(report, "identification")
     _run(["evaluate", "--protocol", "ident", "--index", os.path.join(work, "gallery_index"),
-          "--gallery", parts["gallery"], "--queries", parts["queries"], "--ks", "1,5", "--out", out["ident"],
-          *flags])
+          "--gallery", parts["gallery"], "--queries", parts["queries"], "--ks", "1,5", "--out", out, *flags])
     return out
 
 
@@ -77,8 +77,8 @@ def run_demo(out: str, workers: int = 2, task: str = "face") -> int:
     work = os.path.join(out, "eval", task)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(os.path.join(data, "meta.json")):
-        _run(["make-data", "--task", task, "--out", data, *DEMO_DATA[task]])
-    cfg = os.path.join(ROOT, "configs", task, "cpu.yaml")
+        _run(["make-data", "--task", task, "--out", data, *get_task(task).demo_args])
+    cfg = os.path.join(ROOT, get_task(task).configs, "cpu.yaml")
     _run(["train", "--config", cfg, "--workers", str(workers), f"data.path={data}",
           f"train.out_dir={run}", "train.resume=false", "train.overwrite=true"])
     evaluate_task(task, data, run, work)

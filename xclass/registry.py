@@ -57,6 +57,14 @@ class Registry(Generic[T]):
     def names(self) -> List[str]:
         return sorted(self._items)
 
+    def in_order(self) -> List[str]:
+        """Names in registration order."""
+        return list(self._items)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` if present (tests that register throw-away items clean up with it)."""
+        self._items.pop(name, None)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

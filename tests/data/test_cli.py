@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xclass.data.cli import add_make_data_args, add_validate_data_args, run_make_data, run_validate_data
+from xclass.cli.data import add_make_data_args, add_validate_data_args, run_make_data, run_validate_data
 
 
 def parse(adder, argv):

@@ -78,7 +78,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_embed_split_equals_the_encoder_by_hand(run, tmp_path, bf16):
     from xclass import components
-    from xclass.export import embed_split, load_encoder, load_run
+    from xclass.eval.embed import embed_split, load_encoder, load_run
     from xclass.data.meta import load_meta
 
     run_dir, data = run
@@ -108,7 +108,7 @@ def test_flags_parse():
 
 
 def test_export_gpu_without_cuda_falls_back_to_cpu(monkeypatch, capsys):
-    from xclass.export import encode_device
+    from xclass.eval.embed import encode_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert encode_device(True).type == "cpu" and "no CUDA" in capsys.readouterr().err

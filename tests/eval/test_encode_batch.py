@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from xclass import components
-from xclass.export import encode_batch
+from xclass.eval.embed import encode_batch
 from xclass.models.registry import ENCODERS
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.eval.conftest import clustered, write_embeddings
-from xclass.eval.cli import add_evaluate_args, run_evaluate
+from xclass.cli.evaluate import add_evaluate_args, run_evaluate
 from xclass.eval.evaluate import evaluate_verification
 from xclass.eval.scorenorm import as_norm_trials, cohort_stats, unit_rows
 from xclass.eval.verification import verification_report

@@ -133,7 +133,7 @@ def test_unreadable_file_is_named_and_nothing_is_written(tmp_path):
 
 
 def test_cli_exit_code_and_message(tmp_path, capsys):
-    from xclass.importers import main
+    from xclass.cli.importers import main
 
     rc = main(["audio", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2 and "missing: not a directory" in capsys.readouterr().err

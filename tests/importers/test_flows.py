@@ -81,7 +81,7 @@ def test_closed_set_split_by_rows(tmp_path):
     first = {labels.index(f"c{c}") + 100 for c in range(5)}               # size of each class's first flow
     assert not first & {s[0] for s in te["pkt_sizes"]}
     assert len(te["id"]) + len(tr["id"]) == len(labels)
-    from xclass.importers import main
+    from xclass.cli.importers import main
 
     assert main([ "flows", "--input", str(tmp_path / "f.parquet"), "--sizes-column", "sizes", "--dirs-column",
                  "dirs", "--iat-column", "times", "--num-packets", "4", "--test-fraction", "0.25", "--seed", "3",

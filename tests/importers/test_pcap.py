@@ -10,7 +10,8 @@ import pytest
 
 dpkt = pytest.importorskip("dpkt")
 
-from xclass.importers import ImportError_, main  # noqa: E402
+from xclass.cli.importers import main
+from xclass.importers import ImportError_  # noqa: E402
 from xclass.importers.pcap import import_pcap, labelled_flows  # noqa: E402
 from xclass.importers.pcap_read import assemble_flows, read_packets, tls_sni  # noqa: E402
 

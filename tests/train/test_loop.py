@@ -115,7 +115,7 @@ def test_subcenter_manifest_ranges_and_head_export(data, tmp_path):
     """Shard ranges count classes, not sub-centre rows; the exported label vectors carry class ids."""
     import pyarrow.parquet as pq
 
-    from xclass.export import export_head
+    from xclass.eval.embed import export_head
 
     run = str(tmp_path / "sub")
     train(features_config(data, run, "head.margin=subcenter_arcface", "head.margin_params={k: 3}",

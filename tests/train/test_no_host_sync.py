@@ -34,7 +34,7 @@ ALLOWED: Dict[Tuple[str, str], str] = {
         "Partial FC + label smoothing: the global sampled-class count (data dependent, as the sample size)",
     ("xclass.parallel.device", "check_on_device"):
         "label range check: a host read only on the CPU (free there); torch._assert_async on CUDA",
-    ("xclass.zloss.factored", "needs_dense_step"):
+    ("xclass.heads.zloss.factored", "needs_dense_step"):
         "Z-loss singular-C guard: one 0-dim read decides whether the O(D d^2) dense fallback runs",
     ("xclass.train.nonfinite", "skip_if_nonfinite"):
         "non-finite step check: a host read of the norm only on the CPU (free there); accelerators zero the "

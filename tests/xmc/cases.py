@@ -9,8 +9,8 @@ import torch
 
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range
-from xclass.xmc import heads as _heads  # noqa: F401  (registers)
-from xclass.xmc.tower import select_bags
+from xclass.heads.xmc import heads as _heads  # noqa: F401  (registers)
+from xclass.heads.xmc.tower import select_bags
 
 C, D, V, SEED = 7, 5, 11, 3
 SIZES = {1: [8], 2: [5, 3], 3: [5, 2, 1]}

@@ -38,8 +38,8 @@ def _rows(n, seed):
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
-    from xclass.xmc.embedcache import embed_dataset
-    from xclass.xmc.textimport import import_text
+    from xclass.models.embedcache import embed_dataset
+    from xclass.importers.text import import_text
 
     d = tmp_path_factory.mktemp("emb")
     for name, rows in (("tr", _rows(120, 0)), ("te", _rows(40, 1))):
@@ -50,7 +50,7 @@ def cached(tmp_path_factory):
 
 
 def test_cache_matches_the_tower_and_is_reused(cached):
-    from xclass.xmc.embedcache import embed_dataset
+    from xclass.models.embedcache import embed_dataset
 
     d, meta = cached
     assert meta["inputs"]["features"]["feature_dim"] == 384
@@ -73,7 +73,7 @@ def test_cache_matches_the_tower_and_is_reused(cached):
 
 def test_minilm_recipe_trains_and_evaluates(cached):
     from tests.tasks.pipeline import cli
-    from xclass.xmc.evaluate import evaluate_run
+    from xclass.eval.xmc_run import evaluate_run
 
     d, _ = cached
     run = str(d / "run")

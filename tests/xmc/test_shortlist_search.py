@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xclass.xmc.shortlist import Shortlist, topk_ip
+from xclass.heads.xmc.shortlist import Shortlist, topk_ip
 
 faiss = pytest.importorskip("faiss")
 

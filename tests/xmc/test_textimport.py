@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xclass.cli import main as xclass_main
-from xclass.xmc.textimport import import_text
+from xclass.importers.text import import_text
 
 TRAIN = [{"text": "Red apple, red!", "labels": ["fruit", "red"]},
          {"text": "green apple", "labels": ["fruit"]},
@@ -112,7 +112,7 @@ def test_trains_and_baseline_runs(tmp_path):
     """The imported layout is what the XMC decoder, embbag encoder and TF-IDF baseline read."""
     from xclass.models.decoders import decode_batch
     from xclass.models.encoders.text import embbag
-    from xclass.xmc.tfidf import tfidf_knn_baseline
+    from xclass.eval.tfidf import tfidf_knn_baseline
 
     tr, te = _jsonl(tmp_path / "tr.jsonl", TRAIN), _jsonl(tmp_path / "te.jsonl", TEST)
     meta = import_text(str(tmp_path / "o"), tr, te, progress=False)

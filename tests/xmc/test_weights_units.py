@@ -12,7 +12,7 @@ import torch
 from xclass.eval.metrics import LabelSets, Ranking, inverse_propensity, xmc_metrics
 from xclass.models.decoders import decode_batch, input_columns
 from xclass.models.encoders.text import EmbBagEncoder
-from xclass.xmc.dataset import write_xmc_dataset
+from xclass.importers.xmc_dataset import write_xmc_dataset
 
 V, L = 6, 4
 # Tokens 1 and 2 appear in every query; only the imported weights say which one matters.
@@ -37,7 +37,7 @@ def _dense(rows):
 
 
 def test_tfidf_reads_token_weights(weighted):
-    from xclass.xmc.tfidf import read_split, tfidf_knn_baseline
+    from xclass.eval.tfidf import read_split, tfidf_knn_baseline
 
     X, _, _ = read_split(weighted + "/train.parquet")
     np.testing.assert_allclose(X.toarray()[:, :V], [[0, 5, .1, 0, 0, 0], [0, .1, 5, 0, 0, 0],
@@ -50,7 +50,7 @@ def test_tfidf_reads_token_weights(weighted):
 
 
 def test_tfidf_counts_keep_tfidf_weighting(tmp_path):
-    from xclass.xmc.tfidf import tfidf_knn_baseline
+    from xclass.eval.tfidf import tfidf_knn_baseline
 
     ones = [(lab, t, [1.0] * len(t)) for lab, t, _ in TRAIN]
     write_xmc_dataset(str(tmp_path / "c"), {"train": ones, "test": [(lab, t, [1.0] * len(t)) for lab, t, _ in TEST]},
@@ -96,8 +96,8 @@ def test_pad_id_is_the_encoders_padding_row(weighted):
 
 
 def test_tfidf_cli_percent_and_propensity_n(weighted, capsys):
-    from xclass.xmc.cli import main
-    from xclass.xmc.tfidf import tfidf_knn_baseline
+    from xclass.cli.xmc import main
+    from xclass.eval.tfidf import tfidf_knn_baseline
 
     assert main(["tfidf", "--data", weighted, "--k", "2", "--ks", "1,3", "--propensity-n", "1000"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -126,7 +126,7 @@ def test_log_names_margin_only_when_used():
     from xclass.heads.base import HEADS
     from xclass.parallel import ParallelContext
     from xclass.train.loop import head_description
-    import xclass.xmc  # noqa: F401
+    import xclass.heads.xmc  # noqa: F401
     import xclass.heads  # noqa: F401
 
     ctx = ParallelContext(rank=0, world_size=1, group=None)

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from xclass.xmc import wordnet as W
+from xclass.importers import wordnet as W
 
 # entity <- animal <- dog, cat ; animal + pet <- puppy (multiple inheritance); verb run <- sprint
 NOUN = """  1 This software and database is being provided
@@ -68,8 +68,8 @@ def test_real_wordnet_counts(tmp_path):
 
 
 def test_tfidf_knn_brute_force(tmp_path):
-    from xclass.xmc.dataset import write_xmc_dataset
-    from xclass.xmc.tfidf import knn_rank, read_split, fit_idf, tfidf
+    from xclass.importers.xmc_dataset import write_xmc_dataset
+    from xclass.eval.tfidf import knn_rank, read_split, fit_idf, tfidf
 
     rng = np.random.default_rng(0)
     V, L = 30, 9

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xclass.data.schema import DataError
-from xclass.xmc import xcformat as X
+from xclass.importers import xcformat as X
 
 NF, NL = 60, 20
 
@@ -101,7 +101,7 @@ def test_imported_xc_data_trains(xc_files):
     from xclass.config import load_config
     from xclass.train.loop import train
     from xclass.train.report import read_metrics
-    import xclass.xmc  # noqa: F401  (registers the heads)
+    import xclass.heads.xmc  # noqa: F401  (registers the heads)
 
     d, _, _ = xc_files
     X.import_xc(str(d / "data"), str(d / "train.txt"), str(d / "test.txt"), progress=False)

@@ -7,7 +7,7 @@ import torch
 
 from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
-import xclass.zloss  # noqa: F401  (registers the zloss heads)
+import xclass.heads.zloss  # noqa: F401  (registers the zloss heads)
 
 D, d, M = 50, 8, 16
 

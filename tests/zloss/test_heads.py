@@ -4,7 +4,7 @@ import torch
 
 from tests.zloss.helpers import D, build, d, optim_cfg, rel, task_batches
 from xclass.heads.base import HEADS
-from xclass.zloss import maintenance as mt
+from xclass.heads.zloss import maintenance as mt
 
 ZHEADS = [n for n in HEADS.names() if n.startswith("zloss")]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from xclass.zloss.losses import SPHERICAL_LOSSES, batch_loss
+from xclass.heads.zloss.losses import SPHERICAL_LOSSES, batch_loss
 
 D, m, K = 40, 6, 3
 

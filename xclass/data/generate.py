@@ -19,30 +19,44 @@ class-interleaved order (a hashed bijection of row index), so a row group mixes 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from xclass.data.gen_face import FaceGenerator
-from xclass.data.gen_quic import QuicGenerator
-from xclass.data.gen_speaker import SpeakerGenerator
-from xclass.data.gen_xmc import XmcGenerator
 from xclass.data.schema import SCHEMA_VERSION, TASKS
 from xclass.data.synth import AffinePerm, chunk_ranges, chunk_rng
 from xclass.data.writer import PartWriter, atomic_dir, write_json
-from xclass.registry import Registry
+from xclass.tasks import get_task, task_names
 
-GENERATORS: Registry = Registry("data generator")
-GENERATORS.register("face")(FaceGenerator)
-GENERATORS.register("speaker")(SpeakerGenerator)
-GENERATORS.register("quic")(QuicGenerator)
-GENERATORS.register("xmc")(XmcGenerator)
+
+class GeneratorView:
+    """The data generators named by the task records (``Task.generator``), with the
+    ``names`` / ``get`` / ``build`` of a registry: a task registered later has its generator."""
+
+    kind = "data generator"
+
+    def names(self) -> List[str]:
+        return sorted(task_names())
+
+    def get(self, name: str) -> Any:
+        return get_task(name).generator_class()
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        factory = self.get(name)
+        try:
+            return factory(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.kind} {name!r}: {exc}") from exc
+
+    def __contains__(self, name: object) -> bool:
+        return name in TASKS
+
+
+GENERATORS = GeneratorView()
 
 _SPLIT_TRAIN, _SPLIT_TEST, _SPLIT_PAIRS = 0, 1, 2
-_PAIR_FILES = {"face": ("pairs.parquet", "a", "b", "same"),
-               "speaker": ("trials.parquet", "enroll", "test", "target")}
 
 
 def _writer(tmp: str, split: str, schema: pa.Schema, gen, rows: int, opts: Dict) -> PartWriter:
@@ -73,7 +87,7 @@ def _write_classes(tmp, gen, split, code, class_lo, classes, rpc, id0, seed, opt
 
 def _write_pairs(tmp, task, classes, rpc, id0, seed, num_pairs) -> Dict:
     """Balanced verification pairs over the test split (ids), half same-class."""
-    fname, ca, cb, cs = _PAIR_FILES[task]
+    fname, (ca, cb, cs) = get_task(task).pairs.file, get_task(task).pairs.columns
     if rpc < 2 or classes < 2:
         raise ValueError(f"{fname} needs >= 2 test classes and >= 2 rows per test class, "
                          f"got {classes} classes x {rpc} rows")
@@ -114,15 +128,16 @@ def _open_set(tmp, task, gen, num_classes, seed, opts, bar) -> Dict:
     id0 = train["rows"]
     test = _write_classes(tmp, gen, "test", _SPLIT_TEST, num_classes, t_classes, t_rpc, id0, seed, opts, bar)
     out = {"splits": {"train": train, "test": test}}
-    if task in _PAIR_FILES:
+    pairs = get_task(task).pairs
+    if pairs is not None:
         num_pairs = opts["num_pairs"] or 2 * min(3000, t_classes * t_rpc)
-        out["pairs" if task == "face" else "trials"] = _write_pairs(tmp, task, t_classes, t_rpc, id0, seed, num_pairs)
+        out[pairs.meta_key] = _write_pairs(tmp, task, t_classes, t_rpc, id0, seed, num_pairs)
     else:
         out["gallery_query"] = _write_gallery_query(tmp, t_classes, t_rpc, id0, seed)
     return out
 
 
-def _xmc(tmp, gen: XmcGenerator, num_classes, seed, opts, bar) -> Dict:
+def _xmc(tmp, gen, num_classes, seed, opts, bar) -> Dict:
     counts = np.zeros(num_classes, dtype=np.int64)
     splits, id0 = {}, 0
     for split, code, n in (("train", _SPLIT_TRAIN, opts["num_rows"]), ("test", _SPLIT_TEST, opts["num_test_rows"])):
@@ -144,7 +159,7 @@ def _xmc(tmp, gen: XmcGenerator, num_classes, seed, opts, bar) -> Dict:
 
 def _resolve_counts(task: str, num_classes: int, o: Dict) -> Dict:
     """Fill defaults: open-set tasks count rows per class, xmc counts documents."""
-    if task == "xmc":
+    if get_task(task).multi_label:
         o["num_rows"] = o["num_rows"] or 10 * num_classes
         o["num_test_rows"] = o["num_test_rows"] or max(100, o["num_rows"] // 5)
         return o
@@ -173,21 +188,22 @@ def make_data(task: str, out_dir: str, num_classes: int, *, rows_per_class: Opti
         raise ValueError(f"unknown task {task!r}; known: {list(TASKS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if task == "xmc":
+    multi = get_task(task).multi_label
+    if multi:
         task_kwargs["num_classes"] = num_classes
     gen = GENERATORS.build(task, seed=seed, **task_kwargs)
     opts = _resolve_counts(task, num_classes, dict(
         rows_per_class=rows_per_class, num_rows=num_rows, test_classes=test_classes,
         test_rows_per_class=test_rows_per_class, num_test_rows=num_test_rows, num_pairs=num_pairs,
         rows_per_file=rows_per_file, row_group_rows=row_group_rows))
-    total = (opts["num_rows"] + opts["num_test_rows"] if task == "xmc" else
+    total = (opts["num_rows"] + opts["num_test_rows"] if multi else
              num_classes * opts["rows_per_class"] + opts["test_classes"] * opts["test_rows_per_class"])
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
             tqdm(total=total, disable=not progress, unit="rows", desc=f"make-data {task}") as bar:
-        body = (_xmc(tmp, gen, num_classes, seed, opts, bar) if task == "xmc"
+        body = (_xmc(tmp, gen, num_classes, seed, opts, bar) if multi
                 else _open_set(tmp, task, gen, num_classes, seed, opts, bar))
         meta = {"task": task, "schema_version": SCHEMA_VERSION, "seed": seed,
-                "num_classes": num_classes, "test_classes": opts.get("test_classes", 0) if task != "xmc" else 0,
+                "num_classes": num_classes, "test_classes": opts.get("test_classes", 0) if not multi else 0,
                 "inputs": gen.input_meta(),
                 "generator": {k: v for k, v in vars(gen).items() if isinstance(v, (int, float, str))},
                 **body}

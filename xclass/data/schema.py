@@ -1,4 +1,4 @@
-"""Parquet schemas of the four tasks, the ``DataError`` exception and column specs.
+"""Parquet schemas of the tasks (read from the task records), the ``DataError`` exception.
 
 A file for task T has the columns of ``TASK_COLUMNS[T]``: ``required`` ones always, and at
 least one complete *input group* of ``INPUT_GROUPS[T]`` (e.g. face: ``image`` or the
@@ -10,14 +10,14 @@ against these specs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import pyarrow as pa
 
+from xclass.tasks.base import FEATURES, ID, LABEL, Col, NamesView, TableView  # noqa: F401  (re-exported)
+
 SCHEMA_VERSION = 1
 META_KEY = b"xclass"
-TASKS = ("face", "speaker", "quic", "xmc")
 
 
 class DataError(ValueError):
@@ -34,55 +34,16 @@ class DataError(ValueError):
         super().__init__(f"{': '.join(where)}: {reason}")
 
 
-@dataclass(frozen=True)
-class Col:
-    """One column spec.
-
-    kind: ``int`` (integer scalar), ``bool``, ``string``, ``fixed`` (fixed_size_list),
-    ``list`` (list / large_list), ``image`` (fixed_size_list<uint8> or binary PNG/JPEG).
-    value: element family of list kinds: ``int``, ``float`` or ``uint8``.
-    finite: float values must not be NaN/Inf.
-    """
-
-    name: str
-    kind: str
-    value: str = ""
-    required: bool = True
-    finite: bool = False
-
-
-_ID = Col("id", "int")
-_LABEL = Col("label", "int")
-_FEATURES = Col("features", "fixed", "float", required=False, finite=True)
-
-TASK_COLUMNS: Dict[str, Tuple[Col, ...]] = {
-    "face": (_ID, _LABEL, Col("image", "image", "uint8", required=False), _FEATURES),
-    "speaker": (_ID, _LABEL, Col("fbank", "list", "float", required=False, finite=True),
-                Col("num_frames", "int", required=False), _FEATURES),
-    "quic": (_ID, _LABEL, Col("pkt_sizes", "fixed", "int", required=False),
-             Col("pkt_dirs", "fixed", "int", required=False),
-             Col("pkt_iat", "fixed", "float", required=False, finite=True),
-             Col("num_packets", "int", required=False),
-             Col("flow_stats", "fixed", "float", required=False, finite=True), _FEATURES),
-    "xmc": (_ID, Col("labels", "list", "int"), Col("tokens", "list", "int", required=False),
-            Col("text", "string", required=False), _FEATURES),
-    # The XMC label table (labels.parquet): one row per label id.
-    "xmc_labels": (Col("label_id", "int"), Col("text", "string", required=False),
-                   Col("tokens", "list", "int", required=False), _FEATURES),
-}
-
-# A file must hold every column of at least one group (its model input).
-INPUT_GROUPS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
-    "face": (("image",), ("features",)),
-    "speaker": (("fbank", "num_frames"), ("features",)),
-    "quic": (("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets"), ("features",)),
-    "xmc": (("tokens",), ("text",), ("features",)),
-    "xmc_labels": (("text",), ("tokens",), ("features",)),
-}
-
-# Which column holds the class id(s) that must lie in [0, num_classes).
-LABEL_COLUMN = {"face": "label", "speaker": "label", "quic": "label", "xmc": "labels",
-                "xmc_labels": "label_id"}
+# The per-task tables below are live views of the task records (xclass/tasks/): a task
+# registered later is seen by the validator and the CLI at once.
+#: Registered task names (face, speaker, quic, xmc, ...).
+TASKS = NamesView()
+#: Columns of each table kind: every task's split table and side tables such as ``xmc_labels``.
+TASK_COLUMNS: Mapping[str, Tuple[Col, ...]] = TableView(lambda t: t.columns)
+#: A file must hold every column of at least one group (its model input).
+INPUT_GROUPS: Mapping[str, Tuple[Tuple[str, ...], ...]] = TableView(lambda t: t.input_groups)
+#: Which column holds the class id(s) that must lie in [0, num_classes).
+LABEL_COLUMN: Mapping[str, str] = TableView(lambda t: t.label_column)
 
 QUIC_FLOW_STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down",
                    "mean_size", "std_size", "mean_iat_ms")

@@ -253,7 +253,9 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
     """Face (pairs file ``a, b, same``) or speaker (trials ``enroll, test, target``).
     ``cohort``: embedding file for AS-norm (scores then are AS-normalised cosines).
     Returns (metrics, curves) where curves holds the raw ``scores`` and ``target``."""
-    cols = ("a", "b", "same") if protocol == "face" else ("enroll", "test", "target")
+    from xclass.tasks.base import pair_file
+
+    cols = pair_file(protocol).columns
     a, b, t = read_columns(pairs, cols, ("int", "int", "bool"))
     s = pair_scores(emb, a, b, where=str(pairs), cohort=cohort, asnorm_top=asnorm_top)
     return verification_report(s, t, protocol), {"scores": s, "target": t}

@@ -18,6 +18,13 @@ import pyarrow.parquet as pq
 from xclass.eval.metrics import LabelSets
 
 
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path.tmp`` and rename: a reader never sees a half-written file."""
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 @dataclass
 class Batch:
     """One chunk of rows: ids [b] int64, emb [b, d] float32, labels (LabelSets or None),

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xclass.data.schema import DataError
+from xclass.eval.io import write_parquet_atomic
 
 
 def query_mask(ids: np.ndarray, labels: np.ndarray, query_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -86,9 +87,7 @@ def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = Non
         mask = query_mask(ids, labels, query_fraction, seed)
     os.makedirs(out_dir, exist_ok=True)
     for name, keep in (("gallery", ~mask), ("queries", mask)):
-        tmp = out[name] + ".tmp"
-        pq.write_table(t.filter(pa.array(keep)), tmp)
-        os.replace(tmp, out[name])
+        write_parquet_atomic(t.filter(pa.array(keep)), out[name])
     return {**out, "gallery_rows": int((~mask).sum()), "query_rows": int(mask.sum()),
             "classes": int(len(np.unique(labels)))}
 

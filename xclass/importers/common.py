@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from xclass.data.schema import SCHEMA_VERSION
 from xclass.data.writer import PartWriter, write_json
+from xclass.tasks import get_task
 
 
 class ImportError_(ValueError):
@@ -162,9 +163,9 @@ class RowSplit:
         return math.floor((k + 1) * self.f + u) > math.floor(k * self.f + u)
 
 
-def write_pairs(path: str, pairs: Dict[str, np.ndarray], speaker: bool) -> None:
-    """Face ``pairs.parquet`` (a, b, same) or speaker ``trials.parquet`` (enroll, test, target)."""
-    names = ("enroll", "test", "target") if speaker else ("a", "b", "same")
+def write_pairs(path: str, pairs: Dict[str, np.ndarray], names: Tuple[str, str, str]) -> None:
+    """A verification file with the task's three column ``names`` (face ``pairs.parquet``: a, b,
+    same; speaker ``trials.parquet``: enroll, test, target) from ``pairs`` a, b, same."""
     pq.write_table(pa.table({names[0]: pairs["a"], names[1]: pairs["b"], names[2]: pairs["same"]}), path)
 
 
@@ -219,13 +220,13 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
                   "num_classes": len(train_names), "test_classes": len(test_names),
                   "class_names": train_names + test_names, "inputs": inputs, "splits": splits,
                   "source": source}
-    if "test" in splits and task in ("face", "speaker"):
+    spec = get_task(task).pairs
+    if "test" in splits and spec is not None:
         pairs = balanced_pairs(np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed,
                                impostor_ratio)
-        fname = "pairs.parquet" if task == "face" else "trials.parquet"
-        write_pairs(os.path.join(tmp, fname), pairs, speaker=task == "speaker")
-        key = "pairs" if task == "face" else "trials"
-        meta[key] = {"file": fname, "rows": int(len(pairs["a"])), "positives": int(pairs["same"].sum())}
+        fname = spec.file
+        write_pairs(os.path.join(tmp, fname), pairs, spec.columns)
+        meta[spec.meta_key] = {"file": fname, "rows": int(len(pairs["a"])), "positives": int(pairs["same"].sum())}
     write_json(os.path.join(tmp, "meta.json"), meta)
     return meta
 

@@ -30,23 +30,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xclass.data.schema import DataError
+from xclass.data.schema import LABEL_COLUMN, DataError
 from xclass.models.registry import ENCODER_INPUTS, meta_get
 from xclass.registry import Registry, UnknownNameError
+from xclass.tasks.base import TableView, decoder_key
 
 IGNORE = -100
 Batch = Mapping[str, np.ndarray]
 Decoded = Tuple[Dict[str, Tensor], Optional[Tensor]]
 DECODERS: Registry[Callable[[Batch, Mapping[str, Any]], Decoded]] = Registry("decoder")
 
-#: Columns of each task's native input (what ``input_columns`` asks the reader for).
-NATIVE_COLUMNS: Dict[str, Tuple[str, ...]] = {
-    "face": ("image",), "speaker": ("fbank", "num_frames"),
-    "quic": ("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets", "flow_stats"),
-    "xmc": ("tokens",), "xmc_labels": ("tokens",),
-}
-LABEL_COLUMNS = {"face": "label", "speaker": "label", "quic": "label", "xmc": "labels",
-                 "xmc_labels": "label_id"}
+#: Columns of each table kind's native input (what ``input_columns`` asks the reader for) and
+#: its label column: live views of the task records (``xclass.tasks``).
+NATIVE_COLUMNS: Mapping[str, Tuple[str, ...]] = TableView(lambda t: t.decoder_inputs)
+LABEL_COLUMNS: Mapping[str, str] = LABEL_COLUMN
+_TOKEN_WEIGHTS: Mapping[str, bool] = TableView(lambda t: t.token_weights)
 
 
 #: Encoders that weight their tokens by ``token_weights`` (read when meta.json has them).
@@ -73,7 +71,8 @@ def input_columns(task: str, encoder: str, with_labels: bool = True,
 def weight_columns(task: str, encoder: str, meta: Optional[Mapping[str, Any]], cols: List[str]) -> List[str]:
     """``["token_weights"]`` when ``cols`` read ``tokens`` for an encoder that weights them and
     meta.json says the data has the column; else ``[]``."""
-    if task == "xmc" and "tokens" in cols and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta):
+    if (_TOKEN_WEIGHTS.get(task, False) and "tokens" in cols
+            and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta)):
         return ["token_weights"]
     return []
 
@@ -146,7 +145,7 @@ def decode_batch(task: str, batch: Batch, meta: Mapping[str, Any]) -> Decoded:
 
     Returns ``(inputs, labels)``: CPU tensors sharded over the batch (this rank's rows).
     """
-    return DECODERS.get(task)(batch, meta)
+    return DECODERS.get(decoder_key(task))(batch, meta)
 
 
 def _images_from_bytes(blobs: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch import nn
 
 from xclass.config_types import ConfigError
 from xclass.registry import Registry
+from xclass.tasks.base import TaskView
 
 ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
 
@@ -22,10 +23,8 @@ ENCODER_TASKS: Dict[str, Tuple[str, ...]] = {}
 #: encoder name -> "native" (the task's own columns), "features" (the dense column) or "text".
 ENCODER_INPUTS: Dict[str, str] = {}
 
-#: The encoder a task uses when the config does not say otherwise.
-DEFAULT_ENCODER: Dict[str, str] = {
-    "face": "iresnet", "speaker": "ecapa", "quic": "flowcnn", "xmc": "embbag",
-}
+#: The encoder a task uses when the config does not say otherwise (a live view of the task records).
+DEFAULT_ENCODER: Mapping[str, str] = TaskView(lambda t: t.default_encoder)
 
 
 def register_encoder(name: str, tasks: Sequence[str], inputs: str = "native") -> Callable:

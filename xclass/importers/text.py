@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from xclass.data.schema import DataError
-from xclass.xmc.dataset import write_xmc_dataset
+from xclass.importers.xmc_dataset import write_xmc_dataset
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}

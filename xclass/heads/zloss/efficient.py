@@ -1,7 +1,7 @@
 """Factored spherical-loss head ("zloss_efficient"): exact SGD on W in O(m d^2 + m K d + m^2 d).
 
 Each rank holds the rows of V for its classes and its own small factors (U, Uinv, omega,
-Q_r = W_r^T W_r, w_bar_r = W_r^T 1), see :mod:`xclass.zloss.factored`. Per step only
+Q_r = W_r^T W_r, w_bar_r = W_r^T 1), see :mod:`xclass.heads.zloss.factored`. Per step only
 per-example quantities cross the network (H [B, d] all-gather, stats [B, K + 2] and
 dL/dH [B, d] all-reduces): communication is independent of the number of classes.
 
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from xclass.heads.base import HEADS, HeadOutput, advance_step, head_lr, host_step
-from xclass.zloss import factored as F
-from xclass.zloss import maintenance as mt
-from xclass.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
+from xclass.heads.zloss import factored as F
+from xclass.heads.zloss import maintenance as mt
+from xclass.heads.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
                                  init_rows, split_labels, sum_shards)
-from xclass.zloss.losses import batch_loss
-from xclass.zloss.predict import blockwise_topk, merge_shards_topk
+from xclass.heads.zloss.losses import batch_loss
+from xclass.heads.zloss.predict import blockwise_topk, merge_shards_topk
 
 
 class _FactoredStats(torch.autograd.Function):

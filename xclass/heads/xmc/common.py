@@ -82,7 +82,7 @@ def read_label_features(data_path: str, start: int, stop: int) -> torch.Tensor:
     path = os.path.join(data_path, "labels.parquet")
     if not os.path.exists(path) or "features" not in pq.ParquetFile(path).schema_arrow.names:
         raise FileNotFoundError(f"{path}: no label 'features' column (label_repr features needs one; "
-                                "see python -m xclass.xmc.cli embed-text)")
+                                "see python -m xclass.cli.xmc embed-text)")
     t = pq.read_table(path, columns=["label_id", "features"])
     ids = t.column("label_id").to_numpy()
     col = t.column("features").combine_chunks()

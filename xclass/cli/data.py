@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 import yaml
 
 from xclass.data.generate import make_data
-from xclass.data.schema import TASKS, DataError
+from xclass.data.schema import TASK_COLUMNS, TASKS, DataError
 from xclass.data.validate import validate_file
 
 
@@ -31,7 +31,7 @@ def _parse_opts(items: List[str]) -> Dict[str, Any]:
 
 def add_make_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``make-data`` options to ``parser`` (a subcommand parser)."""
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=list(TASKS))
     parser.add_argument("--out", required=True, help="output directory (written atomically)")
     parser.add_argument("--num-classes", type=int, default=100,
                         help="train classes (face/speaker/quic) or labels (xmc)")
@@ -59,8 +59,10 @@ def _validate_outputs(out: str, meta: Dict) -> None:
     for split in meta["splits"].values():
         for f in split["files"]:
             validate_file(os.path.join(out, f), task, total)
-    if task == "xmc":
-        validate_file(os.path.join(out, "labels.parquet"), "xmc_labels", meta["num_classes"])
+    from xclass.tasks import get_task
+
+    for name, table in get_task(task).side_tables:  # e.g. xmc: labels.parquet (xmc_labels)
+        validate_file(os.path.join(out, table.file), name, meta["num_classes"])
 
 
 def run_make_data(args: argparse.Namespace) -> int:
@@ -84,7 +86,8 @@ def run_make_data(args: argparse.Namespace) -> int:
 
 def add_validate_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="Parquet files")
-    parser.add_argument("--task", required=True, choices=TASKS + ("xmc_labels",))
+    parser.add_argument("--task", required=True, choices=list(TASK_COLUMNS),
+                        help="a task, or a side table kind (xmc_labels: an XMC labels.parquet)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--allow-empty-labels", action="store_true")
     return parser

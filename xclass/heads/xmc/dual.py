@@ -4,14 +4,14 @@ The query tower is the run's encoder (``emb``); the label side lives here, shard
 (rank r owns ``class_range(L, r, W)``). Label vectors ``e_l`` [C_local, d] come from
 
 - ``label_repr: free``: a free per-label weight (sharded, init by global label id);
-- ``label_repr: text``: the replicated :class:`~xclass.xmc.tower.LabelTower` over the label's
+- ``label_repr: text``: the replicated :class:`~xclass.heads.xmc.tower.LabelTower` over the label's
   tokens in ``labels.parquet`` (run on this rank's shard only);
 - ``label_repr: text+free``: tower output plus a free per-label residual initialised at 0.
 
 Per step: all-gather the global query batch [B_g, d] (every rank scores every query against
 its own labels, so every query sees every shard's negatives), score
 ``s = scale * cos(q, e)`` (or ``scale * <q, e>`` with ``normalize: false``), and apply
-:func:`~xclass.xmc.losses.decoupled_softmax` (2 all-reduces of O(B_g K)). With
+:func:`~xclass.heads.xmc.losses.decoupled_softmax` (2 all-reduces of O(B_g K)). With
 ``shortlist_k > 0`` each rank scores only its active labels: the batch's positives on the shard
 plus the top-k of every query from a FAISS index of the shard's label embeddings, rebuilt
 every ``shortlist_refresh`` steps; the loss is then the decoupled softmax restricted to the
@@ -37,10 +37,10 @@ from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.heads.sparse import SampledRows
 from xclass.losses.seeding import mix_key
-from xclass.xmc.common import check_labels, gather_labels, local_positions
-from xclass.xmc.losses import decoupled_softmax
-from xclass.xmc.shortlist import Shortlist
-from xclass.xmc.tower import FeatureTower, LabelTower, select_bags
+from xclass.heads.xmc.common import check_labels, gather_labels, local_positions
+from xclass.heads.xmc.losses import decoupled_softmax
+from xclass.heads.xmc.shortlist import Shortlist
+from xclass.heads.xmc.tower import FeatureTower, LabelTower, select_bags
 
 REPRS = ("free", "text", "text+free", "features", "features+free")
 
@@ -192,7 +192,7 @@ class DualDecoupledHead(nn.Module):
         return self.scale * (self._prep(emb) @ self._prep(self.local_weight()[0]).t())
 
     def make_optimizer(self, optim_cfg: Any):
-        from xclass.xmc.optim import build_xmc_optimizer
+        from xclass.heads.xmc.optim import build_xmc_optimizer
 
         return build_xmc_optimizer(self, optim_cfg)
 

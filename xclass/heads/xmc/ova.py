@@ -34,8 +34,8 @@ from xclass.heads.base import HeadOutput
 from xclass.heads.partition import class_range
 from xclass.heads.sharded import init_class_rows
 from xclass.losses.objectives import GradSumAcross
-from xclass.xmc.common import check_labels, gather_labels, local_positions
-from xclass.xmc.losses import ova_bce
+from xclass.heads.xmc.common import check_labels, gather_labels, local_positions
+from xclass.heads.xmc.losses import ova_bce
 
 
 def load_label_rows(path: str, start: int, stop: int, d: int) -> torch.Tensor:
@@ -127,7 +127,7 @@ class OvAHead(nn.Module):
         return self._scores(emb, self.weight) + self.bias
 
     def make_optimizer(self, optim_cfg: Any):
-        from xclass.xmc.optim import build_xmc_optimizer
+        from xclass.heads.xmc.optim import build_xmc_optimizer
 
         return build_xmc_optimizer(self, optim_cfg)
 

@@ -88,7 +88,9 @@ def _run_export(args) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", required=True, choices=["xmc", "face", "speaker", "ident"])
+    from xclass.eval import PROTOCOLS
+
+    p.add_argument("--protocol", required=True, choices=list(PROTOCOLS))
     p.add_argument("--index", help="exported index directory (xmc, ident)")
     p.add_argument("--queries", help="query embedding Parquet with label/labels (xmc, ident)")
     p.add_argument("--embeddings", help="embedding Parquet for face/speaker pairs")
@@ -143,7 +145,7 @@ def _open_index(args):
 
 
 def _run_evaluate(args) -> int:
-    from xclass.eval import evaluate as ev
+    from xclass.eval import VERIFICATION_PROTOCOLS, evaluate as ev
     from xclass.eval.report import print_table, write_report
     header = {"protocol": args.protocol}
     curves = None
@@ -168,7 +170,7 @@ def _run_evaluate(args) -> int:
                        "propensity_N": getattr(args, "propensity_n", None),
                        "label_counts": getattr(args, "label_counts", None), "rankings": rankings,
                        "filter_file": args.filter_file, "empty_rows": args.empty_rows})
-    elif args.protocol in ("face", "speaker"):
+    elif args.protocol in VERIFICATION_PROTOCOLS:
         _need(args, "embeddings", "pairs")
         cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
         metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
@@ -191,7 +193,7 @@ def _run_evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Standalone entry: ``python -m xclass.eval.cli {export-index,evaluate} ...``."""
+    """Standalone entry: ``python -m xclass.cli.evaluate {export-index,evaluate} ...``."""
     ap = argparse.ArgumentParser(prog="xclass-eval")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_export_args(sub.add_parser("export-index"))

@@ -1,4 +1,4 @@
-"""Command-line glue of the XMC tools: ``python -m xclass.xmc.cli <command> ...``.
+"""Command-line glue of the XMC tools: ``python -m xclass.cli.xmc <command> ...``.
 
   import-wordnet --out DIR [--wordnet-dir /usr/share/wordnet] [--test-fraction 0.1]
   import-xc --out DIR --train train.txt --test test.txt [--train-labels Y --test-labels Y]
@@ -50,7 +50,7 @@ def add_propensity_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_text_args(p: argparse.ArgumentParser) -> None:
-    from xclass.xmc.textimport import add_text_args as _add
+    from xclass.importers.text import add_text_args as _add
 
     _add(p)
 
@@ -80,7 +80,7 @@ def propensities(data: str, n_labels: int, label_counts: Optional[str], n_train:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xclass.xmc.cli", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m xclass.cli.xmc", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     add_wordnet_args(sub.add_parser("import-wordnet", help="WordNet 3.0 (wordnet-base) -> XMC dataset"))
     add_xc_args(sub.add_parser("import-xc", help="Extreme Classification Repository files -> XMC dataset"))
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tfidf(data: str, ks, k: int = 50, weighting: str = "auto", label_counts: Optional[str] = None,
            n_train: Optional[int] = None) -> dict:
-    from xclass.xmc.tfidf import tfidf_knn_baseline
+    from xclass.eval.tfidf import tfidf_knn_baseline
 
     from xclass.data.schema import DataError
     from xclass.data.meta import load_meta
@@ -129,24 +129,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch on ``args.cmd`` (import-wordnet, import-xc, tfidf, evaluate)."""
     if args.cmd == "import-wordnet":
-        from xclass.xmc.wordnet import import_wordnet
+        from xclass.importers.wordnet import import_wordnet
 
         meta = import_wordnet(args.out, args.wordnet_dir, args.test_fraction, overwrite=args.overwrite)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"],
                           "rows": {k: v["rows"] for k, v in meta["splits"].items()}}))
     elif args.cmd == "import-xc":
-        from xclass.xmc.xcformat import import_xc
+        from xclass.importers.xcformat import import_xc
 
         meta = import_xc(args.out, args.train, args.test, train_labels=args.train_labels,
                          test_labels=args.test_labels, label_text=args.label_text,
                          label_features=args.label_features, overwrite=args.overwrite)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"]}))
     elif args.cmd == "import-text":
-        from xclass.xmc.textimport import run_import_text
+        from xclass.importers.text import run_import_text
 
         return run_import_text(args)
     elif args.cmd == "embed-text":
-        from xclass.xmc.embedcache import embed_dataset
+        from xclass.models.embedcache import embed_dataset
 
         meta = embed_dataset(args.data, args.out, args.model, args.max_len, args.batch_rows, args.device,
                              args.overwrite)
@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from xclass.export import load_run
-    from xclass.xmc.evaluate import evaluate_run
+    from xclass.eval.embed import load_run
+    from xclass.eval.xmc_run import evaluate_run
 
     for run in args.run:
         cfg = load_run(run)

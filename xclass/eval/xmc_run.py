@@ -13,14 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import xclass.xmc  # noqa: F401  (registers the XMC heads before export builds them)
+import xclass.heads.xmc  # noqa: F401  (registers the XMC heads before export builds them)
 from xclass import components
 from xclass.eval import evaluate as ev
 from xclass.eval.export import export_index
 from xclass.eval.index import IndexSpec
+from xclass.eval.io import write_parquet_atomic
 from xclass.eval.metrics import inverse_propensity
 from xclass.eval.searcher import ShardedIndex
-from xclass.export import export_head, load_encoder, load_run
+from xclass.eval.embed import export_head, load_encoder, load_run
 from xclass.data.meta import load_meta
 
 
@@ -31,7 +32,7 @@ def _offsets(arr):
 
 def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_rows: int = 1024) -> str:
     """``id``, ``labels`` (list) and ``embedding`` of every row of an XMC split, encoded by the
-    run's encoder (xclass.export.embed_split writes multi-label rows as one flat column)."""
+    run's encoder (xclass.eval.embed.embed_split writes multi-label rows as one flat column)."""
     cfg = load_run(run_dir)
     meta = load_meta(data)
     enc = load_encoder(run_dir, cfg, meta)
@@ -56,8 +57,7 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
     emb = np.concatenate(embs)
     t = pa.concat_tables(tables).append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]))
-    pq.write_table(t, out_path + ".tmp")
-    os.replace(out_path + ".tmp", out_path)
+    write_parquet_atomic(t, out_path)
     return out_path
 
 

@@ -15,9 +15,9 @@ from torch import nn
 
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range
-from xclass.xmc.common import read_label_features, read_label_tokens, read_meta, vocab_size_of
-from xclass.xmc.dual import DualDecoupledHead
-from xclass.xmc.ova import OvAHead
+from xclass.heads.xmc.common import read_label_features, read_label_tokens, read_meta, vocab_size_of
+from xclass.heads.xmc.dual import DualDecoupledHead
+from xclass.heads.xmc.ova import OvAHead
 
 
 def _params(head_cfg: Any, name: str) -> Dict[str, Any]:

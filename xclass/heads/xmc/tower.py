@@ -2,7 +2,7 @@
 
 Replicated on every rank (same init from the seed, independent of world size); each rank
 runs it only on its own label shard, so its parameter gradients are *partial* and the head
-optimizer SUM-all-reduces them (see :mod:`xclass.xmc.optim`). No BatchNorm: batch statistics
+optimizer SUM-all-reduces them (see :mod:`xclass.heads.xmc.optim`). No BatchNorm: batch statistics
 over a label shard would differ between world sizes.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 W [C_local, d'] is an ordinary ``nn.Parameter`` sharded over classes (d' = d + 1 with the
 constant bias feature). The outputs o = W h are formed explicitly, the spherical statistics
 (target outputs A, q = sum o^2, s = sum o) are summed over shards, and the loss of
-:mod:`xclass.zloss.losses` is evaluated on them, so any torch optimizer can train W.
+:mod:`xclass.heads.zloss.losses` is evaluated on them, so any torch optimizer can train W.
 Cost per step: O(B C_local d) time and a [B, C_local] logits tensor.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from xclass.heads.base import HEADS, HeadOutput, TorchHeadOptimizer, head_lr, torch_optimizer
-from xclass.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
+from xclass.heads.zloss.common import (ZParams, append_bias, class_range, gather_embeddings, gather_labels,
                                  init_rows, split_labels, sum_shards)
-from xclass.zloss.losses import batch_loss
-from xclass.zloss.predict import blockwise_topk, merge_shards_topk
+from xclass.heads.zloss.losses import batch_loss
+from xclass.heads.zloss.predict import blockwise_topk, merge_shards_topk
 
 
 def build_torch_optimizer(params: Any, optim_cfg: Any) -> TorchHeadOptimizer:

@@ -5,12 +5,11 @@
 read and decoded ahead on a background thread; progress on stderr) and writes ``id``,
 ``label``/``labels`` and ``embedding``; ``export_head`` writes
 the classifier head's class vectors as label embeddings, one Parquet file per saved shard
-(never all shards in memory at once). The CLI glue hands those files to
-``xclass.eval.cli`` for index building and evaluation.
+(never all shards in memory at once). ``xclass export-index --run`` (:mod:`xclass.cli.export`)
+hands those files to the index export.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,11 +17,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from xclass import components
 from xclass.config import RunConfig, load_config
+from xclass.eval.io import write_parquet_atomic
 from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
 from xclass.data.meta import load_meta, split_files
@@ -61,13 +60,6 @@ def encode_device(gpu: bool) -> torch.device:
     if gpu and not torch.cuda.is_available():
         print("[xclass export] --gpu: no CUDA device visible, encoding on the CPU", file=sys.stderr)
     return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-
-
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    """Write ``table`` to ``path.tmp`` and rename: a reader never sees a half-written file."""
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
@@ -199,60 +191,3 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
         files.append(f)
         del head, w
     return files
-
-
-def add_export_cli_args(p: argparse.ArgumentParser) -> None:
-    from xclass.eval.cli import add_export_args
-
-    p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
-    p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
-    p.add_argument("--head", action="store_true",
-                   help="with --run: export the classifier head's class vectors as the label index")
-    p.add_argument("--encode-batch-rows", type=int, default=512,
-                   help="with --run: rows per encoder batch (default 512)")
-    p.add_argument("--bf16", action="store_true",
-                   help="with --run: bf16 autocast for the encoder (embeddings are written as float32)")
-    add_export_args(p)
-    for action in p._actions:  # --embeddings is optional when --run provides them
-        if action.dest == "embeddings":
-            action.required = False
-            action.help = "embedding Parquet file(s)/dirs/globs (or use --run)"
-        if action.dest == "gpu":
-            action.help = ("--run: encode on the CUDA device; index: GPU faiss when faiss has GPUs "
-                           "(falls back to the CPU)")
-
-
-def add_evaluate_cli_args(p: argparse.ArgumentParser) -> None:
-    from xclass.eval.cli import add_evaluate_args
-
-    add_evaluate_args(p)
-
-
-def run_export_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import _check_positive, run_export
-
-    _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
-                           "train_size", "shard_rows", "batch_rows"))
-
-    if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
-        raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
-    if getattr(args, "run", None):
-        out = os.path.abspath(args.out)
-        emb = os.path.join(out, f"{args.split}_embeddings.parquet")
-        if not args.overwrite and (os.path.exists(os.path.join(out, "manifest.json")) or
-                                   (not args.head and os.path.exists(emb))):
-            raise FileExistsError(f"{out}: already holds an index or embeddings; pass --overwrite to replace them")
-        os.makedirs(out, exist_ok=True)
-        if args.head:
-            args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
-        else:
-            args.embeddings = [embed_split(args.run, args.split, emb,
-                                           batch_rows=args.encode_batch_rows, device=encode_device(args.gpu),
-                                           bf16=args.bf16)]
-    return int(run_export(args) or 0)
-
-
-def run_evaluate_cli(args: argparse.Namespace) -> int:
-    from xclass.eval.cli import run_evaluate
-
-    return int(run_evaluate(args) or 0)

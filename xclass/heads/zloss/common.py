@@ -10,7 +10,7 @@ import torch
 from xclass.parallel import collectives as coll
 from xclass.parallel.device import check_on_device
 from xclass.heads.partition import class_range  # noqa: F401  (re-exported for the zloss heads)
-from xclass.zloss.losses import SPHERICAL_LOSSES
+from xclass.heads.zloss.losses import SPHERICAL_LOSSES
 from xclass.registry import UnknownNameError
 
 

@@ -6,7 +6,7 @@ Every loss here depends on the D outputs of one example only through
 * ``q``    [m]     the squared norm of the output vector,
 * ``s``    [m]     the sum of the outputs,
 
-which is what lets the factored head (:mod:`xclass.zloss.factored`) train in O(d^2) per
+which is what lets the factored head (:mod:`xclass.heads.zloss.factored`) train in O(d^2) per
 example. All tensors are replicated (already reduced over class shards). The functions are
 pure and differentiable; callers evaluate them in float64 (docs/zloss.md, note 5).
 

@@ -55,21 +55,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from xclass.data.cli import run_make_data
+    from xclass.cli.data import run_make_data
 
     return int(run_make_data(args) or 0)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from xclass.export import run_export_cli
+    from xclass.cli.export import run_export_cli
 
     return int(run_export_cli(args) or 0)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from xclass.export import run_evaluate_cli
+    from xclass.cli.evaluate import run_evaluate
 
-    return int(run_evaluate_cli(args) or 0)
+    return int(run_evaluate(args) or 0)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -86,15 +86,17 @@ def _command(sub: argparse._SubParsersAction, name: str, add_args, func, help_: 
 
 def _add_import_commands(sub: argparse._SubParsersAction) -> None:
     """``xclass import faces|audio|flows|pcap|wordnet|xc|text`` and ``xclass tfidf-baseline``."""
-    from xclass.importers import add_import_args, run_import
-    from xclass.xmc.cli import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
+    from xclass.cli.importers import add_import_args, run_import
+    from xclass.cli.xmc import add_text_args, add_tfidf_args, add_wordnet_args, add_xc_args, run as run_xmc
 
-    p = sub.add_parser("import", help="real data -> the xclass Parquet schema (faces, audio, flows, pcap, "
-                                      "wordnet, xc, text)",
+    from xclass.tasks import get_task, task_names
+
+    names = [k for t in task_names() for k in get_task(t).importers]  # the kinds the task records name
+    p = sub.add_parser("import", help=f"real data -> the xclass Parquet schema ({', '.join(names)})",
                        description="Stream user data into a dataset directory that `xclass train` reads.")
     add_import_args(p)
     kinds = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    kinds.metavar = "{faces,audio,flows,pcap,wordnet,xc,text}"
+    kinds.metavar = "{" + ",".join(names) + "}"
     add_wordnet_args(kinds.add_parser("wordnet", help="WordNet 3.0 (Debian wordnet-base) -> XMC dataset"))
     add_xc_args(kinds.add_parser("xc", help="Extreme Classification Repository files -> XMC dataset"))
     add_text_args(kinds.add_parser("text", help="texts with label lists (JSONL/CSV/TSV/Parquet) -> XMC dataset"))
@@ -121,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "indexes, evaluate retrieval.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    from xclass.data.cli import add_make_data_args, add_validate_data_args, run_validate_data
-    from xclass.export import add_evaluate_cli_args, add_export_cli_args
+    from xclass.cli.data import add_make_data_args, add_validate_data_args, run_validate_data
+    from xclass.cli.evaluate import add_evaluate_args
+    from xclass.cli.export import add_export_cli_args
 
     _command(sub, "make-data", add_make_data_args, _cmd_make_data,
              "generate a synthetic dataset (face, speaker, quic, xmc)",
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "split-gallery", add_split_args, run_split,
              "split labelled rows (embeddings or a dataset split) into gallery and queries",
              "Per class, seeded: gallery.parquet and queries.parquet for `evaluate --protocol ident`.")
-    _command(sub, "evaluate", add_evaluate_cli_args, _cmd_evaluate,
+    _command(sub, "evaluate", add_evaluate_args, _cmd_evaluate,
              "retrieval evaluation against an exported index",
              "P@k/nDCG@k/PSP@k (xmc), verification (face), EER/minDCF (speaker), kNN accuracy (quic); "
              "writes metrics.json, a Markdown report and plots.")
@@ -153,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job end to end on a small generated dataset.")
     p.add_argument("--out", default="runs/demo", help="demo directory (data, run, index, report)")
     p.add_argument("--workers", type=int, default=2, help="training workers (Ray when > 1)")
-    p.add_argument("--task", default="face", choices=["face", "speaker", "quic", "xmc"])
+    from xclass.tasks import task_names
+
+    p.add_argument("--task", default="face", choices=task_names())
     p.set_defaults(func=_cmd_demo)
     return ap
 

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from typing import Dict, List, Sequence, Tuple
 
-from xclass.xmc.dataset import write_xmc_dataset
+from xclass.importers.xmc_dataset import write_xmc_dataset
 
 WORDNET_DIR = "/usr/share/wordnet"
 POS_FILES = (("n", "data.noun"), ("v", "data.verb"))

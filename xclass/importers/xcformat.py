@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from xclass.data.schema import DataError
-from xclass.xmc.dataset import write_xmc_dataset
+from xclass.importers.xmc_dataset import write_xmc_dataset
 
 Row = Tuple[List[int], List[int], List[float]]  # (labels, feature ids, values)
 

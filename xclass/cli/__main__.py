@@ -1,0 +1,5 @@
+import sys
+
+from xclass.cli.main import main
+
+sys.exit(main())

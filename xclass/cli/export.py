@@ -1,0 +1,54 @@
+"""CLI glue of ``xclass export-index``: embeddings from a trained run (``--run``: encode a split
+with its encoder, or ``--head``: the classifier's class vectors) or from embedding files, then a
+FAISS index directory. The work is done by :mod:`xclass.eval.embed` and :mod:`xclass.eval.export`."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from xclass.cli.evaluate import _check_positive, add_export_args, run_export
+
+
+def add_export_cli_args(p: argparse.ArgumentParser) -> None:
+    """``export-index``: the index options plus ``--run`` (encode a split, or ``--head``)."""
+    p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
+    p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
+    p.add_argument("--head", action="store_true",
+                   help="with --run: export the classifier head's class vectors as the label index")
+    p.add_argument("--encode-batch-rows", type=int, default=512,
+                   help="with --run: rows per encoder batch (default 512)")
+    p.add_argument("--bf16", action="store_true",
+                   help="with --run: bf16 autocast for the encoder (embeddings are written as float32)")
+    add_export_args(p)
+    for action in p._actions:  # --embeddings is optional when --run provides them
+        if action.dest == "embeddings":
+            action.required = False
+            action.help = "embedding Parquet file(s)/dirs/globs (or use --run)"
+        if action.dest == "gpu":
+            action.help = ("--run: encode on the CUDA device; index: GPU faiss when faiss has GPUs "
+                           "(falls back to the CPU)")
+
+
+def run_export_cli(args: argparse.Namespace) -> int:
+    """Run ``export-index``; embeddings come from ``--run`` (encoded here) or ``--embeddings``."""
+    _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
+                           "train_size", "shard_rows", "batch_rows"))
+
+    if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
+        raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
+    if getattr(args, "run", None):
+        from xclass.eval.embed import embed_split, encode_device, export_head
+
+        out = os.path.abspath(args.out)
+        emb = os.path.join(out, f"{args.split}_embeddings.parquet")
+        if not args.overwrite and (os.path.exists(os.path.join(out, "manifest.json")) or
+                                   (not args.head and os.path.exists(emb))):
+            raise FileExistsError(f"{out}: already holds an index or embeddings; pass --overwrite to replace them")
+        os.makedirs(out, exist_ok=True)
+        if args.head:
+            args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
+        else:
+            args.embeddings = [embed_split(args.run, args.split, emb,
+                                           batch_rows=args.encode_batch_rows, device=encode_device(args.gpu),
+                                           bf16=args.bf16)]
+    return int(run_export(args) or 0)

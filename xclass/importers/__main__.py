@@ -1,5 +1,0 @@
-import sys
-
-from xclass.importers import main
-
-sys.exit(main())
