@@ -10,7 +10,9 @@ A flow is the packets of one 5-tuple in either direction (client = source of its
 direction +1 client -> server, -1 back), ended by ``idle_timeout`` seconds without a packet or,
 for TCP, by a new SYN after a FIN/RST. Packet size = the IP packet length from its header (so
 a capture truncated by snaplen still gives true sizes). TLS SNI is read from the ClientHello in
-the first client payloads of a TCP flow.
+the first client payloads of a TCP flow, and for QUIC (UDP) from the ClientHello inside the
+client's first Initial packets, decrypted with their public initial keys
+(:mod:`xclass.importers.quic_initial`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from xclass.importers.common import ImportError_
+from xclass.importers.quic_initial import InitialAssembler
 
 Endpoint = Tuple[bytes, int]
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
@@ -188,6 +191,9 @@ def tls_sni(data: bytes) -> Optional[str]:
     return None
 
 
+QUIC_CLIENT_PACKETS = 8  # client datagrams of a UDP flow searched for QUIC Initial packets
+
+
 @dataclass
 class Flow:
     """One bidirectional flow: all-packet sums for the statistics, the first ``keep`` packets."""
@@ -208,6 +214,7 @@ class Flow:
     closing: bool = False
     client_payload: bytes = b""
     sni: Optional[str] = None
+    quic: Optional[InitialAssembler] = None
 
     def add(self, p: Packet, keep: int) -> None:
         up = p.src == self.client
@@ -225,6 +232,11 @@ class Flow:
         if up and p.proto == 6 and p.payload and self.sni is None and len(self.client_payload) < 16384:
             self.client_payload += p.payload
             self.sni = tls_sni(self.client_payload)
+        elif up and p.proto == 17 and p.payload and self.sni is None and self.n_up <= QUIC_CLIENT_PACKETS:
+            if self.quic is None:
+                self.quic = InitialAssembler(tls_sni)
+            if not self.quic.done:
+                self.sni = self.quic.feed(p.payload)
 
     @property
     def span_ms(self) -> float:
