@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from tests.importers.test_pcap import C4, S4, _udp, write  # noqa: E402
 from xclass.importers.pcap import labelled_flows  # noqa: E402
 from xclass.importers.pcap_read import assemble_flows, read_packets, tls_sni  # noqa: E402
-from xclass.importers.quic_initial import (V2, InitialAssembler, client_keys, crypto_frames,  # noqa: E402
-                                           open_initial)
+from xclass.importers.quic_initial import (V2, InitialAssembler, chlo_sni, client_keys,  # noqa: E402
+                                           crypto_frames, open_initial)
 
 DCID = bytes.fromhex("8394c8f03e515708")
 
@@ -88,7 +88,22 @@ def crypto(off: int, data: bytes) -> bytes:
     return b"\x06" + _varint(off) + _varint(len(data)) + data
 
 
-@pytest.mark.parametrize("version", [1, V2, 0xFF00001D])
+def test_gquic_clear_chlo_sni():
+    # CHLO, 3 tags (PAD, SNI, VER) with cumulative end offsets, then the values
+    vals = [b"-" * 7, b"www.example.net", b"Q046"]
+    ends, e = [], 0
+    for v in vals:
+        e += len(v)
+        ends.append(e)
+    chlo = b"CHLO" + struct.pack("<HH", 3, 0) + b"".join(
+        t + struct.pack("<I", end) for t, end in zip([b"PAD\x00", b"SNI\x00", b"VER\x00"], ends)) + b"".join(vals)
+    datagram = bytes.fromhex("c3513034365008") + bytes(20) + chlo
+    assert chlo_sni(datagram) == "www.example.net" and chlo_sni(datagram[:-12]) is None
+    assert chlo_sni(chlo.replace(b"SNI\x00", b"XYZ\x00")) is None
+    assert InitialAssembler(tls_sni).feed(datagram) == "www.example.net"
+
+
+@pytest.mark.parametrize("version", [1, V2, 0xFF00001D, 0xFF000016, 0xFACEB002])
 def test_split_shuffled_overlapping_client_hello(version):
     hello = crypto_frames(open_initial(rfc_packet())[0])[0]   # the RFC's ClientHello
     a, b = 50, 140

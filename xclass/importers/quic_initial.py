@@ -16,8 +16,10 @@ order (browsers shuffle them on purpose), so :class:`InitialAssembler` collects 
 stream offset until the ClientHello is complete. The keys stay those of the first DCID for the
 whole Initial exchange, even after the client switches to the server's connection id.
 
-Supported versions: 1, 2 and the IETF drafts 23-34. Anything else (gQUIC, a damaged or
-tampered packet, a server packet) gives no name, never an error: SNI is optional metadata.
+Supported versions: 1, 2, the IETF drafts 22-34 and Facebook's mvfst versions. Older Google
+QUIC (Q039-Q046) sends its client hello (``CHLO``) in clear: its ``SNI`` tag is read directly
+(:func:`chlo_sni`); Google's encrypted Q050/T050/T051 are not read. Anything else (a greased version, a damaged or tampered packet, a server
+packet) gives no name, never an error: SNI is optional metadata.
 Needs the ``cryptography`` package (the ``pcap`` extra); without it no QUIC name is read.
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ _V1_SALT = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 _V2_SALT = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
 _DRAFT29_SALT = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
 _DRAFT23_SALT = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
+_DRAFT22_SALT = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")
+_FACEBOOK = {0xFACEB001: _DRAFT22_SALT, 0xFACEB002: _DRAFT23_SALT, 0xFACEB00E: _DRAFT23_SALT}
 V2 = 0x6B3343CF
 _MAX_CRYPTO = 1 << 16          # a ClientHello larger than this is not waited for
 
@@ -45,7 +49,10 @@ def version_params(version: int) -> Optional[Tuple[bytes, str, int]]:
         return _DRAFT29_SALT, "quic", 0
     if 0xFF000017 <= version <= 0xFF00001C:
         return _DRAFT23_SALT, "quic", 0
-    return None
+    if version == 0xFF000016:
+        return _DRAFT22_SALT, "quic", 0
+    salt = _FACEBOOK.get(version)
+    return (salt, "quic", 0) if salt is not None else None
 
 
 def _expand_label(secret: bytes, label: str, length: int) -> bytes:
@@ -170,6 +177,26 @@ def crypto_frames(plain: bytes) -> Dict[int, bytes]:
     return out
 
 
+def chlo_sni(data: bytes) -> Optional[str]:
+    """The ``SNI`` tag of a gQUIC client hello (``CHLO``: tag count, then (tag, end offset) pairs,
+    then the values), found anywhere in ``data``; None when absent or cut short."""
+    i = data.find(b"CHLO")
+    if i < 0 or i + 8 > len(data):
+        return None
+    n = int.from_bytes(data[i + 4:i + 6], "little")
+    values = i + 8 + 8 * n
+    start = 0
+    for t in range(n):
+        tag = data[i + 8 + 8 * t:i + 12 + 8 * t]
+        end = int.from_bytes(data[i + 12 + 8 * t:i + 16 + 8 * t], "little")
+        if tag == b"SNI\x00":
+            name = data[values + start:values + end]
+            ok = 0 < len(name) == end - start and values + end <= len(data)
+            return name.decode("ascii", "replace") if ok else None
+        start = end
+    return None
+
+
 class InitialAssembler:
     """Feeds a connection's client UDP payloads; ``sni`` is set once the ClientHello is whole."""
 
@@ -183,6 +210,9 @@ class InitialAssembler:
 
     def feed(self, payload: bytes) -> Optional[str]:
         """One client datagram (coalesced packets allowed); returns the name once known."""
+        if b"CHLO" in payload[:64]:                             # gQUIC <= Q046: a clear CHLO
+            self.sni, self.done = chlo_sni(payload), True
+            return self.sni
         p = 0
         while not self.done and p < len(payload):
             plain, n, keys = open_initial(payload[p:], self.keys)
