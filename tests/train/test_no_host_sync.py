@@ -119,10 +119,11 @@ class SyncRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _instrument(monkeypatch, rec: SyncRecorder) -> None:
-    """Tag ``rec``'s events with the step they belong to: a step runs from its first micro-batch
-    (``_micro_step``) through its optimizer step, logging and checkpoint, up to the next step's
-    first micro-batch (so the loop body, logging and the next batch's reading are covered)."""
+def _step_tagging(rec: SyncRecorder) -> Tuple[Any, Any]:
+    """Wrappers of the loop's ``_micro_step`` and ``_optimizer_step`` that tag ``rec``'s events with
+    the step they belong to: a step runs from its first micro-batch through its optimizer step,
+    logging and checkpoint, up to the next step's first micro-batch (so the loop body, logging
+    and the next batch's reading are covered)."""
     micro, opt = loop_mod._micro_step, loop_mod._optimizer_step
     done = {"n": 0}
 
@@ -136,6 +137,11 @@ def _instrument(monkeypatch, rec: SyncRecorder) -> None:
         done["n"] = step + 1
         return out
 
+    return micro_w, opt_w
+
+
+def _instrument(monkeypatch, rec: SyncRecorder) -> None:
+    micro_w, opt_w = _step_tagging(rec)
     monkeypatch.setattr(loop_mod, "_micro_step", micro_w)
     monkeypatch.setattr(loop_mod, "_optimizer_step", opt_w)
 
@@ -187,24 +193,6 @@ def test_xmc_dual_decoupled_does_not_sync(tmp_path, monkeypatch):
     assert not bad, f"host syncs in steady steps of dual_decoupled: {bad}"
 
 
-def _instrument_plain(rec: SyncRecorder) -> None:
-    """:func:`_instrument` without pytest's monkeypatch (for spawned rank processes)."""
-    micro, opt = loop_mod._micro_step, loop_mod._optimizer_step
-    done = {"n": 0}
-
-    def micro_w(s, inputs, labels):
-        rec.step = done["n"] + 1
-        return micro(s, inputs, labels)
-
-    def opt_w(s, cfg, ctx, step, total):
-        rec.step = step + 1
-        out = opt(s, cfg, ctx, step, total)
-        done["n"] = step + 1
-        return out
-
-    loop_mod._micro_step, loop_mod._optimizer_step = micro_w, opt_w
-
-
 def _rank_unallowed_syncs(ctx, data: str, out: str, head: str) -> List[Tuple[str, str]]:
     """One rank of a multi-rank run: the synchronising operations of its steady steps that no
     allow-list entry covers (ragged rows mode, so every rank's last batch is smaller)."""
@@ -214,7 +202,7 @@ def _rank_unallowed_syncs(ctx, data: str, out: str, head: str) -> List[Tuple[str
     cfg = features_config(data, out, *extra)
     rec = SyncRecorder()
     saved = loop_mod._micro_step, loop_mod._optimizer_step
-    _instrument_plain(rec)
+    loop_mod._micro_step, loop_mod._optimizer_step = _step_tagging(rec)
     try:
         with rec:
             train(cfg, ctx)
