@@ -10,15 +10,25 @@ Nothing of size [B, C] is written: each program stores three fp32 values per row
 :func:`forward_stats` merges the splits. Index arithmetic is int64, so ``C * d`` and ``B * C``
 above 2^31 are fine. One class row per class only (sub-centres use the chunked torch path).
 
+The backward has two kernels that recompute the score tiles from ``lse`` (nothing saved but
+O(B) stats): :func:`_bwd_dw_kernel` (one program per tile of classes, looping over the batch)
+accumulates ``dL/du = sum_i G_ij e_i`` for its rows in fp32 and applies the normalisation's
+backward ``(g - u <u, g>) / |w|`` before the single store; :func:`_bwd_de_kernel` (one program
+per tile of rows, looping over the classes) accumulates ``dL/de_i = sum_j G_ij u_j``. Here
+``G_ij = g_i s (p_ij - eps/N)`` with the target column zeroed (its gradient goes through the
+margin, in torch). Both keep the whole (padded) d per tile, so the tiles shrink as d grows; on
+CUDA the tile sizes are autotuned per padded d (128..512) and input precision.
+
 Status: checked against the torch path on CPU under ``TRITON_INTERPRET=1``
-(tests/heads/test_fused_triton.py) and on a GPU by tests/heads/test_fused_gpu.py (marker ``gpu``).
+(tests/heads/test_fused_triton.py); tests/heads/test_fused_gpu.py (marker ``gpu``) compares them
+on a GPU. Never run on a GPU so far: the autotune configs are a first guess.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -77,6 +87,105 @@ if HAVE_TRITON:
         tl.store(Z_out + out, zs, mask=rmask)
 
 
+    @triton.jit
+    def _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED: tl.constexpr):
+        """(class rows [BC, D_PAD] fp32 (0 past C and d), their 1/|w| [BC] (1 for raw margins))."""
+        w = tl.load(W + cols[:, None] * stride_w + ds[None, :], mask=cmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)
+        if NORMALIZED:
+            inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(w * w, axis=1)), 1e-12)
+        else:
+            inv = tl.sum(w * 0.0, axis=1) + 1.0
+        return w, inv
+
+    @triton.jit
+    def _dot(a, b, IEEE: tl.constexpr):
+        """a @ b with fp32 accumulation; IEEE fp32 products (no TF32) for fp32 inputs."""
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
+    def _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE: tl.constexpr):
+        """G [BB, BC] fp32 = g_i s (exp(z - lse_i) - eps/N) for the recomputed logits
+        z = s e . w / |w| (as the forward kernel), 0 on the target column and past C."""
+        z = _dot(e, tl.trans(w_lo), IEEE) * (scale * inv)[None, :]
+        p = tl.exp(z - lse[:, None]) - sub
+        p = tl.where(cmask[None, :] & (cols[None, :] != tgt[:, None]), p, 0.0)
+        return p * gs[:, None]
+
+    @triton.jit
+    def _bwd_dw_kernel(E, W, T, LSE, GS, DW, B, C, D, stride_e, stride_w, stride_dw, scale, sub,
+                       NORMALIZED: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
+                       BLOCK_C: tl.constexpr, D_PAD: tl.constexpr):
+        cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        ds = tl.arange(0, D_PAD)
+        dmask = ds < D
+        w, inv = _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED)
+        w_lo = w.to(E.dtype.element_ty)
+        acc = tl.zeros([BLOCK_C, D_PAD], tl.float32)
+        for b0 in range(0, B, BLOCK_B):
+            rows = (b0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+            rmask = rows < B
+            e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :],
+                        other=0.0)
+            lse = tl.load(LSE + rows, mask=rmask, other=0.0)
+            gs = tl.load(GS + rows, mask=rmask, other=0.0)
+            tgt = tl.load(T + rows, mask=rmask, other=-1)
+            g = _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE)
+            acc += _dot(tl.trans(g.to(e.dtype)), e, IEEE)  # dL/du_j = sum_i G_ij e_i
+        if NORMALIZED:  # through the row normalisation: (g - u <u, g>) / |w|, u = w / |w|
+            u = w * inv[:, None]
+            acc = (acc - u * tl.sum(u * acc, axis=1)[:, None]) * inv[:, None]
+        tl.store(DW + cols[:, None] * stride_dw + ds[None, :], acc, mask=cmask[:, None] & dmask[None, :])
+
+    @triton.jit
+    def _bwd_de_kernel(E, W, T, LSE, GS, DE, B, C, D, stride_e, stride_w, stride_de, scale, sub,
+                       NORMALIZED: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
+                       BLOCK_C: tl.constexpr, D_PAD: tl.constexpr):
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        ds = tl.arange(0, D_PAD)
+        dmask = ds < D
+        e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+        lse = tl.load(LSE + rows, mask=rmask, other=0.0)
+        gs = tl.load(GS + rows, mask=rmask, other=0.0)
+        tgt = tl.load(T + rows, mask=rmask, other=-1)
+        acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            cmask = cols < C
+            w, inv = _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED)
+            w_lo = w.to(E.dtype.element_ty)
+            g = _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE)
+            acc += _dot(g.to(e.dtype), (w * inv[:, None]).to(e.dtype), IEEE)  # sum_j G_ij u_j
+        tl.store(DE + rows[:, None] * stride_de + ds[None, :], acc, mask=rmask[:, None] & dmask[None, :])
+
+    def _tile_configs():
+        """Autotune candidates: (BLOCK_B, BLOCK_C, warps, stages); :func:`_prune` drops those
+        whose full-d tiles would not fit for the padded d."""
+        return [triton.Config({"BLOCK_B": bb, "BLOCK_C": bc}, num_warps=nw, num_stages=ns)
+                for bb, bc in ((32, 32), (32, 64), (64, 32), (64, 64), (64, 128), (128, 64), (16, 64))
+                for nw, ns in ((4, 2), (8, 2), (8, 3))]
+
+    def _prune(block: str, other: str):
+        """Keep configs whose accumulator (``block`` x D_PAD fp32) stays within 64 KiB, the tile
+        streamed along the loop (``other`` x D_PAD) within 128 KiB, and the score tile 128 x 64."""
+        def prune(configs, named_args, **kwargs):
+            d_pad = kwargs.get("D_PAD", named_args.get("D_PAD"))
+            keep = [c for c in configs if c.kwargs[block] * d_pad <= 128 * 128
+                    and c.kwargs[other] * d_pad <= 128 * 256 and c.kwargs["BLOCK_B"] * c.kwargs["BLOCK_C"] <= 128 * 64]
+            return keep or configs[:1]
+        return prune
+
+    _KEY = ["D_PAD", "IEEE", "NORMALIZED"]
+    _bwd_dw_tuned = triton.autotune(_tile_configs(), key=_KEY, prune_configs_by={
+        "early_config_prune": _prune("BLOCK_C", "BLOCK_B")})(_bwd_dw_kernel)
+    _bwd_de_tuned = triton.autotune(_tile_configs(), key=_KEY, prune_configs_by={
+        "early_config_prune": _prune("BLOCK_B", "BLOCK_C")})(_bwd_de_kernel)
+
+
 def available(emb: torch.Tensor, k: int) -> bool:
     """The kernel runs for CUDA tensors (and for CPU tensors under Triton's interpreter,
     ``TRITON_INTERPRET=1``), one row per class, when Triton is installed."""
@@ -113,3 +222,35 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     se = (se_s * torch.exp(m_s - safe.unsqueeze(0))).sum(0)
     return m, se, zs_s.sum(0)
+
+
+def backward(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, gs: torch.Tensor,
+             s: float, normalized: bool, sub: float, need_dw: bool = True,
+             blocks: Optional[Tuple[int, int]] = None):
+    """(dL/demb_q [B, d] fp32, dL/dw [C, d] in w's dtype or None) of the non-target logits, as the
+    chunked torch loop of ``xclass.heads.fused._FusedCE.backward`` (K = 1). emb_q [B, d]
+    replicated (normalised when ``normalized``; fp32/bf16/fp16), w [C, d] raw rows (sharded),
+    target [B] local column or -1, lse [B] global log-sum-exp, gs [B] = g_i * s (0 on ignored
+    rows), sub = eps / N (label smoothing). ``blocks``: fixed (BLOCK_B, BLOCK_C) instead of the
+    CUDA autotuner (the interpreter tests use small tiles)."""
+    b, d = emb_q.shape
+    c = w.shape[0]
+    emb_q, w = emb_q.contiguous(), w.contiguous()
+    args = (target.to(torch.int64).contiguous(), lse.float().contiguous(), gs.float().contiguous())
+    d_pad = max(16, triton.next_power_of_2(d))
+    meta = dict(NORMALIZED=bool(normalized), IEEE=emb_q.dtype == torch.float32, D_PAD=d_pad)
+    if blocks is None and not emb_q.is_cuda:  # the interpreter: no autotuner (it times on a GPU)
+        blocks = (32, 32)
+    de = torch.empty(b, d, device=emb_q.device, dtype=torch.float32)
+    dw = torch.empty(c, d, device=w.device, dtype=torch.float32) if need_dw else None
+    for out, kernel, tuned, axis in ((de, _bwd_de_kernel, _bwd_de_tuned, b), (dw, _bwd_dw_kernel, _bwd_dw_tuned, c)):
+        if out is None:
+            continue
+        key = "BLOCK_B" if out is de else "BLOCK_C"
+        call = (emb_q, w, *args, out, b, c, d, emb_q.stride(0), w.stride(0), out.stride(0), float(s), float(sub))
+        if blocks is None:
+            tuned[lambda m, n=axis, k=key: (triton.cdiv(n, m[k]),)](*call, **meta)
+        else:
+            size = dict(BLOCK_B=blocks[0], BLOCK_C=blocks[1])
+            kernel[(triton.cdiv(axis, size[key]),)](*call, **size, **meta)
+    return de, (dw.to(w.dtype) if dw is not None else None)
