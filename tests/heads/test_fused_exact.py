@@ -237,3 +237,23 @@ def test_bad_impl_params_name_the_key(params, key):
                                 label_smoothing=0.0, params=params)
     with pytest.raises(ValueError, match=key):
         HEADS.get("margin")(cfg, num_classes=5, embedding_dim=4, ctx=ParallelContext.single(), seed=0)
+
+
+def test_fused_under_autocast_takes_the_autocast_dtype_as_the_materialized_head():
+    """Under CPU bf16 autocast both heads run their score GEMMs in bf16: same loss and gradients
+    within bf16 rounding, and far from the fp32 result's exact equality (the cast really happens)."""
+    res = {}
+    for impl, amp in (("materialized", True), ("fused", True), ("fused", False)):
+        cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={}, sample_rate=1.0,
+                                    label_smoothing=0.0, params={"impl": impl, "chunk": 7})
+        head = HEADS.get("margin")(cfg, num_classes=40, embedding_dim=16, ctx=ParallelContext.single(), seed=1)
+        g = torch.Generator().manual_seed(3)
+        emb = torch.randn(12, 16, generator=g).requires_grad_(True)
+        labels = torch.randint(0, 40, (12,), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = head(emb, labels).loss
+        loss.backward()
+        res[impl, amp] = (loss.detach(), emb.grad, head.weight.grad)
+    for a, b in zip(res["fused", True], res["materialized", True]):
+        close(a, b, tol=2e-2)
+    assert not torch.equal(res["fused", True][0], res["fused", False][0])

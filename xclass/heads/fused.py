@@ -320,8 +320,13 @@ def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: 
     ``softmax_ce(margin(scores(emb_g, w), target, aux), ...)`` without forming [B_g, C_local].
 
     emb_g [B_g, d] gathered batch (replicated); w [C_a K, d] class rows (sharded, fp32);
-    target [B_g] local class column or -1; valid [B_g] bool (replicated)."""
+    target [B_g] local class column or -1; valid [B_g] bool (replicated). Under autocast the
+    score GEMMs take the autocast dtype (bf16 / fp16, fp32 accumulation), as the materialised
+    head's ``emb_g @ w.t()`` does; everything after the GEMMs stays fp32."""
     if not supports(margin):
         raise ValueError(f"the fused head covers target-only softmax margins, not {type(margin).__name__}")
-    emb_q = F.normalize(emb_g.float(), dim=1).to(emb_g.dtype) if spec.normalized else emb_g
+    dt = emb_g.dtype
+    if torch.is_autocast_enabled(emb_g.device.type):  # GEMM inputs as the materialised head's under autocast
+        dt = torch.get_autocast_dtype(emb_g.device.type)
+    emb_q = F.normalize(emb_g.float(), dim=1).to(dt) if spec.normalized else emb_g.to(dt)
     return _FusedCE.apply(emb_q, w, margin, target, valid, aux, spec)
