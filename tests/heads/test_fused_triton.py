@@ -78,3 +78,15 @@ def test_triton_kernel_equals_torch_path_under_interpreter():
     for name, vals in errs.items():  # fp16 backward: G and the unit rows are rounded to fp16
         tol = {"fp16": 1e-3, "fp16_bwd": 5e-3}.get(name, 1e-5)
         assert max(vals) <= tol, (name, vals)
+
+
+def test_autotune_candidates_fit_every_padded_d():
+    """The backward's autotune pruning keeps configs for every padded d = 128..512 (a GPU times
+    them; here only the choice is checked): accumulator tile x d <= 128 x 128 fp32."""
+    from xclass.heads import fused_triton
+
+    for own, other in (("BLOCK_C", "BLOCK_B"), ("BLOCK_B", "BLOCK_C")):
+        for d_pad in (128, 256, 512):
+            keep = fused_triton._prune(own, other)(fused_triton._tile_configs(), {}, D_PAD=d_pad)
+            assert keep and all(c.kwargs[own] * d_pad <= 128 * 128 for c in keep), (own, d_pad)
+    assert len(fused_triton._tile_configs()) == 21
