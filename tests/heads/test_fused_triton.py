@@ -83,10 +83,10 @@ def test_triton_kernel_equals_torch_path_under_interpreter():
 def test_autotune_candidates_fit_every_padded_d():
     """The backward's autotune pruning keeps configs for every padded d = 128..512 (a GPU times
     them; here only the choice is checked): accumulator tile x d <= 128 x 128 fp32."""
-    from xclass.heads import fused_triton
+    from xclass.heads import fused_kernels
 
     for own, other in (("BLOCK_C", "BLOCK_B"), ("BLOCK_B", "BLOCK_C")):
         for d_pad in (128, 256, 512):
-            keep = fused_triton._prune(own, other)(fused_triton._tile_configs(), {}, D_PAD=d_pad)
+            keep = fused_kernels._prune(own, other)(fused_kernels._tile_configs(), {}, D_PAD=d_pad)
             assert keep and all(c.kwargs[own] * d_pad <= 128 * 128 for c in keep), (own, d_pad)
-    assert len(fused_triton._tile_configs()) == 21
+    assert len(fused_kernels._tile_configs()) == 21

@@ -1,6 +1,8 @@
-"""Triton kernel for the fused head's forward statistics (CUDA; Triton's interpreter on CPU in tests).
+"""Launchers of the fused head's Triton kernels (CUDA; Triton's interpreter on CPU in tests). The
+kernels live in xclass/heads/fused_kernels.py, imported only when one runs (importing Triton
+takes about 0.4 s; xclass itself never needs it).
 
-One program handles ``BLOCK_B`` rows of the gathered batch and one split of the local classes;
+Forward statistics: one program handles ``BLOCK_B`` rows of the gathered batch and one split of the local classes;
 it walks its class tiles of ``BLOCK_C`` rows of W, computes the score tile with ``tl.dot``
 over ``BLOCK_D`` slices of d (bf16/fp16 inputs use tensor cores with fp32 accumulation; fp32
 inputs use IEEE fp32 products, no TF32), accumulates the tile rows' squared norms in the same
@@ -11,9 +13,9 @@ Nothing of size [B, C] is written: each program stores three fp32 values per row
 above 2^31 are fine. One class row per class only (sub-centres use the chunked torch path).
 
 The backward has two kernels that recompute the score tiles from ``lse`` (nothing saved but
-O(B) stats): :func:`_bwd_dw_kernel` (one program per tile of classes, looping over the batch)
+O(B) stats): ``_bwd_dw_kernel`` (one program per tile of classes, looping over the batch)
 accumulates ``dL/du = sum_i G_ij e_i`` for its rows in fp32 and applies the normalisation's
-backward ``(g - u <u, g>) / |w|`` before the single store; :func:`_bwd_de_kernel` (one program
+backward ``(g - u <u, g>) / |w|`` before the single store; ``_bwd_de_kernel`` (one program
 per tile of rows, looping over the classes) accumulates ``dL/de_i = sum_j G_ij u_j``. Here
 ``G_ij = g_i s (p_ij - eps/N)`` with the target column zeroed (its gradient goes through the
 margin, in torch). Both keep the whole (padded) d per tile, so the tiles shrink as d grows; on
@@ -32,158 +34,14 @@ from typing import Optional, Tuple
 
 import torch
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAVE_TRITON:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _fwd_stats_kernel(E, W, T, ZT, M_out, S_out, Z_out, B, C, D, tiles_per_split, stride_e, stride_w,
-                          scale, NORMALIZED: tl.constexpr, SMOOTH: tl.constexpr, IEEE: tl.constexpr,
-                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-        pid_s = tl.program_id(1).to(tl.int64)
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rmask = rows < B
-        tgt = tl.load(T + rows, mask=rmask, other=-1)
-        zt = tl.load(ZT + rows, mask=rmask, other=0.0)
-        m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-        se = tl.zeros([BLOCK_B], tl.float32)
-        zs = tl.zeros([BLOCK_B], tl.float32)
-        for t in range(0, tiles_per_split):
-            cols = (pid_s * tiles_per_split + t) * BLOCK_C + tl.arange(0, BLOCK_C)
-            cmask = cols < C
-            acc = tl.zeros([BLOCK_B, BLOCK_C], tl.float32)
-            nrm = tl.zeros([BLOCK_C], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                ds = d0 + tl.arange(0, BLOCK_D)
-                dmask = ds < D
-                e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :],
-                            other=0.0)
-                w = tl.load(W + cols[:, None] * stride_w + ds[None, :], mask=cmask[:, None] & dmask[None, :],
-                            other=0.0)
-                if NORMALIZED:
-                    wf = w.to(tl.float32)
-                    nrm += tl.sum(wf * wf, axis=1)
-                if IEEE:
-                    acc += tl.dot(e, tl.trans(w.to(e.dtype)), input_precision="ieee")
-                else:
-                    acc += tl.dot(e, tl.trans(w.to(e.dtype)))
-            if NORMALIZED:
-                z = acc * (scale / tl.maximum(tl.sqrt(nrm), 1e-12))[None, :]
-            else:
-                z = acc * scale
-            z = tl.where(cols[None, :] == tgt[:, None], zt[:, None], z)
-            z = tl.where(cmask[None, :], z, float("-inf"))
-            if SMOOTH:
-                zs += tl.sum(tl.where(cmask[None, :], z, 0.0), axis=1)
-            mn = tl.maximum(m, tl.max(z, axis=1))
-            safe = tl.where(mn == float("-inf"), 0.0, mn)  # a tile past the last class
-            se = se * tl.exp(m - safe) + tl.sum(tl.exp(z - safe[:, None]), axis=1)
-            m = mn
-        out = pid_s * B + rows
-        tl.store(M_out + out, m, mask=rmask)
-        tl.store(S_out + out, se, mask=rmask)
-        tl.store(Z_out + out, zs, mask=rmask)
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # imported only when a kernel runs
 
 
-    @triton.jit
-    def _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED: tl.constexpr):
-        """(class rows [BC, D_PAD] fp32 (0 past C and d), their 1/|w| [BC] (1 for raw margins))."""
-        w = tl.load(W + cols[:, None] * stride_w + ds[None, :], mask=cmask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
-        if NORMALIZED:
-            inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(w * w, axis=1)), 1e-12)
-        else:
-            inv = tl.sum(w * 0.0, axis=1) + 1.0
-        return w, inv
+def _k():
+    """The kernel module (imports Triton: about 0.4 s, paid only by a process that runs a kernel)."""
+    from xclass.heads import fused_kernels
 
-    @triton.jit
-    def _dot(a, b, IEEE: tl.constexpr):
-        """a @ b with fp32 accumulation; IEEE fp32 products (no TF32) for fp32 inputs."""
-        if IEEE:
-            return tl.dot(a, b, input_precision="ieee")
-        return tl.dot(a, b)
-
-    @triton.jit
-    def _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE: tl.constexpr):
-        """G [BB, BC] fp32 = g_i s (exp(z - lse_i) - eps/N) for the recomputed logits
-        z = s e . w / |w| (as the forward kernel), 0 on the target column and past C."""
-        z = _dot(e, tl.trans(w_lo), IEEE) * (scale * inv)[None, :]
-        p = tl.exp(z - lse[:, None]) - sub
-        p = tl.where(cmask[None, :] & (cols[None, :] != tgt[:, None]), p, 0.0)
-        return p * gs[:, None]
-
-    @triton.jit
-    def _bwd_dw_kernel(E, W, T, LSE, GS, DW, B, C, D, stride_e, stride_w, stride_dw, scale, sub,
-                       NORMALIZED: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
-                       BLOCK_C: tl.constexpr, D_PAD: tl.constexpr):
-        cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        ds = tl.arange(0, D_PAD)
-        dmask = ds < D
-        w, inv = _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED)
-        w_lo = w.to(E.dtype.element_ty)
-        acc = tl.zeros([BLOCK_C, D_PAD], tl.float32)
-        for b0 in range(0, B, BLOCK_B):
-            rows = (b0 + tl.arange(0, BLOCK_B)).to(tl.int64)
-            rmask = rows < B
-            e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :],
-                        other=0.0)
-            lse = tl.load(LSE + rows, mask=rmask, other=0.0)
-            gs = tl.load(GS + rows, mask=rmask, other=0.0)
-            tgt = tl.load(T + rows, mask=rmask, other=-1)
-            g = _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE)
-            acc += _dot(tl.trans(g.to(e.dtype)), e, IEEE)  # dL/du_j = sum_i G_ij e_i
-        if NORMALIZED:  # through the row normalisation: (g - u <u, g>) / |w|, u = w / |w|
-            u = w * inv[:, None]
-            acc = (acc - u * tl.sum(u * acc, axis=1)[:, None]) * inv[:, None]
-        tl.store(DW + cols[:, None] * stride_dw + ds[None, :], acc, mask=cmask[:, None] & dmask[None, :])
-
-    @triton.jit
-    def _bwd_de_kernel(E, W, T, LSE, GS, DE, B, C, D, stride_e, stride_w, stride_de, scale, sub,
-                       NORMALIZED: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
-                       BLOCK_C: tl.constexpr, D_PAD: tl.constexpr):
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rmask = rows < B
-        ds = tl.arange(0, D_PAD)
-        dmask = ds < D
-        e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-        lse = tl.load(LSE + rows, mask=rmask, other=0.0)
-        gs = tl.load(GS + rows, mask=rmask, other=0.0)
-        tgt = tl.load(T + rows, mask=rmask, other=-1)
-        acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            cmask = cols < C
-            w, inv = _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED)
-            w_lo = w.to(E.dtype.element_ty)
-            g = _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE)
-            acc += _dot(g.to(e.dtype), (w * inv[:, None]).to(e.dtype), IEEE)  # sum_j G_ij u_j
-        tl.store(DE + rows[:, None] * stride_de + ds[None, :], acc, mask=rmask[:, None] & dmask[None, :])
-
-    def _tile_configs():
-        """Autotune candidates: (BLOCK_B, BLOCK_C, warps, stages); :func:`_prune` drops those
-        whose full-d tiles would not fit for the padded d."""
-        return [triton.Config({"BLOCK_B": bb, "BLOCK_C": bc}, num_warps=nw, num_stages=ns)
-                for bb, bc in ((32, 32), (32, 64), (64, 32), (64, 64), (64, 128), (128, 64), (16, 64))
-                for nw, ns in ((4, 2), (8, 2), (8, 3))]
-
-    def _prune(block: str, other: str):
-        """Keep configs whose accumulator (``block`` x D_PAD fp32) stays within 64 KiB, the tile
-        streamed along the loop (``other`` x D_PAD) within 128 KiB, and the score tile 128 x 64."""
-        def prune(configs, named_args, **kwargs):
-            d_pad = kwargs.get("D_PAD", named_args.get("D_PAD"))
-            keep = [c for c in configs if c.kwargs[block] * d_pad <= 128 * 128
-                    and c.kwargs[other] * d_pad <= 128 * 256 and c.kwargs["BLOCK_B"] * c.kwargs["BLOCK_C"] <= 128 * 64]
-            return keep or configs[:1]
-        return prune
-
-    _KEY = ["D_PAD", "IEEE", "NORMALIZED"]
-    _bwd_dw_tuned = triton.autotune(_tile_configs(), key=_KEY, prune_configs_by={
-        "early_config_prune": _prune("BLOCK_C", "BLOCK_B")})(_bwd_dw_kernel)
-    _bwd_de_tuned = triton.autotune(_tile_configs(), key=_KEY, prune_configs_by={
-        "early_config_prune": _prune("BLOCK_B", "BLOCK_C")})(_bwd_de_kernel)
+    return fused_kernels
 
 
 def available(emb: torch.Tensor, k: int) -> bool:
@@ -195,7 +53,7 @@ def available(emb: torch.Tensor, k: int) -> bool:
 
 def _blocks(b: int, d: int) -> Tuple[int, int, int]:
     """(BLOCK_B, BLOCK_C, BLOCK_D): 64 x 128 score tiles, d in slices of up to 64 (d = 128..512)."""
-    return 64, 128, min(64, max(16, triton.next_power_of_2(d)))
+    return 64, 128, min(64, max(16, _k().triton.next_power_of_2(d)))
 
 
 def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt: torch.Tensor,
@@ -203,6 +61,8 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     """(row max [B], sum exp(z - max) [B], sum z [B]) over the local classes, fp32, as
     ``xclass.heads.fused._forward_stats`` (K = 1). emb_q [B, d] (normalised when ``normalized``),
     w [C_l, d] raw rows, target [B] local column or -1, zt [B] target logits."""
+    K = _k()
+    triton = K.triton
     b, d = emb_q.shape
     c = w.shape[0]
     bb, bc, bd = _blocks(b, d)
@@ -213,7 +73,7 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     per = triton.cdiv(tiles, splits)
     emb_q, w = emb_q.contiguous(), w.contiguous()
     outs = [torch.empty(splits, b, device=emb_q.device, dtype=torch.float32) for _ in range(3)]
-    _fwd_stats_kernel[(row_blocks, splits)](
+    K._fwd_stats_kernel[(row_blocks, splits)](
         emb_q, w, target.to(torch.int64).contiguous(), zt.float().contiguous(), *outs, b, c, d, per,
         emb_q.stride(0), w.stride(0), float(s), NORMALIZED=bool(normalized), SMOOTH=bool(smoothing),
         IEEE=emb_q.dtype == torch.float32, BLOCK_B=bb, BLOCK_C=bc, BLOCK_D=bd)
@@ -233,6 +93,8 @@ def backward(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, lse: to
     target [B] local column or -1, lse [B] global log-sum-exp, gs [B] = g_i * s (0 on ignored
     rows), sub = eps / N (label smoothing). ``blocks``: fixed (BLOCK_B, BLOCK_C) instead of the
     CUDA autotuner (the interpreter tests use small tiles)."""
+    K = _k()
+    triton = K.triton
     b, d = emb_q.shape
     c = w.shape[0]
     emb_q, w = emb_q.contiguous(), w.contiguous()
@@ -243,7 +105,7 @@ def backward(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, lse: to
         blocks = (32, 32)
     de = torch.empty(b, d, device=emb_q.device, dtype=torch.float32)
     dw = torch.empty(c, d, device=w.device, dtype=torch.float32) if need_dw else None
-    for out, kernel, tuned, axis in ((de, _bwd_de_kernel, _bwd_de_tuned, b), (dw, _bwd_dw_kernel, _bwd_dw_tuned, c)):
+    for out, kernel, tuned, axis in ((de, K._bwd_de_kernel, K._bwd_de_tuned, b), (dw, K._bwd_dw_kernel, K._bwd_dw_tuned, c)):
         if out is None:
             continue
         key = "BLOCK_B" if out is de else "BLOCK_C"
