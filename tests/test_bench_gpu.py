@@ -32,6 +32,19 @@ def test_quick_cpu_rows(tmp_path):
     assert all("speedup" in r for r in z if r["method"] == "zloss_efficient")
 
 
+def test_quick_cpu_fused_rows(tmp_path):
+    out = str(tmp_path / "gpu.jsonl")
+    assert bench_gpu.main(["--device", "cpu", "--quick", "--only", "fused", "--steps", "1", "--warmup", "0",
+                           "--out", out]) == 0
+    rows = [json.loads(l) for l in open(out)]
+    assert all(KEYS <= r.keys() for r in rows)
+    fused = [r for r in rows if r["bench"] == "fused"]
+    assert {(r["D"], r["impl"]) for r in fused} == {(1000, "fused"), (1000, "materialized"), (4000, "fused"),
+                                                   (4000, "materialized"), (8000, "fused")}
+    assert all(r["dtype"] == "bf16" and r["r"] == 1.0 and r["step_ms"] > 0 and r["x_floor"] > 0 for r in fused)
+    assert len([r for r in rows if r["bench"] == "gemm_floor"]) == 3
+
+
 def test_out_of_memory_becomes_a_row_and_other_errors_propagate():
     def oom():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")

@@ -7,6 +7,9 @@ Rows (every row has ``bench``, ``D``, ``dtype``, ``r``, ``step_ms``, ``peak_gb``
               ``floor_ms`` = the three-GEMM floor of the same shape and dtype (emb @ W^T,
               dlogits @ W, dlogits^T @ emb over the r*D scored classes), ``x_floor`` = step / floor
   gemm_floor  that floor as its own row
+  fused       (opt-in, ``--only fused``) ArcFace ``impl: fused`` at D = 1e5, 1e6, 1e7, 2e7, bf16,
+              r = 1, with the optimizer step and peak_gb; the materialised head beside it up to
+              D = 1e6; ``x_floor`` against the bf16 floor row of the same D
   zloss       ``zloss_efficient`` vs ``logsoftmax`` (full softmax CE over D classes), d=128,
               m=256; ``speedup`` on the zloss_efficient row
   recipe      configs/face/gpu_recipe.yaml on one device (B=256, bf16): ``encoder_harness`` =
@@ -22,6 +25,7 @@ and written as a row with ``oom: true``.
   python tools/bench_gpu.py                      # full sizes on cuda:0
   python tools/bench_gpu.py --device cpu --quick # tiny sizes (the smoke test runs this)
   python tools/bench_gpu.py --impl fused,materialized --only arcface
+  python tools/bench_gpu.py --only fused          # the fused head rows (opt-in)
 """
 from __future__ import annotations
 
@@ -147,7 +151,7 @@ def build_margin_head(D: int, d: int, r: float, impl: str, device: torch.device)
     from xclass.heads.base import HEADS
 
     components.load_all()
-    params = {} if impl == "materialized" else {"impl": impl}
+    params = {"impl": impl}  # explicit: the default (auto) would switch to fused on large D
     cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={"s": 64.0, "m": 0.5},
                                 sample_rate=r, label_smoothing=0.0, params=params)
     head = HEADS.get("margin")(cfg, num_classes=D, embedding_dim=d, ctx=_ctx(device), seed=0)
@@ -172,8 +176,12 @@ def bench_arcface(a, device: torch.device) -> List[Dict[str, Any]]:
     return rows
 
 
-def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: Dict[str, Any]) -> List[Dict]:
-    base = {"bench": "arcface", "D": D, "r": r, "impl": impl, "d": a.d, "B": a.B}
+FP32_BF16 = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+
+
+def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: Dict[str, Any],
+                  dtypes=FP32_BF16, bench: str = "arcface") -> List[Dict]:
+    base = {"bench": bench, "D": D, "r": r, "impl": impl, "d": a.d, "B": a.B}
     holder: Dict[str, Any] = {}
 
     def build() -> Dict[str, Any]:
@@ -183,7 +191,7 @@ def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: 
 
     built = measured(dict(base, dtype="fp32"), device, build)
     rows = []
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in dtypes:
         if "head" not in holder:  # the build itself ran out of memory
             rows.append(dict(built, dtype=name))
             emit(rows[-1:], a)
@@ -200,6 +208,23 @@ def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: 
     return rows
 
 
+
+
+def bench_fused(a, device: torch.device) -> List[Dict[str, Any]]:
+    """Rows ``fused``: ArcFace with ``impl`` fused (Triton kernels on CUDA) at D = 1e5, 1e6, 1e7,
+    2e7, bf16 (autocast), r = 1, fwd + bwd + SGD-momentum step, peak_gb, ``x_floor`` against the
+    bf16 three-GEMM floor of the same D; the materialised head alongside while D <= 1e6 (beyond,
+    its fp32 [B, D] buffer alone is 41 GB at 1e7)."""
+    rows: List[Dict[str, Any]] = []
+    for D in a.fused_D:
+        floor = measured({"bench": "gemm_floor", "D": D, "dtype": "bf16", "r": 1.0, "d": a.d, "B": a.B}, device,
+                         lambda D=D: {"step_ms": gemm_floor(D, a.d, a.B, torch.bfloat16, device, a)})
+        emit([floor], a)
+        rows.append(floor)
+        for impl in ("fused", "materialized") if D <= a.fused_D[1] else ("fused",):
+            rows += _arcface_rows(a, device, D, 1.0, impl, {"bf16": floor["step_ms"]},
+                                  dtypes=(("bf16", torch.bfloat16),), bench="fused")
+    return rows
 
 
 def emit(rows: List[Dict[str, Any]], a) -> None:
@@ -234,6 +259,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     a.steps = a.steps or (3 if q else 10)
     a.warmup = a.warmup if a.warmup is not None else (1 if q else 3)
     a.arc_D = [1000, 4000] if q else [10**5, 10**6, 10**7]
+    a.fused_D = [1000, 4000, 8000] if q else [10**5, 10**6, 10**7, 2 * 10**7]
     a.d, a.B = (32, 64) if q else (512, 1024)
     a.z_D = [1000, 4000] if q else [10**5, 10**6, 10**7]
     a.zd, a.zm = (16, 32) if q else (128, 256)
@@ -263,6 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         emit(bench_recipe(a, device, measured), a)
     if "arcface" in a.only:
         bench_arcface(a, device)
+    if "fused" in a.only:  # opt-in (--only fused): the 2e7 build alone takes minutes
+        bench_fused(a, device)
     print(f"[bench_gpu] rows appended to {a.out}", file=sys.stderr)
     return 0
 

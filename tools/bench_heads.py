@@ -308,6 +308,7 @@ def main(argv: Any = None) -> None:
                     help="W=1: also time the xclass rows round-robin in one process (fair ratios on a busy box)")
     ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the --steps timed ones")
     ap.add_argument("--out", help="path prefix: writes <out>.jsonl and <out>.png")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per rank (1: steady timings on a shared box; cores/W: the machine's speed)")
@@ -317,6 +318,8 @@ def main(argv: Any = None) -> None:
     a = ap.parse_args(argv)
     rows_spec = preset_targets(a.big) if a.preset else sweep(a)
     for spec in rows_spec:
+        if not a.preset:
+            spec["warmup"] = a.warmup
         spec.setdefault("threads", a.threads)
         spec.setdefault("malloc", a.malloc)
     out: List[Dict[str, Any]] = []

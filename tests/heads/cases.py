@@ -33,6 +33,11 @@ CASES: List[Dict[str, Any]] = [dict(id=n, margin=n, params={}) for n in MARGINS.
 PFC_CASES = [dict(id="pfc_arcface", margin="arcface", params={}, rate=0.5),
              dict(id="pfc_subcenter", margin="subcenter_arcface", params={"k": 2}, rate=0.4),
              dict(id="pfc_sphereface2", margin="sphereface2", params={}, rate=0.5)]
+# labels in [0, 3) and a 5 % sample: every class >= 6 goes unsampled at both steps (seed 3 samples
+# class 5 at step 0, nothing at step 1), so the last shard on 2 and 3 ranks holds NO active row
+PFC_CASES += [dict(id=f"pfc_empty_{n}", margin=n, params=p, rate=0.05, low=True)
+              for n, p in [("cosface", {}), ("subcenter_arcface", {"k": 2}), ("elastic_arc_plus", {}),
+                           ("sphereface2", {}), ("intertopk_subcenter", {})]]
 
 
 def head_cfg(case: Dict[str, Any], rate: float = 1.0) -> Any:
@@ -40,13 +45,15 @@ def head_cfg(case: Dict[str, Any], rate: float = 1.0) -> Any:
                                  sample_rate=rate, label_smoothing=case.get("ls", 0.0), params={})
 
 
-def batch(i: int, step: int):
-    """Global batch (emb [B, D] fp32, labels [B] with ignored rows and labels on every shard)."""
+def batch(i: int, step: int, low: bool = False):
+    """Global batch (emb [B, D] fp32, labels [B] with ignored rows and labels on every shard;
+    ``low``: labels in [0, 3) only, on the first shard)."""
     g = torch.Generator().manual_seed(1000 * i + step)
     emb = torch.randn(B, D, generator=g)
-    labels = torch.randint(0, C, (B,), generator=g)
+    labels = torch.randint(0, 3 if low else C, (B,), generator=g)
     labels[[2, 6]] = -100
-    labels[0], labels[1] = 0, C - 1
+    if not low:
+        labels[0], labels[1] = 0, C - 1
     return emb, labels
 
 
@@ -67,7 +74,7 @@ def _one(ctx, i: int, case: Dict[str, Any], rate: float) -> Dict[str, Any]:
     opt = head.make_optimizer(ADAMW if case.get("optim") == "adamw" else SGD)
     out: Dict[str, Any] = {"start": head.start, "stop": head.stop, "w0": head.weight.detach().clone()}
     for step in range(2):
-        emb, labels = batch(i, step)
+        emb, labels = batch(i, step, case.get("low", False))
         e = local(emb, ctx.world_size, ctx.rank).clone().requires_grad_(True)
         res = head(e, local(labels, ctx.world_size, ctx.rank))
         res.loss.backward()

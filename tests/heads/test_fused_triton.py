@@ -1,9 +1,10 @@
-"""The Triton forward-statistics kernel (xclass/heads/fused_triton.py) equals the chunked torch
-path, run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so the
-setting does not leak): ragged B and C (not multiples of the tiles), ignored rows, targets in
-the first / last tile, logit gaps of 200, fp16 inputs (the interpreter has no bf16); and a whole
-fused head step with the kernel equals the materialised head. Skipped when Triton is not
-installed (it is not a dependency of xclass)."""
+"""The Triton kernels (xclass/heads/fused_triton.py: forward statistics, and the backward's dL/demb
+and dL/dW) equal the chunked torch path, run on CPU tensors under Triton's interpreter
+(TRITON_INTERPRET=1, in a subprocess so the setting does not leak): ragged B and C (not multiples
+of the tiles), ignored rows, targets in the first / last tile, label smoothing, raw and cosine
+logits, logit gaps of 200, fp16 inputs (the interpreter has no bf16); and a whole fused head step
+with the kernels (forward and backward) equals the materialised head. Skipped when Triton is not
+installed (it is an optional extra, ``pip install xclass[triton]``)."""
 import importlib.util
 import json
 import os
@@ -38,6 +39,18 @@ for name, b, c, d, norm, ls, dt, gap in [("norm", 70, 300, 40, True, 0.0, torch.
     lse1, lse2 = m1 + s1.log(), m2 + s2.log()
     out[name] = [float((lse1 - lse2).abs().max() / lse2.abs().max().clamp(min=1)),
                  float((z1 - z2).abs().max() / z2.abs().max().clamp(min=1))]
+    # backward kernels (small tiles: several row and class tiles, ragged tails) vs the torch loop
+    g = torch.rand(b)
+    g[5] = 0.0  # an ignored row
+    gs, sub = g * spec.s, (ls / c if ls else 0.0)
+    acc, dw_ref = torch.zeros(b, d), torch.empty_like(w)
+    ef = e.float()
+    for a in range(0, c, 50):
+        fused._backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 50, c), t, lse2, spec, acc, dw_ref)
+    de, dw = fused_triton.backward(e, w, t, lse2, gs, spec.s, norm, sub, True, blocks=(16, 32))
+    de_ref = acc * gs.unsqueeze(1)
+    out[name + "_bwd"] = [float((de - de_ref).abs().max() / de_ref.abs().max().clamp(min=1e-30)),
+                          float((dw - dw_ref).abs().max() / dw_ref.abs().max().clamp(min=1e-30))]
 for margin in ("arcface", "cosface", "softmax"):
     res = {}
     for impl in ("materialized", "fused"):
@@ -62,6 +75,18 @@ def test_triton_kernel_equals_torch_path_under_interpreter():
     got = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
     assert got.returncode == 0, got.stderr[-3000:]
     errs = json.loads(got.stdout.strip().splitlines()[-1])
-    for name, vals in errs.items():
-        tol = 1e-3 if name == "fp16" else 1e-5
+    for name, vals in errs.items():  # fp16 backward: G and the unit rows are rounded to fp16
+        tol = {"fp16": 1e-3, "fp16_bwd": 5e-3}.get(name, 1e-5)
         assert max(vals) <= tol, (name, vals)
+
+
+def test_autotune_candidates_fit_every_padded_d():
+    """The backward's autotune pruning keeps configs for every padded d = 128..512 (a GPU times
+    them; here only the choice is checked): accumulator tile x d <= 128 x 128 fp32."""
+    from xclass.heads import fused_kernels
+
+    for own, other in (("BLOCK_C", "BLOCK_B"), ("BLOCK_B", "BLOCK_C")):
+        for d_pad in (128, 256, 512):
+            keep = fused_kernels._prune(own, other)(fused_kernels._tile_configs(), {}, D_PAD=d_pad)
+            assert keep and all(c.kwargs[own] * d_pad <= 128 * 128 for c in keep), (own, d_pad)
+    assert len(fused_kernels._tile_configs()) == 21

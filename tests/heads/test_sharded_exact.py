@@ -1,8 +1,9 @@
 """The sharded head on 1 (no process group), 2 and
 3 gloo ranks (uneven class split, ragged batches {5, 2, 1}, ignored rows, labels on other ranks)
 equals the dense single-process head on the concatenated batch: loss, d/d emb, d/d W shard,
-d/d b, two optimizer steps; Partial FC equals dense restricted to the sampled set and leaves
-unsampled rows and their optimizer state bitwise untouched; an inf on one rank skips everywhere."""
+d/d b, two optimizer steps; Partial FC equals dense restricted to the sampled set (also when a
+rank's sample is empty) and leaves unsampled rows and their optimizer state bitwise untouched;
+an inf on one rank skips everywhere."""
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from tests.heads import cases as K
 from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS
 from xclass.heads.sampling import sample_classes
+from xclass.losses import MARGINS
 from xclass.losses.reference import dense_margin_loss
 
 ALL = K.CASES + K.PFC_CASES
@@ -69,7 +71,7 @@ def test_sharded_equals_dense(ranked, case):
 
 
 def _global_sample(i, case, step):
-    _, labels = K.batch(i, step)
+    _, labels = K.batch(i, step, case.get("low", False))
     return sample_classes(0, K.C, labels[labels >= 0], case["rate"], K.SEED, step)
 
 
@@ -79,7 +81,7 @@ def test_partial_fc_exact_and_sparse(ranked, case):
     ws, results = ranked
     i = 100 + K.PFC_CASES.index(case)
     res = [r[case["id"]] for r in results]
-    k = 2 if case["margin"] == "subcenter_arcface" else 1
+    k = MARGINS.build(case["margin"], **case["params"]).sub_centers
     w0 = cat_ranks(res, "w0")
     rows = [torch.cat([r[f"rows{s}"] + r["start"] * k for r in res]) for s in range(2)]
     for s in range(2):  # the same global sample for every world size
@@ -87,14 +89,16 @@ def test_partial_fc_exact_and_sparse(ranked, case):
         assert torch.equal(rows[s], (want[:, None] * k + torch.arange(k)).reshape(-1))
         assert rows[s].numel() < w0.shape[0], "the test must actually sample"
     # step 0 equals the dense head restricted to the sampled classes (labels remapped)
-    emb, labels = K.batch(i, 0)
+    if case.get("low") and ws > 1:  # the empty-shard cases: some rank samples no class at all
+        assert min(r["rows0"].numel() for r in res) == 0 and min(r["rows1"].numel() for r in res) == 0
+    emb, labels = K.batch(i, 0, case.get("low", False))
     cls = _global_sample(i, case, 0)
     w = w0[rows[0]].clone().requires_grad_(True)
     lab = torch.where(labels >= 0, torch.searchsorted(cls, labels.clamp(min=0)), labels)
     head = HEADS.get("margin")(K.head_cfg(case), num_classes=K.C, embedding_dim=K.D,
                                ctx=ParallelContext.single(), seed=K.SEED)
     bias = None if head.bias is None else head.bias.detach()
-    loss = dense_margin_loss(emb, lab, w, head.margin, bias=bias)
+    loss = dense_margin_loss(emb, lab, w, head.margin, bias=bias, seed=K.SEED)
     loss.backward()
     close(res[0]["loss0"], loss.detach())
     w1 = cat_ranks(res, "w1")

@@ -42,7 +42,7 @@ from xclass.losses.margins import MarginAux
 from xclass.parallel.collectives import all_reduce
 
 IMPLS = ("auto", "fused", "materialized")
-CHUNK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] temporaries of 4 / 256 MiB
+CHUNK_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] temporaries of 2 / 256 MiB
 
 
 # ``impl: auto``: the materialised head is faster on CPU (3 GEMMs against the fused head's 4;
@@ -251,15 +251,7 @@ class _FusedCE(torch.autograd.Function):
         emb_q, w, target, valid, zt, lse, rows = ctx.saved_tensors
         spec = ctx.spec
         g_row = torch.where(valid, g, torch.zeros_like(g))
-        # d loss / d logit_ij = g_i (p_ij - eps/N); the row factor g_i s goes into the embeddings
-        eg = (emb_q.float() * (g_row * spec.s).unsqueeze(1)).to(emb_q.dtype)
-        acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
-        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None  # every row is written
-        n_cls = w.shape[0] // spec.k
-        ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk, emb_q.device.type)
-        for a in range(0, n_cls, ch):
-            _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
-        demb = acc.mul_((g_row * spec.s).unsqueeze(1))
+        demb, dw = _backward_stats(emb_q, w, target, lse, g_row, spec, ctx.needs_input_grad[1])
         if ctx.out is not None and rows.numel():
             eps = spec.smoothing
             g_zt = torch.where(target >= 0, (torch.exp(zt - lse) - (1.0 - eps) - eps / spec.n_cls) * g_row,
@@ -270,6 +262,23 @@ class _FusedCE(torch.autograd.Function):
                 dw.index_add_(0, rows, gwt.to(dw.dtype))
         ctx.leaves = ctx.out = None
         return demb.to(emb_q.dtype), dw, None, None, None, None, None
+
+
+def _backward_stats(emb_q, w, target, lse, g_row, spec: FusedSpec, need_dw: bool):
+    """(dL/demb_q [B, d] fp32, dL/dw [R, d] or None) of the non-target logits: the Triton
+    kernels where they run (xclass.heads.fused_triton), else the chunked torch loop."""
+    sub = spec.smoothing / spec.n_cls if spec.smoothing > 0 else 0.0
+    if w.shape[0] and fused_triton.available(emb_q, spec.k):
+        return fused_triton.backward(emb_q, w, target, lse, g_row * spec.s, spec.s, spec.normalized, sub, need_dw)
+    # d loss / d logit_ij = g_i (p_ij - eps/N); the row factor g_i s goes into the embeddings
+    eg = (emb_q.float() * (g_row * spec.s).unsqueeze(1)).to(emb_q.dtype)
+    acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
+    dw = torch.empty_like(w) if need_dw else None  # every row is written
+    n_cls = w.shape[0] // spec.k
+    ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk, emb_q.device.type)
+    for a in range(0, n_cls, ch):
+        _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
+    return acc.mul_((g_row * spec.s).unsqueeze(1)), dw
 
 
 def _backward_chunk(emb_q, eg, w, a: int, z: int, target, lse, spec: FusedSpec,
@@ -311,8 +320,13 @@ def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: 
     ``softmax_ce(margin(scores(emb_g, w), target, aux), ...)`` without forming [B_g, C_local].
 
     emb_g [B_g, d] gathered batch (replicated); w [C_a K, d] class rows (sharded, fp32);
-    target [B_g] local class column or -1; valid [B_g] bool (replicated)."""
+    target [B_g] local class column or -1; valid [B_g] bool (replicated). Under autocast the
+    score GEMMs take the autocast dtype (bf16 / fp16, fp32 accumulation), as the materialised
+    head's ``emb_g @ w.t()`` does; everything after the GEMMs stays fp32."""
     if not supports(margin):
         raise ValueError(f"the fused head covers target-only softmax margins, not {type(margin).__name__}")
-    emb_q = F.normalize(emb_g.float(), dim=1).to(emb_g.dtype) if spec.normalized else emb_g
+    dt = emb_g.dtype
+    if torch.is_autocast_enabled(emb_g.device.type):  # GEMM inputs as the materialised head's under autocast
+        dt = torch.get_autocast_dtype(emb_g.device.type)
+    emb_q = F.normalize(emb_g.float(), dim=1).to(dt) if spec.normalized else emb_g.to(dt)
     return _FusedCE.apply(emb_q, w, margin, target, valid, aux, spec)

@@ -1,6 +1,8 @@
-"""Triton kernel for the fused head's forward statistics (CUDA; Triton's interpreter on CPU in tests).
+"""Launchers of the fused head's Triton kernels (CUDA; Triton's interpreter on CPU in tests). The
+kernels live in xclass/heads/fused_kernels.py, imported only when one runs (importing Triton
+takes about 0.4 s; xclass itself never needs it).
 
-One program handles ``BLOCK_B`` rows of the gathered batch and one split of the local classes;
+Forward statistics: one program handles ``BLOCK_B`` rows of the gathered batch and one split of the local classes;
 it walks its class tiles of ``BLOCK_C`` rows of W, computes the score tile with ``tl.dot``
 over ``BLOCK_D`` slices of d (bf16/fp16 inputs use tensor cores with fp32 accumulation; fp32
 inputs use IEEE fp32 products, no TF32), accumulates the tile rows' squared norms in the same
@@ -10,71 +12,36 @@ Nothing of size [B, C] is written: each program stores three fp32 values per row
 :func:`forward_stats` merges the splits. Index arithmetic is int64, so ``C * d`` and ``B * C``
 above 2^31 are fine. One class row per class only (sub-centres use the chunked torch path).
 
+The backward has two kernels that recompute the score tiles from ``lse`` (nothing saved but
+O(B) stats): ``_bwd_dw_kernel`` (one program per tile of classes, looping over the batch)
+accumulates ``dL/du = sum_i G_ij e_i`` for its rows in fp32 and applies the normalisation's
+backward ``(g - u <u, g>) / |w|`` before the single store; ``_bwd_de_kernel`` (one program
+per tile of rows, looping over the classes) accumulates ``dL/de_i = sum_j G_ij u_j``. Here
+``G_ij = g_i s (p_ij - eps/N)`` with the target column zeroed (its gradient goes through the
+margin, in torch). Both keep the whole (padded) d per tile, so the tiles shrink as d grows; on
+CUDA the tile sizes are autotuned per padded d (128..512) and input precision.
+
 Status: checked against the torch path on CPU under ``TRITON_INTERPRET=1``
-(tests/heads/test_fused_triton.py) and on a GPU by tests/heads/test_fused_gpu.py (marker ``gpu``).
+(tests/heads/test_fused_triton.py); tests/heads/test_fused_gpu.py (marker ``gpu``) compares them
+on a GPU. Never run on a GPU so far: the autotune configs are a first guess.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # imported only when a kernel runs
 
-if HAVE_TRITON:
-    import triton
-    import triton.language as tl
 
-    @triton.jit
-    def _fwd_stats_kernel(E, W, T, ZT, M_out, S_out, Z_out, B, C, D, tiles_per_split, stride_e, stride_w,
-                          scale, NORMALIZED: tl.constexpr, SMOOTH: tl.constexpr, IEEE: tl.constexpr,
-                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-        pid_s = tl.program_id(1).to(tl.int64)
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rmask = rows < B
-        tgt = tl.load(T + rows, mask=rmask, other=-1)
-        zt = tl.load(ZT + rows, mask=rmask, other=0.0)
-        m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-        se = tl.zeros([BLOCK_B], tl.float32)
-        zs = tl.zeros([BLOCK_B], tl.float32)
-        for t in range(0, tiles_per_split):
-            cols = (pid_s * tiles_per_split + t) * BLOCK_C + tl.arange(0, BLOCK_C)
-            cmask = cols < C
-            acc = tl.zeros([BLOCK_B, BLOCK_C], tl.float32)
-            nrm = tl.zeros([BLOCK_C], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                ds = d0 + tl.arange(0, BLOCK_D)
-                dmask = ds < D
-                e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :],
-                            other=0.0)
-                w = tl.load(W + cols[:, None] * stride_w + ds[None, :], mask=cmask[:, None] & dmask[None, :],
-                            other=0.0)
-                if NORMALIZED:
-                    wf = w.to(tl.float32)
-                    nrm += tl.sum(wf * wf, axis=1)
-                if IEEE:
-                    acc += tl.dot(e, tl.trans(w.to(e.dtype)), input_precision="ieee")
-                else:
-                    acc += tl.dot(e, tl.trans(w.to(e.dtype)))
-            if NORMALIZED:
-                z = acc * (scale / tl.maximum(tl.sqrt(nrm), 1e-12))[None, :]
-            else:
-                z = acc * scale
-            z = tl.where(cols[None, :] == tgt[:, None], zt[:, None], z)
-            z = tl.where(cmask[None, :], z, float("-inf"))
-            if SMOOTH:
-                zs += tl.sum(tl.where(cmask[None, :], z, 0.0), axis=1)
-            mn = tl.maximum(m, tl.max(z, axis=1))
-            safe = tl.where(mn == float("-inf"), 0.0, mn)  # a tile past the last class
-            se = se * tl.exp(m - safe) + tl.sum(tl.exp(z - safe[:, None]), axis=1)
-            m = mn
-        out = pid_s * B + rows
-        tl.store(M_out + out, m, mask=rmask)
-        tl.store(S_out + out, se, mask=rmask)
-        tl.store(Z_out + out, zs, mask=rmask)
+def _k():
+    """The kernel module (imports Triton: about 0.4 s, paid only by a process that runs a kernel)."""
+    from xclass.heads import fused_kernels
+
+    return fused_kernels
 
 
 def available(emb: torch.Tensor, k: int) -> bool:
@@ -86,7 +53,7 @@ def available(emb: torch.Tensor, k: int) -> bool:
 
 def _blocks(b: int, d: int) -> Tuple[int, int, int]:
     """(BLOCK_B, BLOCK_C, BLOCK_D): 64 x 128 score tiles, d in slices of up to 64 (d = 128..512)."""
-    return 64, 128, min(64, max(16, triton.next_power_of_2(d)))
+    return 64, 128, min(64, max(16, _k().triton.next_power_of_2(d)))
 
 
 def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt: torch.Tensor,
@@ -94,6 +61,8 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     """(row max [B], sum exp(z - max) [B], sum z [B]) over the local classes, fp32, as
     ``xclass.heads.fused._forward_stats`` (K = 1). emb_q [B, d] (normalised when ``normalized``),
     w [C_l, d] raw rows, target [B] local column or -1, zt [B] target logits."""
+    K = _k()
+    triton = K.triton
     b, d = emb_q.shape
     c = w.shape[0]
     bb, bc, bd = _blocks(b, d)
@@ -104,7 +73,7 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     per = triton.cdiv(tiles, splits)
     emb_q, w = emb_q.contiguous(), w.contiguous()
     outs = [torch.empty(splits, b, device=emb_q.device, dtype=torch.float32) for _ in range(3)]
-    _fwd_stats_kernel[(row_blocks, splits)](
+    K._fwd_stats_kernel[(row_blocks, splits)](
         emb_q, w, target.to(torch.int64).contiguous(), zt.float().contiguous(), *outs, b, c, d, per,
         emb_q.stride(0), w.stride(0), float(s), NORMALIZED=bool(normalized), SMOOTH=bool(smoothing),
         IEEE=emb_q.dtype == torch.float32, BLOCK_B=bb, BLOCK_C=bc, BLOCK_D=bd)
@@ -113,3 +82,37 @@ def forward_stats(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, zt
     safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     se = (se_s * torch.exp(m_s - safe.unsqueeze(0))).sum(0)
     return m, se, zs_s.sum(0)
+
+
+def backward(emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, gs: torch.Tensor,
+             s: float, normalized: bool, sub: float, need_dw: bool = True,
+             blocks: Optional[Tuple[int, int]] = None):
+    """(dL/demb_q [B, d] fp32, dL/dw [C, d] in w's dtype or None) of the non-target logits, as the
+    chunked torch loop of ``xclass.heads.fused._FusedCE.backward`` (K = 1). emb_q [B, d]
+    replicated (normalised when ``normalized``; fp32/bf16/fp16), w [C, d] raw rows (sharded),
+    target [B] local column or -1, lse [B] global log-sum-exp, gs [B] = g_i * s (0 on ignored
+    rows), sub = eps / N (label smoothing). ``blocks``: fixed (BLOCK_B, BLOCK_C) instead of the
+    CUDA autotuner (the interpreter tests use small tiles)."""
+    K = _k()
+    triton = K.triton
+    b, d = emb_q.shape
+    c = w.shape[0]
+    emb_q, w = emb_q.contiguous(), w.contiguous()
+    args = (target.to(torch.int64).contiguous(), lse.float().contiguous(), gs.float().contiguous())
+    d_pad = max(16, triton.next_power_of_2(d))
+    meta = dict(NORMALIZED=bool(normalized), IEEE=emb_q.dtype == torch.float32, D_PAD=d_pad)
+    if blocks is None and not emb_q.is_cuda:  # the interpreter: no autotuner (it times on a GPU)
+        blocks = (32, 32)
+    de = torch.empty(b, d, device=emb_q.device, dtype=torch.float32)
+    dw = torch.empty(c, d, device=w.device, dtype=torch.float32) if need_dw else None
+    for out, kernel, tuned, axis in ((de, K._bwd_de_kernel, K._bwd_de_tuned, b), (dw, K._bwd_dw_kernel, K._bwd_dw_tuned, c)):
+        if out is None:
+            continue
+        key = "BLOCK_B" if out is de else "BLOCK_C"
+        call = (emb_q, w, *args, out, b, c, d, emb_q.stride(0), w.stride(0), out.stride(0), float(s), float(sub))
+        if blocks is None:
+            tuned[lambda m, n=axis, k=key: (triton.cdiv(n, m[k]),)](*call, **meta)
+        else:
+            size = dict(BLOCK_B=blocks[0], BLOCK_C=blocks[1])
+            kernel[(triton.cdiv(axis, size[key]),)](*call, **size, **meta)
+    return de, (dw.to(w.dtype) if dw is not None else None)

@@ -154,7 +154,10 @@ class ShardedMarginHead(nn.Module):
         """[B_g] target cosine (max over sub-centres), replicated. Gathers only the K target
         columns of each row: an amax over the whole [B_g, R] matrix would copy it."""
         cols = target.clamp(min=0).unsqueeze(1) * self.k + torch.arange(self.k, device=cos.device)
-        local = cos.detach().gather(1, cols).amax(1)
+        if cos.shape[1] == 0:  # an empty Partial-FC sample holds no target
+            local = cos.new_zeros(cos.shape[0])
+        else:
+            local = cos.detach().gather(1, cols).amax(1)
         return C.all_reduce(torch.where(target >= 0, local, torch.zeros_like(local)), "sum", self.group)
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
@@ -175,7 +178,7 @@ class ShardedMarginHead(nn.Module):
         tcos = self._target_cos(cos, target) if self.margin.needs_target_cos else None
         thr = None
         if getattr(self.margin, "needs_topk", 0):
-            c = cos.detach().view(cos.shape[0], -1, self.k).amax(-1)
+            c = cos.detach().view(cos.shape[0], cos.shape[1] // self.k, self.k).amax(-1)
             thr = topk_threshold(c, target, self.margin.needs_topk, self.group)
         aux = MarginAux(step=host_step(self), seed=self.seed, valid=valid, target_cos=tcos, owned=True,
                         topk_threshold=thr)
@@ -205,7 +208,7 @@ class ShardedMarginHead(nn.Module):
         """[B, C_local] fp32 scores of replicated embeddings against this rank's classes
         (cosines, max over sub-centres, when the margin is normalised; dot products otherwise)."""
         cos = self._scores(emb, self.weight)
-        return cos.view(cos.shape[0], -1, self.k).amax(-1)
+        return cos.view(cos.shape[0], cos.shape[1] // self.k, self.k).amax(-1)
 
     def make_optimizer(self, optim_cfg: Any):
         from xclass.heads.optim import build_head_optimizer

@@ -43,7 +43,7 @@ class InterTopKSubCenter:
         return self.top_k
 
     def __call__(self, cos: torch.Tensor, target: torch.Tensor, aux: MarginAux) -> torch.Tensor:
-        c = cos.view(cos.shape[0], -1, self.k).amax(-1).float()
+        c = cos.view(cos.shape[0], cos.shape[1] // self.k, self.k).amax(-1).float()
         thr = aux.topk_threshold
         if thr is None:  # dense use: the local shard is the whole class set
             thr = topk_threshold(c.detach(), target, self.top_k, group=None)

@@ -127,7 +127,10 @@ def replace_target(cos: torch.Tensor, target: torch.Tensor, s: float,
     replaced by ``s * new(ct)``, where ct [B] fp32 are the raw target cosines. ``new`` must
     depend on ct only (other inputs are constants): its gradient is taken w.r.t. ct alone.
     ``inplace`` (set by heads through ``MarginAux.owned``): ``cos`` is a temporary score buffer
-    that may be overwritten, and the incoming gradient may be scaled in place."""
+    that may be overwritten, and the incoming gradient may be scaled in place.
+    A shard with no column (an empty Partial-FC sample) holds no target: ``s * cos`` as is."""
+    if cos.shape[1] == 0:
+        return cos.float() * s
     return _ReplaceTarget.apply(cos, target, float(s), new, inplace)
 
 
@@ -307,6 +310,6 @@ class SubCenterArcFace(ArcFace):
         return self.k
 
     def __call__(self, cos, target, aux):
-        cos = cos.view(cos.shape[0], -1, self.k).amax(-1)
+        cos = cos.view(cos.shape[0], cos.shape[1] // self.k, self.k).amax(-1)  # no -1: 0 columns
         # amax saves its output for backward, so the reduced scores must not be overwritten
         return super().__call__(cos, target, replace(aux, owned=False))

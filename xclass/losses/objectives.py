@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from xclass.parallel.collectives import all_gather_nograd, all_reduce
 
 
+def _row_max(z: torch.Tensor) -> torch.Tensor:
+    """[B] row max of z [B, n]; -inf when the shard has no column (an empty Partial-FC sample)."""
+    return z.amax(1) if z.shape[1] else z.new_full((z.shape[0],), float("-inf"))
+
+
+def _take(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[B] entries z[i, idx_i] (idx [B, 1] clamped columns); zeros when z has no column."""
+    return z.gather(1, idx).squeeze(1) if z.shape[1] else z.new_zeros(z.shape[0])
+
+
 class _ShardedSoftmaxCE(torch.autograd.Function):
     """Log-domain cross-entropy over class shards: 2 collectives of O(B) floats
     (MAX of the row max; SUM of [sum-exp, target logit, logit sum] packed into one tensor).
@@ -31,8 +41,8 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
         has = target >= 0
         idx = target.clamp(min=0).unsqueeze(1)
         z = logits.detach()
-        row_max = all_reduce(z.amax(1), "max", group)
-        z_t = torch.where(has, z.gather(1, idx).squeeze(1), torch.zeros_like(row_max))
+        row_max = all_reduce(_row_max(z), "max", group)
+        z_t = torch.where(has, _take(z, idx), torch.zeros_like(row_max))
         z_sum = z.sum(1) if smoothing > 0 else torch.zeros_like(row_max)
         # inplace: the caller hands over its logits buffer, which becomes exp(z - max) (Megatron-style)
         p = z.sub_(row_max.unsqueeze(1)) if inplace else z - row_max.unsqueeze(1)
@@ -55,7 +65,8 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
         if ctx.smoothing > 0:
             grad.sub_((g_row * (ctx.smoothing / ctx.num_classes)).unsqueeze(1))
         onehot = torch.where(has, (1.0 - ctx.smoothing) * g_row, torch.zeros_like(g_row))
-        grad.scatter_add_(1, idx, -onehot.unsqueeze(1))
+        if grad.shape[1]:
+            grad.scatter_add_(1, idx, -onehot.unsqueeze(1))
         return grad, None, None, None, None, None, None
 
 
@@ -110,7 +121,7 @@ def binary_ce(z: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, lam
     softplus is linear beyond 20, so |z| up to 1e4 cannot overflow (no log(1 + exp(z)))."""
     has = target >= 0
     idx = target.clamp(min=0).unsqueeze(1)
-    z_t = z.gather(1, idx).squeeze(1)
+    z_t = _take(z, idx)
     row = (1.0 - lam) * F.softplus(z).sum(1)
     fix = lam * F.softplus(-z_t) - (1.0 - lam) * F.softplus(z_t)
     row = row + torch.where(has, fix, torch.zeros_like(fix))
@@ -122,9 +133,10 @@ def topk_threshold(c: torch.Tensor, target: torch.Tensor, k: int, group: Optiona
     """Per-row k-th largest NON-target score over the global class set [B] (replicated), from
     class-sharded scores ``c [B, C_local]``: local top-k, then an all-gather of k candidates per row
     (padded with -inf where a shard has fewer than k columns). No gradient."""
-    c = c.detach().float().scatter(1, target.clamp(min=0).unsqueeze(1),
-                                   torch.where(target >= 0, float("-inf"), c.detach().float().gather(
-                                       1, target.clamp(min=0).unsqueeze(1)).squeeze(1)).unsqueeze(1))
+    c = c.detach().float()
+    if c.shape[1]:  # (a shard with no column, an empty Partial-FC sample, only pads with -inf)
+        idx = target.clamp(min=0).unsqueeze(1)
+        c = c.scatter(1, idx, torch.where(target >= 0, float("-inf"), _take(c, idx)).unsqueeze(1))
     kk = min(k, c.shape[1])
     local = torch.full((c.shape[0], k), float("-inf"), device=c.device)
     local[:, :kk] = c.topk(kk, dim=1).values

@@ -54,6 +54,8 @@ class SphereFace2:
         """z [B, C_local] fp32 without the bias."""
         c = cos.float()
         neg = safe_map(c, lambda x: self._shift(x, +1.0), self.grad, self.eps)
+        if c.shape[1] == 0:  # an empty Partial-FC shard: no target column
+            return self.r * neg
         idx = target.clamp(min=0).unsqueeze(1)
         ct = c.gather(1, idx).squeeze(1)
         pos = safe_map(ct, lambda x: self._shift(x, -1.0), self.grad, self.eps)
