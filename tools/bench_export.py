@@ -4,9 +4,11 @@
     PYTHONPATH=. python tools/bench_export.py --run runs/speaker_fsdd [--split test]
 
 With ``--run``: the whole ``xclass export-index`` command on that trained run (a subprocess:
-wall clock and CPU seconds, rows/s end to end), then its phases one by one in this process
+wall clock and CPU seconds, rows/s end to end; twice with glibc's default malloc,
+``XCLASS_MALLOC=system``, the path before, and twice with the heap setting the CLI now applies,
+interleaved), then its phases one by one in this process
 (interpreter + imports, encoder load, Parquet read + fbank decode, encoder forward at each
-``--budgets`` frame budget, Parquet write) and the largest embedding difference between the
+``--budgets`` frame budget, Parquet write; heap malloc setting as in the CLI) and the largest embedding difference between the
 budgets. Without it:
 
 Generates speaker data with utterances of 1-16 s (100-1,600 frames, like read speech), trains
@@ -73,10 +75,11 @@ def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
 
-    def child(cmd):
+    def child(cmd, **extra_env):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, env=dict(env, **extra_env), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
@@ -84,14 +87,18 @@ def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
     n = pq.read_metadata(split_files(cfg.data.path, split)[0]).num_rows if len(split_files(cfg.data.path, split)) == 1 \
         else sum(pq.read_metadata(f).num_rows for f in split_files(cfg.data.path, split))
     base = {"bench": "export_speaker_run", "run": run_dir, "split": split, "rows": n, "threads": threads}
-    wall, cpu = child([sys.executable, "-m", "xclass.cli", "export-index", "--run", run_dir, "--split", split,
-                       "--out", os.path.join(out, "index"), "--overwrite"])
-    print(json.dumps({**base, "phase": "end_to_end_cli", "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                      "rows_per_s": round(n / wall, 1)}), flush=True)
+    for malloc in ("system", "heap", "system", "heap"):  # before (glibc default) / after, interleaved
+        wall, cpu = child([sys.executable, "-m", "xclass.cli", "export-index", "--run", run_dir, "--split", split,
+                           "--out", os.path.join(out, "index"), "--overwrite"], XCLASS_MALLOC=malloc)
+        print(json.dumps({**base, "phase": "end_to_end_cli", "malloc": malloc, "seconds": round(wall, 2),
+                          "cpu_seconds": round(cpu, 2), "rows_per_s": round(n / wall, 1)}), flush=True)
     wall, cpu = child([sys.executable, "-c", "import xclass.cli, xclass.export, xclass.eval.cli, torch"])
     print(json.dumps({**base, "phase": "python_and_imports", "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}),
           flush=True)
     torch.set_num_threads(threads)
+    from xclass.perf import tune_malloc
+
+    tune_malloc()  # as the CLI does (XCLASS_MALLOC=system in the environment turns it off here too)
 
     def timed(name, fn, **extra):
         t0, c0 = time.perf_counter(), time.process_time()
