@@ -16,7 +16,11 @@ seed), and scores every method on the same rows:
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
 
-Embedding 1-NN uses cosine similarity. Each row: task, protocol, method, metric, value, n.
+Embedding 1-NN uses cosine similarity. Traffic rows give two metrics per method: ``1nn_acc``
+(the first of equally near gallery rows) and ``1nn_tievote_acc`` (the majority label of all
+equally near rows: identical flows can carry different nDPI labels); the forest's closed-set
+accuracy is written under both names. Each row: task, data, config, overrides, seed,
+train_seconds, protocol, method, metric, value, n.
 """
 from __future__ import annotations
 
