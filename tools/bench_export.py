@@ -8,8 +8,8 @@ wall clock and CPU seconds, rows/s end to end; twice with glibc's default malloc
 ``XCLASS_MALLOC=system``, the path before, and twice with the heap setting the CLI now applies,
 interleaved), then its phases one by one in this process
 (interpreter + imports, encoder load, Parquet read + fbank decode, encoder forward at each
-``--budgets`` frame budget, Parquet write; heap malloc setting as in the CLI) and the largest embedding difference between the
-budgets. Without it:
+``--budgets`` frame budget, Parquet write; heap malloc setting as in the CLI) and the largest
+embedding difference between the budgets. Without it:
 
 Generates speaker data with utterances of 1-16 s (100-1,600 frames, like read speech), trains
 the CPU speaker config for one step (weights do not change the cost), then encodes the test split

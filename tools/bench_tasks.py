@@ -250,7 +250,8 @@ def main() -> int:
         rows = verification_rows(a.data, meta, embs)
     for r in rows:
         print(json.dumps({"task": meta["task"], "data": os.path.abspath(a.data), "config": a.config,
-                          "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1), **r}), flush=True)
+                          "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1), **r}),
+              flush=True)
     return 0
 
 

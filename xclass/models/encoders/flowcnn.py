@@ -2,8 +2,9 @@
 
 Per packet: size / ``size_scale``, direction in {-1, +1}, log1p(inter-arrival ms) and,
 with ``size_embed > 0``, a learned vector of the packet's exact size class (size // ``size_bin``
-bytes, separately per direction) -> masked Conv-ReLU-BN stack -> learnable GeM pooling over the valid packets. Flow
-statistics: signed log1p -> BN -> Linear -> ReLU. Both are concatenated and projected
+bytes, separately per direction) -> masked Conv-ReLU-BN stack -> learnable GeM pooling over
+the valid packets. Flow statistics: signed log1p -> BN -> Linear -> ReLU (and, with
+``stats_embed > 0``, a learned vector per statistic for its value's bin). Both are concatenated and projected
 to the embedding (the CESNET 30pktTCNET_256 model follows the same two-branch plan with
 wider channels, kernels 7/7/5/3 and GeM p=3). The size embedding lets the network tell
 apart sizes that a single normalised float puts next to each other (a 1,228- from a
@@ -39,9 +40,10 @@ class FlowCNN(nn.Module):
         super().__init__()
         if flat_hidden > 0 and num_packets < 1:
             raise ValueError("flowcnn: flat_hidden > 0 needs the packet count (meta.json num_packets)")
-        if size_embed < 0 or size_bin < 1 or max_size < size_bin:
-            raise ValueError(f"flowcnn: need size_embed >= 0, size_bin >= 1 and max_size >= size_bin, got "
-                             f"{size_embed}, {size_bin}, {max_size}")
+        if size_embed < 0 or size_bin < 1 or max_size < size_bin or stats_bin <= 0 or stats_bins < 1:
+            raise ValueError(f"flowcnn: need size_embed >= 0, size_bin >= 1, max_size >= size_bin, "
+                             f"stats_bin > 0 and stats_bins >= 1, got {size_embed}, {size_bin}, {max_size}, "
+                             f"{stats_bin}, {stats_bins}")
         if len(channels) != len(kernels) or not channels:
             raise ValueError(f"flowcnn: 'channels' {list(channels)} and 'kernels' "
                              f"{list(kernels)} must be non-empty and of equal length")
@@ -141,10 +143,10 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
     The stats width comes from meta.json: ``inputs.flow_stats`` (the list of stat names)
     or ``num_stats`` (0 = no stats branch).
     """
+    n_pkts = int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0
     return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
                    stats_hidden, hidden, dropout, size_scale, gem_p, size_embed, size_bin, max_size,
-                   flat_hidden, int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0,
-                   stats_embed, stats_bin, stats_bins)
+                   flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins)
 
 
 def _num_stats(meta: Dict[str, Any]) -> int:
