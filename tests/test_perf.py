@@ -56,3 +56,45 @@ def test_opt_out(monkeypatch):
     monkeypatch.delenv("XCLASS_MALLOC")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
     assert perf.tune_malloc() is False
+
+
+ENCODE = r"""
+import json, resource, sys
+import torch
+if sys.argv[1] == "heap":
+    from xclass.perf import tune_malloc
+    assert tune_malloc()
+from xclass.eval.embed import encode_batch
+from xclass.models.encoders.ecapa import ecapa
+torch.manual_seed(0)
+enc = ecapa({"n_mels": 80}, 64).eval()
+inputs = {"fbank": torch.randn(128, 200, 80), "lengths": torch.randint(20, 201, (128,))}
+faults = []
+with torch.no_grad():
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        encode_batch(enc, inputs)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"steady": min(faults[1:])}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_export_encoding_reuses_heap_and_the_cli_applies_it(monkeypatch):
+    """export-index's ECAPA pass: pooling input [128, 576, 200] fp32 = 56 MiB per batch, faulted
+    in anew on every batch by default; the CLI turns the heap setting on before encoding."""
+    def steady(mode):
+        out = subprocess.run([sys.executable, "-c", ENCODE, mode], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["steady"]
+
+    pool_pages = 128 * 576 * 200 * 4 // 4096
+    assert steady("system") > pool_pages
+    assert steady("heap") < pool_pages // 4
+    import xclass.cli.export
+    import xclass.perf
+    from xclass.cli import main as cli
+
+    calls = []
+    monkeypatch.setattr(xclass.perf, "tune_malloc", lambda: calls.append("malloc") or True)
+    monkeypatch.setattr(xclass.cli.export, "run_export_cli", lambda args: calls.append("export") or 0)
+    assert cli._cmd_export(None) == 0 and calls == ["malloc", "export"]

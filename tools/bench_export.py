@@ -1,6 +1,15 @@
 """Benchmark ``export-index`` encoding of variable-length speaker utterances; JSON lines.
 
     PYTHONPATH=. python tools/bench_export.py [--out /tmp/xclass_bench_export] [--rows 200]
+    PYTHONPATH=. python tools/bench_export.py --run runs/speaker_fsdd [--split test]
+
+With ``--run``: the whole ``xclass export-index`` command on that trained run (a subprocess:
+wall clock and CPU seconds, rows/s end to end; twice with glibc's default malloc,
+``XCLASS_MALLOC=system``, the path before, and twice with the heap setting the CLI now applies,
+interleaved), then its phases one by one in this process
+(interpreter + imports, encoder load, Parquet read + fbank decode, encoder forward at each
+``--budgets`` frame budget, Parquet write; heap malloc setting as in the CLI) and the largest
+embedding difference between the budgets. Without it:
 
 Generates speaker data with utterances of 1-16 s (100-1,600 frames, like read speech), trains
 the CPU speaker config for one step (weights do not change the cost), then encodes the test split
@@ -16,12 +25,13 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from xclass.cli import main as xclass
 from xclass.data import make_data
-from xclass.eval.embed import embed_split
+from xclass.eval.embed import embed_split, encode_batch
 
 
 def run(out: str, rows: int, threads: int) -> None:
@@ -48,10 +58,94 @@ def run(out: str, rows: int, threads: int) -> None:
     print(json.dumps({"bench": "export_speaker", "max_abs_embedding_diff": diff}), flush=True)
 
 
+def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
+    """The whole ``export-index`` command on a trained run (subprocess, wall and CPU), then its
+    phases in this process: interpreter + imports, encoder load, read + decode, encoder forward
+    per frame budget, Parquet write."""
+    import resource
+    import subprocess
+    import sys
+
+    from xclass import components
+    from xclass.data.meta import load_meta
+    from xclass.data.reader import ParquetReader
+    from xclass.eval.embed import load_encoder, load_run
+    from xclass.eval.io import write_parquet_atomic
+    from xclass.data.meta import split_files
+
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+
+    def child(cmd, **extra_env):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=dict(env, **extra_env), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+    cfg = load_run(run_dir)
+    n = pq.read_metadata(split_files(cfg.data.path, split)[0]).num_rows if len(split_files(cfg.data.path, split)) == 1 \
+        else sum(pq.read_metadata(f).num_rows for f in split_files(cfg.data.path, split))
+    base = {"bench": "export_speaker_run", "run": run_dir, "split": split, "rows": n, "threads": threads}
+    for malloc in ("system", "heap", "system", "heap"):  # before (glibc default) / after, interleaved
+        wall, cpu = child([sys.executable, "-m", "xclass.cli", "export-index", "--run", run_dir, "--split", split,
+                           "--out", os.path.join(out, "index"), "--overwrite"], XCLASS_MALLOC=malloc)
+        print(json.dumps({**base, "phase": "end_to_end_cli", "malloc": malloc, "seconds": round(wall, 2),
+                          "cpu_seconds": round(cpu, 2), "rows_per_s": round(n / wall, 1)}), flush=True)
+    wall, cpu = child([sys.executable, "-c", "import xclass.cli.main, xclass.cli.export, xclass.eval.embed, torch"])
+    print(json.dumps({**base, "phase": "python_and_imports", "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}),
+          flush=True)
+    torch.set_num_threads(threads)
+    from xclass.perf import tune_malloc
+
+    tune_malloc()  # as the CLI does (XCLASS_MALLOC=system in the environment turns it off here too)
+
+    def timed(name, fn, **extra):
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = fn()
+        dt, c = time.perf_counter() - t0, time.process_time() - c0
+        print(json.dumps({**base, "phase": name, **extra, "seconds": round(dt, 2), "cpu_seconds": round(c, 2),
+                          **({"rows_per_s": round(n / dt, 1)} if name.startswith("forward") else {})}), flush=True)
+        return res
+
+    meta = load_meta(cfg.data.path)
+    enc = timed("load_encoder", lambda: load_encoder(run_dir, cfg, meta))
+    decode = components.make_decoder(cfg.data.task, meta, cfg.model)
+
+    def read_decode():
+        reader = ParquetReader(split_files(cfg.data.path, split),
+                               components.input_columns(cfg.data.task, cfg.model.encoder, meta),
+                               rank=0, world_size=1, batch_rows=512, seed=0, shuffle=False)
+        reader.set_epoch(0)
+        return [decode(b)[0] for b in reader]
+
+    batches = timed("read_decode", read_decode)
+    frames = torch.cat([b["lengths"] for b in batches]).double()
+    base["frames_mean"], base["frames_max"] = round(float(frames.mean()), 1), int(frames.max())
+    embs = {}
+    with torch.no_grad():
+        for budget in budgets:
+            embs[budget] = timed("forward", lambda: np.concatenate([encode_batch(enc, b, budget) for b in batches]),
+                                 frame_budget=budget)
+    ref = embs[budgets[0]]
+    table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(ref.reshape(-1)), ref.shape[1])})
+    timed("write_parquet", lambda: write_parquet_atomic(table, os.path.join(out, "emb.parquet")))
+    print(json.dumps({**base, "max_abs_embedding_diff_vs_budget_%d" % budgets[0]:
+                      max(float(np.abs(e - ref).max()) for e in embs.values())}), flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="/tmp/xclass_bench_export")
     ap.add_argument("--rows", type=int, default=200, help="test utterances to encode")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--run", help="a trained speaker run: time export-index on it end to end and by phase")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--budgets", default="0,262144,32768,16384",
+                    help="with --run: frame budgets of the forward phase (the first is the reference)")
     a = ap.parse_args()
-    run(a.out, a.rows, a.threads)
+    if a.run:
+        run_real(a.run, a.split, a.out, a.threads, [int(b) for b in a.budgets.split(",")])
+    else:
+        run(a.out, a.rows, a.threads)

@@ -16,7 +16,11 @@ seed), and scores every method on the same rows:
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
 
-Embedding 1-NN uses cosine similarity. Each row: task, protocol, method, metric, value, n.
+Embedding 1-NN uses cosine similarity. Traffic rows give two metrics per method: ``1nn_acc``
+(the first of equally near gallery rows) and ``1nn_tievote_acc`` (the majority label of all
+equally near rows: identical flows can carry different nDPI labels); the forest's closed-set
+accuracy is written under both names. Each row: task, data, config, overrides, seed,
+train_seconds, protocol, method, metric, value, n.
 """
 from __future__ import annotations
 
@@ -57,14 +61,35 @@ def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> 
             "emb": e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)}
 
 
-def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.ndarray, cosine: bool) -> float:
-    """1-NN accuracy (cosine on normalised rows, else Euclidean), in chunks."""
-    hits = 0
+def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.ndarray,
+        cosine: bool) -> Dict[str, float]:
+    """1-NN accuracy (cosine on normalised rows, else Euclidean), in chunks: ``1nn_acc`` takes
+    the first (lowest-index) nearest gallery row, ``1nn_tievote_acc`` the majority label of all
+    gallery rows tied for nearest (see :func:`tie_vote`)."""
+    hits = votes = 0
     for s in range(0, len(queries), 2048):
         q = queries[s:s + 2048]
-        d = -q @ gallery.T if cosine else ((q[:, None, :] - gallery[None]) ** 2).sum(-1)
-        hits += int((g_lab[np.argmin(d, axis=1)] == q_lab[s:s + 2048]).sum())
-    return hits / max(1, len(queries))
+        sim = q @ gallery.T if cosine else -((q[:, None, :] - gallery[None]) ** 2).sum(-1)
+        hits += int((g_lab[np.argmax(sim, axis=1)] == q_lab[s:s + 2048]).sum())
+        votes += int((tie_vote(sim, g_lab) == q_lab[s:s + 2048]).sum())
+    n = max(1, len(queries))
+    return {"1nn_acc": hits / n, "1nn_tievote_acc": votes / n}
+
+
+def tie_vote(sim: np.ndarray, g_lab: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
+    """Per query row of ``sim [q, g]``: the most frequent label among the gallery rows whose
+    similarity is within ``rtol * max(1, |best|)`` of the best (equal counts: the label met
+    first in gallery order). Identical flows carrying different labels (nDPI labels from
+    payload) are all nearest at once; plain 1-NN then takes an arbitrary one of them."""
+    best = sim.max(axis=1, keepdims=True)
+    tied = sim >= best - rtol * np.maximum(1.0, np.abs(best))
+    out = g_lab[np.argmax(sim, axis=1)].copy()
+    for i in np.flatnonzero(tied.sum(1) > 1):
+        labs = g_lab[tied[i]]
+        uniq, first, counts = np.unique(labs, return_index=True, return_counts=True)
+        top = counts == counts.max()
+        out[i] = uniq[top][np.argmin(first[top])]
+    return out
 
 
 def flow_features(path: str, n_pkts: int) -> Dict[str, np.ndarray]:
@@ -104,12 +129,11 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         q = te["label"][closed]
         res = {"knn_stats": nn1(scaler.transform(tr["stats"]), tr["label"], scaler.transform(te["stats"][closed]), q,
                                 False),
-               "random_forest": float((rf.predict(te["rf"][closed]) == q).mean())}
+               "random_forest": {"accuracy": float((rf.predict(te["rf"][closed]) == q).mean())}}
         for name, e in embs.items():
             pos = np.searchsorted(e["test"]["id"], te["id"][closed])
             res[name] = nn1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], q, True)
-        rows += [{"protocol": "closed", "method": k, "metric": "1nn_acc", "value": round(v, 4), "n": int(closed.sum())}
-                 for k, v in res.items()]
+        rows += _rows("closed", res, int(closed.sum()))
     opn = ~closed
     if opn.any():
         ids, lab = te["id"][opn], te["label"][opn]
@@ -117,19 +141,28 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         g, q = ~isq, isq
         st = scaler.transform(te["stats"][opn])
         leaves = rf.apply(te["rf"][opn])
-        prox_hits = 0
-        for i in np.flatnonzero(q):
-            prox = (leaves[g] == leaves[i]).sum(1)
-            prox_hits += int(lab[g][np.argmax(prox)] == lab[i])
+        prox = np.stack([(leaves[g] == leaves[i]).sum(1) for i in np.flatnonzero(q)]).astype(np.float64)
         res = {"knn_stats": nn1(st[g], lab[g], st[q], lab[q], False),
-               "random_forest_proximity": prox_hits / max(1, int(q.sum()))}
+               "random_forest_proximity": {"1nn_acc": float((lab[g][np.argmax(prox, 1)] == lab[q]).mean()),
+                                           "1nn_tievote_acc": float((tie_vote(prox, lab[g]) == lab[q]).mean())}}
         for name, e in embs.items():
             pos = np.searchsorted(e["test"]["id"], ids)
             em = e["test"]["emb"][pos]
             res[name] = nn1(em[g], lab[g], em[q], lab[q], True)
-        rows += [{"protocol": "open", "method": k, "metric": "1nn_acc", "value": round(v, 4), "n": int(q.sum())}
-                 for k, v in res.items()]
+        rows += _rows("open", res, int(q.sum()))
     return rows
+
+
+def _rows(protocol: str, res: Dict[str, Dict[str, float]], n: int) -> List[Dict]:
+    """One JSON row per (method, metric); the forest's closed-set ``accuracy`` (a classifier's
+    plurality over its trees) is written under both 1-NN metric names for one table."""
+    out = []
+    for method, metrics in res.items():
+        if set(metrics) == {"accuracy"}:
+            metrics = {"1nn_acc": metrics["accuracy"], "1nn_tievote_acc": metrics["accuracy"]}
+        out += [{"protocol": protocol, "method": method, "metric": k, "value": round(v, 4), "n": n}
+                for k, v in metrics.items()]
+    return out
 
 
 def _verif(scores: np.ndarray, same: np.ndarray, face: bool) -> Dict[str, float]:
@@ -217,7 +250,8 @@ def main() -> int:
         rows = verification_rows(a.data, meta, embs)
     for r in rows:
         print(json.dumps({"task": meta["task"], "data": os.path.abspath(a.data), "config": a.config,
-                          "train_seconds": round(train_s, 1), **r}), flush=True)
+                          "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1), **r}),
+              flush=True)
     return 0
 
 

@@ -160,3 +160,13 @@ def test_unsupported_link_type_is_named(tmp_path):
         labelled_flows([str(path)], sni=True)
     flows, counts = labelled_flows([str(path), write(tmp_path / "c.pcap", capture())], sni=True, skip_bad=True)
     assert len(flows) == 1 and len(counts["skipped_files"]) == 1 and "ppp.pcap" in counts["skipped_files"][0]
+
+
+def test_sizes_above_int16_are_capped_and_statistics_keep_true_bytes(tmp_path):
+    """A 40,028-byte IP packet (offload captures) used to wrap to a negative int16 size."""
+    cap = write(tmp_path / "c.pcap", [(0.0, _udp(C4, S4, 1, 2, b"a" * 40000)), (0.1, _udp(S4, C4, 2, 1, b"b"))])
+    (tmp_path / "l.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label\n10.0.0.1,1,10.0.0.2,2,udp,big\n")
+    import_pcap([cap], str(tmp_path / "o"), labels=str(tmp_path / "l.csv"), num_packets=3, show_progress=False)
+    t = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
+    assert t["pkt_sizes"][0] == [32767, 20 + 8 + 1, 0]
+    assert t["flow_stats"][0][1:3] == [20 + 8 + 40000, 20 + 8 + 1]          # bytes up / down

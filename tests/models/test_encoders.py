@@ -17,7 +17,8 @@ TIME_KEYS = ("fbank", "pkt_sizes", "pkt_dirs", "pkt_iat", "tokens")
 
 
 # Non-default options with their own masking paths, run through the padding tests too.
-VARIANTS = [(n, {}) for n in NAMES] + [("ecapa", {"cmn": True}), ("embbag", {"mode": "sum"})]
+VARIANTS = [(n, {}) for n in NAMES] + [("ecapa", {"cmn": True}), ("embbag", {"mode": "sum"}),
+                                       ("flowcnn", {"size_embed": 4, "flat_hidden": 8, "stats_embed": 3})]
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
 
 
@@ -159,3 +160,18 @@ def test_follows_parameter_dtype(name):
         out = enc.to(torch.float64)(inputs)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out.float(), ref, atol=1e-4, rtol=1e-3)
+
+
+def test_flowcnn_size_embedding_rows_by_hand():
+    """size_embed: packet j gets table row ``min(size // bin, bins - 1)`` (+ bins downstream)."""
+    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D,
+                                    params={"size_embed": 3, "size_bin": 8, "max_size": 1536}),
+                        meta_for("quic"))
+    inputs = {"pkt_sizes": torch.tensor([[100, 1600, 7, 1535]]), "pkt_dirs": torch.tensor([[1, -1, 1, -1]]),
+              "pkt_iat": torch.zeros(1, 4), "lengths": torch.tensor([4])}
+    rows = [12, 192 + 193, 0, 191 + 193]  # 1536 // 8 + 1 = 193 classes per direction
+    got = enc.packet_features(inputs)[0, 3:].T
+    torch.testing.assert_close(got, enc.size_table.weight[rows].detach())
+    enc.eval()
+    enc(dict(inputs, flow_stats=torch.ones(1, enc.num_stats))).sum().backward()
+    assert enc.size_table.weight.grad[rows].abs().sum() > 0

@@ -62,7 +62,11 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from xclass.cli.export import run_export_cli
+    from xclass.perf import tune_malloc
 
+    # Encoding a 512-row batch allocates activations of 30-300 MiB (ECAPA's pooling input is
+    # [B, 3 C, T]); glibc maps and page-faults each of them afresh (xclass/perf.py).
+    tune_malloc()
     return int(run_export_cli(args) or 0)
 
 

@@ -109,10 +109,16 @@ def ndpi_labels(path: str, level: str = "full") -> Dict[Key, str]:
     return labels
 
 
+MAX_STORED_SIZE = 32767  # pkt_sizes is int16
+
+
 def flow_packets(fl: Flow, num_packets: int) -> Dict[str, np.ndarray]:
-    """The writer's dict for a flow: first packets and the 8 statistics over all its packets."""
+    """The writer's dict for a flow: first packets and the 8 statistics over all its packets.
+    A stored size above 32,767 bytes (an IP length up to 65,535, seen in captures taken before
+    segmentation offload splits a packet) is stored as 32,767; the statistics keep true bytes."""
     stats = finish_stats(fl.n, fl.n_up, fl.bytes_up, fl.bytes_down, fl.size_sq, fl.span_ms)
-    return pack(np.array(fl.sizes), np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets)
+    sizes = np.minimum(np.array(fl.sizes, np.int64), MAX_STORED_SIZE)
+    return pack(sizes, np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets)
 
 
 def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,

@@ -1,0 +1,28 @@
+"""tools/bench_tasks.py scoring helpers on hand-made cases (the benchmark itself trains)."""
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import bench_tasks  # noqa: E402
+
+
+def test_tie_vote_takes_the_majority_of_the_tied_nearest_rows():
+    g_lab = np.array([7, 3, 3, 5, 3])
+    sim = np.array([[0.9, 0.9, 0.9, 0.2, 0.1],      # tie {7, 3, 3} -> 3 (1-NN says 7)
+                    [0.1, 0.2, 0.3, 0.95, 0.3],     # no tie -> 5
+                    [0.5, 0.5, 0.1, 0.5, 0.1],      # tie {7, 3, 5}, one each -> first in gallery order: 7
+                    [0.4, 0.1, 0.1, 0.4 - 1e-9, 0.0]])  # within tolerance: {7, 5} -> 7
+    np.testing.assert_array_equal(bench_tasks.tie_vote(sim, g_lab), [3, 5, 7, 7])
+
+
+def test_nn1_plain_and_tie_voted_on_duplicate_gallery_rows():
+    gallery = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    g_lab = np.array([1, 2, 2, 4])
+    queries = np.array([[0.0, 1.0], [1.0, 0.0]])
+    for cosine in (True, False):
+        res = bench_tasks.nn1(gallery, g_lab, queries, np.array([2, 4]), cosine)
+        assert res == {"1nn_acc": 0.5, "1nn_tievote_acc": 1.0}
