@@ -22,7 +22,8 @@ with wait4). Methods:
   tower with SparseAdam on its table, ``text+free`` labels).
 - ``fusion``: the ``dual_tfidf`` run (else ``dual_embbag``) fused with kNN votes in its own
   embedding space and TF-IDF kNN votes (xclass.xmc.fusion, ``--fusion-weights``); reuses the
-  neighbours saved by ``tfidf_knn`` in the same ``--work``. train_s = encoding the training rows.
+  neighbours saved by ``tfidf_knn`` in the same ``--work``. predict_s includes encoding the
+  training rows and both kNN searches; the dual run's own time is in its row.
 - ``sparse_timing``: s/step of ``dual_tfidf`` with dense AdamW vs SparseAdam on the query table
   (``--timing-steps`` steps each).
 - ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
@@ -102,21 +103,11 @@ def knn_scores(data: str, k: int = 50, save: str = ""):
     top = knn_rank(Dte, Dtr, Ltr, n_labels, k=k, top=100, progress=False)
     t2 = time.perf_counter()
     if save:
-        sim, ids = tfidf_neighbours(Dte, Dtr, k)
+        from xclass.xmc.fusion import tfidf_neighbours
+
+        sim, ids = tfidf_neighbours(data, k)
         np.savez(save, sim=sim, ids=ids)
     return top, t1 - t0, t2 - t1
-
-
-def tfidf_neighbours(Q, D, k: int, chunk: int = 256):
-    """(similarities, ids) [n, k] of each query's k most similar rows of ``D`` (sparse cosine)."""
-    DT = D.T.tocsr()
-    sims, ids = [], []
-    for a in range(0, Q.shape[0], chunk):
-        S = (Q[a:a + chunk] @ DT).toarray()
-        nn = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        sims.append(np.take_along_axis(S, nn, 1))
-        ids.append(nn)
-    return np.concatenate(sims).astype(np.float32), np.concatenate(ids).astype(np.int64)
 
 
 PECOS_SCRIPT = r"""
@@ -221,50 +212,19 @@ def run_hybrid(data: str, run: str, weight: float) -> Dict:
 
 
 def run_fusion(data: str, run: str, work: str, weights: str, k: int = 50) -> Dict:
-    """The dual run's top-100 label scores + kNN votes in its own embedding space + TF-IDF kNN votes
-    (the neighbours saved by the tfidf_knn method of this bench, else computed here), fused by
-    xclass.xmc.fusion with ``weights``."""
-    from xclass.eval.searcher import ShardedIndex
-    from xclass.export import load_run
+    """xclass.xmc.fusion.fuse_run on the dual run (its evaluation directory ``run + "_eval"``),
+    reusing the TF-IDF neighbours saved by the tfidf_knn method of this bench when present."""
     from xclass.xmc import fusion
-    from xclass.xmc.evaluate import embed_xmc_split
-    from xclass.xmc.tfidf import read_split
 
-    w = fusion.parse_weights(weights)
-    n_labels = int(json.load(open(os.path.join(data, "meta.json")))["num_classes"])
-    _, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
-    Y = fusion.label_matrix(Ltr, n_labels)
+    saved = os.path.join(work, "tfidf_knn.neighbours.npz")
+    nbrs = None
+    if os.path.exists(saved):
+        z = np.load(saved)
+        nbrs = (z["sim"], z["ids"])
     t0 = time.perf_counter()
-    ev = run + "_eval"  # written by run_xclass: label index + test embeddings
-    tr_path = embed_xmc_split(run, data, "train", os.path.join(ev, "train_embeddings.parquet"))
-    t1 = time.perf_counter()
-    import pyarrow.parquet as pq
-
-    def emb(path: str) -> np.ndarray:
-        col = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
-        return col.flatten().to_numpy().reshape(len(col), -1).astype(np.float32)
-
-    q = emb(os.path.join(ev, "test_embeddings.parquet"))
-    src: Dict = {"dual": None, "emb_knn": None, "tfidf_knn": None}
-    if w.get("dual"):
-        scale = float(dict(load_run(run).head.params or {}).get("scale", 20.0))
-        sc, ids = ShardedIndex.open(os.path.join(ev, "label_index")).search(q, 100)
-        src["dual"] = fusion.dual_scores(np.asarray(ids), np.asarray(sc), scale, n_labels)
-    if w.get("emb_knn"):
-        sim, nbr = fusion.embedding_knn(q, emb(tr_path), k)
-        src["emb_knn"] = fusion.knn_votes(sim, nbr, Y)
-    if w.get("tfidf_knn"):
-        saved = os.path.join(work, "tfidf_knn.neighbours.npz")
-        if os.path.exists(saved):
-            z = np.load(saved)
-            sim, nbr = z["sim"], z["ids"]
-        else:
-            Dtr, _, Dte, _ = tfidf_features(data)
-            sim, nbr = tfidf_neighbours(Dte, Dtr, k)
-        src["tfidf_knn"] = fusion.knn_votes(sim, nbr, Y)
-    top = fusion.fuse(fusion.used(w, src), top=10)
-    return {"method": "fusion", **metrics_row(top, data), "train_s": round(t1 - t0, 1),
-            "predict_s": round(time.perf_counter() - t1, 1), "weights": weights}
+    _, top, _ = fusion.fuse_run(run, run + "_eval", fusion.parse_weights(weights), k, 10, data, nbrs)
+    return {"method": "fusion", **metrics_row(top, data), "train_s": 0.0,
+            "predict_s": round(time.perf_counter() - t0, 1), "weights": weights}
 
 
 def sparse_timing(data: str, work: str, steps: int) -> Dict:

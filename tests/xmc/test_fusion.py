@@ -54,7 +54,11 @@ def test_fuse_weighted_mean_and_ties():
     a = sp.csr_matrix(np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32))
     b = sp.csr_matrix(np.array([[0.0, 1.0, 0.0, 0.4], [0.2, 0.0, 0.2, 0.0]], np.float32))
     # weights 1:3 -> row 0: [0.25, 0.875, 0, 0.3]; row 1: labels 0 and 2 tie (id order), no others
-    np.testing.assert_array_equal(fusion.fuse([(a, 1.0), (b, 3.0)], top=3), [[1, 3, 0], [0, 2, -1]])
+    ids, val = fusion.fuse([(a, 1.0), (b, 3.0)], top=3)
+    np.testing.assert_array_equal(ids, [[1, 3, 0], [0, 2, -1]])
+    np.testing.assert_allclose(val, [[0.875, 0.3, 0.25], [0.15, 0.15, -np.inf]], rtol=1e-6)
+    ids, _ = fusion.fuse([(a, 1.0), (b, 3.0)], top=3, prior=np.array([1, 0, 5, 0]))
+    np.testing.assert_array_equal(ids[1], [2, 0, -1])  # the tie goes to the higher prior
 
 
 @pytest.mark.parametrize("text,msg", [("dual=1,foo=2", "'foo'"), ("dual=-1", "must be >= 0"),
