@@ -1,6 +1,8 @@
 """xclass.xmc.fusion against brute force and hand-computed cases."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,36 @@ def test_parse_weights_errors(text, msg):
 def test_missing_weighted_source_is_an_error():
     with pytest.raises(ValueError, match="emb_knn"):
         fusion.used({"emb_knn": 1.0}, {"emb_knn": None})
+
+
+def test_fuse_cli_dual_only_reproduces_the_evaluation_ranking(tmp_path, capsys):
+    """`fuse --weights dual=1` ranks by the run's cosines: the same top-10 as `evaluate`'s
+    rankings.parquet; all three sources give a full ranking file."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    import xclass.xmc  # noqa: F401  (registers the heads)
+    from xclass.config import load_config
+    from xclass.data.generate import make_data
+    from xclass.train.loop import train
+    from xclass.xmc.cli import main
+
+    d, run = str(tmp_path / "data"), str(tmp_path / "run")
+    make_data("xmc", d, 30, rows_per_class=4, seed=0, progress=False)
+    train(load_config(None, [
+        "data.task=xmc", f"data.path={d}", "data.batch_size=16", "model.encoder=embbag",
+        "model.embedding_dim=8", "model.params={token_dim: 8, hidden: []}", "head.name=dual_decoupled",
+        "head.params={scale: 10.0}", "optim.name=adamw", "optim.lr=0.05", "optim.weight_decay=0.0",
+        "optim.sparse_embeddings=true", "train.max_steps=6", f"train.out_dir={run}", "train.progress=false"]))
+    work = str(tmp_path / "ev")
+    assert main(["evaluate", "--run", run, "--work", work, "--ks", "1,3,5,10"]) == 0
+    ev = pq.read_table(os.path.join(work, "run", "rankings.parquet"))
+    assert main(["fuse", "--run", run, "--work", os.path.join(work, "run"), "--weights", "dual=1"]) == 0
+    fu = pq.read_table(os.path.join(work, "run", "fused_rankings.parquet"))
+    assert fu.column("id").to_pylist() == ev.column("id").to_pylist()
+    a, b = np.array(fu.column("labels").to_pylist()), np.array(ev.column("labels").to_pylist())
+    assert (a[:, :5] == b[:, :5]).mean() > 0.99  # equal up to ties of equal cosines
+    assert main(["fuse", "--run", run, "--work", os.path.join(work, "run")]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["method"] == "fusion" and 0 < row["P@1"] <= 100 and row["unit"] == "percent"
