@@ -244,6 +244,47 @@ def sparse_timing(data: str, work: str, steps: int) -> Dict:
         timed = [x["step_ms"] for x in rows if x["step"] > 5]
         key = "sparse" if sp_on == "true" else "dense"
         out[f"{key}_s_per_step"] = round(float(np.mean(timed)) / 1000, 3)
+    out.update(encoder_step_ms(data))
+    return out
+
+
+def encoder_step_ms(data: str, reps: int = 10) -> Dict:
+    """The query tower alone (embbag, token_dim 128, the dataset's first 512 rows as the batch):
+    ms per forward + backward + optimizer step, dense AdamW vs SparseAdam, at the dataset's vocab
+    size and at 296k tokens (a larger XMC vocabulary)."""
+    import torch
+
+    from xclass.models.encoders.text import EmbBagEncoder
+    from xclass.xmc.tfidf import read_split
+    from xclass.train.sparse_optim import make_split_optimizer
+
+    X, _, V = read_split(os.path.join(data, "train.parquet"))
+    X = X[:512]
+    L = int(np.diff(X.indptr).max())
+    tok = np.zeros((512, L), np.int64)
+    for i in range(512):
+        row = X.indices[X.indptr[i]:X.indptr[i + 1]]
+        tok[i, :len(row)] = row
+    inputs = {"tokens": torch.from_numpy(tok), "lengths": torch.from_numpy(np.diff(X.indptr).astype(np.int64))}
+
+    class Cfg:
+        name, lr, weight_decay, momentum, betas = "adamw", 1e-3, 0.0, 0.0, (0.9, 0.999)
+
+    out = {}
+    for vocab in (V, 296_000):
+        for kind in ("dense", "sparse"):
+            torch.manual_seed(0)
+            enc = EmbBagEncoder(vocab, 128, 128, (), "mean", 128, 0.0)
+            opt = (make_split_optimizer(enc, Cfg) if kind == "sparse"
+                   else torch.optim.AdamW(enc.parameters(), lr=1e-3, weight_decay=0.0))
+            times = []
+            for r in range(reps + 2):
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                enc(inputs).square().mean().backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            out[f"encoder_ms_{kind}_V{vocab}"] = round(1000 * float(np.median(times[2:])), 1)
     return out
 
 
