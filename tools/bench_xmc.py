@@ -5,8 +5,9 @@
 
 One JSON row per method (also printed): method, P@1/3/5, nDCG@5, PSP@1/3/5, R@10 (percent,
 pyxclib conventions: PSP with A = 0.55, B = 1.5 from the training labels, normalised by the
-best achievable), train_s, predict_s, peak_rss_mb (that method's own process: each method runs
-in a child process, its peak RSS read with wait4). Methods:
+best achievable), train_s, predict_s (wall seconds), peak_rss_mb and cpu_s (that method's own
+process tree: each method runs in a child process, its peak RSS and user+system CPU seconds read
+with wait4). Methods:
 
 - ``tfidf_knn``: TF-IDF 50-NN label voting (xclass.eval.tfidf) on the dataset's tokens.
 - ``xr_linear``: PECOS XR-Linear (hierarchical k-means label tree + linear rankers) on the same
@@ -17,6 +18,14 @@ in a child process, its peak RSS read with wait4). Methods:
 - ``dual_minilm``: ``configs/xmc/wordnet_minilm.yaml`` on ``--features`` (a dataset with frozen
   all-MiniLM-L6-v2 embeddings from ``python -m xclass.cli.xmc embed-text``): MLP query tower,
   label tower over the label-text embeddings plus a free residual, decoupled softmax.
+- ``dual_tfidf``: ``configs/xmc/wordnet_tfidf_dual.yaml`` (TF-IDF-weighted embedding-bag query
+  tower with SparseAdam on its table, ``text+free`` labels).
+- ``fusion``: the ``dual_tfidf`` run (else ``dual_embbag``) fused with kNN votes in its own
+  embedding space and TF-IDF kNN votes (xclass.eval.fusion, ``--fusion-weights``); reuses the
+  neighbours saved by ``tfidf_knn`` in the same ``--work``. predict_s includes encoding the
+  training rows and both kNN searches; the dual run's own time is in its row.
+- ``sparse_timing``: s/step of ``dual_tfidf`` with dense AdamW vs SparseAdam on the query table
+  (``--timing-steps`` steps each).
 - ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
   the same bench) fused with TF-IDF kNN ranks: score = cosine + ``--hybrid-weight`` / (1 + kNN
   rank) over the union of both top lists.
@@ -82,8 +91,9 @@ def tfidf_features(data: str):
     return Dtr, Ltr, Dte, Lte
 
 
-def knn_scores(data: str, k: int = 50):
-    """(top-100 label ids [n, 100], their vote scores) of TF-IDF kNN, and train/predict seconds."""
+def knn_scores(data: str, k: int = 50, save: str = ""):
+    """(top-100 label ids [n, 100]) of TF-IDF kNN, and train/predict seconds; with ``save``, the
+    k neighbours' (similarities, train-row ids) [n, k] also go to that .npz (for ``fusion``)."""
     from xclass.eval.tfidf import knn_rank
 
     t0 = time.perf_counter()
@@ -91,7 +101,13 @@ def knn_scores(data: str, k: int = 50):
     t1 = time.perf_counter()
     n_labels = int(json.load(open(os.path.join(data, "meta.json")))["num_classes"])
     top = knn_rank(Dte, Dtr, Ltr, n_labels, k=k, top=100, progress=False)
-    return top, t1 - t0, time.perf_counter() - t1
+    t2 = time.perf_counter()
+    if save:
+        from xclass.eval.fusion import tfidf_neighbours
+
+        sim, ids = tfidf_neighbours(data, k)
+        np.savez(save, sim=sim, ids=ids)
+    return top, t1 - t0, t2 - t1
 
 
 PECOS_SCRIPT = r"""
@@ -195,9 +211,86 @@ def run_hybrid(data: str, run: str, weight: float) -> Dict:
     return {"method": "hybrid", **metrics_row(out, data), "train_s": round(tr_s, 1), "predict_s": round(pr_s, 1)}
 
 
+def run_fusion(data: str, run: str, work: str, weights: str, k: int = 50) -> Dict:
+    """xclass.eval.fusion.fuse_run on the dual run (its evaluation directory ``run + "_eval"``),
+    reusing the TF-IDF neighbours saved by the tfidf_knn method of this bench when present."""
+    from xclass.eval import fusion
+
+    saved = os.path.join(work, "tfidf_knn.neighbours.npz")
+    nbrs = None
+    if os.path.exists(saved):
+        z = np.load(saved)
+        nbrs = (z["sim"], z["ids"])
+    t0 = time.perf_counter()
+    _, top, _ = fusion.fuse_run(run, run + "_eval", fusion.parse_weights(weights), k, 10, data, nbrs)
+    return {"method": "fusion", **metrics_row(top, data), "train_s": 0.0,
+            "predict_s": round(time.perf_counter() - t0, 1), "weights": weights}
+
+
+def sparse_timing(data: str, work: str, steps: int) -> Dict:
+    """s/step of ``wordnet_tfidf_dual.yaml`` with optim.sparse_embeddings false (dense AdamW on the
+    query tower's table) and true (SparseAdam), ``steps`` steps each, the first 5 not timed.
+    The head (label tower, free label vectors) is the same in both."""
+    cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_tfidf_dual.yaml")
+    out: Dict = {"method": "sparse_timing", "steps": steps}
+    for sp_on in ("false", "true"):
+        run = os.path.join(work, f"timing_sparse_{sp_on}")
+        shutil.rmtree(run, ignore_errors=True)
+        cmd = [sys.executable, "-m", "xclass.cli", "train", "--config", cfg, f"data.path={data}",
+               f"train.out_dir={run}", "train.progress=false", f"train.max_steps={steps}", "train.log_every=5",
+               f"optim.sparse_embeddings={sp_on}"]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ROOT})
+        rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if '"step_ms"' in x]
+        timed = [x["step_ms"] for x in rows if x["step"] > 5]
+        key = "sparse" if sp_on == "true" else "dense"
+        out[f"{key}_s_per_step"] = round(float(np.mean(timed)) / 1000, 3)
+    out.update(encoder_step_ms(data))
+    return out
+
+
+def encoder_step_ms(data: str, reps: int = 10) -> Dict:
+    """The query tower alone (embbag, token_dim 128, the dataset's first 512 rows as the batch):
+    ms per forward + backward + optimizer step, dense AdamW vs SparseAdam, at the dataset's vocab
+    size and at 296k tokens (a larger XMC vocabulary)."""
+    import torch
+
+    from xclass.models.encoders.text import EmbBagEncoder
+    from xclass.eval.tfidf import read_split
+    from xclass.train.sparse_optim import make_split_optimizer
+
+    X, _, V = read_split(os.path.join(data, "train.parquet"))
+    X = X[:512]
+    L = int(np.diff(X.indptr).max())
+    tok = np.zeros((512, L), np.int64)
+    for i in range(512):
+        row = X.indices[X.indptr[i]:X.indptr[i + 1]]
+        tok[i, :len(row)] = row
+    inputs = {"tokens": torch.from_numpy(tok), "lengths": torch.from_numpy(np.diff(X.indptr).astype(np.int64))}
+
+    class Cfg:
+        name, lr, weight_decay, momentum, betas = "adamw", 1e-3, 0.0, 0.0, (0.9, 0.999)
+
+    out = {}
+    for vocab in (V, 296_000):
+        for kind in ("dense", "sparse"):
+            torch.manual_seed(0)
+            enc = EmbBagEncoder(vocab, 128, 128, (), "mean", 128, 0.0)
+            opt = (make_split_optimizer(enc, Cfg) if kind == "sparse"
+                   else torch.optim.AdamW(enc.parameters(), lr=1e-3, weight_decay=0.0))
+            times = []
+            for r in range(reps + 2):
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                enc(inputs).square().mean().backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            out[f"encoder_ms_{kind}_V{vocab}"] = round(1000 * float(np.median(times[2:])), 1)
+    return out
+
+
 def child(a: argparse.Namespace) -> Dict:
     if a.method == "tfidf_knn":
-        top, tr_s, pr_s = knn_scores(a.data)
+        top, tr_s, pr_s = knn_scores(a.data, save=os.path.join(a.work, "tfidf_knn.neighbours.npz"))
         return {"method": "tfidf_knn", **metrics_row(top, a.data), "train_s": round(tr_s, 1),
                 "predict_s": round(pr_s, 1)}
     if a.method == "xr_linear":
@@ -208,6 +301,16 @@ def child(a: argparse.Namespace) -> Dict:
     if a.method == "dual_minilm":
         cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_minilm.yaml")
         return {"method": "dual_minilm", **run_xclass(a.features, cfg, a.work, a.override)}
+    if a.method == "dual_tfidf":
+        cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_tfidf_dual.yaml")
+        return {"method": "dual_tfidf", **run_xclass(a.data, cfg, a.work, a.override)}
+    if a.method == "fusion":  # the dual_tfidf run of this bench, else the embedding-bag run
+        run = os.path.join(a.work, "wordnet_tfidf_dual")
+        if not os.path.exists(os.path.join(run + "_eval", "label_index")):
+            run = os.path.join(a.work, "wordnet_dual")
+        return run_fusion(a.data, run, a.work, a.fusion_weights)
+    if a.method == "sparse_timing":
+        return sparse_timing(a.data, a.work, a.timing_steps)
     if a.method == "hybrid":  # fuses the MiniLM run when there is one, else the embedding-bag run
         run = os.path.join(a.work, "wordnet_minilm")
         if a.features and os.path.exists(os.path.join(run + "_eval", "rankings.parquet")):
@@ -226,6 +329,9 @@ def main() -> int:
     p.add_argument("--out", default=None, help="JSONL file of the rows")
     p.add_argument("--pecos-python", default="")
     p.add_argument("--hybrid-weight", type=float, default=0.3)
+    p.add_argument("--fusion-weights", default="dual=1,emb_knn=1,tfidf_knn=1",
+                   help="fusion: weights of the sources dual, emb_knn, tfidf_knn (xclass.eval.fusion)")
+    p.add_argument("--timing-steps", type=int, default=25, help="sparse_timing: steps per variant")
     p.add_argument("--override", action="append", default=[], help="config override for the xclass recipes")
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # child mode
     p.add_argument("--row-out", default=None, help=argparse.SUPPRESS)
@@ -245,7 +351,8 @@ def main() -> int:
             continue
         row_file = os.path.join(a.work, f"{m}.row.json")
         argv = [sys.executable, os.path.abspath(__file__), "--data", a.data, "--method", m, "--row-out", row_file,
-                "--work", a.work, "--pecos-python", a.pecos_python, "--hybrid-weight", str(a.hybrid_weight)]
+                "--work", a.work, "--pecos-python", a.pecos_python, "--hybrid-weight", str(a.hybrid_weight),
+                "--fusion-weights", a.fusion_weights, "--timing-steps", str(a.timing_steps)]
         argv += (["--features", a.features] if a.features else []) + sum((["--override", o] for o in a.override), [])
         proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": ROOT})
         _, status, ru = os.wait4(proc.pid, 0)
@@ -253,6 +360,7 @@ def main() -> int:
             print(f"{m}: failed (status {status})", file=sys.stderr)
             continue
         row = {**json.load(open(row_file)), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+               "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
                "data": a.data, "max_train": a.max_train or None}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -96,6 +96,8 @@ class OptimConfig:
     """Linear warm-up steps."""
     grad_clip: float = 0.0
     """Global gradient-norm clip for encoder and head together (0 = off)."""
+    sparse_embeddings: bool = False
+    """Encoder embedding tables get sparse gradients and lazy SparseAdam (only the rows a batch touches are updated; no weight decay on them); the rest uses optim.name (adam or adamw). Not with DeepSpeed."""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,18 @@ def check_ranges(cfg: Any) -> None:
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         _fail("train.epochs", "must be >= 1 when train.max_steps is 0")
     _check_ks(cfg.eval.ks)
+    _check_sparse(cfg)
+
+
+def _check_sparse(cfg: Any) -> None:
+    """optim.sparse_embeddings: SparseAdam (an Adam) in the plain encoder engine only."""
+    if not getattr(cfg.optim, "sparse_embeddings", False):
+        return
+    if cfg.optim.name not in ("adam", "adamw"):
+        _fail("optim.sparse_embeddings", f"needs optim.name adam or adamw, got {cfg.optim.name!r}")
+    if cfg.deepspeed.enabled:
+        _fail("optim.sparse_embeddings", "is not supported with deepspeed.enabled (the DeepSpeed "
+              "engine steps a dense optimizer)")
 
 
 def _check_ks(ks: Iterable[int]) -> None:

@@ -80,3 +80,25 @@ def test_unknown_model_names_the_key():
 
     with pytest.raises(FileNotFoundError, match="model.params.name 'no_such_model_pkg'"):
         r("no_such_model_pkg")
+
+
+def test_full_fine_tuning_with_sparse_embedding_tables():
+    """optim.sparse_embeddings on the transformer: the word-embedding table gets a sparse gradient
+    and SparseAdam moves only the rows of the batch's token ids."""
+    from xclass.train.sparse_optim import make_split_optimizer
+
+    enc = build_encoder(ModelConfig(encoder="hf", embedding_dim=16, params={"name": MODEL, "train_layers": -1}),
+                        META)
+    opt = make_split_optimizer(enc, SimpleNamespace(name="adamw", lr=1e-3, weight_decay=0.01))
+    words = enc.model.embeddings.word_embeddings
+    before = words.weight.detach().clone()
+    inputs = _decode(TEXTS[:2])
+    enc.train()
+    enc(inputs).sum().backward()
+    assert words.weight.grad.is_sparse
+    opt.step()
+    used = torch.unique(inputs["input_ids"])
+    other = torch.ones(before.shape[0], dtype=torch.bool)
+    other[used] = False
+    assert torch.equal(words.weight[other], before[other])
+    assert not torch.equal(words.weight[used], before[used])

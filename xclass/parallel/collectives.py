@@ -183,8 +183,13 @@ def average_gradients(params: List[torch.Tensor], group: Optional[Any] = None) -
     """Data-parallel average of replicated parameters' gradients (in place, one flat
     all-reduce). Used for the encoder when DeepSpeed is off; heads never come here."""
     ws = world_size(group)
-    grads = [p.grad for p in params if p.grad is not None]
-    if ws == 1 or not grads:
+    if ws == 1:
+        return
+    for p in params:  # sparse embedding-table gradients (optim.sparse_embeddings): rows, not all of it
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = _average_sparse(p.grad, group)
+    grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+    if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -194,6 +199,32 @@ def average_gradients(params: List[torch.Tensor], group: Optional[Any] = None) -
         n = g.numel()
         g.copy_(flat[off : off + n].view_as(g))
         off += n
+
+
+def _average_sparse(grad: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Data-parallel mean of a sparse COO gradient ``[V, D]``: every rank's (row ids, row values)
+    all-gathered (sizes differ per rank), summed per row; -> coalesced COO over the union of the
+    touched rows. World size 1: the gradient itself, coalesced. Reads the per-rank sizes on the
+    host (one sync per sparse table per step, multi-rank only)."""
+    g = grad.coalesce()
+    ws = world_size(group)
+    if ws == 1:
+        return g
+    idx, val = g.indices()[0], g.values()
+    n = torch.tensor([idx.numel()], dtype=torch.int64, device=idx.device)
+    sizes = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(sizes, n, group=group)
+    m = int(max(int(s) for s in sizes))
+    pad_idx = torch.zeros(m, dtype=idx.dtype, device=idx.device)
+    pad_val = torch.zeros((m,) + tuple(val.shape[1:]), dtype=val.dtype, device=val.device)
+    pad_idx[:idx.numel()], pad_val[:idx.numel()] = idx, val
+    all_idx = [torch.empty_like(pad_idx) for _ in range(ws)]
+    all_val = [torch.empty_like(pad_val) for _ in range(ws)]
+    dist.all_gather(all_idx, pad_idx, group=group)
+    dist.all_gather(all_val, pad_val, group=group)
+    keep_i = torch.cat([a[:int(s)] for a, s in zip(all_idx, sizes)])
+    keep_v = torch.cat([a[:int(s)] for a, s in zip(all_val, sizes)]) / ws
+    return torch.sparse_coo_tensor(keep_i.unsqueeze(0), keep_v, g.shape).coalesce()
 
 
 def sharded_sq_norm(local_sq: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:

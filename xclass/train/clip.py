@@ -19,10 +19,19 @@ from xclass.parallel.collectives import sharded_sq_norm
 
 def _sq_norm(params: List[torch.Tensor], device: torch.device) -> torch.Tensor:
     """0-dim float64 sum of squared gradients on ``device`` (zero when no gradient)."""
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    for p in params:  # coalesce once: duplicate rows would otherwise be squared separately
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    grads = [_dense_part(p.grad).detach().float() for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), dtype=torch.float64, device=device)
     return sum((g * g).sum().double() for g in grads)  # type: ignore[return-value]
+
+
+def _dense_part(g: torch.Tensor) -> torch.Tensor:
+    """The values of a (coalesced) sparse gradient, an embedding table's touched rows; else the
+    gradient itself."""
+    return g.values() if g.is_sparse else g
 
 
 def _scale(params: List[torch.Tensor], sq: torch.Tensor, max_norm: float) -> None:

@@ -38,7 +38,12 @@ class PlainEngine:
         self.ctx = ctx
         self.grad_accum = max(1, grad_accum)
         self.bf16 = bf16
-        self.optimizer = make_torch_optimizer(encoder.parameters(), optim_cfg)
+        if getattr(optim_cfg, "sparse_embeddings", False):  # SparseAdam on the tables, see sparse_optim
+            from xclass.train.sparse_optim import make_split_optimizer
+
+            self.optimizer: Any = make_split_optimizer(encoder, optim_cfg)
+        else:
+            self.optimizer = make_torch_optimizer(encoder.parameters(), optim_cfg)
         self.micro = 0
 
     def __call__(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:

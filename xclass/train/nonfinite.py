@@ -82,6 +82,7 @@ def _zero_nonfinite_on_device(s: Any, gnorm: torch.Tensor) -> None:
     finite = torch.isfinite(gnorm)
     grads = _grads(s)
     for g in grads:
+        g = g._values() if g.is_sparse else g  # a sparse embedding-table gradient: its stored rows
         torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         g.mul_(finite.to(g.dtype))
     prev = getattr(s, "nonfinite_streak_dev", None)
