@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 def _fuse(args: argparse.Namespace) -> None:
     from xclass.eval.metrics import LabelSets, Ranking, xmc_metrics
     from xclass.eval.rankings import RankingWriter
-    from xclass.export import load_run
+    from xclass.eval.embed import load_run
     from xclass.eval import fusion
     from xclass.eval.tfidf import read_split
 

@@ -154,7 +154,7 @@ def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: i
     import pyarrow.parquet as pq
 
     from xclass.eval.searcher import ShardedIndex
-    from xclass.export import load_run
+    from xclass.eval.embed import load_run
     from xclass.eval.xmc_run import embed_xmc_split, evaluate_run
     from xclass.eval.tfidf import read_split
 
