@@ -53,7 +53,7 @@ class _FactoredStats(torch.autograd.Function):
             raise RuntimeError("zloss_efficient: backward after an optimizer step on the same forward")
         g = g.double()
         gA = torch.where(ctx.local, g[:, :K], torch.zeros_like(g[:, :K]))
-        gq, gs = g[:, K].contiguous(), g[:, K + 1].contiguous()
+        gq, gs = g[:, K], g[:, K + 1]          # strided views: no copy (note 9)
         gradH, Zh = F.grad_h(head, ctx.H64, ctx.idx, gA, gq, gs)
         head._pending.append((ctx.H64, ctx.idx, ctx.local, gA, gq, gs, gradH, Zh))
         return gradH.to(ctx.in_dtype), None, None, None
@@ -121,7 +121,10 @@ class FactoredZLossHead(nn.Module):
         return HeadOutput(loss=loss.to(emb.dtype), metrics={})
 
     def _take_pending(self) -> Tuple[torch.Tensor, ...]:
-        """Concatenate the recorded micro-batches (K padded with non-local entries)."""
+        """Concatenate the recorded micro-batches (K padded with non-local entries); one
+        micro-batch (the usual case) is returned as recorded, without copies."""
+        if len(self._pending) == 1:
+            return self._pending.pop()
         K = max(p[1].shape[1] for p in self._pending)
 
         def pad(x: torch.Tensor, fill: Any) -> torch.Tensor:
