@@ -8,8 +8,11 @@ backward + the head's optimizer step, world size 1) sends to the backend, one JS
 launch on a GPU; views and ``empty`` allocations, which launch nothing, are counted apart as
 ``views`` and ``allocs``); ``host_reads`` the operations that would make the host wait for a
 GPU (``item``/``bool``/``float``, ``nonzero``, boolean-mask indexing...), each with the
-function that does it. The step is the same as the timed one, so the GPU session can relate
-launch counts to step time::
+function that does it; ``aten_syncs`` the same seen at the aten level (which also shows reads made
+inside torch, such as the error check of ``torch.linalg.inv``). On the CPU the label range check
+(``check_on_device``) is a host read; on CUDA it is ``torch._assert_async`` and waits for nothing.
+The step is the one timed in the ``zloss`` rows, so a GPU session can relate launch counts to
+step time (``--device cuda`` times it there too)::
 
     python tools/bench_gpu_zloss.py --count-ops [--D 100000] [--d 128] [--m 256] [--steps 20]
 """
@@ -18,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 import traceback
 import types
 from collections import Counter
@@ -106,6 +107,10 @@ _SCALAR_READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolis
 _SIZE_DEPENDENT = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
                    "equal", "allclose"}
 _NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+# aten operations that read device memory on the host: seen below the Python API, so they also
+# catch reads made inside torch (e.g. torch.linalg.inv's error check on CUDA)
+_ATEN_SYNCS = {"_local_scalar_dense", "_linalg_check_errors", "nonzero", "masked_select", "unique_dim",
+               "_unique2", "unique_consecutive"}
 
 
 def _is_bool_index(idx: Any) -> bool:
@@ -145,11 +150,14 @@ class _AtenOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter = Counter()
+        self.syncs: List[str] = []
         self.views = 0
         self.allocs = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
+        if name in _ATEN_SYNCS:
+            self.syncs.append(name)
         if func.is_view or name in ("detach", "alias", "lift_fresh"):
             self.views += 1
         elif name in _NO_KERNEL:
@@ -170,7 +178,8 @@ def count_ops(D: int, d: int, m: int, steps: int, device: torch.device) -> Dict[
         step()
     t = _bench_gpu().time_ms(step, device, 1, steps)
     return {"bench": "zloss_ops", "D": D, "d": d, "m": m, "device": str(device),
-            "ops": sum(ops.ops.values()), "host_reads": len(reads.reads), "views": ops.views,
+            "ops": sum(ops.ops.values()), "host_reads": len(reads.reads), "aten_syncs": ops.syncs,
+            "views": ops.views,
             "allocs": ops.allocs, "cpu_step_ms" if device.type == "cpu" else "step_ms": round(t, 3),
             "reads": [f"{k} in {w}" for k, w in reads.reads], "op_counts": dict(ops.ops.most_common())}
 

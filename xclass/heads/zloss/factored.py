@@ -22,30 +22,34 @@ import torch
 Tensor = torch.Tensor
 
 
-def forward_stats(st: Any, H: Tensor, idx: Tensor, local: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def forward_stats(st: Any, H: Tensor, idx: Tensor, local: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Shard-partial statistics: A [m, K] target outputs (0 where not local), q [m] = sum o^2
-    and s [m] = sum o over this shard's classes. O(m d^2 + m K d)."""
-    q = ((H @ st.Q) * H).sum(1)
+    and s [m] = sum o over this shard's classes, plus H Q [m, d'] (reused by :func:`grad_h`).
+    O(m d^2 + m K d)."""
+    HQ = H @ st.Q
+    q = (HQ * H).sum(1)
     s = H @ st.wbar
     Ht = H @ st.U.t()                                    # rows (U h_j)^T
     Vsel = st.V[idx].double()                            # [m, K, d']
     A = torch.einsum("jkd,jd->jk", Vsel, Ht) + (H @ st.omega)[:, None]
-    return torch.where(local, A, torch.zeros_like(A)), q, s
+    return torch.where(local, A, torch.zeros_like(A)), q, s, HQ
 
 
 def _zh(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
     """(Zh [m, d'] = Ydot W + gs w_bar^T, ybar [m] = row sums of gA); gA is 0 off-shard."""
     ybar = gA.sum(1)
     Yhat = torch.einsum("jk,jkd->jd", gA, st.V[idx].double())
-    Zh = Yhat @ st.U + ybar[:, None] * st.omega[None, :] + gs[:, None] * st.wbar[None, :]
+    Zh = (Yhat @ st.U).addr_(ybar, st.omega).addr_(gs, st.wbar)   # + ybar omega^T + gs w_bar^T
     return Zh, ybar
 
 
-def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
+def grad_h(st: Any, H: Tensor, idx: Tensor, gA: Tensor, gq: Tensor, gs: Tensor,
+           HQ: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(gradH, Zh): this shard's part of dL/dH = G W [m, d'], G = 2 diag(gq) O + gs 1^T + Ydot,
-    and Zh (kept so that the update need not recompute it)."""
+    and Zh (kept so that the update need not recompute it). ``HQ`` = H Q from :func:`forward_stats`
+    (same, unchanged Q) saves the largest product of the step."""
     Zh, _ = _zh(st, H, idx, gA, gs)
-    return 2.0 * gq[:, None] * (H @ st.Q) + Zh, Zh
+    return torch.addcmul(Zh, gq[:, None], H @ st.Q if HQ is None else HQ, value=2.0), Zh
 
 
 _PAIR_MAX = 2048   # m K up to which R^T R is formed from the [m K, m K] same-target matrix
