@@ -14,7 +14,7 @@ inside torch, such as the error check of ``torch.linalg.inv``). On the CPU the l
 The step is the one timed in the ``zloss`` rows, so a GPU session can relate launch counts to
 step time (``--device cuda`` times it there too)::
 
-    python tools/bench_gpu_zloss.py --count-ops [--D 100000] [--d 128] [--m 256] [--steps 20]
+    python tools/bench_gpu_zloss.py --count-ops [--D 100000] [--d 128] [--m 256] [--steps 20] [--threads 1]
 """
 from __future__ import annotations
 
@@ -192,7 +192,11 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--m", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20, help="timed steps (median)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 gives stable CPU times on a shared machine)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if not a.count_ops:
         ap.error("nothing to do: the timed rows are part of tools/bench_gpu.py; pass --count-ops")
     for D in (int(x) for x in a.D.split(",") if x):
