@@ -74,11 +74,11 @@ def split_labels(labels: torch.Tensor, num_classes: int, start: int, end: int
     if lab.dim() != 2:
         raise ValueError(f"labels must be [B] or [B, K], got shape {tuple(labels.shape)}")
     mask = lab >= 0
-    check_on_device(~(mask & (lab >= num_classes)).any(),
+    check_on_device((lab < num_classes).all(),      # a negative label is padding, never too large
                     lambda: f"label >= num_classes ({num_classes}): max {int(lab.max())}",
                     f"zloss: a label >= num_classes ({num_classes})")
-    local = mask & (lab >= start) & (lab < end)
-    idx = torch.where(local, lab - start, torch.zeros_like(lab))
+    local = (lab >= start) & (lab < end)            # start >= 0: implies mask
+    idx = (lab - start) * local                     # 0 where not local (exact integer product)
     return mask, idx, local
 
 

@@ -34,29 +34,40 @@ from xclass.heads.zloss.predict import blockwise_topk, merge_shards_topk
 
 
 class _FactoredStats(torch.autograd.Function):
-    """H [B, d'] -> this shard's (A [B, K], q, s) as one float64 tensor [B, K + 2].
+    """H [B, d'] -> this shard's float64 (A [B, K], q [B], s [B]), three outputs so that one process
+    needs no concatenation and no slice backward (note 9).
     backward returns this shard's dL/dH (exact, O(B d^2)) and records the step inputs."""
 
     @staticmethod
     def forward(ctx, H: torch.Tensor, head: "FactoredZLossHead", idx: torch.Tensor,  # type: ignore[override]
-                local: torch.Tensor) -> torch.Tensor:
+                local: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         H64 = H.detach().double()
-        A, q, s = F.forward_stats(head, H64, idx, local)
-        ctx.head, ctx.H64, ctx.idx, ctx.local = head, H64, idx, local
+        A, q, s, HQ = F.forward_stats(head, H64, idx, local)
+        ctx.head, ctx.H64, ctx.idx, ctx.local, ctx.HQ = head, H64, idx, local, HQ
         ctx.in_dtype, ctx.version = H.dtype, host_step(head, "n_updates")
-        return torch.cat([A, q[:, None], s[:, None]], 1)
+        return A, q, s
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        head, K = ctx.head, ctx.idx.shape[1]
+    def backward(ctx, gA: torch.Tensor, gq: torch.Tensor, gs: torch.Tensor):  # type: ignore[override]
+        head = ctx.head
         if host_step(head, "n_updates") != ctx.version:
             raise RuntimeError("zloss_efficient: backward after an optimizer step on the same forward")
-        g = g.double()
-        gA = torch.where(ctx.local, g[:, :K], torch.zeros_like(g[:, :K]))
-        gq, gs = g[:, K].contiguous(), g[:, K + 1].contiguous()
-        gradH, Zh = F.grad_h(head, ctx.H64, ctx.idx, gA, gq, gs)
+        gA, gq, gs = gA.double(), gq.double(), gs.double()   # unused outputs arrive as zeros
+        gA = torch.where(ctx.local, gA, torch.zeros_like(gA))
+        gradH, Zh = F.grad_h(head, ctx.H64, ctx.idx, gA, gq, gs, ctx.HQ)
         head._pending.append((ctx.H64, ctx.idx, ctx.local, gA, gq, gs, gradH, Zh))
         return gradH.to(ctx.in_dtype), None, None, None
+
+
+def _sum_stats(A: torch.Tensor, q: torch.Tensor, s: torch.Tensor, group: Any, world_size: int
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-shard (A [B, K], q [B], s [B]) -> their sums over class shards, replicated: one
+    all-reduce of [B, K + 2]; unchanged for one process."""
+    if world_size == 1:
+        return A, q, s
+    K = A.shape[1]
+    stats = sum_shards(torch.cat([A, q[:, None], s[:, None]], 1), group)
+    return stats[:, :K], stats[:, K], stats[:, K + 1]
 
 
 class FactoredSGD:
@@ -114,14 +125,16 @@ class FactoredZLossHead(nn.Module):
         H = self._inputs(gather_embeddings(emb, self.group))         # [B, d'] replicated
         mask, idx, local = split_labels(gather_labels(labels, self.group),
                                         self.num_classes, self.start, self.end)
-        stats = sum_shards(_FactoredStats.apply(H, self, idx, local), self.group)
-        K = idx.shape[1]
-        loss = batch_loss(self.p.loss, self.p.loss_params, stats[:, :K], mask,
-                          stats[:, K], stats[:, K + 1], self.num_classes)
+        A, q, s = _sum_stats(*_FactoredStats.apply(H, self, idx, local), self.group,
+                             self.world_size)
+        loss = batch_loss(self.p.loss, self.p.loss_params, A, mask, q, s, self.num_classes)
         return HeadOutput(loss=loss.to(emb.dtype), metrics={})
 
     def _take_pending(self) -> Tuple[torch.Tensor, ...]:
-        """Concatenate the recorded micro-batches (K padded with non-local entries)."""
+        """Concatenate the recorded micro-batches (K padded with non-local entries); one
+        micro-batch (the usual case) is returned as recorded, without copies."""
+        if len(self._pending) == 1:
+            return self._pending.pop()
         K = max(p[1].shape[1] for p in self._pending)
 
         def pad(x: torch.Tensor, fill: Any) -> torch.Tensor:
