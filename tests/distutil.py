@@ -70,17 +70,19 @@ class _Pool:
             for q, out in zip(self.queues, outs):
                 q.put((fn, args, out))
             deadline = time.monotonic() + timeout
-            while not all(os.path.exists(o) for o in outs):
+            got: Dict[int, Any] = {}
+            while len(got) < self.world:
+                for r, o in enumerate(outs):
+                    if r not in got and os.path.exists(o):
+                        got[r] = torch.load(o, weights_only=False)
+                        if "error" in got[r]:  # the others may wait in a collective it never joins
+                            raise RuntimeError(f"rank {r} failed:\n{got[r]['error']}")
                 dead = [p for p in self.procs if not p.is_alive()]
-                if dead or time.monotonic() > deadline:
+                if len(got) < self.world and (dead or time.monotonic() > deadline):
                     raise RuntimeError(f"rank process {dead[0].pid} died (exit code {dead[0].exitcode})"
                                        if dead else f"ranks did not finish in {timeout}s")
                 time.sleep(0.01)
-            got = [torch.load(o, weights_only=False) for o in outs]
-        for r, g in enumerate(got):
-            if "error" in g:
-                raise RuntimeError(f"rank {r} failed:\n{g['error']}")
-        return [g["ok"] for g in got]
+        return [got[r]["ok"] for r in range(self.world)]
 
     def close(self, kill: bool = False) -> None:
         if not kill:
