@@ -5,8 +5,9 @@
    factory without one makes a CPU tensor, which on a GPU run meets CUDA tensors and crashes (or,
    handed to NCCL, hangs). ``*_like`` and ``Tensor.new_*`` follow their input and are fine.
    Module constructors are no exception: their small parameters and buffers follow the class rows
-   they accompany (or ``ctx.device``). The only exceptions are the short ALLOWED list below, each
-   with its reason.
+   they accompany (or ``ctx.device``). Values drawn on the host on purpose (seeded host generators,
+   rows read from files) say ``device="cpu"`` at the call. The only exception left is the ALLOWED
+   list below, with its reason.
 2. ``ParallelContext.device`` reaches everything: after a short ``train()`` run on an explicit
    device, every parameter, buffer and optimizer-state tensor of the encoder and the head is on
    that device (on a GPU machine tests/gpu runs the same check with ``cuda``).
@@ -32,17 +33,6 @@ FACTORIES = {"zeros", "ones", "empty", "full", "eye", "arange", "tensor", "as_te
 
 #: (file, enclosing function) -> why a factory without device= is right there
 ALLOWED: Dict[Tuple[str, str], str] = {
-    ("xclass/heads/sharded.py", "init_class_rows"):
-        "initial class rows drawn from a host generator: the same values on every device and world size",
-    ("xclass/heads/zloss/common.py", "init_rows"):
-        "initial Z-loss rows drawn from a host generator (device-independent values), moved with the module",
-    ("xclass/losses/elastic.py", "elastic_draws"):
-        "ElasticFace margins drawn from a host generator keyed by (seed, step): device-independent values",
-    ("xclass/heads/xmc/ova.py", "load_label_rows"):
-        "label rows read from Parquet files on the host at construction, moved with the module",
-    ("xclass/models/encoders/flowcnn.py", "__init__"):
-        "encoders are built on the host from the seed alone (no device input) and moved with "
-        "build_setup's .to(ctx.device) before any optimizer exists",
     ("xclass/models/decoders.py", "*"):
         "decoders build host tensors from the reader's numpy batch; the loop copies them to the device",
 }

@@ -62,11 +62,13 @@ class _NormalizeRows(torch.autograd.Function):
 def init_class_rows(start: int, stop: int, k: int, d: int, seed: int, std: float) -> torch.Tensor:
     """[(stop - start) * k, d] fp32 rows for global classes [start, stop), class-major; row values
     depend only on (seed, class id), so every world size builds the same head."""
-    out = torch.empty((stop - start) * k, d)
+    # drawn on the host from a host generator (the same values on every device and world size);
+    # the module moves them to the run's device
+    out = torch.empty((stop - start) * k, d, device="cpu")
     for b in range(start // INIT_BLOCK, (stop - 1) // INIT_BLOCK + 1):
         lo, hi = b * INIT_BLOCK, (b + 1) * INIT_BLOCK
         g = torch.Generator().manual_seed(mix_key(seed, b, 0x1417))
-        block = torch.randn((hi - lo) * k, d, generator=g).mul_(std)
+        block = torch.randn((hi - lo) * k, d, generator=g, device="cpu").mul_(std)
         a, z = max(lo, start), min(hi, stop)
         out[(a - start) * k:(z - start) * k] = block[(a - lo) * k:(z - lo) * k]
     return out

@@ -21,7 +21,7 @@ from xclass.losses.margins import (MARGINS, MarginAux, angular, replace_target, 
 def elastic_draws(n: int, seed: int, step: int) -> torch.Tensor:
     """[n] standard normals, a pure function of (seed, step, n) (CPU generator, fp32)."""
     g = torch.Generator().manual_seed(mix_key(seed, step, 0xE1A5))
-    return torch.randn(n, generator=g)
+    return torch.randn(n, generator=g, device="cpu")  # host generator keyed by (seed, step): device-independent
 
 
 def plus_assign(margins: torch.Tensor, target_cos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ def load_label_rows(path: str, start: int, stop: int, d: int) -> torch.Tensor:
     files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else sorted(glob.glob(path))
     if not files:
         raise FileNotFoundError(f"ova init_from {path!r}: no Parquet label embeddings found")
-    out = torch.full((stop - start, d), float("nan"))
+    out = torch.full((stop - start, d), float("nan"), device="cpu")  # read on the host, moved with the module
     for f in files:
         t = pq.read_table(f, columns=["id", "embedding"])
         ids = t.column("id").to_numpy()

@@ -88,11 +88,12 @@ def init_rows(num_classes: int, dim: int, start: int, end: int, p: ZParams, seed
     split: block b of rows is drawn (float64) from a generator seeded by (seed, b). Columns
     are centred over all C classes (w_bar ~ 0 avoids the cancellation in sigma^2; docs/zloss.md, note 5).
     Peak extra memory O(block * dim)."""
-    out = torch.empty(end - start, dim, dtype=p.torch_dtype)
-    colsum = torch.zeros(dim, dtype=torch.float64)
+    # host generator, device-independent values; moved with the module
+    out = torch.empty(end - start, dim, dtype=p.torch_dtype, device="cpu")
+    colsum = torch.zeros(dim, dtype=torch.float64, device="cpu")
     for b in range(start // block, (end + block - 1) // block):
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
-        rows = torch.randn(block, dim, generator=g, dtype=torch.float64) * p.init_std
+        rows = torch.randn(block, dim, generator=g, dtype=torch.float64, device="cpu") * p.init_std
         lo, hi = max(start, b * block), min(end, (b + 1) * block)
         part = rows[lo - b * block:hi - b * block]
         colsum += part.sum(0)

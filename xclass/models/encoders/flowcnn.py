@@ -56,7 +56,7 @@ class FlowCNN(nn.Module):
             convs.append(ConvReluBN(c, w, k))
             c = w
         self.convs = nn.ModuleList(convs)
-        self.gem_p = nn.Parameter(torch.tensor(float(gem_p)))
+        self.gem_p = nn.Parameter(torch.tensor(float(gem_p), device="cpu"))  # moved with the encoder
         d_in = c
         self.num_packets = num_packets
         self.flat = None
