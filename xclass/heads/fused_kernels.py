@@ -68,6 +68,15 @@ def _load_rows(W, cols, cmask, ds, dmask, stride_w, NORMALIZED: tl.constexpr):
     return w, inv
 
 @triton.jit
+def _load_batch_rows(E, LSE, GS, T, rows, rmask, ds, dmask, stride_e):
+    """(embeddings [BB, D_PAD] (0 past B and d), their lse, gradient scale and target column [BB])."""
+    e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+    lse = tl.load(LSE + rows, mask=rmask, other=0.0)
+    gs = tl.load(GS + rows, mask=rmask, other=0.0)
+    tgt = tl.load(T + rows, mask=rmask, other=-1)
+    return e, lse, gs, tgt
+
+@triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     """a @ b with fp32 accumulation; IEEE fp32 products (no TF32) for fp32 inputs."""
     if IEEE:
@@ -97,11 +106,7 @@ def _bwd_dw_kernel(E, W, T, LSE, GS, DW, B, C, D, stride_e, stride_w, stride_dw,
     for b0 in range(0, B, BLOCK_B):
         rows = (b0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         rmask = rows < B
-        e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :],
-                    other=0.0)
-        lse = tl.load(LSE + rows, mask=rmask, other=0.0)
-        gs = tl.load(GS + rows, mask=rmask, other=0.0)
-        tgt = tl.load(T + rows, mask=rmask, other=-1)
+        e, lse, gs, tgt = _load_batch_rows(E, LSE, GS, T, rows, rmask, ds, dmask, stride_e)
         g = _grad_tile(e, w_lo, inv, scale, lse, gs, tgt, cols, cmask, sub, IEEE)
         acc += _dot(tl.trans(g.to(e.dtype)), e, IEEE)  # dL/du_j = sum_i G_ij e_i
     if NORMALIZED:  # through the row normalisation: (g - u <u, g>) / |w|, u = w / |w|
@@ -117,10 +122,7 @@ def _bwd_de_kernel(E, W, T, LSE, GS, DE, B, C, D, stride_e, stride_w, stride_de,
     rmask = rows < B
     ds = tl.arange(0, D_PAD)
     dmask = ds < D
-    e = tl.load(E + rows[:, None] * stride_e + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-    lse = tl.load(LSE + rows, mask=rmask, other=0.0)
-    gs = tl.load(GS + rows, mask=rmask, other=0.0)
-    tgt = tl.load(T + rows, mask=rmask, other=-1)
+    e, lse, gs, tgt = _load_batch_rows(E, LSE, GS, T, rows, rmask, ds, dmask, stride_e)
     acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)

@@ -162,9 +162,7 @@ def scalars_may_step(ok: Any, ap_opt: TorchHeadOptimizer) -> bool:
     too. On an accelerator nothing is read: the gradients of (w, b) are multiplied by ``ok`` on
     the device, so a skipped step becomes a zero-gradient step for them, as for the encoder
     (xclass.train.nonfinite)."""
-    if not torch.is_tensor(ok):
-        return bool(ok)
-    if ok.device.type == "cpu":
+    if not torch.is_tensor(ok) or ok.device.type == "cpu":
         return bool(ok)
     for group in ap_opt.opt.param_groups:
         for p in group["params"]:
