@@ -57,7 +57,7 @@ class _Pool:
 
         spawn = mp.get_context("spawn")
         port = free_port()
-        self.world = world
+        self.world, self.closed = world, False
         self.queues = [spawn.Queue() for _ in range(world)]
         self.procs = [spawn.Process(target=_serve, args=(r, world, port, self.queues[r]), daemon=True)
                       for r in range(world)]
@@ -85,6 +85,9 @@ class _Pool:
         return [got[r]["ok"] for r in range(self.world)]
 
     def close(self, kill: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if not kill:
             for q in self.queues:
                 q.put(None)
