@@ -26,3 +26,31 @@ def test_nn1_plain_and_tie_voted_on_duplicate_gallery_rows():
     for cosine in (True, False):
         res = bench_tasks.nn1(gallery, g_lab, queries, np.array([2, 4]), cosine)
         assert res == {"1nn_acc": 0.5, "1nn_tievote_acc": 1.0}
+
+
+def test_nn1_with_groups_looks_in_the_query_group_first():
+    gallery = np.array([[0.0, 1.0], [0.1, 1.0]])
+    res = bench_tasks.nn1(gallery, np.array([1, 2]), np.array([[0.0, 1.0]]), np.array([2]), False,
+                          (np.array([53, 443]), np.array([443])))
+    assert res["1nn_acc"] == 1.0                     # the nearer row has another port
+
+
+def test_validation_data_holds_out_training_rows_only(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d"
+    data.mkdir()
+    labels = np.repeat([0, 1, 2], 10)
+    pq.write_table(pa.table({"id": np.arange(30), "label": labels}), data / "train.parquet")
+    pq.write_table(pa.table({"id": np.arange(30, 35), "label": np.full(5, 3)}), data / "test.parquet")
+    (data / "meta.json").write_text(json.dumps({"task": "quic", "num_classes": 3, "test_classes": 1,
+                                                "class_names": list("abcd"), "splits": {}}))
+    path = bench_tasks.validation_data(str(data), 0.3, 0, str(tmp_path / "out"))
+    tr, te = (pq.read_table(f"{path}/{s}.parquet").to_pydict() for s in ("train", "test"))
+    assert sorted(tr["id"] + te["id"]) == list(range(30))            # the real test rows are not used
+    assert np.bincount(te["label"]).tolist() == [3, 3, 3]             # 30 % of each class
+    meta = json.load(open(f"{path}/meta.json"))
+    assert meta["splits"]["test"]["rows"] == 9 and meta["class_names"] == list("abc")

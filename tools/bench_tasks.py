@@ -11,7 +11,10 @@ seed), and scores every method on the same rows:
   ``gallery_query.parquet`` (or a seeded half/half split). Baselines: kNN (k=1, standardised
   signed-log flow statistics) and a random forest (300 trees) on the statistics + the first N
   packets (signed size, log inter-arrival time); the forest classifies closed-set rows and, for
-  the open set, gives its leaf co-occurrence proximity for 1-NN.
+  the open set, gives its leaf co-occurrence proximity for 1-NN. When the data carry the
+  service port (``import pcap``), both also run with it (``knn_stats_port``: the nearest row of
+  the same port and protocol first; ``random_forest_port``: port and protocol as two more
+  features), so a model that reads the port is compared with baselines that read it too.
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
@@ -32,6 +35,7 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -46,7 +50,7 @@ from xclass.data.meta import load_meta, split_files
 def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> Dict[str, np.ndarray]:
     """{"id", "label", "emb" (L2-normalised)} of every row of ``split``."""
     decode = components.make_decoder(cfg.data.task, meta)
-    reader = ParquetReader(split_files(data, split), components.input_columns(cfg.data.task, cfg.model.encoder),
+    reader = ParquetReader(split_files(data, split), components.input_columns(cfg.data.task, cfg.model.encoder, meta),
                            rank=0, world_size=1, batch_rows=1024, seed=0, shuffle=False)
     reader.set_epoch(0)
     ids, labels, embs = [], [], []
@@ -62,14 +66,17 @@ def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> 
 
 
 def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.ndarray,
-        cosine: bool) -> Dict[str, float]:
+        cosine: bool, groups: Any = None) -> Dict[str, float]:
     """1-NN accuracy (cosine on normalised rows, else Euclidean), in chunks: ``1nn_acc`` takes
     the first (lowest-index) nearest gallery row, ``1nn_tievote_acc`` the majority label of all
-    gallery rows tied for nearest (see :func:`tie_vote`)."""
+    gallery rows tied for nearest (see :func:`tie_vote`). ``groups = (gallery keys, query
+    keys)``: the nearest row is looked for among the query's group first (kNN "with port")."""
     hits = votes = 0
     for s in range(0, len(queries), 2048):
         q = queries[s:s + 2048]
         sim = q @ gallery.T if cosine else -((q[:, None, :] - gallery[None]) ** 2).sum(-1)
+        if groups is not None:
+            sim = sim - 1e9 * (groups[1][s:s + 2048, None] != groups[0][None])
         hits += int((g_lab[np.argmax(sim, axis=1)] == q_lab[s:s + 2048]).sum())
         votes += int((tie_vote(sim, g_lab) == q_lab[s:s + 2048]).sum())
     n = max(1, len(queries))
@@ -98,8 +105,12 @@ def flow_features(path: str, n_pkts: int) -> Dict[str, np.ndarray]:
     stats = np.sign(st) * np.log1p(np.abs(st))
     sizes = np.asarray(t["pkt_sizes"], np.float64)[:, :n_pkts] * np.asarray(t["pkt_dirs"], np.float64)[:, :n_pkts]
     iat = np.log1p(np.maximum(np.asarray(t["pkt_iat"], np.float64)[:, :n_pkts], 0))
-    return {"id": np.asarray(t["id"]), "label": np.asarray(t["label"]), "stats": stats,
-            "rf": np.c_[stats, sizes, iat]}
+    out = {"id": np.asarray(t["id"]), "label": np.asarray(t["label"]), "stats": stats, "rf": np.c_[stats, sizes, iat]}
+    if "server_port" in t and any(t["server_port"]):  # port-aware baselines next to the plain ones
+        port, proto = np.asarray(t["server_port"], np.int64), np.asarray(t["ip_proto"], np.int64)
+        out["port_key"] = proto * 65536 + np.minimum(port, 49152)  # all dynamic ports alike
+        out["rf_port"] = np.c_[out["rf"], np.minimum(port, 49152), proto]
+    return out
 
 
 def open_split(data: str, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -122,14 +133,19 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         os.path.join(data, "test.parquet"), n_pkts)
     C = int(meta["num_classes"])
     scaler = StandardScaler().fit(tr["stats"])
-    rf = RandomForestClassifier(300, n_jobs=2, random_state=seed, min_samples_leaf=1).fit(tr["rf"], tr["label"])
+    forest = lambda x: RandomForestClassifier(300, n_jobs=2, random_state=seed).fit(x, tr["label"])  # noqa: E731
+    rf = forest(tr["rf"])
+    rf_port = forest(tr["rf_port"]) if "rf_port" in tr else None
     rows: List[Dict] = []
     closed = te["label"] < C
     if closed.any():
         q = te["label"][closed]
-        res = {"knn_stats": nn1(scaler.transform(tr["stats"]), tr["label"], scaler.transform(te["stats"][closed]), q,
-                                False),
+        g_st, q_st = scaler.transform(tr["stats"]), scaler.transform(te["stats"][closed])
+        res = {"knn_stats": nn1(g_st, tr["label"], q_st, q, False),
                "random_forest": {"accuracy": float((rf.predict(te["rf"][closed]) == q).mean())}}
+        if rf_port is not None:
+            res["knn_stats_port"] = nn1(g_st, tr["label"], q_st, q, False, (tr["port_key"], te["port_key"][closed]))
+            res["random_forest_port"] = {"accuracy": float((rf_port.predict(te["rf_port"][closed]) == q).mean())}
         for name, e in embs.items():
             pos = np.searchsorted(e["test"]["id"], te["id"][closed])
             res[name] = nn1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], q, True)
@@ -140,17 +156,27 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         isq = open_split(data, ids, lab)
         g, q = ~isq, isq
         st = scaler.transform(te["stats"][opn])
-        leaves = rf.apply(te["rf"][opn])
-        prox = np.stack([(leaves[g] == leaves[i]).sum(1) for i in np.flatnonzero(q)]).astype(np.float64)
         res = {"knn_stats": nn1(st[g], lab[g], st[q], lab[q], False),
-               "random_forest_proximity": {"1nn_acc": float((lab[g][np.argmax(prox, 1)] == lab[q]).mean()),
-                                           "1nn_tievote_acc": float((tie_vote(prox, lab[g]) == lab[q]).mean())}}
+               "random_forest_proximity": proximity_nn1(rf, te["rf"][opn], lab, g, q)}
+        if rf_port is not None:
+            key = te["port_key"][opn]
+            res["knn_stats_port"] = nn1(st[g], lab[g], st[q], lab[q], False, (key[g], key[q]))
+            res["random_forest_port_proximity"] = proximity_nn1(rf_port, te["rf_port"][opn], lab, g, q)
         for name, e in embs.items():
             pos = np.searchsorted(e["test"]["id"], ids)
             em = e["test"]["emb"][pos]
             res[name] = nn1(em[g], lab[g], em[q], lab[q], True)
         rows += _rows("open", res, int(q.sum()))
     return rows
+
+
+def proximity_nn1(rf: Any, x: np.ndarray, lab: np.ndarray, g: np.ndarray, q: np.ndarray) -> Dict[str, float]:
+    """Open-set 1-NN of the query rows ``x[q]`` against the gallery ``x[g]`` by the forest's
+    proximity (the number of trees that put two rows in the same leaf)."""
+    leaves = rf.apply(x)
+    prox = np.stack([(leaves[g] == leaves[i]).sum(1) for i in np.flatnonzero(q)]).astype(np.float64)
+    return {"1nn_acc": float((lab[g][np.argmax(prox, 1)] == lab[q]).mean()),
+            "1nn_tievote_acc": float((tie_vote(prox, lab[g]) == lab[q]).mean())}
 
 
 def _rows(protocol: str, res: Dict[str, Dict[str, float]], n: int) -> List[Dict]:
@@ -219,6 +245,37 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
+def validation_data(data: str, fraction: float, seed: int, out: str) -> str:
+    """A closed-set dataset made of the TRAINING split only: ``fraction`` of each class's training
+    rows (seeded, stratified) become its test split, so recipe choices never see the real test
+    rows. Written under ``out``; returns its path."""
+    import shutil
+    from xclass.eval.split import query_mask
+
+    meta = load_meta(data)
+    t = pq.read_table(split_files(data, "train")[0])
+    is_test = query_mask(np.asarray(t["id"]), np.asarray(t["label"]), fraction, seed)
+    path = os.path.join(out, "validation_data")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    meta["splits"] = {}
+    meta["test_classes"] = 0
+    meta["class_names"] = meta["class_names"][:int(meta["num_classes"])]
+    meta.pop("gallery_query", None)
+    for split, keep in (("train", ~is_test), ("test", is_test)):
+        part = t.filter(pa.array(keep))
+        pq.write_table(part, os.path.join(path, f"{split}.parquet"))
+        ids, labels = np.asarray(part["id"]), np.asarray(part["label"])
+        meta["splits"][split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
+                                 "id_range": [int(ids.min()), int(ids.max()) + 1],
+                                 "label_range": [int(labels.min()), int(labels.max()) + 1]}
+    meta["source"] = {**meta.get("source", {}), "validation_of": os.path.abspath(data),
+                      "validation_fraction": fraction, "validation_seed": seed}
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -227,10 +284,15 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=30, help="first N packets for the random forest")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--validation", type=float, default=0.0, metavar="F",
+                    help="closed-set check on the training split only: F of each class's training rows "
+                         "(seeded by --seed) are the queries, the test split is not read")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run_dir = os.path.join(a.out, "run")
+    if a.validation:
+        a.data = validation_data(a.data, a.validation, a.seed, a.out)
     t0 = time.perf_counter()
     rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={run_dir}",
                  "train.progress=false", f"train.seed={a.seed}", *a.overrides])

@@ -70,11 +70,9 @@ def make_reader(paths: Sequence[str], cfg: Any, meta: Mapping[str, Any], ctx: An
     from xclass.data.reader import ParquetReader
 
     check_sampler(cfg.data, ctx.world_size)  # again: the world size may differ from cluster.workers
-    from xclass.models.decoders import weight_columns
-
-    cols = input_columns(cfg.data.task, cfg.model.encoder)
-    cols += weight_columns(cfg.data.task, cfg.model.encoder, meta, cols)
+    cols = input_columns(cfg.data.task, cfg.model.encoder, meta)
     group = dict(m_per_class=cfg.data.m_per_class if cfg.data.sampler == "m_per_class" else 0,
+                 balance_power=cfg.data.balance_power if cfg.data.sampler == "class_balanced" else 0.0,
                  label_column="label")
     if cfg.data.shard_mode == "global_batch":
         from xclass.train.global_batch import GlobalBatchSlicer

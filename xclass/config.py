@@ -37,9 +37,11 @@ class DataConfig:
     shard_mode: str = "rows"
     """rows: each rank reads its own rows once; global_batch: world-size-invariant batches."""
     sampler: str = "shuffle"
-    """shuffle: random rows; m_per_class: batches of groups of m_per_class rows of one label (angproto heads)."""
+    """shuffle: random rows; m_per_class: groups of m_per_class rows of one label (angproto heads); class_balanced: rows drawn with weight N_c ** -balance_power."""
     m_per_class: int = 2
     """Rows per label group with sampler m_per_class (>= 2; each rank's batch must be a multiple of it)."""
+    balance_power: float = 0.5
+    """Sampler class_balanced, in (0, 1]: a row of class c (N_c rows) is drawn with weight N_c ** -p (1: classes equally often; 0.5: square-root)."""
     generate: Dict[str, Any] = field(default_factory=dict)
     """If the dataset is missing, ``xclass train`` generates it with these make-data arguments."""
     validate: bool = True

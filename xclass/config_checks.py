@@ -28,7 +28,7 @@ _FLOAT_RANGES = [
 ]
 _CHOICES = [
     ("data.task", TASKS), ("data.shard_mode", ("rows", "global_batch")),
-    ("data.sampler", ("shuffle", "m_per_class")), ("optim.name", ("sgd", "adam", "adamw")),
+    ("data.sampler", ("shuffle", "m_per_class", "class_balanced")), ("optim.name", ("sgd", "adam", "adamw")),
     ("optim.schedule", ("constant", "cosine", "linear")), ("train.precision", ("fp32", "bf16")),
     ("cluster.backend", ("gloo", "nccl")), ("deepspeed.zero_stage", (None, 0, 1, 2)),
 ]

@@ -227,7 +227,7 @@ def test_config_errors_name_the_key(tmp_path, overrides, key):
 def test_config_defaults_and_make_reader_checks_the_world_size(files, monkeypatch):
     from xclass import components
 
-    monkeypatch.setattr(components, "input_columns", lambda task, encoder: ["id", "label"])
+    monkeypatch.setattr(components, "input_columns", lambda task, encoder, meta=None: ["id", "label"])
     make_reader = components.make_reader
     cfg = load_config(None)
     assert (cfg.data.sampler, cfg.data.m_per_class) == ("shuffle", 2)

@@ -116,6 +116,10 @@ def test_import_with_label_files_matches_either_direction(tmp_path):
     web = t["label"].index(1)
     assert t["pkt_dirs"][web] == [1, -1, 1, -1] and t["num_packets"][web] == 4
     assert t["flow_stats"][web][3:5] == [3, 2]                                # packets up / down, all packets
+    assert t["server_port"][web] == 443 and t["ip_proto"][web] == 6           # service port + protocol
+    dns = t["label"].index(0)
+    assert t["server_port"][dns] == 53 and t["ip_proto"][dns] == 17
+    assert meta["inputs"]["ports"]["columns"] == ["server_port", "ip_proto"]
     (tmp_path / "l.jsonl").write_text(json.dumps({"src_ip": "::2", "src_port": 8000, "dst_ip": "::1",
                                                   "dst_port": 7000, "proto": "udp", "label": "v6"}) + "\n")
     flows, counts = labelled_flows([cap], labels=str(tmp_path / "l.jsonl"))
@@ -170,3 +174,18 @@ def test_sizes_above_int16_are_capped_and_statistics_keep_true_bytes(tmp_path):
     t = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
     assert t["pkt_sizes"][0] == [32767, 20 + 8 + 1, 0]
     assert t["flow_stats"][0][1:3] == [20 + 8 + 40000, 20 + 8 + 1]          # bytes up / down
+
+
+def test_service_port_is_the_well_known_side_when_a_capture_starts_with_the_reply(tmp_path):
+    fr = [(0.0, _udp(S4, C4, 123, 40000, b"reply")), (0.1, _udp(C4, S4, 40000, 123, b"q")),   # NTP reply first
+          (1.0, _udp(C4, S4, 50000, 8080, b"a")), (2.0, _udp(C4, S4, 999, 5000, b"b"))]
+    (tmp_path / "l.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label\n"
+                                    "10.0.0.1,40000,10.0.0.2,123,udp,ntp\n10.0.0.1,50000,10.0.0.2,8080,udp,web\n"
+                                    "10.0.0.1,999,10.0.0.2,5000,udp,odd\n")
+    import_pcap([write(tmp_path / "c.pcap", fr)], str(tmp_path / "o"), labels=str(tmp_path / "l.csv"),
+                num_packets=2, show_progress=False)
+    t = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
+    port = {t["label"][i]: t["server_port"][i] for i in range(3)}
+    # labels: ntp 0, odd 1, web 2. ntp: the first sender (the "client") has 123, the only port
+    # below 1,024; odd: likewise 999 against 5000; web: neither is, so the server's 8080
+    assert port == {0: 123, 1: 999, 2: 8080}

@@ -155,3 +155,10 @@ def test_face_png_bytes_round_trip():
     batch = {"id": np.arange(3), "label": np.arange(3), "image": np.array(blobs, dtype=object)}
     x, _ = DECODERS.get("face")(batch, {"height": 4, "width": 5, "channels": 3})
     np.testing.assert_array_equal(x["image"].permute(0, 2, 3, 1).numpy(), imgs)
+
+
+def test_quic_reads_the_port_columns_only_when_meta_lists_them():
+    base = ["label", "pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets", "flow_stats"]
+    assert input_columns("quic", "flowcnn") == base
+    assert input_columns("quic", "flowcnn", meta={"inputs": {"ports": {}}}) == base + ["server_port", "ip_proto"]
+    assert input_columns("quic", "mlp", meta={"inputs": {"ports": {}}}) == ["label", "features"]

@@ -175,3 +175,28 @@ def test_flowcnn_size_embedding_rows_by_hand():
     enc.eval()
     enc(dict(inputs, flow_stats=torch.ones(1, enc.num_stats))).sum().backward()
     assert enc.size_table.weight.grad[rows].abs().sum() > 0
+
+
+def test_flowcnn_port_rows_by_hand_and_the_port_vector_reaches_the_embedding():
+    """port_embed: row 0 unknown, 1..1023 the port, 1024 + port % buckets registered, 1024 +
+    buckets dynamic; UDP adds 1025 + buckets. Two flows that differ only in port embed apart."""
+    from xclass.models.encoders.flowcnn import port_rows
+
+    port = torch.tensor([0, 53, 1023, 1024, 8080, 49151, 49152, 65535, 53])
+    proto = torch.tensor([6, 6, 6, 6, 6, 6, 6, 6, 17])
+    assert port_rows(port, proto, 100).tolist() == [0, 53, 1023, 1024 + 24, 1024 + 80, 1024 + 51, 1124, 1124,
+                                                    1125 + 53]
+    meta = dict(meta_for("quic"), inputs=dict(meta_for("quic").get("inputs", {}), ports={}))
+    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_embed": 4}), meta).eval()
+    x = {"pkt_sizes": torch.tensor([[100, 60]] * 2), "pkt_dirs": torch.tensor([[1, -1]] * 2),
+         "pkt_iat": torch.zeros(2, 2), "lengths": torch.tensor([2, 2]), "flow_stats": torch.ones(2, enc.num_stats),
+         "server_port": torch.tensor([53, 443]), "ip_proto": torch.tensor([17, 17])}
+    out = enc(x)
+    assert not torch.allclose(out[0], out[1])
+    with torch.no_grad():
+        enc.port_table.weight.zero_()
+    torch.testing.assert_close(enc(x)[0], enc(x)[1])            # only the port told them apart
+    with pytest.raises(ValueError, match="server_port"):
+        enc({k: v for k, v in x.items() if k != "server_port"})
+    with pytest.raises(ValueError, match="inputs.ports"):       # data without ports: a build-time error
+        build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_embed": 4}), meta_for("quic"))

@@ -108,11 +108,15 @@ def check_sampler(data: Any, world_size: int) -> None:
     at ``world_size`` ranks: called on config load (``cluster.workers``) and by ``make_reader``."""
     if data.sampler == "shuffle":
         return
-    if data.sampler != "m_per_class":
-        raise ConfigError(f"key 'data.sampler' must be shuffle or m_per_class, got {data.sampler!r}")
+    if data.sampler not in ("m_per_class", "class_balanced"):
+        raise ConfigError(f"key 'data.sampler' must be shuffle, m_per_class or class_balanced, got {data.sampler!r}")
     if not any(c.name == "label" for c in TASK_COLUMNS.get(data.task, ())):
-        raise ConfigError(f"key 'data.sampler: m_per_class' needs a single-label task (a 'label' "
+        raise ConfigError(f"key 'data.sampler: {data.sampler}' needs a single-label task (a 'label' "
                           f"column); data.task={data.task!r} is not one")
+    if data.sampler == "class_balanced":
+        if not 0.0 < data.balance_power <= 1.0:
+            raise ConfigError(f"key 'data.balance_power' must be in (0, 1], got {data.balance_power}")
+        return
     if data.m_per_class < 2:
         raise ConfigError(f"key 'data.m_per_class' must be >= 2 with data.sampler=m_per_class, "
                           f"got {data.m_per_class}")

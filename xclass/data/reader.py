@@ -127,12 +127,17 @@ class ParquetReader:
         buffer_bytes: target window size when ``buffer_rows`` is None (default 64 MiB).
         m_per_class: 0 = plain shuffle; M >= 1 = groups of M rows of one ``label_column`` (a
             read single-label column) value, step 4 above; ``batch_rows`` a multiple of M.
+        balance_power: 0 = plain shuffle; p in (0, 1] = class-balanced sampling: each window's
+            n rows are replaced by n rows drawn from it with replacement, a row of class c with
+            probability proportional to ``N_c ** -p`` (``N_c``: the class's rows in all files;
+            p = 1 gives every class the same share, p = 0.5 square-root sampling). Windows keep
+            their sizes, so step counts and resume are as without it.
     """
 
     def __init__(self, paths, columns: Sequence[str], *, rank: int = 0, world_size: int = 1,
                  batch_rows: int, seed: int = 0, drop_last: bool = False, shuffle: bool = True,
                  buffer_rows: Optional[int] = None, buffer_bytes: int = 64 << 20,
-                 m_per_class: int = 0, label_column: str = "label") -> None:
+                 m_per_class: int = 0, label_column: str = "label", balance_power: float = 0.0) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_rows <= 0:
@@ -141,7 +146,13 @@ class ParquetReader:
                             or label_column not in columns):
             raise ValueError(f"m_per_class={m_per_class} needs batch_rows={batch_rows} a multiple of "
                              f"it, shuffle=True and the label column {label_column!r} in the columns")
+        if balance_power and (not 0.0 < balance_power <= 1.0 or m_per_class or not shuffle
+                              or label_column not in columns):
+            raise ValueError(f"balance_power={balance_power} needs a value in (0, 1], m_per_class=0, "
+                             f"shuffle=True and the label column {label_column!r} in the columns")
         self.m_per_class, self.label_column = m_per_class, label_column
+        self.balance_power = float(balance_power)
+        self._row_weight: Optional[np.ndarray] = None  # per class id, built on first use
         self.files = expand_paths(paths)
         self.columns = list(columns)
         self.rank, self.world_size, self.batch_rows = rank, world_size, batch_rows
@@ -207,11 +218,11 @@ class ParquetReader:
         """Position to resume from: the epoch and the number of batches already yielded."""
         return {"epoch": self.epoch, "batch": self._batch_index, "seed": self.seed,
                 "world_size": self.world_size, "num_rows": self.num_rows,
-                "m_per_class": self.m_per_class}
+                "m_per_class": self.m_per_class, "balance_power": self.balance_power}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """The next ``__iter__`` continues epoch ``state['epoch']`` after ``state['batch']`` batches."""
-        for key in ("seed", "world_size", "num_rows", "m_per_class"):
+        for key in ("seed", "world_size", "num_rows", "m_per_class", "balance_power"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"reader state has {key}={state[key]}, this reader has "
                                  f"{getattr(self, key)}; resume needs the same data and layout")
@@ -279,9 +290,21 @@ class ParquetReader:
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, self.epoch, self.rank, w])
                 # take on one contiguous chunk is ~10x faster than on a chunked list column
-                t = t.combine_chunks().take(pa.array(rng.permutation(n)))
+                t = t.combine_chunks().take(pa.array(self._draw(t, rng) if self.balance_power else rng.permutation(n)))
             yield t.slice(skip_rows)
             skip_rows = 0
+
+    def _draw(self, t: pa.Table, rng: np.random.Generator) -> np.ndarray:
+        """Class-balanced row indices ``[n]`` into window ``t`` (with replacement)."""
+        if self._row_weight is None:
+            labels = np.concatenate([np.asarray(pq.read_table(f, columns=[self.label_column])[self.label_column])
+                                     for f in self.files]).astype(np.int64)
+            if labels.size and labels.min() < 0:
+                raise DataError("negative class id with class-balanced sampling", column=self.label_column)
+            counts = np.bincount(labels).astype(np.float64)
+            self._row_weight = np.where(counts > 0, np.maximum(counts, 1.0) ** -self.balance_power, 0.0)
+        w = self._row_weight[np.asarray(t[self.label_column]).astype(np.int64)]
+        return rng.choice(len(w), size=len(w), replace=True, p=w / w.sum())
 
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
         steps, b = self.batches_per_epoch(), self.batch_rows

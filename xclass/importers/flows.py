@@ -76,12 +76,14 @@ def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarr
                         float(iat[1:].sum()))
 
 
-def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int) -> Dict[str, np.ndarray]:
-    """One flow as the writer takes it: its first ``n`` packets, zero-padded, and its statistics."""
+def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int,
+         port: int = 0, proto: int = 0) -> Dict[str, np.ndarray]:
+    """One flow as the writer takes it: its first ``n`` packets, zero-padded, its statistics and
+    the server's port and IP protocol (0 = unknown)."""
     m = min(n, len(sizes))
     pad = lambda a, dt: np.concatenate([np.asarray(a, np.float64)[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
     return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
-            "num": np.int32(m), "stats": stats}
+            "num": np.int32(m), "stats": stats, "port": int(port), "proto": int(proto)}
 
 
 def _as_list(v: Any, where: str) -> List[Any]:
@@ -251,12 +253,14 @@ class _FlowWriters:
         self.tmp, self.n = tmp, n
         schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pkt_sizes", pa.list_(pa.int16(), n)),
                             ("pkt_dirs", pa.list_(pa.int8(), n)), ("pkt_iat", pa.list_(pa.float32(), n)),
-                            ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS)))])
+                            ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS))),
+                            ("server_port", pa.int32()), ("ip_proto", pa.int8())])
         self.schema = with_task_meta(schema, "quic", num_packets=n, flow_stats=list(STATS))
         self.w: Dict[str, PartWriter] = {}
         self.buf: Dict[str, List] = {}
         self.seen: Dict[str, List] = {}
         self.next_id = 0
+        self.ports_known = False
 
     def add(self, split: str, label: int, p: Dict[str, np.ndarray]) -> None:
         if split not in self.w:
@@ -278,7 +282,10 @@ class _FlowWriters:
                              "pkt_sizes": fixed_list(st("sizes"), pa.int16()), "pkt_dirs": fixed_list(st("dirs"), pa.int8()),
                              "pkt_iat": fixed_list(st("iat"), pa.float32()),
                              "num_packets": pa.array([r[2]["num"] for r in rows], pa.int32()),
-                             "flow_stats": fixed_list(st("stats"), pa.float32())})
+                             "flow_stats": fixed_list(st("stats"), pa.float32()),
+                             "server_port": pa.array([r[2]["port"] for r in rows], pa.int32()),
+                             "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8())})
+        self.ports_known |= any(r[2]["port"] > 0 for r in rows)
         self.buf[split] = []
 
     def close(self, train_names: List[str], test_names: List[str], source: Dict, seed: int) -> Dict:
@@ -297,6 +304,10 @@ class _FlowWriters:
                 "inputs": {"flow_stats": list(STATS), "packets": {"columns": ["pkt_sizes", "pkt_dirs", "pkt_iat"],
                            "dirs": "+1 client->server, -1 server->client, 0 pad", "iat_unit": "ms",
                            "num_packets": self.n}}, "source": source}
+        if self.ports_known:  # the server_port / ip_proto columns carry values (pcap imports)
+            meta["inputs"]["ports"] = {"columns": ["server_port", "ip_proto"],
+                                       "server_port": "the service port (the server's, or the client's well-known one), 0 unknown",
+                                       "ip_proto": "6 tcp, 17 udp, 0 unknown"}
         if "test" in self.w:
             meta["gallery_query"] = self._gallery_query()
         return meta

@@ -112,13 +112,22 @@ def ndpi_labels(path: str, level: str = "full") -> Dict[Key, str]:
 MAX_STORED_SIZE = 32767  # pkt_sizes is int16
 
 
+def service_port(fl: Flow) -> int:
+    """The flow's service port: the server's (the side that did not send the first packet), or
+    the client's when only the client's is a well-known port (< 1024), as when a capture starts
+    with a reply."""
+    c, s = fl.client[1], fl.server[1]
+    return c if 0 < c < 1024 <= s else s
+
+
 def flow_packets(fl: Flow, num_packets: int) -> Dict[str, np.ndarray]:
-    """The writer's dict for a flow: first packets and the 8 statistics over all its packets.
+    """The writer's dict for a flow: first packets, the 8 statistics over all its packets and the
+    server's port and protocol.
     A stored size above 32,767 bytes (an IP length up to 65,535, seen in captures taken before
     segmentation offload splits a packet) is stored as 32,767; the statistics keep true bytes."""
     stats = finish_stats(fl.n, fl.n_up, fl.bytes_up, fl.bytes_down, fl.size_sq, fl.span_ms)
     sizes = np.minimum(np.array(fl.sizes, np.int64), MAX_STORED_SIZE)
-    return pack(sizes, np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets)
+    return pack(sizes, np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets, port=service_port(fl), proto=fl.proto)
 
 
 def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,

@@ -9,7 +9,8 @@ accepts empty batches (``n = 0``). Decoded input names:
 face       ``image`` uint8 ``[B, C, H, W]`` (a channels-last view of the HWC bytes)
 speaker    ``fbank`` float32 ``[B, T_max, n_mels]`` zero-padded, ``lengths`` int64 ``[B]``
 quic       ``pkt_sizes``/``pkt_dirs``/``pkt_iat`` float32 ``[B, N]``, ``lengths`` int64
-           ``[B]`` (= num_packets clipped to N), ``flow_stats`` float32 ``[B, S]``
+           ``[B]`` (= num_packets clipped to N), ``flow_stats`` float32 ``[B, S]``;
+           ``server_port`` / ``ip_proto`` int64 ``[B]`` when meta.json lists inputs.ports
 xmc        ``input_ids`` / ``attention_mask`` int64 ``[B, L]`` (text tokenised in the data
            path, see :func:`xclass.components.make_decoder`), or
            ``tokens`` int64 ``[B, L_max]`` (0-padded), ``lengths`` int64 ``[B]``,
@@ -45,6 +46,7 @@ DECODERS: Registry[Callable[[Batch, Mapping[str, Any]], Decoded]] = Registry("de
 NATIVE_COLUMNS: Mapping[str, Tuple[str, ...]] = TableView(lambda t: t.decoder_inputs)
 LABEL_COLUMNS: Mapping[str, str] = LABEL_COLUMN
 _TOKEN_WEIGHTS: Mapping[str, bool] = TableView(lambda t: t.token_weights)
+_META_INPUTS: Mapping[str, Tuple[Tuple[str, Tuple[str, ...]], ...]] = TableView(lambda t: t.meta_inputs)
 
 
 #: Encoders that weight their tokens by ``token_weights`` (read when meta.json has them).
@@ -65,16 +67,21 @@ def input_columns(task: str, encoder: str, with_labels: bool = True,
         raise UnknownNameError(f"unknown task {task!r}; known: {', '.join(NATIVE_COLUMNS)}")
     kind = ENCODER_INPUTS.get(encoder)
     cols = ["features"] if kind == "features" else ["text"] if kind == "text" else list(NATIVE_COLUMNS[task])
-    return ([LABEL_COLUMNS[task]] if with_labels else []) + cols + weight_columns(task, encoder, meta, cols)
+    return ([LABEL_COLUMNS[task]] if with_labels else []) + cols + optional_columns(task, encoder, meta, cols)
 
 
-def weight_columns(task: str, encoder: str, meta: Optional[Mapping[str, Any]], cols: List[str]) -> List[str]:
-    """``["token_weights"]`` when ``cols`` read ``tokens`` for an encoder that weights them and
-    meta.json says the data has the column; else ``[]``."""
+def optional_columns(task: str, encoder: str, meta: Optional[Mapping[str, Any]], cols: List[str]) -> List[str]:
+    """Columns read only when meta.json says the data has them: ``token_weights`` when ``cols``
+    read ``tokens`` for an encoder that weights them; a table's ``meta_inputs`` columns (quic:
+    ``server_port``, ``ip_proto``) when ``cols`` are the native decoder's; else ``[]``."""
+    out = []
     if (_TOKEN_WEIGHTS.get(task, False) and "tokens" in cols
             and encoder in TOKEN_WEIGHT_ENCODERS and has_token_weights(meta)):
-        return ["token_weights"]
-    return []
+        out.append("token_weights")
+    if cols == list(NATIVE_COLUMNS[task]):
+        inputs = (meta or {}).get("inputs", {}) or {}
+        out += [c for key, group in _META_INPUTS.get(task, ()) if key in inputs for c in group]
+    return out
 
 
 def pad_ragged(values: np.ndarray, offsets: np.ndarray, pad: Any = 0,
@@ -213,6 +220,9 @@ def decode_quic(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
         out["lengths"] = torch.from_numpy(lengths)
         if "flow_stats" in batch:
             out["flow_stats"] = _tensor(batch["flow_stats"], np.float32)
+        for name in ("server_port", "ip_proto"):  # read when meta.json lists inputs.ports
+            if name in batch:
+                out[name] = _tensor(batch[name], np.int64)
     _features(batch, out)
     _require_input("quic", batch, out)
     return out, _single_labels(batch, "label")

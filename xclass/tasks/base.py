@@ -47,7 +47,9 @@ class Table:
     decoder_inputs: the native columns the task decoder reads (``input_columns``);
     token_weights: rows may carry a ``token_weights`` column next to ``tokens`` (read for
     encoders that weight tokens when meta.json says the data has it);
-    file: the file name of a side table in a dataset directory (e.g. ``labels.parquet``).
+    file: the file name of a side table in a dataset directory (e.g. ``labels.parquet``);
+    meta_inputs: ``(key, columns)`` pairs: native-decoder columns read only when meta.json's
+    ``inputs`` has ``key`` (data imported before a column existed reads as before).
     """
 
     columns: Tuple[Col, ...]
@@ -56,6 +58,7 @@ class Table:
     decoder_inputs: Tuple[str, ...]
     token_weights: bool = False
     file: str = ""
+    meta_inputs: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Encrypted-traffic classification (QUIC/TLS flows): the first packets' sizes, directions and
-inter-arrival times plus flow statistics per row, one service per row; open-set test services,
+inter-arrival times plus flow statistics per row (and the server's port and IP protocol when the
+importer knew them), one service per row; open-set test services,
 evaluated by gallery/query identification (``gallery_query.parquet``)."""
 from xclass.tasks.base import FEATURES, ID, LABEL, Col, Table, Task, register_task
 
@@ -9,10 +10,12 @@ QUIC = register_task(Task(
                          Col("pkt_dirs", "fixed", "int", required=False),
                          Col("pkt_iat", "fixed", "float", required=False, finite=True),
                          Col("num_packets", "int", required=False),
-                         Col("flow_stats", "fixed", "float", required=False, finite=True), FEATURES),
+                         Col("flow_stats", "fixed", "float", required=False, finite=True),
+                         Col("server_port", "int", required=False), Col("ip_proto", "int", required=False), FEATURES),
                 input_groups=(("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets"), ("features",)),
                 label_column="label",
-                decoder_inputs=("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets", "flow_stats")),
+                decoder_inputs=("pkt_sizes", "pkt_dirs", "pkt_iat", "num_packets", "flow_stats"),
+                meta_inputs=(("ports", ("server_port", "ip_proto")),)),
     default_encoder="flowcnn",
     generator="xclass.data.gen_quic:QuicGenerator",
     protocols=("ident",),

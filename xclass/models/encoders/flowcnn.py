@@ -11,7 +11,10 @@ apart sizes that a single normalised float puts next to each other (a 1,228- fro
 1,232-byte packet): protocol headers and handshakes repeat exact sizes. With ``flat_hidden >
 0`` a third branch reads the masked packet features by position (flattened ``[(3 + E) N]`` ->
 Linear -> ReLU): pooling forgets that, say, the 4th packet is a 517-byte client hello, which
-is what a tree model on the same per-position features keys on.
+is what a tree model on the same per-position features keys on. With ``port_embed > 0`` a
+learned vector of the flow's service port and IP protocol joins the projection's input (see
+:func:`port_rows`; the data must carry ``server_port`` / ``ip_proto``, as ``import pcap``
+writes them).
 """
 from __future__ import annotations
 
@@ -22,6 +25,20 @@ from torch import Tensor, nn
 
 from xclass.models.layers import ConvReluBN, gem_pool, length_mask
 from xclass.models.registry import meta_get, register_encoder
+
+
+EPHEMERAL_PORT = 49152  # IANA: 49152-65535 are dynamic ports, no service
+
+
+def port_rows(port: Tensor, proto: Tensor, buckets: int) -> Tensor:
+    """Port-table rows ``[B]`` int64 of ports and IP protocols ``[B]``: row 0 = unknown port
+    (0), rows 1..1023 = the well-known ports themselves, ``1024 + port % buckets`` = registered
+    ports (1,024-49,151, hashed), ``1024 + buckets`` = any dynamic port; UDP (17) uses a second
+    block of ``1025 + buckets`` rows after the one of TCP and the rest."""
+    port = port.long()
+    row = torch.where(port < 1024, port.clamp_min(0), 1024 + port % buckets)
+    row = torch.where(port >= EPHEMERAL_PORT, torch.full_like(row, 1024 + buckets), row)
+    return row + (proto.long() == 17).long() * (1025 + buckets)
 
 
 def signed_log1p(x: Tensor) -> Tensor:
@@ -36,8 +53,11 @@ class FlowCNN(nn.Module):
                  kernels: Sequence[int], stats_hidden: int, hidden: int, dropout: float,
                  size_scale: float, gem_p: float, size_embed: int = 0, size_bin: int = 8,
                  max_size: int = 1536, flat_hidden: int = 0, num_packets: int = 0,
-                 stats_embed: int = 0, stats_bin: float = 0.5, stats_bins: int = 64) -> None:
+                 stats_embed: int = 0, stats_bin: float = 0.5, stats_bins: int = 64,
+                 port_embed: int = 0, port_buckets: int = 2048) -> None:
         super().__init__()
+        if port_embed < 0 or port_buckets < 1:
+            raise ValueError(f"flowcnn: need port_embed >= 0 and port_buckets >= 1, got {port_embed}, {port_buckets}")
         if flat_hidden > 0 and num_packets < 1:
             raise ValueError("flowcnn: flat_hidden > 0 needs the packet count (meta.json num_packets)")
         if size_embed < 0 or size_bin < 1 or max_size < size_bin or stats_bin <= 0 or stats_bins < 1:
@@ -72,6 +92,9 @@ class FlowCNN(nn.Module):
                 self.stats_bin, self.stats_bins = float(stats_bin), int(stats_bins)
                 self.stats_table = nn.Embedding(num_stats * stats_bins, stats_embed)
                 d_in += num_stats * stats_embed
+        self.port_buckets = port_buckets
+        self.port_table = nn.Embedding(2 * (1025 + port_buckets), port_embed) if port_embed > 0 else None
+        d_in += port_embed
         self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(hidden, embedding_dim))
 
@@ -122,6 +145,11 @@ class FlowCNN(nn.Module):
             feats.append(self.stats(ls))
             if self.stats_table is not None:
                 feats.append(self._stats_bins(ls))
+        if self.port_table is not None:
+            if "server_port" not in inputs or "ip_proto" not in inputs:
+                raise ValueError("flowcnn: port_embed > 0 needs the 'server_port' and 'ip_proto' inputs")
+            rows = port_rows(inputs["server_port"], inputs["ip_proto"], self.port_buckets)
+            feats.append(self.port_table(rows).to(x.dtype))
         return self.proj(torch.cat(feats, dim=1))
 
 
@@ -131,7 +159,8 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
             stats_hidden: int = 32, hidden: int = 128, dropout: float = 0.1,
             size_scale: float = 1500.0, gem_p: float = 3.0, size_embed: int = 0,
             size_bin: int = 8, max_size: int = 1536, flat_hidden: int = 0, stats_embed: int = 0,
-            stats_bin: float = 0.5, stats_bins: int = 64) -> FlowCNN:
+            stats_bin: float = 0.5, stats_bins: int = 64, port_embed: int = 0,
+            port_buckets: int = 2048) -> FlowCNN:
     """FlowCNN over the packet sequences + flow stats.
 
     ``size_embed`` > 0 adds a learned ``size_embed``-dim vector per packet for its size class
@@ -140,13 +169,20 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
     ``stats_embed`` > 0 adds a learned vector per flow statistic for its value's bin (width
     ``stats_bin`` in signed log1p units, ``stats_bins`` bins centred on 0), as trees split them.
 
+    ``port_embed`` > 0 adds a learned vector of the service port and IP protocol
+    (:func:`port_rows`; ``port_buckets`` hash rows for registered ports); the data must carry
+    them (meta.json ``inputs.ports``, written by ``xclass import pcap``).
+
     The stats width comes from meta.json: ``inputs.flow_stats`` (the list of stat names)
     or ``num_stats`` (0 = no stats branch).
     """
     n_pkts = int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0
+    if port_embed > 0 and "ports" not in (meta.get("inputs") or {}):
+        raise ValueError("flowcnn: port_embed > 0 needs data with the service port and protocol "
+                         "(meta.json inputs.ports, as `xclass import pcap` writes)")
     return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
                    stats_hidden, hidden, dropout, size_scale, gem_p, size_embed, size_bin, max_size,
-                   flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins)
+                   flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins, port_embed, port_buckets)
 
 
 def _num_stats(meta: Dict[str, Any]) -> int:
