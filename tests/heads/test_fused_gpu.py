@@ -60,7 +60,7 @@ def test_backward_kernels_equal_cpu_path(dt, tol, b, c, d, norm, ls):
     gs = gs * spec.s
     acc, dw_ref = torch.zeros(b, d), torch.empty_like(w)
     for a in range(0, c, 4096):
-        fused._backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 4096, c), t, lse, spec, acc, dw_ref)
+        fused.backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 4096, c), t, lse, spec, acc, dw_ref)
     de_ref = acc * gs.unsqueeze(1)
     de, dw = fused_triton.backward(e.cuda(), w.cuda(), t.cuda(), lse.cuda(), gs.cuda(), spec.s, norm,
                                    ls / c if ls else 0.0)

@@ -46,7 +46,7 @@ for name, b, c, d, norm, ls, dt, gap in [("norm", 70, 300, 40, True, 0.0, torch.
     acc, dw_ref = torch.zeros(b, d), torch.empty_like(w)
     ef = e.float()
     for a in range(0, c, 50):
-        fused._backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 50, c), t, lse2, spec, acc, dw_ref)
+        fused.backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 50, c), t, lse2, spec, acc, dw_ref)
     de, dw = fused_triton.backward(e, w, t, lse2, gs, spec.s, norm, sub, True, blocks=(16, 32))
     de_ref = acc * gs.unsqueeze(1)
     out[name + "_bwd"] = [float((de - de_ref).abs().max() / de_ref.abs().max().clamp(min=1e-30)),
