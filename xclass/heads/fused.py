@@ -93,23 +93,24 @@ def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Ten
 
 
 def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk: int = 0,
-                 activations_only: bool = False) -> int:
+                 activations_only: bool = False, update_in_backward: bool = False) -> int:
     """Predicted per-rank memory of a fused head step (fp32, SGD momentum), in bytes.
 
     W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
-    W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
-    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers
-    ``12 B ch K`` (scores, softmax, one transient; five, ``20 B ch K``, with sub-centres), the
-    batch-sized vectors ``24 B d`` (emb_q, its scaled copy, the gradient accumulators) and the
-    target rows ``12 B K d``. No term in B * C_l.
-    ``activations_only``: the last three terms (what one step allocates beyond W, momentum and
-    the weight gradient)."""
+    W), or with ``update_in_backward`` only one chunk of it ``4 ch K d``, or under Partial FC the
+    sampled rows and their gradient ``8 C_a K d`` plus the sampling keys and their int64 hash
+    temporaries ``48 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax,
+    one transient; five, ``20 B ch K``, with sub-centres), the chunk's unit rows and the
+    normalisation backward's product ``8 ch K d``, the batch-sized vectors ``24 B d`` (emb_q, its
+    scaled copy, the gradient accumulators) and the target rows ``12 B K d``. No term in B * C_l.
+    ``activations_only``: the activation terms (what one step allocates beyond W, momentum and
+    the weight gradient or its chunk)."""
     ch = min(chunk_classes(b, k, chunk), max(1, c_local))
-    act = (12 if k == 1 else 20) * b * ch * k + 24 * b * d + 12 * b * k * d
+    act = (12 if k == 1 else 20) * b * ch * k + 8 * ch * k * d + 24 * b * d + 12 * b * k * d
     if activations_only:
         return act
     c_a = math.ceil(c_local * r) if r < 1 else c_local
-    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * c_local * k * d
+    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * (ch if update_in_backward else c_local) * k * d
     return 8 * c_local * k * d + rows + act
 
 
