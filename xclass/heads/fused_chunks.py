@@ -87,8 +87,65 @@ def _target_col(target: torch.Tensor, a: int, z: int):
 
 
 def forward_stats_torch(emb_q, w, target, zt, spec: Any):
-    """Local online log-sum-exp over the shard's logits (target column = zt): row max [B], sum of
-    exp(z - max) [B] and sum of logits [B] (label smoothing only), fp32; max -inf for no classes."""
+    """Local log-sum-exp statistics over the shard's logits (target column = zt): a row shift
+    [B], sum of exp(z - shift) [B] and sum of logits [B] (label smoothing only), fp32; shift -inf
+    for no classes.
+
+    Cosine margins on the CPU know a bound before any score: every non-target logit is
+    ``s * cos`` in [-s, s] and the target logit is ``zt``. While ``n e^max(s, zt)`` fits in fp32
+    (s up to about 70 for 10^7 classes) the shift is 0: ``exp(z)`` itself is summed, in one pass
+    per chunk, with the precision of the online form (each exponent is the exact logit, no
+    running max, no rescaling, no subtraction). Beyond that the smallest shift that keeps the sum
+    finite is taken. A row whose sum came out so small that its terms could have left fp32's
+    normal range is recomputed with the online max: rare, and a host read (free on the CPU).
+    Elsewhere (raw logits, CUDA) the online log-sum-exp runs: running max, rescaled sum."""
+    if w.shape[0] == 0 or not spec.normalized or emb_q.device.type != "cpu":
+        return _online_stats(emb_q, w, target, zt, spec)
+    n = w.shape[0] // spec.k
+    shift = (zt.clamp(min=spec.s) + (math.log(n) - SUM_EXP_MAX)).clamp_(min=0.0)
+    se, zs = _bounded_stats(emb_q, w, target, zt, shift, spec)
+    # each term is a normal fp32 number (relative error 2^-24) unless below 2^-126; a sum above
+    # n * 2^-102 keeps the denormal terms' total error under 2^-24 of it
+    bad = se < n * 2.0 ** -102
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1)
+        m2, se2, _ = _online_stats(emb_q[rows], w, target[rows], zt[rows], spec)
+        shift, se = shift.index_copy(0, rows, m2), se.index_copy(0, rows, se2)
+    return shift, se, zs
+
+
+SUM_EXP_MAX = 80.0  # log of the largest sum of exponentials a row may reach (fp32 max: e^88.7)
+
+
+def _bounded_stats(emb_q, w, target, zt, shift, spec: Any):
+    """(sum exp(z - shift) [B], sum z [B]) for a row shift [B] known before the loop (0 for
+    every row in the common case: then no bias at all): one exp pass per chunk."""
+    b, d = emb_q.shape
+    se = torch.zeros(b, device=emb_q.device)
+    zs = torch.zeros(b, device=emb_q.device)
+    shifted = bool((shift > 0).any())
+    neg = shift.neg().unsqueeze(1) if shifted else None
+    n_cls = w.shape[0] // spec.k
+    ch = min(chunk_classes(b, spec.k, spec.chunk, emb_q.device.type), max(1, n_cls))
+    wk = Work(b, ch * spec.k, d, emb_q.device, unit=spec.normalized)
+    late = shifted and spec.smoothing > 0  # the logit sum wants unshifted logits: shift after it
+    for a in range(0, n_cls, ch):
+        z_ = min(a + ch, n_cls)
+        u, _ = _unit(w[a * spec.k:z_ * spec.k], spec, emb_q.dtype, wk)
+        logits, _ = _logits(emb_q, u, spec, wk, bias=None if late else neg)
+        sel, col = _target_col(target, a, z_)
+        tz = zt - shift if shifted and not late else zt
+        logits.scatter_(1, col, torch.where(sel, tz, logits.gather(1, col).squeeze(1)).unsqueeze(1))
+        if spec.smoothing > 0:
+            zs += logits.sum(1)
+        if late:
+            logits.add_(neg)
+        se += logits.exp_().sum(1)
+    return se, zs
+
+
+def _online_stats(emb_q, w, target, zt, spec: Any):
+    """Online log-sum-exp: (running row max [B], sum exp(z - max) [B], sum z [B])."""
     b, d = emb_q.shape
     m = torch.full((b,), float("-inf"), device=emb_q.device)
     se = torch.zeros(b, device=emb_q.device)
