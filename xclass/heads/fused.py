@@ -21,8 +21,12 @@ gradient is taken with ``torch.autograd.grad`` in the backward and scattered int
 Margins that change non-target entries (the inter-top-k penalty) and binary objectives
 (SphereFace2) stay on the materialised path (:func:`supports`).
 
+The chunk loops live in xclass.heads.fused_chunks; ``head.params.update_in_backward`` (the SGD
+step applied per chunk in the backward) in xclass.heads.fused_update.
+
 Extra memory: a few [B_g, ch * K] fp32 chunk temporaries, [B_g, d] for emb_q and its gradient,
-the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(B_g * C_local).
+the [R, d] weight gradient (as the materialised head; one chunk of it with update_in_backward)
+and O(B_g) stats; never O(B_g * C_local).
 """
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def forward_stats_torch(emb_q, w, target, zt, spec: Any):
 
     Cosine margins on the CPU know a bound before any score: every non-target logit is
     ``s * cos`` in [-s, s] and the target logit is ``zt``. While ``n e^max(s, zt)`` fits in fp32
-    (s up to about 70 for 10^7 classes) the shift is 0: ``exp(z)`` itself is summed, in one pass
+    (s up to about 72 for 10^7 classes in all) the shift is 0: ``exp(z)`` itself is summed, in one pass
     per chunk, with the precision of the online form (each exponent is the exact logit, no
     running max, no rescaling, no subtraction). Beyond that the smallest shift that keeps the sum
     finite is taken. A row whose sum came out so small that its terms could have left fp32's
@@ -102,7 +102,8 @@ def forward_stats_torch(emb_q, w, target, zt, spec: Any):
     if w.shape[0] == 0 or not spec.normalized or emb_q.device.type != "cpu":
         return _online_stats(emb_q, w, target, zt, spec)
     n = w.shape[0] // spec.k
-    shift = (zt.clamp(min=spec.s) + (math.log(n) - SUM_EXP_MAX)).clamp_(min=0.0)
+    # the bound covers the sum over ALL ranks' classes (the ranks' sums are added unshifted)
+    shift = (zt.clamp(min=spec.s) + (math.log(max(n, spec.n_cls)) - SUM_EXP_MAX)).clamp_(min=0.0)
     se, zs = _bounded_stats(emb_q, w, target, zt, shift, spec)
     # each term is a normal fp32 number (relative error 2^-24) unless below 2^-126; a sum above
     # n * 2^-102 keeps the denormal terms' total error under 2^-24 of it
@@ -114,7 +115,7 @@ def forward_stats_torch(emb_q, w, target, zt, spec: Any):
     return shift, se, zs
 
 
-SUM_EXP_MAX = 80.0  # log of the largest sum of exponentials a row may reach (fp32 max: e^88.7)
+SUM_EXP_MAX = 88.0  # log of the largest sum of exponentials a row may reach (fp32 max: e^88.72)
 
 
 def _bounded_stats(emb_q, w, target, zt, shift, spec: Any):
