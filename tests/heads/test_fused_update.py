@@ -132,6 +132,10 @@ def test_refused_settings_name_the_key():
         cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={}, sample_rate=1.0,
                                     label_smoothing=0.0, params={"update_in_backward": "yes"})
         HEADS.get("margin")(cfg, num_classes=K.C, embedding_dim=K.D, ctx=ctx, seed=0)
+    with pytest.raises(ConfigError, match="head.params.update_in_backward.*impl = fused"):
+        cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={}, sample_rate=1.0,
+                                    label_smoothing=0.0, params={"impl": "materialized", "update_in_backward": True})
+        HEADS.get("margin")(cfg, num_classes=K.C, embedding_dim=K.D, ctx=ctx, seed=0)
     head, _ = _head(ctx, case, True)
     with pytest.raises(ConfigError, match="head.params.update_in_backward.*optim.name = sgd"):
         head.make_optimizer(K.ADAMW)

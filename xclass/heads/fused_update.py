@@ -31,10 +31,14 @@ from xclass.parallel.collectives import all_reduce
 KEY = "head.params.update_in_backward"
 
 
-def check_flag(value: Any, sample_rate: float) -> bool:
-    """The validated flag; ConfigError naming the key for a non-bool or with Partial FC."""
+def check_flag(value: Any, sample_rate: float, impl: str = "fused") -> bool:
+    """The validated flag; ConfigError naming the key for a non-bool, with Partial FC, or with
+    ``impl: materialized`` (where it would never apply; under ``auto`` it applies whenever the
+    fused path runs, and the normal step otherwise)."""
     if not isinstance(value, bool):
         raise ConfigError(f"{KEY} must be true or false, got {value!r}")
+    if value and impl == "materialized":
+        raise ConfigError(f"{KEY}: needs head.params.impl = fused (or auto), got 'materialized'")
     if value and sample_rate < 1.0:
         raise ConfigError(f"{KEY}: needs head.sample_rate = 1 (Partial FC updates its sampled rows "
                           f"in the optimizer step), got {sample_rate}")
