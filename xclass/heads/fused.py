@@ -50,9 +50,11 @@ from xclass.parallel.collectives import all_reduce
 IMPLS = ("auto", "fused", "materialized")
 
 
-# ``impl: auto``: the materialised head is faster on CPU (3 GEMMs against the fused head's 4;
-# docs/fused_head.md), so auto takes it until its fp32 [B_g, C_active] score buffer would exceed
-# this fraction of the device's memory; beyond that the fused head (no buffer) is the one that runs.
+# ``impl: auto``: on CPU the two heads are within a few per cent at D = 1e5 (the fused one runs a
+# fourth GEMM; the materialised one runs its three out of cache), the materialised one slightly
+# ahead on average (docs/benchmarks.md), so auto takes it until its fp32 [B_g, C_active] score
+# buffer would exceed this fraction of the device's memory; beyond that the fused head (no
+# buffer) is the one that runs.
 AUTO_MEMORY_FRACTION = 1.0 / 16
 
 
