@@ -1,6 +1,6 @@
-"""head.params.update_in_backward: the fused backward applies the SGD(-momentum) step chunk by
-chunk. Three optimizer steps equal the normal path (whole weight gradient, then
-ShardedHeadOptimizer.step) on 1 (no group), 2 and 3 gloo ranks: weights, momentum buffers,
+"""head.params.update_in_backward: the fused backward applies the optimizer step (SGD with or
+without momentum, AdamW) chunk by chunk. Three optimizer steps equal the normal path (whole weight
+gradient, then ShardedHeadOptimizer.step) on 1 (no group), 2 and 3 gloo ranks: weights, state,
 d loss / d emb, losses, the skipped-step count and the reported gradient norm; a non-finite
 step leaves rows and momentum untouched on every rank; the settings where it would not be the
 normal step are refused naming the key; and one step's peak memory drops by the weight
@@ -19,6 +19,7 @@ from tests.heads import cases as K
 from tests.heads.rss import HWM
 from xclass.config_types import ConfigError
 from xclass.heads.base import HEADS
+from xclass.heads import fused_update
 from xclass.heads.fused import memory_bytes
 from xclass.parallel import ParallelContext
 
@@ -33,6 +34,9 @@ CASES = [
     dict(id="one_class_per_rank", margin="arcface", params={}, C=3, chunk=1),
     dict(id="all_ignored", margin="cosface", params={}, ignore_all=True),
     dict(id="nonfinite_step", margin="arcface", params={}, nan_step=1),
+    dict(id="adamw", margin="arcface", params={}, optim="adamw"),
+    dict(id="subcenter_ls_adamw", margin="subcenter_arcface", params={"k": 2}, ls=0.1, optim="adamw"),
+    dict(id="nonfinite_adamw", margin="cosface", params={}, nan_step=1, optim="adamw"),
 ]
 
 
@@ -42,7 +46,7 @@ def _head(ctx, case, update):
                                 label_smoothing=case.get("ls", 0.0), params=params)
     head = HEADS.get("margin")(cfg, num_classes=case.get("C", K.C), embedding_dim=K.D, ctx=ctx, seed=K.SEED)
     sgd = types.SimpleNamespace(**{**vars(K.SGD), "momentum": case.get("momentum", 0.9)})
-    return head, head.make_optimizer(sgd)
+    return head, head.make_optimizer(K.ADAMW if case.get("optim") == "adamw" else sgd)
 
 
 def _batch(step, case):
@@ -73,7 +77,8 @@ def _steps(ctx, case, update):
         opt.step()
         opt.zero_grad()
         out[f"w{step}"] = head.weight.detach().clone()
-        out[f"m{step}"] = opt.state["weight"]["momentum"].clone()
+        for name, v in opt.state["weight"].items():  # momentum, or AdamW's moments and row step counts
+            out[f"{name}{step}"] = v.clone()
     out["skipped"] = int(opt.skipped)
     out["grad_none"] = head.weight.grad is None
     return out
@@ -115,9 +120,13 @@ def test_reported_norm_and_nonfinite_skip(ranked):
             assert normal[f"sq{step}"] > 0
         normal, inline = res["nonfinite_step"]
         assert normal["skipped"] == inline["skipped"] == 1
-        for key in ("w", "m"):  # step 1 skipped: rows and momentum as after step 0, on every rank
+        for key in ("w", "momentum"):  # step 1 skipped: rows and momentum as after step 0, on every rank
             assert torch.equal(inline[f"{key}1"], inline[f"{key}0"])
             assert not torch.equal(inline[f"{key}2"], inline[f"{key}1"])
+        normal, inline = res["nonfinite_adamw"]
+        assert normal["skipped"] == inline["skipped"] == 1
+        for key in ("w", "exp_avg", "exp_avg_sq", "steps"):  # AdamW: the step counts did not advance either
+            assert torch.equal(inline[f"{key}1"], inline[f"{key}0"])
         assert inline["grad_none"]  # no whole weight gradient exists in this mode
 
 
@@ -137,8 +146,9 @@ def test_refused_settings_name_the_key():
                                     label_smoothing=0.0, params={"impl": "materialized", "update_in_backward": True})
         HEADS.get("margin")(cfg, num_classes=K.C, embedding_dim=K.D, ctx=ctx, seed=0)
     head, _ = _head(ctx, case, True)
-    with pytest.raises(ConfigError, match="head.params.update_in_backward.*optim.name = sgd"):
-        head.make_optimizer(K.ADAMW)
+    with pytest.raises(ConfigError, match="head.params.update_in_backward.*sgd or adamw"):
+        fused_update.check_optimizer(types.SimpleNamespace(name="adam"))
+    head.make_optimizer(K.ADAMW)  # AdamW acts row by row: its step per chunk is exact
     run = lambda accum, clip: types.SimpleNamespace(train=types.SimpleNamespace(grad_accum=accum),  # noqa: E731
                                                     optim=types.SimpleNamespace(grad_clip=clip))
     head.check_run(run(1, 0.0))

@@ -138,7 +138,7 @@ class FusedSpec:
     n_cls: int
     chunk: int
     group: Any = None
-    update: Any = None  # update_in_backward: the head optimizer whose SGD step the backward applies
+    update: Any = None  # update_in_backward: the head optimizer whose step the backward applies
 
 
 def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor,

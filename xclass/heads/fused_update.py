@@ -1,13 +1,14 @@
-"""``head.params.update_in_backward``: the fused head applies the SGD(-momentum) step to each class
-chunk in its backward, so the weight gradient [C_local K, d] never exists whole.
+"""``head.params.update_in_backward``: the fused head applies the optimizer step (SGD with or
+without momentum, or AdamW) to each class chunk in its backward, so the weight gradient
+[C_local K, d] never exists whole.
 
-The step is the head optimizer's own (``ShardedHeadOptimizer._sgd`` on row slices of the weight
-and of its momentum buffer), with the learning rate the optimizer holds when the backward runs
-(the training loop sets it before the backward in this mode). That is exact only where the
+The step is the head optimizer's own (``ShardedHeadOptimizer._sgd`` / ``_adamw`` on row slices of
+the weight and of its state; both act row by row), with the learning rate the optimizer holds
+when the backward runs (the training loop sets it before the backward in this mode). That is exact only where the
 normal step would see exactly this gradient, once, unchanged; so the mode refuses, naming the key:
 
+- ``head.params.impl: materialized`` (it would never apply);
 - ``head.sample_rate < 1`` (Partial FC updates sampled rows through their own leaf);
-- ``optim.name`` other than ``sgd`` (AdamW is not implemented in the backward);
 - ``train.grad_accum > 1`` (the step must wait for the last micro-batch);
 - ``optim.grad_clip > 0`` (clipping scales the gradient by a norm known only after every chunk).
 
@@ -46,10 +47,10 @@ def check_flag(value: Any, sample_rate: float, impl: str = "fused") -> bool:
 
 
 def check_optimizer(opt: Any) -> None:
-    """ConfigError unless the head optimizer is SGD (with or without momentum)."""
-    if getattr(opt, "name", None) != "sgd":
-        raise ConfigError(f"{KEY}: needs optim.name = sgd (the step applied in the backward is SGD "
-                          f"with momentum), got {getattr(opt, 'name', None)!r}")
+    """ConfigError unless the head optimizer has a row-wise step (ShardedHeadOptimizer: sgd or adamw)."""
+    if getattr(opt, "name", None) not in ("sgd", "adamw") or not hasattr(opt, "step_rows"):
+        raise ConfigError(f"{KEY}: needs the sharded head optimizer with optim.name sgd or adamw, "
+                          f"got {getattr(opt, 'name', None)!r}")
 
 
 def check_run(cfg: Any) -> None:
@@ -75,7 +76,7 @@ def nonfinite_flag(tensors: Any, group: Any, device: torch.device) -> torch.Tens
 class ChunkUpdate:
     """Sink of the chunked backward: ``sink(lo, hi, grad)`` adds the target rows' margin gradient
     ``gwt`` [B K, d] (rows ``rows`` [B K] of the shard) that fall in [lo, hi) to grad [hi - lo, d]
-    and applies the optimizer's SGD step to weight rows [lo, hi) and their momentum.
+    and applies the optimizer's step to weight rows [lo, hi) and their state rows.
 
     The target rows are added with one ``index_add_`` per chunk over all B K rows, the ones outside
     the chunk contributing exact zeros to a clamped row: no data-dependent shapes, no host read,

@@ -154,13 +154,15 @@ class ShardedHeadOptimizer:
 
     @torch.no_grad()
     def step_rows(self, lo: int, hi: int, g: torch.Tensor, inf: torch.Tensor) -> None:
-        """SGD step of weight rows [lo, hi) with their gradient g [hi - lo, d], in place on the
-        weight and the momentum rows, unless ``inf`` (update_in_backward: one class chunk)."""
+        """The step of weight rows [lo, hi) with their gradient g [hi - lo, d], in place on the
+        weight and its state rows, unless ``inf`` (update_in_backward: one class chunk). Both
+        rules act row by row (AdamW's step count is per row), so a chunk's step is exactly the
+        whole step restricted to its rows."""
         p = self.head.weight
-        buf = self._state("weight", p)["momentum"][lo:hi]
-        if self.momentum == 0:
-            buf.zero_()
-        self._sgd(p.data[lo:hi], g, {"momentum": buf}, inf)
+        sub = {k: v[lo:hi] for k, v in self._state("weight", p).items()}
+        if self.name == "sgd" and self.momentum == 0:
+            sub["momentum"].zero_()
+        (self._sgd if self.name == "sgd" else self._adamw)(p.data[lo:hi], g, sub, inf)
         self.pending_inf = inf if self.pending_inf is None else torch.maximum(self.pending_inf, inf)
 
     def backward_sq_norm(self) -> Optional[torch.Tensor]:

@@ -87,7 +87,7 @@ class ShardedMarginHead(nn.Module):
                  update_in_backward: bool = False) -> None:
         super().__init__()
         self.impl, self.chunk = fused.check_impl(impl, chunk)
-        # the fused backward applies the SGD step chunk by chunk (xclass.heads.fused_update)
+        # the fused backward applies the optimizer step chunk by chunk (xclass.heads.fused_update)
         self.update_in_backward = fused_update.check_flag(update_in_backward, float(sample_rate), self.impl)
         self.inline_optimizer: Any = None
         if not 0.0 < sample_rate <= 1.0:
