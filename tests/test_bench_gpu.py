@@ -39,8 +39,9 @@ def test_quick_cpu_fused_rows(tmp_path):
     rows = [json.loads(l) for l in open(out)]
     assert all(KEYS <= r.keys() for r in rows)
     fused = [r for r in rows if r["bench"] == "fused"]
-    assert {(r["D"], r["impl"]) for r in fused} == {(1000, "fused"), (1000, "materialized"), (4000, "fused"),
-                                                   (4000, "materialized"), (8000, "fused")}
+    assert {(r["D"], r["impl"]) for r in fused} == {(1000, "fused"), (1000, "fused_update"), (1000, "materialized"),
+                                                   (4000, "fused"), (4000, "fused_update"), (4000, "materialized"),
+                                                   (8000, "fused"), (8000, "fused_update")}
     assert all(r["dtype"] == "bf16" and r["r"] == 1.0 and r["step_ms"] > 0 and r["x_floor"] > 0 for r in fused)
     assert len([r for r in rows if r["bench"] == "gemm_floor"]) == 3
 

@@ -8,8 +8,10 @@ Rows (every row has ``bench``, ``D``, ``dtype``, ``r``, ``step_ms``, ``peak_gb``
               dlogits @ W, dlogits^T @ emb over the r*D scored classes), ``x_floor`` = step / floor
   gemm_floor  that floor as its own row
   fused       (opt-in, ``--only fused``) ArcFace ``impl: fused`` at D = 1e5, 1e6, 1e7, 2e7, bf16,
-              r = 1, with the optimizer step and peak_gb; the materialised head beside it up to
-              D = 1e6; ``x_floor`` against the bf16 floor row of the same D
+              r = 1, with the optimizer step and peak_gb; ``impl: fused_update`` the same with
+              ``update_in_backward: true`` (the SGD step per class chunk in the backward: peak
+              W + momentum + chunks); the materialised head beside them up to D = 1e6;
+              ``x_floor`` against the bf16 floor row of the same D
   zloss       ``zloss_efficient`` vs ``logsoftmax`` (full softmax CE over D classes), d=128,
               m=256; ``speedup`` on the zloss_efficient row
   recipe      configs/face/gpu_recipe.yaml on one device (B=256, bf16): ``encoder_harness`` =
@@ -155,6 +157,8 @@ def build_margin_head(D: int, d: int, r: float, impl: str, device: torch.device)
 
     components.load_all()
     params = {"impl": impl}  # explicit: the default (auto) would switch to fused on large D
+    if impl == "fused_update":  # the fused head stepping each class chunk in its backward
+        params = {"impl": "fused", "update_in_backward": True}
     cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={"s": 64.0, "m": 0.5},
                                 sample_rate=r, label_smoothing=0.0, params=params)
     head = HEADS.get("margin")(cfg, num_classes=D, embedding_dim=d, ctx=_ctx(device), seed=0)
@@ -216,15 +220,16 @@ def _arcface_rows(a, device: torch.device, D: int, r: float, impl: str, floors: 
 def bench_fused(a, device: torch.device) -> List[Dict[str, Any]]:
     """Rows ``fused``: ArcFace with ``impl`` fused (Triton kernels on CUDA) at D = 1e5, 1e6, 1e7,
     2e7, bf16 (autocast), r = 1, fwd + bwd + SGD-momentum step, peak_gb, ``x_floor`` against the
-    bf16 three-GEMM floor of the same D; the materialised head alongside while D <= 1e6 (beyond,
-    its fp32 [B, D] buffer alone is 41 GB at 1e7)."""
+    bf16 three-GEMM floor of the same D; ``fused_update`` (update_in_backward) beside it; the
+    materialised head alongside while D <= 1e6 (beyond, its fp32 [B, D] buffer alone is 41 GB
+    at 1e7)."""
     rows: List[Dict[str, Any]] = []
     for D in a.fused_D:
         floor = measured({"bench": "gemm_floor", "D": D, "dtype": "bf16", "r": 1.0, "d": a.d, "B": a.B}, device,
                          lambda D=D: {"step_ms": gemm_floor(D, a.d, a.B, torch.bfloat16, device, a)})
         emit([floor], a)
         rows.append(floor)
-        for impl in ("fused", "materialized") if D <= a.fused_D[1] else ("fused",):
+        for impl in ("fused", "fused_update", "materialized") if D <= a.fused_D[1] else ("fused", "fused_update"):
             rows += _arcface_rows(a, device, D, 1.0, impl, {"bf16": floor["step_ms"]},
                                   dtypes=(("bf16", torch.bfloat16),), bench="fused")
     return rows

@@ -5,7 +5,8 @@ Each row runs in fresh spawned processes (gloo when world_size > 1) so peak memo
   cpu_ms    the same in process CPU time (steadier than wall time on a shared, loaded machine)
   peak_mb   per-rank peak RSS; head_mb = peak minus the RSS before the head was built
 Rows: ``xclass:<margin>`` (sharded head; ``--impl fused,materialized`` gives one row per
-``head.params.impl``, ``--interleave`` adds a round-robin timing group at W = 1),
+``head.params.impl``, ``fused_update`` the fused head with ``update_in_backward: true``;
+``--interleave`` adds a round-robin timing group at W = 1),
 ``dense:<margin>`` (single-process reference head),
 ``pml:arcface`` / ``pml:cosface`` (pytorch-metric-learning losses, same D, d, B), ``gemm_floor``
 (only the three matmuls of a step) and ``insightface_fullmatrix`` (acos/cos over the whole
@@ -95,6 +96,8 @@ def _build(spec: Dict[str, Any], ctx: Any):
             opt.zero_grad()
         return step
     params = {"impl": spec["impl"]} if spec.get("impl") else {}
+    if spec.get("impl") == "fused_update":  # the SGD step applied chunk by chunk in the backward
+        params = {"impl": "fused", "update_in_backward": True}
     cfg = types.SimpleNamespace(name="margin", margin=spec.get("margin", "arcface"), margin_params={},
                                 sample_rate=spec["r"], label_smoothing=0.0, params=params)
     if impl == "insightface_fullmatrix":
@@ -169,11 +172,12 @@ def formula_mb(spec: Dict[str, Any]) -> float:
 
 def _formula(spec: Dict[str, Any]) -> float:
     """formula_mb, or for the fused head xclass.heads.fused.memory_bytes (MiB)."""
-    if spec.get("impl") != "fused":
+    if spec.get("impl") not in ("fused", "fused_update"):
         return formula_mb(spec)
     from xclass.heads.fused import memory_bytes
 
-    return memory_bytes(spec["B"], math.ceil(spec["D"] / spec["ws"]), spec["d"], r=spec["r"]) / 2**20
+    return memory_bytes(spec["B"], math.ceil(spec["D"] / spec["ws"]), spec["d"], r=spec["r"],
+                        update_in_backward=spec.get("impl") == "fused_update") / 2**20
 
 
 def run_row(spec: Dict[str, Any]) -> Any:
@@ -303,7 +307,7 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--heads", default="arcface", help="comma list of registered margins")
     ap.add_argument("--impl", default="",
                     help="comma list of head.params.impl values for the xclass rows: fused,materialized,auto "
-                         "(empty: the head's default)")
+                         "(empty: the head's default); fused_update = fused with update_in_backward")
     ap.add_argument("--interleave", action="store_true",
                     help="W=1: also time the xclass rows round-robin in one process (fair ratios on a busy box)")
     ap.add_argument("--baselines", default="dense,pml,gemm", help="dense,pml,pml_cosface,gemm,fullmatrix")

@@ -2,8 +2,8 @@
 forward-statistics kernel equals the chunked torch path run on CPU (fp32: 1e-5; bf16: 1e-2 of the
 log-sum-exp), the backward kernels' dL/demb and dL/dW equal it too (fp32: 1e-5; bf16: 2e-2 of
 the largest entry; d = 128..512, C up to 100,003), and a fused head step on CUDA (kernels forward
-and backward) equals the materialised head on CUDA (fp32, 1e-5). Never run so far (no GPU in the
-sessions that wrote them)."""
+and backward) equals the materialised head on CUDA (fp32, 1e-5), as update_in_backward equals the
+normal SGD step. Never run so far (no GPU in the sessions that wrote them)."""
 import importlib.util
 import types
 
@@ -60,7 +60,7 @@ def test_backward_kernels_equal_cpu_path(dt, tol, b, c, d, norm, ls):
     gs = gs * spec.s
     acc, dw_ref = torch.zeros(b, d), torch.empty_like(w)
     for a in range(0, c, 4096):
-        fused._backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 4096, c), t, lse, spec, acc, dw_ref)
+        fused.backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 4096, c), t, lse, spec, acc, dw_ref)
     de_ref = acc * gs.unsqueeze(1)
     de, dw = fused_triton.backward(e.cuda(), w.cuda(), t.cuda(), lse.cuda(), gs.cuda(), spec.s, norm,
                                    ls / c if ls else 0.0)
@@ -85,4 +85,30 @@ def test_fused_head_step_on_cuda_equals_materialized(margin):
         loss.backward()
         res[impl] = (loss.detach(), emb.grad, h.weight.grad)
     for a, b in zip(res["fused"], res["materialized"]):
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("margin", ["arcface", "subcenter_arcface"])
+def test_update_in_backward_on_cuda_equals_the_optimizer_step(margin):
+    """update_in_backward on CUDA (Triton backward per class chunk of 4,096; sub-centres: the torch
+    loop) equals the whole-gradient SGD-momentum step: rows and momentum after two steps."""
+    dev = torch.device("cuda")
+    res = {}
+    for upd in (False, True):
+        cfg = types.SimpleNamespace(name="margin", margin=margin, margin_params={}, sample_rate=1.0,
+                                    label_smoothing=0.1,
+                                    params={"impl": "fused", "chunk": 4096, "update_in_backward": upd})
+        h = HEADS.get("margin")(cfg, num_classes=20_011, embedding_dim=128, ctx=ParallelContext.single(),
+                                seed=1).to(dev)
+        opt = h.make_optimizer(types.SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                                     head_lr=None))
+        g = torch.Generator().manual_seed(2)
+        for _ in range(2):
+            emb = torch.randn(300, 128, generator=g).to(dev).requires_grad_(True)
+            lab = torch.randint(0, 20_011, (300,), generator=g).to(dev)
+            h(emb, lab).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        res[upd] = (h.weight.detach(), opt.state["weight"]["momentum"], emb.grad)
+    for a, b in zip(res[True], res[False]):
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))

@@ -46,7 +46,7 @@ for name, b, c, d, norm, ls, dt, gap in [("norm", 70, 300, 40, True, 0.0, torch.
     acc, dw_ref = torch.zeros(b, d), torch.empty_like(w)
     ef = e.float()
     for a in range(0, c, 50):
-        fused._backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 50, c), t, lse2, spec, acc, dw_ref)
+        fused.backward_chunk(ef, ef * gs.unsqueeze(1), w, a, min(a + 50, c), t, lse2, spec, acc, dw_ref)
     de, dw = fused_triton.backward(e, w, t, lse2, gs, spec.s, norm, sub, True, blocks=(16, 32))
     de_ref = acc * gs.unsqueeze(1)
     out[name + "_bwd"] = [float((de - de_ref).abs().max() / de_ref.abs().max().clamp(min=1e-30)),
@@ -66,6 +66,27 @@ for margin in ("arcface", "cosface", "softmax"):
         res[impl] = (loss.detach(), emb.grad, h.weight.grad)
     out["head_" + margin] = [float((a - b).abs().max() / b.abs().max().clamp(min=1))
                              for a, b in zip(res["fused"], res["materialized"])]
+# update_in_backward: the Triton backward per class chunk (40 classes: not a divisor of 150),
+# each chunk's dW stepped at once, equals the whole-gradient step (rows, momentum, emb grad)
+for margin in ("arcface", "softmax"):
+    res = {}
+    for upd in (False, True):
+        cfg = types.SimpleNamespace(name="margin", margin=margin, margin_params={}, sample_rate=1.0,
+                                    label_smoothing=0.1,
+                                    params={"impl": "fused", "chunk": 40, "update_in_backward": upd})
+        h = HEADS.get("margin")(cfg, num_classes=150, embedding_dim=24, ctx=ParallelContext.single(), seed=1)
+        opt = h.make_optimizer(types.SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                                     head_lr=None))
+        g = torch.Generator().manual_seed(3)
+        for step in range(2):
+            emb = torch.randn(20, 24, generator=g).requires_grad_(True)
+            lab = torch.randint(0, 150, (20,), generator=g)
+            h(emb, lab).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        res[upd] = (h.weight.detach(), opt.state["weight"]["momentum"], emb.grad)
+    out["update_" + margin] = [float((a - b).abs().max() / b.abs().max().clamp(min=1))
+                               for a, b in zip(res[True], res[False])]
 print(json.dumps(out))
 """
 

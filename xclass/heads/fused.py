@@ -21,8 +21,12 @@ gradient is taken with ``torch.autograd.grad`` in the backward and scattered int
 Margins that change non-target entries (the inter-top-k penalty) and binary objectives
 (SphereFace2) stay on the materialised path (:func:`supports`).
 
+The chunk loops live in xclass.heads.fused_chunks; ``head.params.update_in_backward`` (the SGD
+step applied per chunk in the backward) in xclass.heads.fused_update.
+
 Extra memory: a few [B_g, ch * K] fp32 chunk temporaries, [B_g, d] for emb_q and its gradient,
-the [R, d] weight gradient (as the materialised head) and O(B_g) stats; never O(B_g * C_local).
+the [R, d] weight gradient (as the materialised head; one chunk of it with update_in_backward)
+and O(B_g) stats; never O(B_g * C_local).
 """
 from __future__ import annotations
 
@@ -36,18 +40,21 @@ import torch
 import torch.nn.functional as F
 
 from xclass.config_types import ConfigError
-from xclass.heads import fused_triton
+from xclass.heads import fused_triton, fused_update
+from xclass.heads.fused_chunks import (CHUNK_ELEMS, backward_chunk, backward_stats_torch,  # noqa: F401
+                                       chunk_classes, forward_stats_torch)
 from xclass.heads.base import host_step
 from xclass.losses.margins import MarginAux
 from xclass.parallel.collectives import all_reduce
 
 IMPLS = ("auto", "fused", "materialized")
-CHUNK_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 26}  # auto chunk: fp32 [B_g, ch K] temporaries of 2 / 256 MiB
 
 
-# ``impl: auto``: the materialised head is faster on CPU (3 GEMMs against the fused head's 4;
-# docs/fused_head.md), so auto takes it until its fp32 [B_g, C_active] score buffer would exceed
-# this fraction of the device's memory; beyond that the fused head (no buffer) is the one that runs.
+# ``impl: auto``: on CPU the two heads are within a few per cent at D = 1e5 (the fused one runs a
+# fourth GEMM; the materialised one runs its three out of cache), the materialised one slightly
+# ahead on average (docs/benchmarks.md), so auto takes it until its fp32 [B_g, C_active] score
+# buffer would exceed this fraction of the device's memory; beyond that the fused head (no
+# buffer) is the one that runs.
 AUTO_MEMORY_FRACTION = 1.0 / 16
 
 
@@ -86,44 +93,36 @@ def head_loss(head: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Ten
     """Per-row loss [B_g] for a ShardedMarginHead (its margin, sub-centres, smoothing, group)."""
     spec = FusedSpec(s=float(head.margin.s), k=head.k, normalized=bool(head.margin.normalized),
                      smoothing=head.label_smoothing, n_cls=n_active or head.num_classes, chunk=head.chunk,
-                     group=head.group)
+                     group=head.group, update=fused_update.optimizer_of(head))
     aux = MarginAux(step=host_step(head), seed=head.seed, valid=valid)
     return fused_softmax_ce(head.margin, emb_g, w, target, valid, aux, spec)
 
 
 def memory_bytes(b: int, c_local: int, d: int, k: int = 1, r: float = 1.0, chunk: int = 0,
-                 activations_only: bool = False) -> int:
+                 activations_only: bool = False, update_in_backward: bool = False) -> int:
     """Predicted per-rank memory of a fused head step (fp32, SGD momentum), in bytes.
 
     W + momentum ``8 C_l K d``; the weight gradient ``4 C_l K d`` (r = 1: no normalised copy of
-    W) or, under Partial FC, the sampled rows and their gradient ``8 C_a K d`` plus the sampling
-    keys and their int64 hash temporaries ``48 C_l``; activations: three fp32 chunk buffers
-    ``12 B ch K`` (scores, softmax, one transient; five, ``20 B ch K``, with sub-centres), the
-    batch-sized vectors ``24 B d`` (emb_q, its scaled copy, the gradient accumulators) and the
-    target rows ``12 B K d``. No term in B * C_l.
-    ``activations_only``: the last three terms (what one step allocates beyond W, momentum and
-    the weight gradient)."""
+    W), or with ``update_in_backward`` only one chunk of it ``4 ch K d``, or under Partial FC the
+    sampled rows and their gradient ``8 C_a K d`` plus the sampling keys and their int64 hash
+    temporaries ``48 C_l``; activations: three fp32 chunk buffers ``12 B ch K`` (scores, softmax,
+    one transient; five, ``20 B ch K``, with sub-centres), the chunk's unit rows and the
+    normalisation backward's product ``8 ch K d``, the batch-sized vectors ``24 B d`` (emb_q, its
+    scaled copy, the gradient accumulators) and the target rows ``12 B K d``. No term in B * C_l.
+    ``activations_only``: the activation terms (what one step allocates beyond W, momentum and
+    the weight gradient or its chunk)."""
     ch = min(chunk_classes(b, k, chunk), max(1, c_local))
-    act = (12 if k == 1 else 20) * b * ch * k + 24 * b * d + 12 * b * k * d
+    act = (12 if k == 1 else 20) * b * ch * k + 8 * ch * k * d + 24 * b * d + 12 * b * k * d
     if activations_only:
         return act
     c_a = math.ceil(c_local * r) if r < 1 else c_local
-    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * c_local * k * d
+    rows = 8 * c_a * k * d + 48 * c_local if r < 1 else 4 * (ch if update_in_backward else c_local) * k * d
     return 8 * c_local * k * d + rows + act
 
 
 def supports(margin: Any) -> bool:
     """True for softmax margins that change the target entries only (the fused path's scope)."""
     return margin.objective == "softmax" and not getattr(margin, "needs_topk", 0)
-
-
-def chunk_classes(b: int, k: int, chunk: int, device: str = "cpu") -> int:
-    """Classes per chunk: ``chunk`` when > 0, else about CHUNK_ELEMS[device] / (B_g K) (half that
-    with sub-centres, whose arg-max routing holds two more [B_g, ch K] buffers), at least 64.
-    CPU chunks stay cache-sized; GPU chunks are large so that few kernels are launched."""
-    if chunk > 0:
-        return int(chunk)
-    return max(64, CHUNK_ELEMS.get(device, CHUNK_ELEMS["cpu"]) // max(1, b * k * (2 if k > 1 else 1)))
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,7 @@ class FusedSpec:
     n_cls: int
     chunk: int
     group: Any = None
+    update: Any = None  # update_in_backward: the head optimizer whose step the backward applies
 
 
 def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
@@ -166,66 +166,11 @@ def _target_logits(margin: Any, emb_q: torch.Tensor, w: torch.Tensor, target: to
     return zt, (e, wt), out, rows
 
 
-def _rows(w: torch.Tensor, a: int, z: int, spec: FusedSpec):
-    """Class rows of classes [a, z) ([(z - a) K, d]) and, for cosine margins, their 1/|w| (fp32):
-    the row normalisation is applied to these chunk rows only (no normalised copy of W)."""
-    wc = w[a * spec.k:z * spec.k]
-    inv = wc.float().norm(dim=1).clamp_min_(1e-12).reciprocal_() if spec.normalized else None
-    return wc, inv
-
-
-def _unit(wc: torch.Tensor, inv: Optional[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
-    """[n, d] chunk rows ``wc / |w|`` (cosine margins) or ``wc`` in the GEMM dtype."""
-    return (wc * inv.unsqueeze(1)).to(dt) if inv is not None else wc.to(dt)
-
-
-def _logits(emb_q, wn, spec: FusedSpec, bias: Optional[torch.Tensor] = None):
-    """(class logits ``s * c - bias`` [B, n] fp32 from unit rows wn [n K, d], raw cosines [B, n K]
-    or None when K = 1). The scale s and the bias ride on the GEMM (addmm's alpha / input)."""
-    b = emb_q.shape[0]
-    if spec.k == 1 and emb_q.dtype == torch.float32:
-        if bias is None:
-            return torch.addmm(emb_q.new_zeros(1, 1), emb_q, wn.t(), beta=0.0, alpha=spec.s), None
-        return torch.addmm(bias.neg().unsqueeze(1), emb_q, wn.t(), alpha=spec.s), None
-    raw = (emb_q @ wn.t()).float()
-    z = raw.view(b, -1, spec.k).amax(2) if spec.k > 1 else raw
-    z = z.mul_(spec.s) if spec.k > 1 or bias is None else z.mul(spec.s)
-    return (z if bias is None else z.sub_(bias.unsqueeze(1))), (raw if spec.k > 1 else None)
-
-
-def _target_col(target: torch.Tensor, a: int, z: int):
-    """(rows whose target class is in [a, z) [B] bool, their local column [B, 1] (clamped))."""
-    return (target >= a) & (target < z), (target - a).clamp(0, z - a - 1).unsqueeze(1)
-
-
 def _forward_stats(emb_q, w, target, zt, spec: FusedSpec):
     """The Triton kernel where it runs (xclass.heads.fused_triton), else the chunked torch loop."""
     if w.shape[0] and fused_triton.available(emb_q, spec.k):
         return fused_triton.forward_stats(emb_q, w, target, zt, spec.s, spec.normalized, spec.smoothing > 0)
     return forward_stats_torch(emb_q, w, target, zt, spec)
-
-
-def forward_stats_torch(emb_q, w, target, zt, spec: FusedSpec):
-    """Local online log-sum-exp over the shard's logits (target column = zt): row max [B], sum of
-    exp(z - max) [B] and sum of logits [B] (label smoothing only), fp32; max -inf for no classes."""
-    b = emb_q.shape[0]
-    m = torch.full((b,), float("-inf"), device=emb_q.device)
-    se = torch.zeros(b, device=emb_q.device)
-    zs = torch.zeros(b, device=emb_q.device)
-    n_cls = w.shape[0] // spec.k
-    ch = chunk_classes(b, spec.k, spec.chunk, emb_q.device.type)
-    for a in range(0, n_cls, ch):
-        z_ = min(a + ch, n_cls)
-        wc, inv = _rows(w, a, z_, spec)
-        logits, _ = _logits(emb_q, _unit(wc, inv, emb_q.dtype), spec)
-        sel, col = _target_col(target, a, z_)
-        logits.scatter_(1, col, torch.where(sel, zt, logits.gather(1, col).squeeze(1)).unsqueeze(1))
-        if spec.smoothing > 0:
-            zs += logits.sum(1)
-        mn = torch.maximum(m, logits.amax(1))
-        se = se * torch.exp(m - mn) + logits.sub_(mn.unsqueeze(1)).exp_().sum(1)
-        m = mn
-    return m, se, zs
 
 
 class _FusedCE(torch.autograd.Function):
@@ -249,69 +194,55 @@ class _FusedCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         emb_q, w, target, valid, zt, lse, rows = ctx.saved_tensors
-        spec = ctx.spec
+        spec, need_dw = ctx.spec, ctx.needs_input_grad[1]
         g_row = torch.where(valid, g, torch.zeros_like(g))
-        demb, dw = _backward_stats(emb_q, w, target, lse, g_row, spec, ctx.needs_input_grad[1])
-        if ctx.out is not None and rows.numel():
+        ge = gwt = None
+        if ctx.out is not None and rows.numel():  # the target logits' gradient, through the margin
             eps = spec.smoothing
             g_zt = torch.where(target >= 0, (torch.exp(zt - lse) - (1.0 - eps) - eps / spec.n_cls) * g_row,
                                torch.zeros_like(g_row))
             ge, gwt = torch.autograd.grad(ctx.out, ctx.leaves, g_zt)
+        ctx.leaves = ctx.out = None
+        sink = None
+        if spec.update is not None and need_dw:  # update_in_backward: every chunk's rows stepped here
+            inf = fused_update.nonfinite_flag((emb_q, g_row, lse, gwt), spec.group, w.device)
+            sink = fused_update.ChunkUpdate(spec.update, rows, gwt, inf)
+        demb, dw = _backward_stats(emb_q, w, target, lse, g_row, spec, need_dw and sink is None, sink)
+        if ge is not None:
             demb += ge
             if dw is not None:
                 dw.index_add_(0, rows, gwt.to(dw.dtype))
-        ctx.leaves = ctx.out = None
+        if sink is not None:
+            spec.update.pending_sq = sink.sq
         return demb.to(emb_q.dtype), dw, None, None, None, None, None
 
 
-def _backward_stats(emb_q, w, target, lse, g_row, spec: FusedSpec, need_dw: bool):
+def _backward_stats(emb_q, w, target, lse, g_row, spec: FusedSpec, need_dw: bool,
+                    sink: Optional[fused_update.ChunkUpdate] = None):
     """(dL/demb_q [B, d] fp32, dL/dw [R, d] or None) of the non-target logits: the Triton
-    kernels where they run (xclass.heads.fused_triton), else the chunked torch loop."""
+    kernels where they run (xclass.heads.fused_triton), else the chunked torch loop. With
+    ``sink`` each chunk's weight gradient goes to it (never a whole dw)."""
     sub = spec.smoothing / spec.n_cls if spec.smoothing > 0 else 0.0
     if w.shape[0] and fused_triton.available(emb_q, spec.k):
+        if sink is not None:
+            return _triton_chunks(emb_q, w, target, lse, g_row * spec.s, spec, sub, sink), None
         return fused_triton.backward(emb_q, w, target, lse, g_row * spec.s, spec.s, spec.normalized, sub, need_dw)
-    # d loss / d logit_ij = g_i (p_ij - eps/N); the row factor g_i s goes into the embeddings
-    eg = (emb_q.float() * (g_row * spec.s).unsqueeze(1)).to(emb_q.dtype)
-    acc = torch.zeros(emb_q.shape, device=emb_q.device)  # sum_j (p_ij - eps/N) w_j / |w_j|
-    dw = torch.empty_like(w) if need_dw else None  # every row is written
-    n_cls = w.shape[0] // spec.k
-    ch = chunk_classes(emb_q.shape[0], spec.k, spec.chunk, emb_q.device.type)
-    for a in range(0, n_cls, ch):
-        _backward_chunk(emb_q, eg, w, a, min(a + ch, n_cls), target, lse, spec, acc, dw)
-    return acc.mul_((g_row * spec.s).unsqueeze(1)), dw
+    return backward_stats_torch(emb_q, w, target, lse, g_row, spec, need_dw, sink)
 
 
-def _backward_chunk(emb_q, eg, w, a: int, z: int, target, lse, spec: FusedSpec,
-                    acc: torch.Tensor, dw: Optional[torch.Tensor]) -> None:
-    """Adds classes [a, z)'s ``(p - eps/N) @ w_unit`` to acc [B, d] and writes
-    dw[a K : z K] = d loss / d rows (eg = emb_q scaled by g_i s per row)."""
-    dt, k = emb_q.dtype, spec.k
-    wc, inv = _rows(w, a, z, spec)
-    wn = _unit(wc, inv, dt)
-    p, raw = _logits(emb_q, wn, spec, bias=lse)
-    p.exp_()
-    if spec.smoothing > 0:
-        p.sub_(spec.smoothing / spec.n_cls)
-    sel, col = _target_col(target, a, z)  # the target logit is zt: its gradient goes through the margin
-    p.scatter_(1, col, torch.where(sel, torch.zeros_like(lse), p.gather(1, col).squeeze(1)).unsqueeze(1))
-    if k > 1:  # route to the arg-max sub-centre (ties split evenly, as amax's backward)
-        c = raw.view(raw.shape[0], -1, k)
-        hit = (c == c.amax(2, keepdim=True)).float()
-        p = hit.div_(hit.sum(2, keepdim=True)).mul_(p.unsqueeze(2)).view(raw.shape[0], -1)
-    pd = p.to(dt)
-    if dw is not None:
-        gy = dw[a * k:z * k]  # d loss / d unit rows, then through the normalisation, in place
-        if dt == torch.float32:
-            torch.mm(pd.t(), eg, out=gy)
-        else:
-            gy.copy_(pd.t() @ eg)
-        if inv is not None:  # (g - u <u, g>) / |w| with u = w / |w|
-            u = wn.float()
-            gy.addcmul_(u, torch.linalg.vecdot(u, gy).unsqueeze(1), value=-1.0).mul_(inv.unsqueeze(1))
-    if dt == torch.float32:
-        acc.addmm_(pd, wn)
-    else:
-        acc += (pd @ wn).float()
+def _triton_chunks(emb_q, w, target, lse, gs, spec: FusedSpec, sub: float, sink) -> torch.Tensor:
+    """dL/demb_q [B, d] fp32 from the Triton backward run per class chunk (CUDA chunk size), each
+    chunk's dL/dw [ch, d] handed to ``sink`` before the next chunk is read."""
+    b, n = emb_q.shape[0], w.shape[0]
+    ch = chunk_classes(b, 1, spec.chunk, emb_q.device.type)
+    demb = torch.zeros(emb_q.shape, device=emb_q.device)
+    for a in range(0, n, ch):
+        z = min(a + ch, n)
+        t = torch.where((target >= a) & (target < z), target - a, torch.full_like(target, -1))
+        de, dwc = fused_triton.backward(emb_q, w[a:z], t, lse, gs, spec.s, spec.normalized, sub, True)
+        demb += de
+        sink(a, z, dwc)
+    return demb
 
 
 def fused_softmax_ce(margin: Any, emb_g: torch.Tensor, w: torch.Tensor, target: torch.Tensor,

@@ -22,7 +22,8 @@ def build_margin(head_cfg: Any) -> Any:
 @HEADS.register("margin")
 def margin_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int) -> nn.Module:
     """Sharded margin head. head_cfg fields: margin, margin_params, sample_rate, label_smoothing,
-    params (extra ShardedMarginHead kwargs: init_std, bias_init, impl, chunk; docs/fused_head.md)."""
+    params (extra ShardedMarginHead kwargs: init_std, bias_init, impl, chunk, update_in_backward;
+    docs/fused_head.md)."""
     extra: Dict[str, Any] = dict(getattr(head_cfg, "params", None) or {})
     try:
         return ShardedMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,

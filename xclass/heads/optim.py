@@ -42,6 +42,16 @@ class ShardedHeadOptimizer:
         self.extra_groups = list(extra_groups)
         self.state: Dict[str, Dict[str, torch.Tensor]] = {}
         self.skipped: Any = 0  # skipped steps: an int, or a 0-dim int64 device tensor once stepped
+        # update_in_backward (xclass.heads.fused_update): the backward's non-finite flag and the
+        # squared norm of the gradient it applied, until step() / zero_grad()
+        self.pending_inf: Optional[torch.Tensor] = None
+        self.pending_sq: Optional[torch.Tensor] = None
+
+    @property
+    def updates_in_backward(self) -> bool:
+        """True when the head applies this optimizer's step in its backward (the loop then sets
+        the learning rate before the backward)."""
+        return bool(getattr(self.head, "update_in_backward", False))
 
     # ------------------------------------------------------------------ gradients
     def _grads(self) -> List[Tuple[str, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]:
@@ -64,6 +74,8 @@ class ShardedHeadOptimizer:
         # overflowing fp32 would also count as inf, which only happens for already-broken steps)
         dev = self.head.step_count.device
         flag = torch.zeros(1, dtype=torch.float32, device=dev)
+        if self.pending_inf is not None:  # a step already applied (or skipped) in the backward
+            flag = torch.maximum(flag, self.pending_inf.reshape(1))
         for _, _, _, g in self._grads():
             flag = torch.maximum(flag, (~torch.isfinite(g.sum())).to(torch.float32).reshape(1))
         flag = all_reduce(flag, "max", self.head.group)
@@ -140,6 +152,24 @@ class ShardedHeadOptimizer:
         for k, v in sub.items():
             st[k].index_copy_(0, rows, v)
 
+    @torch.no_grad()
+    def step_rows(self, lo: int, hi: int, g: torch.Tensor, inf: torch.Tensor) -> None:
+        """The step of weight rows [lo, hi) with their gradient g [hi - lo, d], in place on the
+        weight and its state rows, unless ``inf`` (update_in_backward: one class chunk). Both
+        rules act row by row (AdamW's step count is per row), so a chunk's step is exactly the
+        whole step restricted to its rows."""
+        p = self.head.weight
+        sub = {k: v[lo:hi] for k, v in self._state("weight", p).items()}
+        if self.name == "sgd" and self.momentum == 0:
+            sub["momentum"].zero_()
+        (self._sgd if self.name == "sgd" else self._adamw)(p.data[lo:hi], g, sub, inf)
+        self.pending_inf = inf if self.pending_inf is None else torch.maximum(self.pending_inf, inf)
+
+    def backward_sq_norm(self) -> Optional[torch.Tensor]:
+        """Squared norm (0-dim float64) of the weight gradient applied in the backward this step,
+        summed over chunks (this rank's rows only), or None."""
+        return self.pending_sq
+
     def step(self) -> torch.Tensor:
         """Update the rows used this step unless a gradient is inf/NaN on some rank. Returns a 0-dim
         bool device tensor, True when applied (reading it is a host sync: do so on log steps)."""
@@ -154,6 +184,7 @@ class ShardedHeadOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         h = self.head
+        self.pending_inf = self.pending_sq = None
         for p in (h.weight, getattr(h, "bias", None)):
             if p is not None:
                 p.grad = None

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xclass.parallel import collectives as C
-from xclass.heads import fused
+from xclass.heads import fused, fused_update
 from xclass.parallel.device import check_on_device
 from xclass.heads.base import IGNORE_INDEX, HeadOutput, host_step
 from xclass.heads.partition import class_range, to_local
@@ -83,9 +83,13 @@ class ShardedMarginHead(nn.Module):
 
     def __init__(self, margin: Any, *, num_classes: int, embedding_dim: int, ctx: Any, seed: int = 0,
                  sample_rate: float = 1.0, label_smoothing: float = 0.0, init_std: float = 0.01,
-                 bias_init: Optional[float] = None, impl: str = "auto", chunk: int = 0) -> None:
+                 bias_init: Optional[float] = None, impl: str = "auto", chunk: int = 0,
+                 update_in_backward: bool = False) -> None:
         super().__init__()
         self.impl, self.chunk = fused.check_impl(impl, chunk)
+        # the fused backward applies the optimizer step chunk by chunk (xclass.heads.fused_update)
+        self.update_in_backward = fused_update.check_flag(update_in_backward, float(sample_rate), self.impl)
+        self.inline_optimizer: Any = None
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if label_smoothing and margin.objective != "softmax":
@@ -215,7 +219,16 @@ class ShardedMarginHead(nn.Module):
     def make_optimizer(self, optim_cfg: Any):
         from xclass.heads.optim import build_head_optimizer
 
-        return build_head_optimizer(self, optim_cfg)
+        opt = build_head_optimizer(self, optim_cfg)
+        if self.update_in_backward:
+            fused_update.check_optimizer(opt)
+            self.inline_optimizer = opt
+        return opt
+
+    def check_run(self, cfg: Any) -> None:
+        """ConfigError for run settings this head cannot train under (update_in_backward)."""
+        if self.update_in_backward:
+            fused_update.check_run(cfg)
 
     def extra_repr(self) -> str:
         return (f"margin={self.margin}, classes=[{self.start}, {self.stop}) of {self.num_classes}, "

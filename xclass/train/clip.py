@@ -63,7 +63,11 @@ def clip_gradients(s: Any, max_norm: float, ctx: ParallelContext) -> torch.Tenso
         sharded.append(active[1])
     replicated = [p for p in head_params if id(p) in rep]
     enc_params = [p for p in s.engine.module.parameters() if p.requires_grad]
-    head_sq = sharded_sq_norm(_sq_norm(sharded, dev), ctx.group) + _sq_norm(replicated, dev)
+    local_sq = _sq_norm(sharded, dev)
+    applied = getattr(s.head_opt, "backward_sq_norm", lambda: None)()  # a step already taken in the backward
+    if applied is not None:  # (head.params.update_in_backward; no clipping there, its norm is reported)
+        local_sq = local_sq + applied
+    head_sq = sharded_sq_norm(local_sq, ctx.group) + _sq_norm(replicated, dev)
     enc_sq = _sq_norm(enc_params, dev) if not s.uses_deepspeed else torch.zeros_like(head_sq)
     _scale(sharded + replicated, head_sq, max_norm)
     if not s.uses_deepspeed:

@@ -48,6 +48,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
         batches = prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)
         for micro, (inputs, labels) in enumerate(batches):
+            if s.head_opt_updates_in_backward:  # the head steps in its backward: its LR first
+                s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
             out = _micro_step(s, inputs, labels)
             n_last += int(labels.shape[0])
             if not s.engine.at_boundary():

@@ -46,6 +46,11 @@ class Setup:
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
 
+    @property
+    def head_opt_updates_in_backward(self) -> bool:
+        """The head applies its optimizer step in its backward (head.params.update_in_backward)."""
+        return bool(getattr(self.head_opt, "updates_in_backward", False))
+
 
 def meta_num_classes(cfg: RunConfig, meta: Dict[str, Any], data_path: str) -> int:
     """data.num_classes, else meta.json's num_classes (a positive integer)."""
@@ -73,6 +78,9 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
         head_opt = head.make_optimizer(cfg.optim)
     except ValueError as exc:  # e.g. a sharded head's own optimizer supports sgd and adamw only
         raise ConfigError(f"optim.name={cfg.optim.name!r} with head.name={cfg.head.name!r}: {exc}") from None
+    check_run = getattr(head, "check_run", None)  # settings a head refuses (e.g. update_in_backward)
+    if check_run is not None:
+        check_run(cfg)
     files = split_files(cfg.data.path, "train")
     rows = _preflight(cfg, meta, num_classes, files, ctx)
     reader = components.make_reader(files, cfg, meta, ctx)
