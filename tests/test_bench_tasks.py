@@ -54,3 +54,26 @@ def test_validation_data_holds_out_training_rows_only(tmp_path):
     assert np.bincount(te["label"]).tolist() == [3, 3, 3]             # 30 % of each class
     meta = json.load(open(f"{path}/meta.json"))
     assert meta["splits"]["test"]["rows"] == 9 and meta["class_names"] == list("abc")
+
+
+def test_open_validation_holds_out_whole_training_classes(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d"
+    data.mkdir()
+    labels = np.repeat([0, 1, 2, 3], 5)
+    pq.write_table(pa.table({"id": np.arange(20), "label": labels}), data / "train.parquet")
+    (data / "meta.json").write_text(json.dumps({"task": "quic", "num_classes": 4, "test_classes": 1,
+                                                "class_names": list("abcde"), "splits": {}}))
+    path = bench_tasks.validation_data(str(data), 0.0, 0, str(tmp_path / "out"), classes=2)
+    tr, te = (pq.read_table(f"{path}/{s}.parquet").to_pydict() for s in ("train", "test"))
+    meta = json.load(open(f"{path}/meta.json"))
+    assert meta["num_classes"] == 2 and meta["test_classes"] == 2
+    assert sorted(set(tr["label"])) == [0, 1] and sorted(set(te["label"])) == [2, 3]
+    names = meta["class_names"]                       # each row keeps its class name
+    orig = {i: "abcd"[i // 5] for i in range(20)}
+    assert all(names[lab] == orig[i] for i, lab in zip(tr["id"] + te["id"], tr["label"] + te["label"]))
+    assert len(te["id"]) == 10 and not set(tr["id"]) & set(te["id"])

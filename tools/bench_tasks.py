@@ -245,32 +245,44 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
-def validation_data(data: str, fraction: float, seed: int, out: str) -> str:
-    """A closed-set dataset made of the TRAINING split only: ``fraction`` of each class's training
-    rows (seeded, stratified) become its test split, so recipe choices never see the real test
-    rows. Written under ``out``; returns its path."""
+def validation_data(data: str, fraction: float, seed: int, out: str, classes: int = 0) -> str:
+    """A dataset made of the TRAINING split only, so recipe choices never see the real test rows.
+    Closed set (``classes`` = 0): ``fraction`` of each class's training rows (seeded, stratified)
+    become its test split. Open set (``classes`` = K > 0): the rows of K seeded training classes
+    become the test split, relabelled after the remaining classes (which are renumbered 0..C'-1),
+    and are split half/half into gallery and queries by the benchmark. Written under ``out``."""
     import shutil
     from xclass.eval.split import query_mask
 
     meta = load_meta(data)
     t = pq.read_table(split_files(data, "train")[0])
-    is_test = query_mask(np.asarray(t["id"]), np.asarray(t["label"]), fraction, seed)
+    ids, labels = np.asarray(t["id"]), np.asarray(t["label"])
+    names = meta["class_names"][:int(meta["num_classes"])]
+    if classes:
+        held = np.random.default_rng(seed).permutation(np.unique(labels))[:classes]
+        is_test = np.isin(labels, held)
+        order = [c for c in range(len(names)) if c not in set(held.tolist())] + sorted(held.tolist())
+        new_id = np.empty(len(names), np.int64)
+        new_id[order] = np.arange(len(order))
+        t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(new_id[labels], pa.int64()))
+        names, meta["num_classes"], meta["test_classes"] = [names[c] for c in order], len(names) - classes, classes
+    else:
+        is_test = query_mask(ids, labels, fraction, seed)
+        meta["test_classes"] = 0
     path = os.path.join(out, "validation_data")
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
-    meta["splits"] = {}
-    meta["test_classes"] = 0
-    meta["class_names"] = meta["class_names"][:int(meta["num_classes"])]
+    meta["splits"], meta["class_names"] = {}, names
     meta.pop("gallery_query", None)
     for split, keep in (("train", ~is_test), ("test", is_test)):
         part = t.filter(pa.array(keep))
         pq.write_table(part, os.path.join(path, f"{split}.parquet"))
-        ids, labels = np.asarray(part["id"]), np.asarray(part["label"])
-        meta["splits"][split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
-                                 "id_range": [int(ids.min()), int(ids.max()) + 1],
-                                 "label_range": [int(labels.min()), int(labels.max()) + 1]}
+        p_ids, p_lab = np.asarray(part["id"]), np.asarray(part["label"])
+        meta["splits"][split] = {"files": [f"{split}.parquet"], "rows": int(len(p_ids)),
+                                 "id_range": [int(p_ids.min()), int(p_ids.max()) + 1],
+                                 "label_range": [int(p_lab.min()), int(p_lab.max()) + 1]}
     meta["source"] = {**meta.get("source", {}), "validation_of": os.path.abspath(data),
-                      "validation_fraction": fraction, "validation_seed": seed}
+                      "validation_fraction": fraction, "validation_classes": classes, "validation_seed": seed}
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return path
@@ -287,12 +299,15 @@ def main() -> int:
     ap.add_argument("--validation", type=float, default=0.0, metavar="F",
                     help="closed-set check on the training split only: F of each class's training rows "
                          "(seeded by --seed) are the queries, the test split is not read")
+    ap.add_argument("--validation-classes", type=int, default=0, metavar="K",
+                    help="open-set check on the training split only: K training classes (seeded) are held "
+                         "out as gallery + queries, the test split is not read")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run_dir = os.path.join(a.out, "run")
-    if a.validation:
-        a.data = validation_data(a.data, a.validation, a.seed, a.out)
+    if a.validation or a.validation_classes:
+        a.data = validation_data(a.data, a.validation, a.seed, a.out, a.validation_classes)
     t0 = time.perf_counter()
     rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={run_dir}",
                  "train.progress=false", f"train.seed={a.seed}", *a.overrides])

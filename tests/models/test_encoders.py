@@ -200,3 +200,19 @@ def test_flowcnn_port_rows_by_hand_and_the_port_vector_reaches_the_embedding():
         enc({k: v for k, v in x.items() if k != "server_port"})
     with pytest.raises(ValueError, match="inputs.ports"):       # data without ports: a build-time error
         build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_embed": 4}), meta_for("quic"))
+
+
+def test_flowcnn_port_out_is_the_last_dimensions_of_the_embedding():
+    meta = dict(meta_for("quic"), inputs=dict(meta_for("quic").get("inputs", {}), ports={}))
+    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_out": 5}), meta).eval()
+    x = {"pkt_sizes": torch.tensor([[100, 60]] * 2), "pkt_dirs": torch.tensor([[1, -1]] * 2),
+         "pkt_iat": torch.zeros(2, 2), "lengths": torch.tensor([2, 2]), "flow_stats": torch.ones(2, enc.num_stats),
+         "server_port": torch.tensor([53, 60000]), "ip_proto": torch.tensor([17, 6])}
+    out = enc(x)
+    assert out.shape == (2, D)
+    from xclass.models.encoders.flowcnn import port_rows
+
+    torch.testing.assert_close(out[:, -5:], enc.port_out.weight[port_rows(x["server_port"], x["ip_proto"], 2048)])
+    torch.testing.assert_close(out[0, :-5], out[1, :-5])        # no port_embed: the rest ignores the port
+    with pytest.raises(ValueError, match="port_out"):
+        build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_out": D}), meta)

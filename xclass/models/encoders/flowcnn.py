@@ -14,7 +14,9 @@ Linear -> ReLU): pooling forgets that, say, the 4th packet is a 517-byte client 
 is what a tree model on the same per-position features keys on. With ``port_embed > 0`` a
 learned vector of the flow's service port and IP protocol joins the projection's input (see
 :func:`port_rows`; the data must carry ``server_port`` / ``ip_proto``, as ``import pcap``
-writes them).
+writes them). With ``port_out > 0`` the embedding's last ``port_out`` dimensions are a learned
+vector of the port itself (the projection gives the rest), so flows of one port stay near each
+other in the embedding even for labels never trained on.
 """
 from __future__ import annotations
 
@@ -54,10 +56,11 @@ class FlowCNN(nn.Module):
                  size_scale: float, gem_p: float, size_embed: int = 0, size_bin: int = 8,
                  max_size: int = 1536, flat_hidden: int = 0, num_packets: int = 0,
                  stats_embed: int = 0, stats_bin: float = 0.5, stats_bins: int = 64,
-                 port_embed: int = 0, port_buckets: int = 2048) -> None:
+                 port_embed: int = 0, port_buckets: int = 2048, port_out: int = 0) -> None:
         super().__init__()
-        if port_embed < 0 or port_buckets < 1:
-            raise ValueError(f"flowcnn: need port_embed >= 0 and port_buckets >= 1, got {port_embed}, {port_buckets}")
+        if port_embed < 0 or port_buckets < 1 or not 0 <= port_out < embedding_dim:
+            raise ValueError(f"flowcnn: need port_embed >= 0, port_buckets >= 1 and 0 <= port_out < "
+                             f"embedding_dim, got {port_embed}, {port_buckets}, {port_out}")
         if flat_hidden > 0 and num_packets < 1:
             raise ValueError("flowcnn: flat_hidden > 0 needs the packet count (meta.json num_packets)")
         if size_embed < 0 or size_bin < 1 or max_size < size_bin or stats_bin <= 0 or stats_bins < 1:
@@ -93,10 +96,12 @@ class FlowCNN(nn.Module):
                 self.stats_table = nn.Embedding(num_stats * stats_bins, stats_embed)
                 d_in += num_stats * stats_embed
         self.port_buckets = port_buckets
-        self.port_table = nn.Embedding(2 * (1025 + port_buckets), port_embed) if port_embed > 0 else None
+        rows = 2 * (1025 + port_buckets)
+        self.port_table = nn.Embedding(rows, port_embed) if port_embed > 0 else None
+        self.port_out = nn.Embedding(rows, port_out) if port_out > 0 else None
         d_in += port_embed
         self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, embedding_dim))
+                                  nn.Dropout(dropout), nn.Linear(hidden, embedding_dim - port_out))
 
     def packet_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """-> ``[B, 3 + size_embed, N]``: normalised size, direction (+-1), log inter-arrival time
@@ -145,12 +150,15 @@ class FlowCNN(nn.Module):
             feats.append(self.stats(ls))
             if self.stats_table is not None:
                 feats.append(self._stats_bins(ls))
+        if self.port_table is None and self.port_out is None:
+            return self.proj(torch.cat(feats, dim=1))
+        if "server_port" not in inputs or "ip_proto" not in inputs:
+            raise ValueError("flowcnn: port_embed / port_out > 0 need the 'server_port' and 'ip_proto' inputs")
+        rows = port_rows(inputs["server_port"], inputs["ip_proto"], self.port_buckets)
         if self.port_table is not None:
-            if "server_port" not in inputs or "ip_proto" not in inputs:
-                raise ValueError("flowcnn: port_embed > 0 needs the 'server_port' and 'ip_proto' inputs")
-            rows = port_rows(inputs["server_port"], inputs["ip_proto"], self.port_buckets)
             feats.append(self.port_table(rows).to(x.dtype))
-        return self.proj(torch.cat(feats, dim=1))
+        out = self.proj(torch.cat(feats, dim=1))
+        return out if self.port_out is None else torch.cat([out, self.port_out(rows).to(out.dtype)], dim=1)
 
 
 @register_encoder("flowcnn", tasks=("quic",))
@@ -160,7 +168,7 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
             size_scale: float = 1500.0, gem_p: float = 3.0, size_embed: int = 0,
             size_bin: int = 8, max_size: int = 1536, flat_hidden: int = 0, stats_embed: int = 0,
             stats_bin: float = 0.5, stats_bins: int = 64, port_embed: int = 0,
-            port_buckets: int = 2048) -> FlowCNN:
+            port_buckets: int = 2048, port_out: int = 0) -> FlowCNN:
     """FlowCNN over the packet sequences + flow stats.
 
     ``size_embed`` > 0 adds a learned ``size_embed``-dim vector per packet for its size class
@@ -171,18 +179,19 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
 
     ``port_embed`` > 0 adds a learned vector of the service port and IP protocol
     (:func:`port_rows`; ``port_buckets`` hash rows for registered ports); the data must carry
-    them (meta.json ``inputs.ports``, written by ``xclass import pcap``).
+    them (meta.json ``inputs.ports``, written by ``xclass import pcap``). ``port_out`` > 0 makes
+    the last ``port_out`` of the ``embedding_dim`` dimensions a learned vector of the port.
 
     The stats width comes from meta.json: ``inputs.flow_stats`` (the list of stat names)
     or ``num_stats`` (0 = no stats branch).
     """
     n_pkts = int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0
-    if port_embed > 0 and "ports" not in (meta.get("inputs") or {}):
+    if (port_embed > 0 or port_out > 0) and "ports" not in (meta.get("inputs") or {}):
         raise ValueError("flowcnn: port_embed > 0 needs data with the service port and protocol "
                          "(meta.json inputs.ports, as `xclass import pcap` writes)")
     return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
                    stats_hidden, hidden, dropout, size_scale, gem_p, size_embed, size_bin, max_size,
-                   flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins, port_embed, port_buckets)
+                   flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins, port_embed, port_buckets, port_out)
 
 
 def _num_stats(meta: Dict[str, Any]) -> int:
