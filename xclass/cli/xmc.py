@@ -32,6 +32,7 @@ def add_wordnet_args(w: argparse.ArgumentParser) -> None:
     w.add_argument("--out", required=True)
     w.add_argument("--wordnet-dir", default="/usr/share/wordnet")
     w.add_argument("--test-fraction", type=float, default=0.1)
+    w.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     w.add_argument("--overwrite", action="store_true")
 
 
@@ -40,6 +41,7 @@ def add_xc_args(x: argparse.ArgumentParser) -> None:
         x.add_argument(a, required=True)
     for a in ("--train-labels", "--test-labels", "--label-text", "--label-features"):
         x.add_argument(a, default=None)
+    x.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     x.add_argument("--overwrite", action="store_true")
 
 
@@ -141,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cmd == "import-wordnet":
         from xclass.importers.wordnet import import_wordnet
 
-        meta = import_wordnet(args.out, args.wordnet_dir, args.test_fraction, overwrite=args.overwrite)
+        meta = import_wordnet(args.out, args.wordnet_dir, args.test_fraction, overwrite=args.overwrite,
+                              seed=args.seed)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"],
                           "rows": {k: v["rows"] for k, v in meta["splits"].items()}}))
     elif args.cmd == "import-xc":
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
         meta = import_xc(args.out, args.train, args.test, train_labels=args.train_labels,
                          test_labels=args.test_labels, label_text=args.label_text,
-                         label_features=args.label_features, overwrite=args.overwrite)
+                         label_features=args.label_features, overwrite=args.overwrite, seed=args.seed)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"]}))
     elif args.cmd == "import-text":
         from xclass.importers.text import run_import_text
