@@ -51,15 +51,17 @@ def test_shortlist_brute_force(self_out):
     D, lab, Q, _, L = _problem()
     Q = D if self_out else Q
     sets = [lab.indices[lab.indptr[i]:lab.indptr[i + 1]] for i in range(lab.n_rows)]
-    got = R.shortlist(Q, D, lab, L, k=5, K=4, exclude_self=self_out, chunk=7)
+    got, votes = R.shortlist(Q, D, lab, L, k=5, K=4, exclude_self=self_out, chunk=7)
     want = _brute_shortlist(Q, D, sets, L, 5, 4, self_out)
     for g, w in zip(got, want):  # the same label set (ties may order differently)
         assert set(g[g >= 0]) == set(w[w >= 0])
+    assert np.all(votes[got < 0] == 0) and np.all((votes[got >= 0] > 0) & (votes[got >= 0] <= 1 + 1e-6))
+    assert np.all(np.diff(votes, axis=1) <= 1e-7)  # best first
 
 
 def test_fit_rankers_match_sklearn_per_label():
     D, lab, Q, _, L = _problem(1)
-    short = R.shortlist(D, D, lab, L, k=5, K=3, exclude_self=True)
+    short, _ = R.shortlist(D, D, lab, L, k=5, K=3, exclude_self=True)
     model = R.fit_rankers(D, lab, short, L, C=2.0, min_weight=0.0)
     Xd = D.toarray()
     for j in range(L):
@@ -76,9 +78,9 @@ def test_fit_rankers_match_sklearn_per_label():
 
 def test_predict_scores_only_the_shortlist():
     D, lab, Q, test_sets, L = _problem(2)
-    short = R.shortlist(D, D, lab, L, k=5, K=4, exclude_self=True)
+    short, _ = R.shortlist(D, D, lab, L, k=5, K=4, exclude_self=True)
     model = R.fit_rankers(D, lab, short, L)
-    sq = R.shortlist(Q, D, lab, L, k=5, K=4)
+    sq, _ = R.shortlist(Q, D, lab, L, k=5, K=4)
     sq[0, 1:] = -1  # a short shortlist
     got_l, got_s = R.predict(model, Q, sq, top=4, chunk=4)
     Z = Q.toarray() @ model.weights.toarray().T + model.bias
@@ -114,7 +116,8 @@ def test_ranker_cli_and_fusion_source(tmp_path, capsys):
 
     d = _dataset(tmp_path)
     out = tmp_path / "rk"
-    assert main(["ranker", "--data", str(d), "--out", str(out), "--k", "5", "--K", "4", "--prune", "0"]) == 0
+    assert main(["ranker", "--data", str(d), "--out", str(out), "--k", "5", "--K", "4", "--prune", "0",
+                 "--no-rerank"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["method"] == "ranker" and row["unit"] == "percent" and row["P@1"] > 60
     t = pq.read_table(out / "rankings.parquet")

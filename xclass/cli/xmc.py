@@ -10,8 +10,9 @@
   fuse --run RUN --work DIR [--weights dual=1,emb_knn=1,tfidf_knn=1] [--k 50] [--ks 1,3,5]
        [--rankings ranker=DIR/rankings.parquet]   (or --data DIR instead of --run: kNN + rankings only)
        (dual scores + kNN votes + rankings sources, xclass.eval.fusion; writes DIR/fused_rankings.parquet)
-  ranker --data DIR --out DIR2 [--k 50] [--K 100] [--C 4] [--prune 0.1] [--seed 0]
-       (kNN shortlist + per-label linear rankers, xclass.eval.ranker; writes DIR2/rankings.parquet)
+  ranker --data DIR --out DIR2 [--k 50] [--K 50] [--C 16] [--prune 0.1] [--seed 0] [--no-rerank] [--holdout 10]
+       (kNN shortlist + per-label linear rankers + learned re-ranker, xclass.eval.ranker;
+       writes DIR2/rankings.parquet)
 
 Metrics are printed in percent (``"P@1": 37.5``, ``"unit": "percent"``). PSP propensities use
 the training split's label counts and rows unless ``--label-counts`` / ``--propensity-n`` give
@@ -123,8 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True, help="directory for rankings.parquet (test split, top --K labels)")
     r.add_argument("--k", type=int, default=50, help="neighbours of the shortlist's kNN vote")
-    r.add_argument("--K", type=int, default=100, help="shortlist size (labels per query)")
-    r.add_argument("--C", type=float, default=4.0, help="inverse L2 strength of each label's logistic regression")
+    r.add_argument("--K", type=int, default=50, help="shortlist size (labels per query)")
+    r.add_argument("--C", type=float, default=16.0, help="inverse L2 strength of each label's logistic regression")
+    r.add_argument("--no-rerank", action="store_true", help="rank by the linear rankers only (no second stage)")
+    r.add_argument("--holdout", type=int, default=10,
+                   help="the re-ranker is fitted on 1/HOLDOUT of the training rows (by id hash)")
     r.add_argument("--prune", type=float, default=0.1, help="shortlist index: drop TF-IDF weights below this")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--ks", type=_ks, default=[1, 3, 5])
@@ -235,14 +239,18 @@ def _ranker(args: argparse.Namespace) -> int:
     if os.path.exists(path) and not args.overwrite:
         print(f"xclass xmc ranker: {path} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    for key in ("k", "K"):
+    for key in ("k", "K", "holdout"):
         if getattr(args, key) < 1:
             print(f"xclass xmc ranker: --{key} must be >= 1", file=sys.stderr)
             return 2
+    if args.holdout < 2:
+        print("xclass xmc ranker: --holdout must be >= 2", file=sys.stderr)
+        return 2
     if not args.C > 0 or args.prune < 0:
         print("xclass xmc ranker: --C must be > 0 and --prune >= 0", file=sys.stderr)
         return 2
-    ids, lab, val, sec = ranker.rank_dataset(args.data, args.k, args.K, args.C, args.prune, args.seed)
+    ids, lab, val, sec = ranker.rank_dataset(args.data, args.k, args.K, args.C, args.prune, args.seed,
+                                             rerank=not args.no_rerank, holdout=args.holdout)
     w = RankingWriter(path, lab.shape[1])
     w.write(ids, lab, val)
     w.close()
