@@ -85,6 +85,10 @@ def test_holdout_and_take_rows():
     ids = np.arange(1000)
     m = R.holdout_mask(ids, 10)
     assert 50 < m.sum() < 150 and np.array_equal(m, R.holdout_mask(ids, 10))
+    # rows left by tools/xmc_fusion_grid.py's split (id hash mod 10 != 0) still give a holdout
+    ids = np.arange(20000, dtype=np.uint64)
+    rest = ids[(ids * np.uint64(2654435761) % np.uint64(2 ** 32)) % np.uint64(10) != 0]
+    assert 0.08 < R.holdout_mask(rest, 10).mean() < 0.12
     lab = LabelSets(np.array([0, 2, 3, 3, 5]), np.array([1, 2, 0, 4, 5]))
     t = R.take_rows(lab, np.array([3, 0, 2]))
     assert t.indptr.tolist() == [0, 2, 4, 4] and t.indices.tolist() == [4, 5, 1, 2]

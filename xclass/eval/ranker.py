@@ -186,8 +186,9 @@ def fit_and_score(D: sp.csr_matrix, labels: LabelSets, Q: sp.csr_matrix, num_lab
 
 
 def holdout_mask(ids: np.ndarray, holdout: int) -> np.ndarray:
-    """True for the training rows held out for the re-ranker: ``hash(id) % holdout == 0``."""
-    h = np.asarray(ids).astype(np.uint64) * np.uint64(2654435761) % np.uint64(2 ** 32)
+    """True for the training rows held out for the re-ranker: ``hash(id) % holdout == 0`` with a
+    64-bit Fibonacci hash (its high bits), unrelated to the id-hash splits of the tools."""
+    h = (np.asarray(ids).astype(np.uint64) * np.uint64(11400714819323198485)) >> np.uint64(32)
     return h % np.uint64(holdout) == 0
 
 
@@ -200,6 +201,8 @@ def fit_reranker_holdout(D: sp.csr_matrix, labels: LabelSets, ids: np.ndarray, n
 
     ho = holdout_mask(ids, holdout)
     fit_rows, ho_rows = np.flatnonzero(~ho), np.flatnonzero(ho)
+    if len(ho_rows) == 0 or len(fit_rows) == 0:
+        raise ValueError(f"re-ranker holdout 1/{holdout} of {len(ids)} training rows leaves an empty part")
     L_fit = take_rows(labels, fit_rows)
     sh, vh, ph = fit_and_score(D[fit_rows], L_fit, D[ho_rows], num_labels, k, K, C, prune, seed)
     Y_fit = label_matrix(L_fit, num_labels)
