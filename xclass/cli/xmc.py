@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                         "ranker=runs/ranker/rankings.parquet; weight it with NAME in --weights")
     f.add_argument("--work", required=True, help="evaluation directory (label index, embeddings, rankings)")
     f.add_argument("--weights", default="dual=1,emb_knn=1,tfidf_knn=1",
-                   help="weights of the sources dual, emb_knn, tfidf_knn")
+                   help="weights of the sources dual, emb_knn, tfidf_knn and the --rankings names")
     f.add_argument("--k", type=int, default=50, help="neighbours of both kNN sources")
     f.add_argument("--ks", type=_ks, default=[1, 3, 5])
     add_propensity_args(f)
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.cmd == "tfidf":
         print(json.dumps(_tfidf(args.data, args.ks, args.k, args.weighting, args.label_counts, args.propensity_n)))
     elif args.cmd == "fuse":
-        _fuse(args)
+        return _fuse(args)
     elif args.cmd == "ranker":
         return _ranker(args)
     else:
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse(args: argparse.Namespace) -> None:
+def _fuse(args: argparse.Namespace) -> int:
     from xclass.eval.metrics import LabelSets, Ranking, xmc_metrics
     from xclass.eval.rankings import RankingWriter
     from xclass.eval.embed import load_run
@@ -207,7 +207,8 @@ def _fuse(args: argparse.Namespace) -> None:
     rankings = dict(x.partition("=")[::2] for x in args.rankings)
     weights = fusion.parse_weights(args.weights, list(rankings))  # a bad value fails before any work
     if bool(args.run) == bool(args.data):
-        raise SystemExit("xclass xmc fuse: give exactly one of --run and --data")
+        print("xclass xmc fuse: give exactly one of --run and --data", file=sys.stderr)
+        return 2
     top = max(max(args.ks), 10)
     if args.run:
         data = load_run(args.run).data.path
@@ -227,6 +228,7 @@ def _fuse(args: argparse.Namespace) -> None:
     inv = propensities(data, fusion.read_meta_num_classes(data), args.label_counts, args.propensity_n)
     out = xmc_metrics(Ranking.build(lab, LabelSets(Lte.indptr, Lte.indices), inv), args.ks)
     print(json.dumps({"method": "fusion", "run": args.run, "weights": args.weights, **percent(out)}), flush=True)
+    return 0
 
 
 def _ranker(args: argparse.Namespace) -> int:
@@ -235,6 +237,11 @@ def _ranker(args: argparse.Namespace) -> int:
     from xclass.eval import ranker
     from xclass.eval.tfidf import read_split
 
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("xclass xmc ranker: needs scikit-learn (pip install 'xclass[linear]')", file=sys.stderr)
+        return 2
     path = os.path.join(args.out, "rankings.parquet")
     if os.path.exists(path) and not args.overwrite:
         print(f"xclass xmc ranker: {path} exists; pass --overwrite to replace it", file=sys.stderr)
