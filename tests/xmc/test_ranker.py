@@ -135,6 +135,7 @@ def test_ranker_cli_and_fusion_source(tmp_path, capsys):
     assert main(["ranker", "--data", str(d), "--out", str(out)]) == 2
     assert main(["ranker", "--data", str(d), "--out", str(tmp_path / "x"), "--K", "0"]) == 2
     assert not (tmp_path / "x").exists()
+    assert main(["fuse", "--work", str(tmp_path / "g"), "--weights", "tfidf_knn=1"]) == 2  # no --run / --data
 
 
 def test_rankings_scores_aligns_by_id(tmp_path):
