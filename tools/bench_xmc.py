@@ -20,10 +20,16 @@ with wait4). Methods:
   label tower over the label-text embeddings plus a free residual, decoupled softmax.
 - ``dual_tfidf``: ``configs/xmc/wordnet_tfidf_dual.yaml`` (TF-IDF-weighted embedding-bag query
   tower with SparseAdam on its table, ``text+free`` labels).
+- ``ranker``: xclass.eval.ranker on the same TF-IDF features: TF-IDF kNN shortlist (``--ranker-K``
+  labels), one logistic regression per label on its positives + shortlist hard negatives, and the
+  learned re-ranker fitted on 10% held-out training rows (``python -m xclass.cli.xmc ranker``);
+  writes ``WORK/ranker/rankings.parquet``.
 - ``fusion``: the ``dual_tfidf`` run (else ``dual_embbag``) fused with kNN votes in its own
   embedding space and TF-IDF kNN votes (xclass.eval.fusion, ``--fusion-weights``); reuses the
   neighbours saved by ``tfidf_knn`` in the same ``--work``. predict_s includes encoding the
-  training rows and both kNN searches; the dual run's own time is in its row.
+  training rows and both kNN searches; the dual run's own time is in its row. The ``ranker``
+  rankings of the same ``--work`` are the source ``ranker``; without a dual run the fusion is
+  TF-IDF kNN + ranker only (e.g. ``--fusion-weights ranker=3,tfidf_knn=1``).
 - ``sparse_timing``: s/step of ``dual_tfidf`` with dense AdamW vs SparseAdam on the query table
   (``--timing-steps`` steps each).
 - ``hybrid``: the ``dual_minilm`` run's label scores (else ``dual_embbag``'s, run before it in
@@ -211,9 +217,25 @@ def run_hybrid(data: str, run: str, weight: float) -> Dict:
     return {"method": "hybrid", **metrics_row(out, data), "train_s": round(tr_s, 1), "predict_s": round(pr_s, 1)}
 
 
+def run_ranker(data: str, work: str, K: int) -> Dict:
+    """xclass.eval.ranker.rank_dataset (with the re-ranker); rankings -> ``WORK/ranker/rankings.parquet``."""
+    from xclass.eval.ranker import rank_dataset
+    from xclass.eval.rankings import RankingWriter
+
+    ids, lab, val, sec = rank_dataset(data, K=K)
+    w = RankingWriter(os.path.join(work, "ranker", "rankings.parquet"), lab.shape[1])
+    w.write(ids, lab, val)
+    w.close()
+    pad = np.full((len(lab), max(0, max(KS) - lab.shape[1])), -1, np.int64)
+    return {"method": "ranker", **metrics_row(np.concatenate([lab, pad], 1), data), "train_s": round(sec["train_s"], 1),
+            "predict_s": round(sec["predict_s"], 1), "K": K}
+
+
 def run_fusion(data: str, run: str, work: str, weights: str, k: int = 50) -> Dict:
     """xclass.eval.fusion.fuse_run on the dual run (its evaluation directory ``run + "_eval"``),
-    reusing the TF-IDF neighbours saved by the tfidf_knn method of this bench when present."""
+    reusing the TF-IDF neighbours saved by the tfidf_knn method of this bench when present; with
+    the ``ranker`` rankings of this bench as one more source; without a dual run (``run`` empty),
+    xclass.eval.fusion.fuse_data (TF-IDF kNN + ranker)."""
     from xclass.eval import fusion
 
     saved = os.path.join(work, "tfidf_knn.neighbours.npz")
@@ -221,8 +243,18 @@ def run_fusion(data: str, run: str, work: str, weights: str, k: int = 50) -> Dic
     if os.path.exists(saved):
         z = np.load(saved)
         nbrs = (z["sim"], z["ids"])
+    rk = os.path.join(work, "ranker", "rankings.parquet")
+    rankings = {"ranker": rk} if os.path.exists(rk) else {}
+    w = fusion.parse_weights(weights, list(rankings))
     t0 = time.perf_counter()
-    _, top, _ = fusion.fuse_run(run, run + "_eval", fusion.parse_weights(weights), k, 10, data, nbrs)
+    if run:
+        _, top, _ = fusion.fuse_run(run, run + "_eval", w, k, 10, data, nbrs, rankings=rankings)
+    else:
+        import pyarrow.parquet as pq
+
+        ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+        extra = {n: fusion.rankings_scores(p, ids, fusion.read_meta_num_classes(data)) for n, p in rankings.items()}
+        _, top, _ = fusion.fuse_data(data, w, extra, k, 10, nbrs)
     return {"method": "fusion", **metrics_row(top, data), "train_s": 0.0,
             "predict_s": round(time.perf_counter() - t0, 1), "weights": weights}
 
@@ -304,10 +336,14 @@ def child(a: argparse.Namespace) -> Dict:
     if a.method == "dual_tfidf":
         cfg = os.path.join(ROOT, "configs", "xmc", "wordnet_tfidf_dual.yaml")
         return {"method": "dual_tfidf", **run_xclass(a.data, cfg, a.work, a.override)}
-    if a.method == "fusion":  # the dual_tfidf run of this bench, else the embedding-bag run
+    if a.method == "ranker":
+        return run_ranker(a.data, a.work, a.ranker_K)
+    if a.method == "fusion":  # the dual_tfidf run of this bench, else the embedding-bag run, else none
         run = os.path.join(a.work, "wordnet_tfidf_dual")
         if not os.path.exists(os.path.join(run + "_eval", "label_index")):
             run = os.path.join(a.work, "wordnet_dual")
+        if not os.path.exists(os.path.join(run + "_eval", "label_index")):
+            run = ""
         return run_fusion(a.data, run, a.work, a.fusion_weights)
     if a.method == "sparse_timing":
         return sparse_timing(a.data, a.work, a.timing_steps)
@@ -330,7 +366,8 @@ def main() -> int:
     p.add_argument("--pecos-python", default="")
     p.add_argument("--hybrid-weight", type=float, default=0.3)
     p.add_argument("--fusion-weights", default="dual=1,emb_knn=1,tfidf_knn=1",
-                   help="fusion: weights of the sources dual, emb_knn, tfidf_knn (xclass.eval.fusion)")
+                   help="fusion: weights of the sources dual, emb_knn, tfidf_knn, ranker (xclass.eval.fusion)")
+    p.add_argument("--ranker-K", type=int, default=50, help="ranker: shortlist size")
     p.add_argument("--timing-steps", type=int, default=25, help="sparse_timing: steps per variant")
     p.add_argument("--override", action="append", default=[], help="config override for the xclass recipes")
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # child mode
@@ -352,7 +389,8 @@ def main() -> int:
         row_file = os.path.join(a.work, f"{m}.row.json")
         argv = [sys.executable, os.path.abspath(__file__), "--data", a.data, "--method", m, "--row-out", row_file,
                 "--work", a.work, "--pecos-python", a.pecos_python, "--hybrid-weight", str(a.hybrid_weight),
-                "--fusion-weights", a.fusion_weights, "--timing-steps", str(a.timing_steps)]
+                "--fusion-weights", a.fusion_weights, "--timing-steps", str(a.timing_steps),
+                "--ranker-K", str(a.ranker_K)]
         argv += (["--features", a.features] if a.features else []) + sum((["--override", o] for o in a.override), [])
         proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": ROOT})
         _, status, ru = os.wait4(proc.pid, 0)

@@ -6,6 +6,9 @@
     python tools/bench_xmc.py --data runs/data/wordnet_val --work runs/val --methods dual_tfidf
     # 3. one JSON row per weight setting (percent)
     python tools/xmc_fusion_grid.py grid --run runs/val/wordnet_tfidf_dual --data runs/data/wordnet_val
+    # or TF-IDF kNN + the linear ranker's rankings (no dual run)
+    python -m xclass.cli.xmc ranker --data runs/data/wordnet_val --out runs/val/ranker
+    python tools/xmc_fusion_grid.py grid --data runs/data/wordnet_val --rankings ranker=runs/val/ranker/rankings.parquet
 
 The sources are computed once and fused for every setting (xclass.eval.fusion).
 """
@@ -22,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GRID = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2)]
+RANKINGS_GRID = [(1, 0), (0, 1), (1, 1), (2, 1), (3, 1), (5, 1), (10, 1)]  # (rankings source, tfidf_knn)
 
 
 def split(data: str, out: str, fraction: int = 10) -> None:
@@ -49,7 +53,7 @@ def split(data: str, out: str, fraction: int = 10) -> None:
     os.replace(tmp, out)
 
 
-def grid(run: str, data: str, k: int = 50) -> None:
+def grid(run: str, data: str, k: int = 50, rankings: str = "") -> None:
     from xclass.eval.metrics import Ranking, inverse_propensity, xmc_metrics
     from xclass.eval import fusion
     from xclass.eval.tfidf import read_split
@@ -59,14 +63,26 @@ def grid(run: str, data: str, k: int = 50) -> None:
     _, Lte, _ = read_split(os.path.join(data, "test.parquet"))
     inv = inverse_propensity(np.bincount(Ltr.indices, minlength=n_labels), Ltr.n_rows)
     nbrs = fusion.tfidf_neighbours(data, k)
-    # fuse_run with every weight > 0 computes (and caches on disk) the embeddings once
-    for w in GRID:
-        weights = dict(zip(("dual", "emb_knn", "tfidf_knn"), map(float, w)))
-        _, top, _ = fusion.fuse_run(run, run + "_eval", weights, k, 10, data, nbrs)
+
+    def show(weights, top):
         m = xmc_metrics(Ranking.build(top, Lte, inv), (1, 3, 5))
         print(json.dumps({"weights": weights, **{key: round(100 * m[key], 2) for key in
                                                   ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")},
                           "unit": "percent", "data": data}), flush=True)
+    if not run:  # TF-IDF kNN + one rankings source
+        import pyarrow.parquet as pq
+
+        name, _, path = rankings.partition("=")
+        ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+        extra = {name: fusion.rankings_scores(path, ids, n_labels)}
+        for w in RANKINGS_GRID:
+            weights = {name: float(w[0]), "tfidf_knn": float(w[1])}
+            show(weights, fusion.fuse_data(data, weights, extra, k, 10, nbrs)[1])
+        return
+    # fuse_run with every weight > 0 computes (and caches on disk) the embeddings once
+    for w in GRID:
+        weights = dict(zip(("dual", "emb_knn", "tfidf_knn"), map(float, w)))
+        show(weights, fusion.fuse_run(run, run + "_eval", weights, k, 10, data, nbrs)[1])
 
 
 def main() -> int:
@@ -76,13 +92,16 @@ def main() -> int:
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     g = sub.add_parser("grid")
-    g.add_argument("--run", required=True)
+    g.add_argument("--run", default="", help="a dual run (sources dual, emb_knn, tfidf_knn)")
     g.add_argument("--data", required=True)
+    g.add_argument("--rankings", default="", help="without --run: NAME=PATH, a rankings source fused with TF-IDF kNN")
     a = p.parse_args()
     if a.cmd == "split":
         split(a.data, a.out)
     else:
-        grid(a.run, a.data)
+        if not a.run and "=" not in a.rankings:
+            sys.exit("grid: give --run or --rankings NAME=PATH")
+        grid(a.run, a.data, rankings=a.rankings)
     return 0
 
 

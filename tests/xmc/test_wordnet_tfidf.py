@@ -44,7 +44,7 @@ def test_import_layout(mini, tmp_path):
     meta = W.import_wordnet(str(tmp_path / "out"), str(mini), test_fraction=0.0, progress=False)
     # label keys sorted: (n,10) (n,20) (n,30) (n,50) (v,10) -> ids 0..4
     assert meta["num_classes"] == 5 and meta["splits"]["test"]["rows"] == 0
-    t = pq.read_table(tmp_path / "out" / "train.parquet")
+    t = pq.read_table(tmp_path / "out" / "train.parquet").sort_by("id")  # stored shuffled
     assert t.column("labels").to_pylist() == [[0], [0, 1], [0, 1], [0], [0, 1, 2, 3], [4]]
     vocab = (tmp_path / "out" / "vocab.txt").read_text().split()
     words = [vocab[i - 1] for i in t.column("tokens").to_pylist()[5]]

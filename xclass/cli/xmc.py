@@ -8,7 +8,11 @@
   tfidf --data DIR [--k 50] [--ks 1,3,5] [--weighting auto|tfidf|given]
   evaluate --run RUN [--run RUN2 ...] --work DIR [--tfidf]   (one JSON object per line)
   fuse --run RUN --work DIR [--weights dual=1,emb_knn=1,tfidf_knn=1] [--k 50] [--ks 1,3,5]
-       (dual scores + kNN votes, xclass.eval.fusion; writes DIR/fused_rankings.parquet)
+       [--rankings ranker=DIR/rankings.parquet]   (or --data DIR instead of --run: kNN + rankings only)
+       (dual scores + kNN votes + rankings sources, xclass.eval.fusion; writes DIR/fused_rankings.parquet)
+  ranker --data DIR --out DIR2 [--k 50] [--K 50] [--C 16] [--prune 0.1] [--seed 0] [--no-rerank] [--holdout 10]
+       (kNN shortlist + per-label linear rankers + learned re-ranker, xclass.eval.ranker;
+       writes DIR2/rankings.parquet)
 
 Metrics are printed in percent (``"P@1": 37.5``, ``"unit": "percent"``). PSP propensities use
 the training split's label counts and rows unless ``--label-counts`` / ``--propensity-n`` give
@@ -32,6 +36,7 @@ def add_wordnet_args(w: argparse.ArgumentParser) -> None:
     w.add_argument("--out", required=True)
     w.add_argument("--wordnet-dir", default="/usr/share/wordnet")
     w.add_argument("--test-fraction", type=float, default=0.1)
+    w.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     w.add_argument("--overwrite", action="store_true")
 
 
@@ -40,6 +45,7 @@ def add_xc_args(x: argparse.ArgumentParser) -> None:
         x.add_argument(a, required=True)
     for a in ("--train-labels", "--test-labels", "--label-text", "--label-features"):
         x.add_argument(a, default=None)
+    x.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     x.add_argument("--overwrite", action="store_true")
 
 
@@ -103,13 +109,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tfidf", action="store_true")
     add_propensity_args(e)
     f = sub.add_parser("fuse", help="fused rankings of a dual run: its label scores + kNN votes (xclass.eval.fusion)")
-    f.add_argument("--run", required=True)
+    f.add_argument("--run", default=None, help="the dual run (sources dual, emb_knn); else give --data")
+    f.add_argument("--data", default=None, help="dataset when there is no --run (sources tfidf_knn + --rankings)")
+    f.add_argument("--rankings", action="append", default=[], metavar="NAME=PATH",
+                   help="another source: a rankings Parquet of the test split (scores in [0, 1]), e.g. "
+                        "ranker=runs/ranker/rankings.parquet; weight it with NAME in --weights")
     f.add_argument("--work", required=True, help="evaluation directory (label index, embeddings, rankings)")
     f.add_argument("--weights", default="dual=1,emb_knn=1,tfidf_knn=1",
-                   help="weights of the sources dual, emb_knn, tfidf_knn")
+                   help="weights of the sources dual, emb_knn, tfidf_knn and the --rankings names")
     f.add_argument("--k", type=int, default=50, help="neighbours of both kNN sources")
     f.add_argument("--ks", type=_ks, default=[1, 3, 5])
     add_propensity_args(f)
+    r = sub.add_parser("ranker", help="kNN shortlist + one-vs-all linear rankers on TF-IDF (xclass.eval.ranker)")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True, help="directory for rankings.parquet (test split, top --K labels)")
+    r.add_argument("--k", type=int, default=50, help="neighbours of the shortlist's kNN vote")
+    r.add_argument("--K", type=int, default=50, help="shortlist size (labels per query)")
+    r.add_argument("--C", type=float, default=16.0, help="inverse L2 strength of each label's logistic regression")
+    r.add_argument("--no-rerank", action="store_true", help="rank by the linear rankers only (no second stage)")
+    r.add_argument("--holdout", type=int, default=10,
+                   help="the re-ranker is fitted on 1/HOLDOUT of the training rows (by id hash)")
+    r.add_argument("--prune", type=float, default=0.1, help="shortlist index: drop TF-IDF weights below this")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--ks", type=_ks, default=[1, 3, 5])
+    r.add_argument("--overwrite", action="store_true")
+    add_propensity_args(r)
     return p
 
 
@@ -141,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cmd == "import-wordnet":
         from xclass.importers.wordnet import import_wordnet
 
-        meta = import_wordnet(args.out, args.wordnet_dir, args.test_fraction, overwrite=args.overwrite)
+        meta = import_wordnet(args.out, args.wordnet_dir, args.test_fraction, overwrite=args.overwrite,
+                              seed=args.seed)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"],
                           "rows": {k: v["rows"] for k, v in meta["splits"].items()}}))
     elif args.cmd == "import-xc":
@@ -149,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
         meta = import_xc(args.out, args.train, args.test, train_labels=args.train_labels,
                          test_labels=args.test_labels, label_text=args.label_text,
-                         label_features=args.label_features, overwrite=args.overwrite)
+                         label_features=args.label_features, overwrite=args.overwrite, seed=args.seed)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"]}))
     elif args.cmd == "import-text":
         from xclass.importers.text import run_import_text
@@ -164,23 +189,38 @@ def run(args: argparse.Namespace) -> int:
     elif args.cmd == "tfidf":
         print(json.dumps(_tfidf(args.data, args.ks, args.k, args.weighting, args.label_counts, args.propensity_n)))
     elif args.cmd == "fuse":
-        _fuse(args)
+        return _fuse(args)
+    elif args.cmd == "ranker":
+        return _ranker(args)
     else:
         _evaluate(args)
     return 0
 
 
-def _fuse(args: argparse.Namespace) -> None:
+def _fuse(args: argparse.Namespace) -> int:
     from xclass.eval.metrics import LabelSets, Ranking, xmc_metrics
     from xclass.eval.rankings import RankingWriter
     from xclass.eval.embed import load_run
     from xclass.eval import fusion
     from xclass.eval.tfidf import read_split
 
-    weights = fusion.parse_weights(args.weights)  # a bad value fails before any work
-    data = load_run(args.run).data.path
+    rankings = dict(x.partition("=")[::2] for x in args.rankings)
+    weights = fusion.parse_weights(args.weights, list(rankings))  # a bad value fails before any work
+    if bool(args.run) == bool(args.data):
+        print("xclass xmc fuse: give exactly one of --run and --data", file=sys.stderr)
+        return 2
     top = max(max(args.ks), 10)
-    ids, lab, val = fusion.fuse_run(args.run, args.work, weights, args.k, top, data)
+    if args.run:
+        data = load_run(args.run).data.path
+        ids, lab, val = fusion.fuse_run(args.run, args.work, weights, args.k, top, data, rankings=rankings)
+    else:
+        data = args.data
+        n_labels = fusion.read_meta_num_classes(data)
+        import pyarrow.parquet as pq
+
+        test_ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+        extra = {n: fusion.rankings_scores(p, test_ids, n_labels) for n, p in rankings.items()}
+        ids, lab, val = fusion.fuse_data(data, weights, extra, args.k, top)
     w = RankingWriter(os.path.join(args.work, "fused_rankings.parquet"), top)
     w.write(ids, lab, val)
     w.close()
@@ -188,6 +228,50 @@ def _fuse(args: argparse.Namespace) -> None:
     inv = propensities(data, fusion.read_meta_num_classes(data), args.label_counts, args.propensity_n)
     out = xmc_metrics(Ranking.build(lab, LabelSets(Lte.indptr, Lte.indices), inv), args.ks)
     print(json.dumps({"method": "fusion", "run": args.run, "weights": args.weights, **percent(out)}), flush=True)
+    return 0
+
+
+def _ranker(args: argparse.Namespace) -> int:
+    from xclass.eval.metrics import Ranking, xmc_metrics
+    from xclass.eval.rankings import RankingWriter
+    from xclass.eval import ranker
+    from xclass.eval.tfidf import read_split
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("xclass xmc ranker: needs scikit-learn (pip install 'xclass[linear]')", file=sys.stderr)
+        return 2
+    path = os.path.join(args.out, "rankings.parquet")
+    if os.path.exists(path) and not args.overwrite:
+        print(f"xclass xmc ranker: {path} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    for key in ("k", "K", "holdout"):
+        if getattr(args, key) < 1:
+            print(f"xclass xmc ranker: --{key} must be >= 1", file=sys.stderr)
+            return 2
+    if args.holdout < 2:
+        print("xclass xmc ranker: --holdout must be >= 2", file=sys.stderr)
+        return 2
+    if not args.C > 0 or args.prune < 0:
+        print("xclass xmc ranker: --C must be > 0 and --prune >= 0", file=sys.stderr)
+        return 2
+    ids, lab, val, sec = ranker.rank_dataset(args.data, args.k, args.K, args.C, args.prune, args.seed,
+                                             rerank=not args.no_rerank, holdout=args.holdout)
+    w = RankingWriter(path, lab.shape[1])
+    w.write(ids, lab, val)
+    w.close()
+    _, Lte, _ = read_split(os.path.join(args.data, "test.parquet"))
+    inv = propensities(args.data, _num_classes(args.data), args.label_counts, args.propensity_n)
+    out = xmc_metrics(Ranking.build(lab[:, :max(args.ks)], Lte, inv), args.ks)
+    print(json.dumps({"method": "ranker", "data": args.data, "rankings": path,
+                      **{k: round(v, 1) for k, v in sec.items()}, **percent(out)}), flush=True)
+    return 0
+
+
+def _num_classes(data: str) -> int:
+    with open(os.path.join(data, "meta.json")) as f:
+        return int(json.load(f)["num_classes"])
 
 
 def _evaluate(args: argparse.Namespace) -> None:

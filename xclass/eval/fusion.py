@@ -8,6 +8,10 @@ Three sources, each turned into a per-label score in [0, 1] for one query:
   each voting for its labels with its similarity; votes divided by the k similarities' sum, so a
   label carried by every neighbour scores 1 (a learned kNN: rows the encoder placed together).
 - ``tfidf_knn``: the same vote over TF-IDF neighbours (:mod:`xclass.eval.tfidf`).
+- any method that wrote a rankings Parquet (``id``, ``labels``, ``scores`` with scores in [0, 1],
+  e.g. the linear ranker of :mod:`xclass.eval.ranker`), named by the caller
+  (:func:`rankings_scores`). Without a dual run, :func:`fuse_data` fuses ``tfidf_knn`` with such
+  sources only.
 
 The fused score of a label is the weighted mean of its sources (0 where a source does not list
 it); the ranking is the union of every source's candidates, ties broken towards the label with
@@ -94,13 +98,18 @@ def fuse(sources: Sequence[Tuple[sp.csr_matrix, float]], top: int = 10,
     return out, val_out
 
 
-def parse_weights(text: str) -> Dict[str, float]:
-    """``"dual=1,emb_knn=1,tfidf_knn=1"`` -> {source: weight >= 0}; unknown names are errors."""
+SOURCES = ("dual", "emb_knn", "tfidf_knn")
+
+
+def parse_weights(text: str, extra: Sequence[str] = ()) -> Dict[str, float]:
+    """``"dual=1,emb_knn=1,tfidf_knn=1"`` -> {source: weight >= 0}; names other than
+    :data:`SOURCES` and ``extra`` (rankings sources) are errors."""
     out: Dict[str, float] = {}
+    names = tuple(SOURCES) + tuple(extra)
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, val = part.partition("=")
-        if name not in ("dual", "emb_knn", "tfidf_knn"):
-            raise ValueError(f"fusion weight {name!r}: not one of dual, emb_knn, tfidf_knn")
+        if name not in names:
+            raise ValueError(f"fusion weight {name!r}: not one of {', '.join(names)}")
         w = float(val)
         if not w >= 0:
             raise ValueError(f"fusion weight {name}={val}: must be >= 0")
@@ -119,6 +128,48 @@ def used(weights: Dict[str, float], sources: Dict[str, Optional[sp.csr_matrix]])
                 raise ValueError(f"fusion source {name!r} has weight {w} but was not computed")
             out.append((sources[name], w))
     return out
+
+
+def rankings_scores(path: str, ids: np.ndarray, num_labels: int) -> sp.csr_matrix:
+    """A rankings Parquet (``id``, ``labels`` list, ``scores`` list in [0, 1]) -> CSR
+    ``[len(ids), L]`` in the order of the query ``ids`` ``[n]``; a query it lacks scores nothing."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["id", "labels", "scores"])
+    lab, sc = t.column("labels").combine_chunks(), t.column("scores").combine_chunks()
+    off = lab.offsets.to_numpy().astype(np.int64)
+    li = lab.flatten().to_numpy().astype(np.int64)
+    sv = np.clip(np.nan_to_num(sc.flatten().to_numpy(zero_copy_only=False), neginf=0.0), 0.0, 1.0)
+    pos = {int(q): i for i, q in enumerate(np.asarray(ids))}
+    row = np.array([pos.get(int(q), -1) for q in t.column("id").to_numpy()], np.int64)
+    rows = np.repeat(row, np.diff(off))
+    ok = (rows >= 0) & (li >= 0) & (sv > 0)
+    M = sp.csr_matrix((sv[ok].astype(np.float32), (rows[ok], li[ok])), shape=(len(ids), num_labels))
+    M.sum_duplicates()
+    return M
+
+
+def fuse_data(data: str, weights: Dict[str, float], extra: Dict[str, sp.csr_matrix], k: int = 50, top: int = 10,
+              tfidf_nbrs: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+    """Fusion without a dual run: ``tfidf_knn`` votes and the ``extra`` sources (name -> CSR
+    ``[n_test, L]`` in test-split order) -> (test ids [n], label ids [n, top], scores [n, top])."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from xclass.eval.tfidf import read_split
+
+    for name in ("dual", "emb_knn"):
+        if weights.get(name):
+            raise ValueError(f"fusion source {name!r} needs a dual run (--run)")
+    n_labels = read_meta_num_classes(data)
+    ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+    Y = label_matrix(read_split(os.path.join(data, "train.parquet"))[1], n_labels)
+    src: Dict[str, Optional[sp.csr_matrix]] = dict(extra)
+    if weights.get("tfidf_knn"):
+        src["tfidf_knn"] = knn_votes(*(tfidf_nbrs or tfidf_neighbours(data, k)), Y)
+    lab, val = fuse(used(weights, src), top, prior=np.asarray(Y.sum(0)).ravel())
+    return ids, lab, val
 
 
 def tfidf_neighbours(data: str, k: int, chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
@@ -143,12 +194,14 @@ def tfidf_neighbours(data: str, k: int, chunk: int = 256) -> Tuple[np.ndarray, n
 
 
 def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: int = 10,
-             data: Optional[str] = None, tfidf_nbrs: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+             data: Optional[str] = None, tfidf_nbrs: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+             rankings: Optional[Dict[str, str]] = None):
     """Fused top-``top`` rankings of the test split of a trained dual run: -> (test ids [n],
     label ids [n, top], scores [n, top]). ``work`` is (or becomes) the directory of
     :func:`xclass.eval.xmc_run.evaluate_run` (label index, test embeddings); the training rows'
     embeddings are written there too. ``tfidf_nbrs``: precomputed TF-IDF neighbours (else
-    computed when ``tfidf_knn`` has a weight)."""
+    computed when ``tfidf_knn`` has a weight). ``rankings``: more sources, name -> rankings
+    Parquet of the same test split (:func:`rankings_scores`)."""
     import os
 
     import pyarrow.parquet as pq
@@ -181,6 +234,8 @@ def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: i
         src["emb_knn"] = knn_votes(*embedding_knn(q, emb(tr), k), Y)
     if weights.get("tfidf_knn"):
         src["tfidf_knn"] = knn_votes(*(tfidf_nbrs or tfidf_neighbours(data, k)), Y)
+    for name, path in (rankings or {}).items():
+        src[name] = rankings_scores(path, ids, n_labels)
     lab, val = fuse(used(weights, src), top, prior=np.asarray(Y.sum(0)).ravel())
     return ids, lab, val
 

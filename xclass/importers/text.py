@@ -215,7 +215,7 @@ def import_text(out_dir: str, train: str, test: str, *, text_column: str = "text
                 labels_column: str = "labels", label_ids: bool = False, label_sep: str = "|",
                 label_file: Optional[str] = None, label_file_column: str = "label",
                 label_text_column: str = "text", min_df: int = 1, max_vocab: int = 0,
-                overwrite: bool = False, progress: bool = True) -> Dict:
+                overwrite: bool = False, progress: bool = True, seed: int = 0) -> Dict:
     """Import ``train``/``test`` into ``out_dir`` (see the module doc); returns meta.json's dict."""
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
@@ -259,7 +259,8 @@ def import_text(out_dir: str, train: str, test: str, *, text_column: str = "text
     return write_xmc_dataset(out_dir, {"train": rows(train), "test": rows(test)}, num_labels=space.num,
                              vocab_size=len(vocab.words), label_text=texts,
                              label_tokens=[vocab.encode(t)[0] for t in texts], totals=n_rows, source=src,
-                             overwrite=overwrite, progress=progress, with_text=True, text_files=files)
+                             overwrite=overwrite, progress=progress, with_text=True, text_files=files,
+                             shuffle_seed=seed)
 
 
 def add_text_args(p: argparse.ArgumentParser) -> None:
@@ -276,6 +277,7 @@ def add_text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-text-column", default="text", help="text column of --label-file")
     p.add_argument("--min-df", type=int, default=1, help="keep words in at least this many train texts")
     p.add_argument("--max-vocab", type=int, default=0, help="keep the most frequent words only (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
@@ -287,7 +289,7 @@ def run_import_text(a: argparse.Namespace) -> int:
                            label_ids=a.label_ids, label_sep=a.label_sep, label_file=a.label_file,
                            label_file_column=a.label_file_column, label_text_column=a.label_text_column,
                            min_df=a.min_df, max_vocab=a.max_vocab, overwrite=a.overwrite,
-                           progress=not a.no_progress)
+                           progress=not a.no_progress, seed=a.seed)
     except (DataError, FileExistsError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise

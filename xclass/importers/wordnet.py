@@ -114,8 +114,9 @@ def _vocab(texts: Sequence[List[str]]) -> Dict[str, int]:
 
 
 def import_wordnet(out_dir: str, root: str = WORDNET_DIR, test_fraction: float = 0.1,
-                   overwrite: bool = False, progress: bool = True) -> Dict:
-    """Write the WordNet XMC dataset to ``out_dir`` (train/test/labels Parquet, meta.json, vocab.txt)."""
+                   overwrite: bool = False, progress: bool = True, seed: int = 0) -> Dict:
+    """Write the WordNet XMC dataset to ``out_dir`` (train/test/labels Parquet, meta.json, vocab.txt).
+    Row ids follow the sorted synset keys; the train rows are stored in ``seed``'s random order."""
     syn = read_wordnet(root)
     anc = ancestors(syn)
     items = sorted(k for k in syn if anc[k])
@@ -138,7 +139,7 @@ def import_wordnet(out_dir: str, root: str = WORDNET_DIR, test_fraction: float =
         vocab_size=len(vocab) + 1, label_text=[" ".join(syn[k].lemmas) + " | " + syn[k].gloss for k in label_keys],
         label_tokens=[[vocab[w] for w in t] for t in label_words],
         totals={"train": len(items) - n_test, "test": n_test}, overwrite=overwrite, progress=progress,
-        source={"format": "wordnet-3.0", "dir": root, "items": len(items), "test_fraction": test_fraction,
+        shuffle_seed=seed, source={"format": "wordnet-3.0", "dir": root, "items": len(items), "test_fraction": test_fraction,
                 "label_keys": "sorted (pos, offset)"})
     path = os.path.join(out_dir, "vocab.txt")
     with open(path + ".tmp", "w") as f:

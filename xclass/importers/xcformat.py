@@ -166,8 +166,10 @@ def _open(features: str, labels: Optional[str]):
 
 def import_xc(out_dir: str, train: str, test: str, *, train_labels: Optional[str] = None,
               test_labels: Optional[str] = None, label_text: Optional[str] = None,
-              label_features: Optional[str] = None, overwrite: bool = False, progress: bool = True) -> Dict:
+              label_features: Optional[str] = None, overwrite: bool = False, progress: bool = True,
+              seed: int = 0) -> Dict:
     """Convert XC-repository files to an xclass XMC dataset directory; returns meta.json.
+    The train rows are written in ``seed``'s random order (ids follow the input order).
     BoW: ``train``/``test`` are ``train.txt``/``test.txt``. Split format: ``train``/``test``
     are the feature files and ``train_labels``/``test_labels`` the label files."""
     if bool(train_labels) != bool(test_labels):
@@ -187,7 +189,7 @@ def import_xc(out_dir: str, train: str, test: str, *, train_labels: Optional[str
            "test": os.path.abspath(test), "num_features": nf}
     return write_xmc_dataset(out_dir, {"train": tr_rows, "test": te_rows}, num_labels=nl, vocab_size=nf,
                              label_text=text, label_tokens=tokens, totals={"train": n_tr, "test": n_te},
-                             source=src, overwrite=overwrite, progress=progress)
+                             source=src, overwrite=overwrite, progress=progress, shuffle_seed=seed)
 
 
 def export_bow(data_dir: str, split: str, path: str) -> None:
@@ -200,6 +202,7 @@ def export_bow(data_dir: str, split: str, path: str) -> None:
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
     t = pq.read_table(os.path.join(data_dir, f"{split}.parquet"))
+    t = t.take(np.argsort(t.column("id").to_numpy(), kind="stable"))  # input order (train is stored shuffled)
     labels, toks = t.column("labels").to_pylist(), t.column("tokens").to_pylist()
     wts = t.column("token_weights").to_pylist() if "token_weights" in t.column_names else \
         [[1.0] * len(x) for x in toks]

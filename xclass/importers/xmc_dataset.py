@@ -7,7 +7,13 @@ text), ``labels.parquet`` (``label_id``, ``text``,
 ``tokens``, ``train_count``), ``meta.json`` (task, schema_version, num_classes, inputs.tokens
 .vocab_size/pad_id/weights, splits with files/rows/id_range/label_range, labels, source).
 ``pad_id`` = vocab_size: the encoders pad with a dedicated row, every id below it is a token. Row ids are unique
-across splits (train first). Written into a temp directory and renamed when complete.
+across splits (train first) and follow the input order. The train split is then written in a
+seeded random order (``shuffle_seed``; the ids travel with their rows, so they do not depend on
+the order): the streaming reader shuffles only within windows of row groups, so sorted input
+(WordNet: nouns then verbs) would otherwise train one kind of row after the other. The shuffle
+is external (bounded memory): rows go to ``ceil(n / CHUNK)`` random buckets on disk, each bucket
+is permuted in memory and appended; that is a uniform random permutation. Written into a temp
+directory and renamed when complete.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from xclass.data.schema import SCHEMA_VERSION
@@ -51,8 +58,13 @@ def _flush(w: PartWriter, ids: List[int], buf: List[Row]) -> None:
 
 
 def _write_split(tmp: str, name: str, rows: Iterable[Row], id0: int, vocab: int, num_labels: int,
-                 counts: Optional[np.ndarray], total: Optional[int], progress: bool, with_text: bool) -> Dict:
-    w = PartWriter(os.path.join(tmp, f"{name}.parquet"), row_schema(vocab, with_text), row_group_rows=CHUNK)
+                 counts: Optional[np.ndarray], total: Optional[int], progress: bool, with_text: bool,
+                 shuffle_seed: Optional[int] = None) -> Dict:
+    """Rows -> ``tmp/name.parquet`` (ids from ``id0`` in input order); with ``shuffle_seed`` the
+    file holds them in that seed's random order (:func:`shuffle_parquet`)."""
+    final = os.path.join(tmp, f"{name}.parquet")
+    schema = row_schema(vocab, with_text)
+    w = PartWriter(final if shuffle_seed is None else final + ".in-order", schema, row_group_rows=CHUNK)
     buf: List[Row] = []
     n = 0
     with tqdm(total=total, desc=f"import {name}", unit="rows", disable=not progress, file=sys.stderr) as bar:
@@ -70,7 +82,37 @@ def _write_split(tmp: str, name: str, rows: Iterable[Row], id0: int, vocab: int,
             n += len(buf)
             bar.update(len(buf))
     w.close()
+    if shuffle_seed is not None:
+        shuffle_parquet(final + ".in-order", final, schema, shuffle_seed)
     return {"files": [f"{name}.parquet"], "rows": n, "id_range": [id0, id0 + n], "label_range": [0, num_labels]}
+
+
+def shuffle_parquet(src: str, dst: str, schema: pa.Schema, seed: int, bucket_rows: int = CHUNK) -> int:
+    """Write the rows of ``src`` to ``dst`` in a uniform random order drawn from ``seed``; memory
+    holds one input row group and one bucket (about ``bucket_rows`` rows) at a time. -> rows."""
+    f = pq.ParquetFile(src)
+    n = f.metadata.num_rows
+    n_buckets = max(1, -(-n // bucket_rows))
+    rng = np.random.default_rng(seed)
+    tmp = os.path.dirname(os.path.abspath(dst))
+    paths = [os.path.join(tmp, f".bucket-{b:05d}.parquet") for b in range(n_buckets)]
+    writers = [pq.ParquetWriter(q, schema) for q in paths]
+    for batch in f.iter_batches(batch_size=bucket_rows):
+        where = rng.integers(0, n_buckets, batch.num_rows)
+        for b in range(n_buckets):
+            writers[b].write_batch(batch.filter(pa.array(where == b)))
+    for w in writers:
+        w.close()
+    out = PartWriter(dst, schema, row_group_rows=CHUNK)
+    for q in paths:
+        t = pq.read_table(q, schema=schema)
+        if t.num_rows:
+            t = t.take(pa.array(rng.permutation(t.num_rows)))
+            out.write({c: t.column(c).combine_chunks() for c in schema.names})
+        os.remove(q)
+    out.close()
+    os.remove(src)
+    return n
 
 
 def _write_labels(tmp: str, num_labels: int, vocab: int, counts: np.ndarray,
@@ -91,8 +133,10 @@ def write_xmc_dataset(out_dir: str, splits: Dict[str, Iterable[Row]], *, num_lab
                       label_tokens: Optional[Sequence[Sequence[int]]] = None,
                       totals: Optional[Dict[str, int]] = None, source: Optional[Dict] = None,
                       overwrite: bool = False, progress: bool = True, with_text: bool = False,
-                      text_files: Optional[Dict[str, Sequence[str]]] = None) -> Dict:
+                      text_files: Optional[Dict[str, Sequence[str]]] = None, shuffle_seed: Optional[int] = 0) -> Dict:
     """Write ``splits`` (name -> rows; "train" first) to ``out_dir``; returns meta.json's dict.
+    ``shuffle_seed``: the train split's rows are written in this seed's random order (None: input
+    order); other splits keep the input order.
     ``with_text``: rows are 4-tuples whose last item is the raw text (column ``text``).
     ``text_files``: file name -> lines (e.g. ``vocab.txt``: line i = token i), written inside too."""
     for name, seq in (("label_text", label_text), ("label_tokens", label_tokens)):
@@ -105,10 +149,13 @@ def write_xmc_dataset(out_dir: str, splits: Dict[str, Iterable[Row]], *, num_lab
         for name, rows in splits.items():
             info[name] = _write_split(tmp, name, rows, id0, vocab_size, num_labels,
                                       counts if name == "train" else None, (totals or {}).get(name), progress,
-                                      with_text)
+                                      with_text, shuffle_seed if name == "train" else None)
+            if name == "train":
+                info[name]["order"] = "input" if shuffle_seed is None else f"shuffled (seed {shuffle_seed})"
             id0 += info[name]["rows"]
         _write_labels(tmp, num_labels, vocab_size, counts, label_text, label_tokens)
-        meta = {"task": "xmc", "schema_version": SCHEMA_VERSION, "seed": 0, "num_classes": num_labels,
+        meta = {"task": "xmc", "schema_version": SCHEMA_VERSION,
+                "seed": 0 if shuffle_seed is None else shuffle_seed, "num_classes": num_labels,
                 "test_classes": 0, "inputs": {"tokens": {"vocab_size": vocab_size, "pad_id": vocab_size,
                                                        "weights": True}},
                 "splits": info, "labels": {"file": "labels.parquet", "rows": num_labels,
