@@ -177,6 +177,16 @@ def test_flowcnn_size_embedding_rows_by_hand():
     assert enc.size_table.weight.grad[rows].abs().sum() > 0
 
 
+def _port_flows(params, ports, protos):
+    """A flowcnn with ``params`` on data that has ports, and two flows that differ only in port."""
+    meta = dict(meta_for("quic"), inputs=dict(meta_for("quic").get("inputs", {}), ports={}))
+    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params=params), meta).eval()
+    x = {"pkt_sizes": torch.tensor([[100, 60]] * 2), "pkt_dirs": torch.tensor([[1, -1]] * 2),
+         "pkt_iat": torch.zeros(2, 2), "lengths": torch.tensor([2, 2]), "flow_stats": torch.ones(2, enc.num_stats),
+         "server_port": torch.tensor(ports), "ip_proto": torch.tensor(protos)}
+    return enc, x, meta
+
+
 def test_flowcnn_port_rows_by_hand_and_the_port_vector_reaches_the_embedding():
     """port_embed: row 0 unknown, 1..1023 the port, 1024 + port % buckets registered, 1024 +
     buckets dynamic; UDP adds 1025 + buckets. Two flows that differ only in port embed apart."""
@@ -186,11 +196,7 @@ def test_flowcnn_port_rows_by_hand_and_the_port_vector_reaches_the_embedding():
     proto = torch.tensor([6, 6, 6, 6, 6, 6, 6, 6, 17])
     assert port_rows(port, proto, 100).tolist() == [0, 53, 1023, 1024 + 24, 1024 + 80, 1024 + 51, 1124, 1124,
                                                     1125 + 53]
-    meta = dict(meta_for("quic"), inputs=dict(meta_for("quic").get("inputs", {}), ports={}))
-    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_embed": 4}), meta).eval()
-    x = {"pkt_sizes": torch.tensor([[100, 60]] * 2), "pkt_dirs": torch.tensor([[1, -1]] * 2),
-         "pkt_iat": torch.zeros(2, 2), "lengths": torch.tensor([2, 2]), "flow_stats": torch.ones(2, enc.num_stats),
-         "server_port": torch.tensor([53, 443]), "ip_proto": torch.tensor([17, 17])}
+    enc, x, _ = _port_flows({"port_embed": 4}, [53, 443], [17, 17])
     out = enc(x)
     assert not torch.allclose(out[0], out[1])
     with torch.no_grad():
@@ -203,11 +209,7 @@ def test_flowcnn_port_rows_by_hand_and_the_port_vector_reaches_the_embedding():
 
 
 def test_flowcnn_port_out_is_the_last_dimensions_of_the_embedding():
-    meta = dict(meta_for("quic"), inputs=dict(meta_for("quic").get("inputs", {}), ports={}))
-    enc = build_encoder(ModelConfig(encoder="flowcnn", embedding_dim=D, params={"port_out": 5}), meta).eval()
-    x = {"pkt_sizes": torch.tensor([[100, 60]] * 2), "pkt_dirs": torch.tensor([[1, -1]] * 2),
-         "pkt_iat": torch.zeros(2, 2), "lengths": torch.tensor([2, 2]), "flow_stats": torch.ones(2, enc.num_stats),
-         "server_port": torch.tensor([53, 60000]), "ip_proto": torch.tensor([17, 6])}
+    enc, x, meta = _port_flows({"port_out": 5}, [53, 60000], [17, 6])
     out = enc(x)
     assert out.shape == (2, D)
     from xclass.models.encoders.flowcnn import port_rows
