@@ -101,3 +101,28 @@ def test_bad_direction_names_file_and_row(tmp_path):
         pq.write_table(pa.table({"x": [1]}), tmp_path / "g.parquet")
         import_flows([str(tmp_path / "g.parquet")], str(tmp_path / "out"), label_column="SNI", ppi_column="PPI",
                      show_progress=False)
+
+
+def test_port_and_protocol_columns_are_stored_and_checked(tmp_path):
+    ppi = [[0, 1.0], [1, -1], [100, 200]]
+    t = pa.table({"APP": ["dns", "web", "web"], "PPI": [json.dumps(ppi)] * 3, "DST_PORT": [53, 443, 8443],
+                  "PROTOCOL": ["17", "tcp", "6"]})
+    pq.write_table(t, tmp_path / "f.parquet")
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out"), label_column="APP", ppi_column="PPI",
+                        port_column="DST_PORT", proto_column="PROTOCOL", show_progress=False)
+    out = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    assert out["server_port"] == [53, 443, 8443] and out["ip_proto"] == [17, 6, 6]
+    assert meta["inputs"]["ports"]["columns"] == ["server_port", "ip_proto"]
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "o2"), label_column="APP", ppi_column="PPI",
+                        show_progress=False)                    # without the options: 0 = unknown, no ports
+    assert "ports" not in meta["inputs"]
+    assert pq.read_table(tmp_path / "o2" / "train.parquet").to_pydict()["server_port"] == [0, 0, 0]
+    pq.write_table(t.set_column(2, "DST_PORT", pa.array([53, 70000, 1])), tmp_path / "bad.parquet")
+    with pytest.raises(ImportError_, match=r"bad\.parquet: row 1, column DST_PORT: a port must be"):
+        import_flows([str(tmp_path / "bad.parquet")], str(tmp_path / "o3"), label_column="APP", ppi_column="PPI",
+                     port_column="DST_PORT", show_progress=False)
+    pq.write_table(t.set_column(3, "PROTOCOL", pa.array(["17", "icmp", "6"])), tmp_path / "bad2.parquet")
+    with pytest.raises(ImportError_, match=r"row 1, column PROTOCOL: protocol must be"):
+        import_flows([str(tmp_path / "bad2.parquet")], str(tmp_path / "o3"), label_column="APP", ppi_column="PPI",
+                     proto_column="PROTOCOL", show_progress=False)
+    assert not (tmp_path / "o3").exists()

@@ -79,6 +79,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--stats-map", default=None,
                    help="stat=COLUMN,... e.g. duration_s=DURATION,bytes_up=BYTES,bytes_down=BYTES_REV,"
                         "packets_up=PACKETS,packets_down=PACKETS_REV")
+    g.add_argument("--port-column", default=None,
+                   help="the flow's service (server) port, stored for flowcnn's port_embed / port_out (CESNET: DST_PORT)")
+    g.add_argument("--proto-column", default=None, help="IP protocol, 6/tcp or 17/udp (CESNET: PROTOCOL)")
     g = p.add_argument_group("one row per packet (grouped into flows; statistics over all packets)")
     g.add_argument("--flow-id-column", default=None,
                    help="flow id column(s), comma-separated, e.g. a connection's "
@@ -170,7 +173,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         stats_map=a.stats_map, flow_id_column=a.flow_id_column, time_column=a.time_column,
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
                         src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
-                        test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show)
+                        test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
+                        port_column=a.port_column, proto_column=a.proto_column)
 
 
 def main(argv=None) -> int:

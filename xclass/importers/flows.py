@@ -27,18 +27,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_meta, write_json
-from xclass.data.schema import SCHEMA_VERSION
-from xclass.importers.common import ImportError_, RowSplit
+from xclass.importers.common import ImportError_
+from xclass.importers.flow_writer import STATS, write_flows
 
-STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
 Rows = Tuple[List[str], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (class names, (class, packets) per flow)
 
 
@@ -150,16 +148,22 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                  size_column: Optional[str] = None, direction_column: Optional[str] = None,
                  src_column: Optional[str] = None, bidirectional: Optional[str] = None, num_packets: int = 30,
                  test_classes: int = 0, seed: int = 0, test_fraction: float = 0.0,
-                 overwrite: bool = False, show_progress: bool = True) -> Dict:
+                 overwrite: bool = False, show_progress: bool = True, port_column: Optional[str] = None,
+                 proto_column: Optional[str] = None) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
     ``test_classes`` > 0 or ``test_fraction`` > 0, meta.json). One row per flow (two passes: class
     names, then rows), or one row per packet when ``flow_id_column`` is given (one pass, then the
     flows). ``test_fraction``: closed set, that share of each training class's flows (seeded,
-    :class:`RowSplit`) goes to test with its training label."""
+    :class:`~xclass.importers.common.RowSplit`) goes to test with its training label.
+    ``port_column`` / ``proto_column`` (one row per flow): the flow's service port and IP
+    protocol (6/tcp, 17/udp), stored as ``server_port`` / ``ip_proto`` (e.g. CESNET's DST_PORT
+    and PROTOCOL)."""
     if not inputs:
         raise ImportError_("no input files")
     if not 0.0 <= test_fraction < 1.0:
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if (port_column or proto_column) and flow_id_column:
+        raise ImportError_("--port-column and --proto-column are for one row per flow, not with --flow-id-column")
     source: Dict[str, Any] = {"importer": "flows", "files": [os.path.abspath(p) for p in inputs],
                               "label_column": label_column}
     if flow_id_column:
@@ -170,55 +174,60 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                                                                or iat_column or stats_map), bidirectional)
         source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit,
                       bidirectional=bidirectional or None)
-        return _write(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
+        return write_flows(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
                       num_packets, test_classes, seed, overwrite, test_fraction)
     if time_column or size_column or direction_column or src_column or bidirectional:
         raise ImportError_("--time-column, --size-column, --direction-column, --src-column and --bidirectional "
                            "need --flow-id-column (one row per packet)")
+
     if ppi_column is None and not (sizes_column and dirs_column and iat_column):
         raise ImportError_("give --ppi-column, or all of --sizes-column, --dirs-column, --iat-column")
     smap = parse_stats_map(stats_map)
     read = lambda: _flow_rows(inputs, label_column, ppi_column, [sizes_column, dirs_column, iat_column],  # noqa: E731
-                              smap, num_packets, show_progress)
-    return _write(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+                              smap, num_packets, show_progress, (port_column, proto_column))
+    return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
 
 
 def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
-               smap: Dict[str, str], n: int, show_progress: bool) -> Rows:
+               smap: Dict[str, str], n: int, show_progress: bool,
+               port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Rows:
     """One row per flow: class names (first pass), then ``(class, packets)`` per row (second pass)."""
     from tqdm import tqdm
 
     pkt_cols = [ppi_column] if ppi_column else list_columns
     names = sorted({str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column])})
-    rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values()]), desc="import flows", unit="flows",
-                disable=not show_progress)
-    return names, ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap))
+    extra = [c for c in port_cols if c]
+    rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]), desc="import flows",
+                unit="flows", disable=not show_progress)
+    return names, ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols))
                    for rec, path, row in rows)
 
 
-def _write(out: str, read: Callable[[], Rows], source: Dict, n: int, test_classes: int, seed: int,
-           overwrite: bool, test_fraction: float = 0.0) -> Dict:
-    """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes, write splits and meta."""
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        names, flows = read()
-        if test_classes >= len(names):
-            raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
-        held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
-            if test_classes else set()
-        train_names = [n for n in names if n not in held]
-        test_names = sorted(held)
-        label_of = {n: i for i, n in enumerate(train_names + test_names)}
-        writers = _FlowWriters(tmp, n)
-        rows = RowSplit(test_fraction, seed)
-        for name, packets in flows:
-            writers.add("test" if name in held or rows.is_test(name) else "train", label_of[name], packets)
-        meta = writers.close(train_names, test_names, source, seed)
-        write_json(os.path.join(tmp, "meta.json"), meta)
-        return meta
+def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: str, row: int) -> Tuple[int, int]:
+    """(service port, IP protocol) of a flow row; 0 where no column was given."""
+    port = proto = 0
+    if cols[0]:
+        v = rec.get(cols[0])
+        try:
+            port = int(float(v))
+            ok = float(v) == port and 0 <= port <= 65535
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ImportError_(f"{path}: row {row}, column {cols[0]}: a port must be an integer in [0, 65535], "
+                               f"got {v!r}", file=path, row=row)
+    if cols[1]:
+        v = rec.get(cols[1])
+        proto = {"6": 6, "tcp": 6, "17": 17, "udp": 17}.get(str(v).strip().lower().removesuffix(".0"), -1)
+        if proto < 0:
+            raise ImportError_(f"{path}: row {row}, column {cols[1]}: protocol must be 6/tcp or 17/udp, got {v!r}",
+                               file=path, row=row)
+    return port, proto
 
 
 def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str], cols: List[str],
-             n: int, smap: Dict[str, str]) -> Dict[str, np.ndarray]:
+             n: int, smap: Dict[str, str],
+             port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Dict[str, np.ndarray]:
     where = f"{path}: row {row}"
     if ppi_column:
         ppi = _as_list(rec[ppi_column], f"{where}, column {ppi_column}")
@@ -243,82 +252,5 @@ def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str]
         if v is None or not np.isfinite(float(v)):
             raise ImportError_(f"{where}, column {c}: missing or non-finite flow statistic", file=path, row=row)
         stats[STATS.index(k)] = float(v)
-    return pack(sizes, dirs, iat, stats, n)
-
-
-class _FlowWriters:
-    """Per-split PartWriters of the quic schema, buffered in chunks of 4096 flows."""
-
-    def __init__(self, tmp: str, n: int) -> None:
-        self.tmp, self.n = tmp, n
-        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pkt_sizes", pa.list_(pa.int16(), n)),
-                            ("pkt_dirs", pa.list_(pa.int8(), n)), ("pkt_iat", pa.list_(pa.float32(), n)),
-                            ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS))),
-                            ("server_port", pa.int32()), ("ip_proto", pa.int8())])
-        self.schema = with_task_meta(schema, "quic", num_packets=n, flow_stats=list(STATS))
-        self.w: Dict[str, PartWriter] = {}
-        self.buf: Dict[str, List] = {}
-        self.seen: Dict[str, List] = {}
-        self.next_id = 0
-        self.ports_known = False
-
-    def add(self, split: str, label: int, p: Dict[str, np.ndarray]) -> None:
-        if split not in self.w:
-            self.w[split] = PartWriter(os.path.join(self.tmp, f"{split}.parquet"), self.schema, row_group_rows=65536)
-            self.buf[split], self.seen[split] = [], []
-        self.buf[split].append((self.next_id, label, p))
-        self.seen[split].append((self.next_id, label))
-        self.next_id += 1
-        if len(self.buf[split]) >= 4096:
-            self._flush(split)
-
-    def _flush(self, split: str) -> None:
-        rows = self.buf[split]
-        if not rows:
-            return
-        st = lambda k: np.stack([r[2][k] for r in rows])  # noqa: E731
-        self.w[split].write({"id": pa.array([r[0] for r in rows], pa.int64()),
-                             "label": pa.array([r[1] for r in rows], pa.int64()),
-                             "pkt_sizes": fixed_list(st("sizes"), pa.int16()), "pkt_dirs": fixed_list(st("dirs"), pa.int8()),
-                             "pkt_iat": fixed_list(st("iat"), pa.float32()),
-                             "num_packets": pa.array([r[2]["num"] for r in rows], pa.int32()),
-                             "flow_stats": fixed_list(st("stats"), pa.float32()),
-                             "server_port": pa.array([r[2]["port"] for r in rows], pa.int32()),
-                             "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8())})
-        self.ports_known |= any(r[2]["port"] > 0 for r in rows)
-        self.buf[split] = []
-
-    def close(self, train_names: List[str], test_names: List[str], source: Dict, seed: int) -> Dict:
-        if "train" not in self.w:
-            raise ImportError_("no flow went to the training split")
-        splits = {}
-        for split, w in self.w.items():
-            self._flush(split)
-            w.close()
-            ids, labels = (np.array(x) for x in zip(*self.seen[split]))
-            splits[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
-                             "id_range": [int(ids.min()), int(ids.max()) + 1],
-                             "label_range": [int(labels.min()), int(labels.max()) + 1]}
-        meta = {"task": "quic", "schema_version": SCHEMA_VERSION, "seed": seed, "num_classes": len(train_names),
-                "test_classes": len(test_names), "class_names": train_names + test_names, "splits": splits,
-                "inputs": {"flow_stats": list(STATS), "packets": {"columns": ["pkt_sizes", "pkt_dirs", "pkt_iat"],
-                           "dirs": "+1 client->server, -1 server->client, 0 pad", "iat_unit": "ms",
-                           "num_packets": self.n}}, "source": source}
-        if self.ports_known:  # the server_port / ip_proto columns carry values (pcap imports)
-            meta["inputs"]["ports"] = {"columns": ["server_port", "ip_proto"],
-                                       "server_port": "the service port (the server's, or the client's well-known one), 0 unknown",
-                                       "ip_proto": "6 tcp, 17 udp, 0 unknown"}
-        if "test" in self.w:
-            meta["gallery_query"] = self._gallery_query()
-        return meta
-
-    def _gallery_query(self) -> Dict:
-        """Per test class, the first half of its test rows (file order, at least 1) is gallery."""
-        ids, labels = (np.array(x) for x in zip(*self.seen["test"]))
-        is_q = np.zeros(len(ids), bool)
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            is_q[idx[max(1, len(idx) // 2):]] = True
-        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "is_query": pa.array(is_q)}),
-                       os.path.join(self.tmp, "gallery_query.parquet"))
-        return {"file": "gallery_query.parquet", "rows": int(len(ids)), "queries": int(is_q.sum())}
+    port, proto = _port(rec, port_cols, path, row)
+    return pack(sizes, dirs, iat, stats, n, port=port, proto=proto)

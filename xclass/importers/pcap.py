@@ -178,7 +178,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
                 seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False) -> Dict:
     """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta."""
-    from xclass.importers.flows import _write
+    from xclass.importers.flow_writer import write_flows
 
     if not captures:
         raise ImportError_("no capture files")
@@ -196,4 +196,4 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
               "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
               "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
     read = lambda: (names, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
-    return _write(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+    return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)

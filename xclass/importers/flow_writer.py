@@ -1,0 +1,115 @@
+"""Writing the quic schema: flows -> train/test Parquet splits, ``meta.json`` and the open set's
+``gallery_query.parquet`` (shared by ``import flows`` and ``import pcap``)."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xclass.data.schema import SCHEMA_VERSION
+from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_meta, write_json
+from xclass.importers.common import ImportError_, RowSplit
+
+STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
+
+
+def write_flows(out: str, read: Callable[[], tuple], source: Dict, n: int, test_classes: int, seed: int,
+           overwrite: bool, test_fraction: float = 0.0) -> Dict:
+    """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes, write splits and meta."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        names, flows = read()
+        if test_classes >= len(names):
+            raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
+        held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
+            if test_classes else set()
+        train_names = [n for n in names if n not in held]
+        test_names = sorted(held)
+        label_of = {n: i for i, n in enumerate(train_names + test_names)}
+        writers = FlowWriters(tmp, n)
+        rows = RowSplit(test_fraction, seed)
+        for name, packets in flows:
+            writers.add("test" if name in held or rows.is_test(name) else "train", label_of[name], packets)
+        meta = writers.close(train_names, test_names, source, seed)
+        write_json(os.path.join(tmp, "meta.json"), meta)
+        return meta
+
+
+class FlowWriters:
+    """Per-split PartWriters of the quic schema, buffered in chunks of 4096 flows."""
+
+    def __init__(self, tmp: str, n: int) -> None:
+        self.tmp, self.n = tmp, n
+        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pkt_sizes", pa.list_(pa.int16(), n)),
+                            ("pkt_dirs", pa.list_(pa.int8(), n)), ("pkt_iat", pa.list_(pa.float32(), n)),
+                            ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS))),
+                            ("server_port", pa.int32()), ("ip_proto", pa.int8())])
+        self.schema = with_task_meta(schema, "quic", num_packets=n, flow_stats=list(STATS))
+        self.w: Dict[str, PartWriter] = {}
+        self.buf: Dict[str, List] = {}
+        self.seen: Dict[str, List] = {}
+        self.next_id = 0
+        self.ports_known = False
+
+    def add(self, split: str, label: int, p: Dict[str, np.ndarray]) -> None:
+        if split not in self.w:
+            self.w[split] = PartWriter(os.path.join(self.tmp, f"{split}.parquet"), self.schema, row_group_rows=65536)
+            self.buf[split], self.seen[split] = [], []
+        self.buf[split].append((self.next_id, label, p))
+        self.seen[split].append((self.next_id, label))
+        self.next_id += 1
+        if len(self.buf[split]) >= 4096:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.buf[split]
+        if not rows:
+            return
+        st = lambda k: np.stack([r[2][k] for r in rows])  # noqa: E731
+        self.w[split].write({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "label": pa.array([r[1] for r in rows], pa.int64()),
+                             "pkt_sizes": fixed_list(st("sizes"), pa.int16()), "pkt_dirs": fixed_list(st("dirs"), pa.int8()),
+                             "pkt_iat": fixed_list(st("iat"), pa.float32()),
+                             "num_packets": pa.array([r[2]["num"] for r in rows], pa.int32()),
+                             "flow_stats": fixed_list(st("stats"), pa.float32()),
+                             "server_port": pa.array([r[2]["port"] for r in rows], pa.int32()),
+                             "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8())})
+        self.ports_known |= any(r[2]["port"] > 0 for r in rows)
+        self.buf[split] = []
+
+    def close(self, train_names: List[str], test_names: List[str], source: Dict, seed: int) -> Dict:
+        if "train" not in self.w:
+            raise ImportError_("no flow went to the training split")
+        splits = {}
+        for split, w in self.w.items():
+            self._flush(split)
+            w.close()
+            ids, labels = (np.array(x) for x in zip(*self.seen[split]))
+            splits[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
+                             "id_range": [int(ids.min()), int(ids.max()) + 1],
+                             "label_range": [int(labels.min()), int(labels.max()) + 1]}
+        meta = {"task": "quic", "schema_version": SCHEMA_VERSION, "seed": seed, "num_classes": len(train_names),
+                "test_classes": len(test_names), "class_names": train_names + test_names, "splits": splits,
+                "inputs": {"flow_stats": list(STATS), "packets": {"columns": ["pkt_sizes", "pkt_dirs", "pkt_iat"],
+                           "dirs": "+1 client->server, -1 server->client, 0 pad", "iat_unit": "ms",
+                           "num_packets": self.n}}, "source": source}
+        if self.ports_known:  # the server_port / ip_proto columns carry values (pcap imports)
+            meta["inputs"]["ports"] = {"columns": ["server_port", "ip_proto"],
+                                       "server_port": "the service port (the server's, or the client's well-known one), 0 unknown",
+                                       "ip_proto": "6 tcp, 17 udp, 0 unknown"}
+        if "test" in self.w:
+            meta["gallery_query"] = self._gallery_query()
+        return meta
+
+    def _gallery_query(self) -> Dict:
+        """Per test class, the first half of its test rows (file order, at least 1) is gallery."""
+        ids, labels = (np.array(x) for x in zip(*self.seen["test"]))
+        is_q = np.zeros(len(ids), bool)
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            is_q[idx[max(1, len(idx) // 2):]] = True
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "is_query": pa.array(is_q)}),
+                       os.path.join(self.tmp, "gallery_query.parquet"))
+        return {"file": "gallery_query.parquet", "rows": int(len(ids)), "queries": int(is_q.sum())}
