@@ -107,9 +107,12 @@ def flow_features(path: str, n_pkts: int) -> Dict[str, np.ndarray]:
     iat = np.log1p(np.maximum(np.asarray(t["pkt_iat"], np.float64)[:, :n_pkts], 0))
     out = {"id": np.asarray(t["id"]), "label": np.asarray(t["label"]), "stats": stats, "rf": np.c_[stats, sizes, iat]}
     if "server_port" in t and any(t["server_port"]):  # port-aware baselines next to the plain ones
-        port, proto = np.asarray(t["server_port"], np.int64), np.asarray(t["ip_proto"], np.int64)
-        out["port_key"] = proto * 65536 + np.minimum(port, 49152)  # all dynamic ports alike
-        out["rf_port"] = np.c_[out["rf"], np.minimum(port, 49152), proto]
+        from xclass.models.encoders.flowcnn import EPHEMERAL_PORT
+
+        port = np.minimum(np.asarray(t["server_port"], np.int64), EPHEMERAL_PORT)  # all dynamic ports alike
+        proto = np.asarray(t["ip_proto"], np.int64)
+        out["port_key"] = proto * 65536 + port
+        out["rf_port"] = np.c_[out["rf"], port, proto]
     return out
 
 
@@ -253,6 +256,7 @@ def validation_data(data: str, fraction: float, seed: int, out: str, classes: in
     and are split half/half into gallery and queries by the benchmark. Written under ``out``."""
     import shutil
     from xclass.eval.split import query_mask
+    from xclass.importers.common import split_info
 
     meta = load_meta(data)
     t = pq.read_table(split_files(data, "train")[0])
@@ -277,10 +281,7 @@ def validation_data(data: str, fraction: float, seed: int, out: str, classes: in
     for split, keep in (("train", ~is_test), ("test", is_test)):
         part = t.filter(pa.array(keep))
         pq.write_table(part, os.path.join(path, f"{split}.parquet"))
-        p_ids, p_lab = np.asarray(part["id"]), np.asarray(part["label"])
-        meta["splits"][split] = {"files": [f"{split}.parquet"], "rows": int(len(p_ids)),
-                                 "id_range": [int(p_ids.min()), int(p_ids.max()) + 1],
-                                 "label_range": [int(p_lab.min()), int(p_lab.max()) + 1]}
+        meta["splits"][split] = split_info(split, np.asarray(part["id"]), np.asarray(part["label"]))
     meta["source"] = {**meta.get("source", {}), "validation_of": os.path.abspath(data),
                       "validation_fraction": fraction, "validation_classes": classes, "validation_seed": seed}
     with open(os.path.join(path, "meta.json"), "w") as f:

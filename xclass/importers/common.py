@@ -203,11 +203,14 @@ class SplitWriters:
         for split, w in self.writers.items():
             self._flush(split)
             w.close()
-            ids, labels = np.array(self.ids[split]), np.array(self.labels[split])
-            info[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
-                           "id_range": [int(ids.min()), int(ids.max()) + 1],
-                           "label_range": [int(labels.min()), int(labels.max()) + 1]}
+            info[split] = split_info(split, np.array(self.ids[split]), np.array(self.labels[split]))
         return info
+
+
+def split_info(split: str, ids: np.ndarray, labels: np.ndarray) -> Dict:
+    """meta.json's entry of a one-file split: file, row count, id and label ranges (half-open)."""
+    return {"files": [f"{split}.parquet"], "rows": int(len(ids)), "id_range": [int(ids.min()), int(ids.max()) + 1],
+            "label_range": [int(labels.min()), int(labels.max()) + 1]}
 
 
 def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], test_names: List[str],

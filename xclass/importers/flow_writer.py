@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from xclass.data.schema import SCHEMA_VERSION
 from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_meta, write_json
-from xclass.importers.common import ImportError_, RowSplit
+from xclass.importers.common import ImportError_, RowSplit, split_info
 
 STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
 
@@ -86,10 +86,7 @@ class FlowWriters:
         for split, w in self.w.items():
             self._flush(split)
             w.close()
-            ids, labels = (np.array(x) for x in zip(*self.seen[split]))
-            splits[split] = {"files": [f"{split}.parquet"], "rows": int(len(ids)),
-                             "id_range": [int(ids.min()), int(ids.max()) + 1],
-                             "label_range": [int(labels.min()), int(labels.max()) + 1]}
+            splits[split] = split_info(split, *(np.array(x) for x in zip(*self.seen[split])))
         meta = {"task": "quic", "schema_version": SCHEMA_VERSION, "seed": seed, "num_classes": len(train_names),
                 "test_classes": len(test_names), "class_names": train_names + test_names, "splits": splits,
                 "inputs": {"flow_stats": list(STATS), "packets": {"columns": ["pkt_sizes", "pkt_dirs", "pkt_iat"],

@@ -220,9 +220,10 @@ def decode_quic(batch: Batch, meta: Mapping[str, Any]) -> Decoded:
         out["lengths"] = torch.from_numpy(lengths)
         if "flow_stats" in batch:
             out["flow_stats"] = _tensor(batch["flow_stats"], np.float32)
-        for name in ("server_port", "ip_proto"):  # read when meta.json lists inputs.ports
-            if name in batch:
-                out[name] = _tensor(batch[name], np.int64)
+        for _, group in _META_INPUTS["quic"]:  # server_port / ip_proto, read when meta.json lists them
+            for name in group:
+                if name in batch:
+                    out[name] = _tensor(batch[name], np.int64)
     _features(batch, out)
     _require_input("quic", batch, out)
     return out, _single_labels(batch, "label")
