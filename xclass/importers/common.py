@@ -11,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -205,6 +205,17 @@ class SplitWriters:
             w.close()
             info[split] = split_info(split, np.array(self.ids[split]), np.array(self.labels[split]))
         return info
+
+
+def ip_proto(v: Any, where: str, **err: Any) -> int:
+    """6 for ``6``/``tcp``, 17 for ``17``/``udp`` (any case); an :class:`ImportError_` starting
+    with ``where`` (and carrying ``err``: file, row) otherwise."""
+    s = str(v).strip().lower()
+    if s in ("6", "tcp"):
+        return 6
+    if s in ("17", "udp"):
+        return 17
+    raise ImportError_(f"{where}: protocol must be 6/tcp or 17/udp, got {v!r}", **err)
 
 
 def split_info(split: str, ids: np.ndarray, labels: np.ndarray) -> Dict:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from xclass.importers.common import ImportError_
+from xclass.importers.common import ImportError_, ip_proto
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[List[str], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (class names, (class, packets) per flow)
@@ -218,10 +218,8 @@ def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: 
                                f"got {v!r}", file=path, row=row)
     if cols[1]:
         v = rec.get(cols[1])
-        proto = {"6": 6, "tcp": 6, "17": 17, "udp": 17}.get(str(v).strip().lower().removesuffix(".0"), -1)
-        if proto < 0:
-            raise ImportError_(f"{path}: row {row}, column {cols[1]}: protocol must be 6/tcp or 17/udp, got {v!r}",
-                               file=path, row=row)
+        v = int(v) if isinstance(v, float) and v.is_integer() else v  # a numeric Parquet/CSV column
+        proto = ip_proto(v, f"{path}: row {row}, column {cols[1]}", file=path, row=row)
     return port, proto
 
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_
+from xclass.importers.common import ImportError_, ip_proto
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, read_packets
 
@@ -43,15 +43,6 @@ def _endpoint(ip: str, port, where: str) -> Tuple[bytes, int]:
         return ipaddress.ip_address(str(ip).strip()).packed, int(port)
     except ValueError:
         raise ImportError_(f"{where}: bad address or port {ip!r}:{port!r}") from None
-
-
-def _proto(v, where: str) -> int:
-    s = str(v).strip().lower()
-    if s in ("6", "tcp"):
-        return 6
-    if s in ("17", "udp"):
-        return 17
-    raise ImportError_(f"{where}: proto must be 6/tcp or 17/udp, got {v!r}")
 
 
 def read_label_file(path: str) -> Dict[Tuple[str, Key], str]:
@@ -75,7 +66,7 @@ def read_label_file(path: str) -> Dict[Tuple[str, Key], str]:
         miss = [c for c in ("src_ip", "src_port", "dst_ip", "dst_port", "proto", "label") if r.get(c) in (None, "")]
         if miss:
             raise ImportError_(f"{where}: missing {miss}", file=path, row=i)
-        key = flow_key(_proto(r["proto"], where), _endpoint(r["src_ip"], r["src_port"], where),
+        key = flow_key(ip_proto(r["proto"], where), _endpoint(r["src_ip"], r["src_port"], where),
                        _endpoint(r["dst_ip"], r["dst_port"], where))
         out.setdefault((os.path.basename(str(r.get("file") or "")), key), str(r["label"]))
     return out
