@@ -27,13 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from xclass.eval.metrics import LabelSets
-
-
-def label_matrix(labels: LabelSets, num_labels: int) -> sp.csr_matrix:
-    """Binary CSR ``[n, num_labels]`` of label sets."""
-    return sp.csr_matrix((np.ones(len(labels.indices), np.float32), labels.indices, labels.indptr),
-                         shape=(labels.n_rows, num_labels))
+from xclass.eval.tfidf import label_matrix  # noqa: F401 (callers import it from here too)
 
 
 def knn_votes(sim: np.ndarray, nbr: np.ndarray, Y: sp.csr_matrix) -> sp.csr_matrix:

@@ -27,8 +27,8 @@ from typing import Optional, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from xclass.eval.fusion import label_matrix
 from xclass.eval.metrics import LabelSets
+from xclass.eval.tfidf import label_matrix, top_labels
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,6 @@ class RankerModel:
     rows: no weights, bias -inf, so they never score above 0)."""
     weights: sp.csr_matrix
     bias: np.ndarray
-
-
-def _top_labels(scores: np.ndarray, K: int) -> np.ndarray:
-    """Dense ``[b, L]`` scores -> ``[b, K]`` label ids, best first, -1 where the score is <= 0."""
-    K = min(K, scores.shape[1])
-    part = np.argpartition(-scores, K - 1, axis=1)[:, :K]
-    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-    best = np.take_along_axis(part, order, 1)
-    return np.where(np.take_along_axis(scores, best, 1) > 0, best, -1)
 
 
 def shortlist(Q: sp.csr_matrix, D: sp.csr_matrix, labels: LabelSets, num_labels: int, k: int = 50, K: int = 100,
@@ -72,7 +63,7 @@ def shortlist(Q: sp.csr_matrix, D: sp.csr_matrix, labels: LabelSets, num_labels:
         w = np.maximum(np.take_along_axis(S, nn, 1), 0.0)
         Vt = sp.csr_matrix((w.ravel(), nn.ravel(), np.arange(0, nn.size + 1, kk)), shape=(S.shape[0], D.shape[0]))
         V = (Vt @ Y).toarray() / np.maximum(w.sum(1, keepdims=True), 1e-12)
-        out[a:a + chunk] = _top_labels(V, K)
+        out[a:a + chunk] = top_labels(V, K)
         votes[a:a + chunk] = np.where(out[a:a + chunk] >= 0, np.take_along_axis(V, np.maximum(out[a:a + chunk], 0), 1), 0)
     return out, votes
 

@@ -72,11 +72,25 @@ def tfidf(X: sp.csr_matrix, idf: Optional[np.ndarray], width: Optional[int] = No
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-12)) @ X)
 
 
+def label_matrix(labels: LabelSets, num_labels: int) -> sp.csr_matrix:
+    """Binary CSR ``[n, num_labels]`` of label sets."""
+    return sp.csr_matrix((np.ones(len(labels.indices), np.float32), labels.indices, labels.indptr),
+                         shape=(labels.n_rows, num_labels))
+
+
+def top_labels(scores: np.ndarray, K: int) -> np.ndarray:
+    """Dense ``[b, L]`` scores -> ``[b, min(K, L)]`` label ids, best first, -1 where the score is <= 0."""
+    K = min(K, scores.shape[1])
+    part = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    best = np.take_along_axis(part, order, 1)
+    return np.where(np.take_along_axis(scores, best, 1) > 0, best, -1)
+
+
 def knn_rank(Q: sp.csr_matrix, D: sp.csr_matrix, d_labels: LabelSets, num_labels: int, k: int = 50,
              top: int = 100, power: float = 1.0, chunk: int = 256, progress: bool = True) -> np.ndarray:
     """[n_q, top] label ids ranked by similarity-weighted votes of the k nearest training rows."""
-    Y = sp.csr_matrix((np.ones(len(d_labels.indices), np.float32), d_labels.indices, d_labels.indptr),
-                      shape=(d_labels.n_rows, num_labels))
+    Y = label_matrix(d_labels, num_labels)
     DT = D.T.tocsr()
     out = np.full((Q.shape[0], top), -1, np.int64)
     for a in range(0, Q.shape[0], chunk):
@@ -86,11 +100,8 @@ def knn_rank(Q: sp.csr_matrix, D: sp.csr_matrix, d_labels: LabelSets, num_labels
         w = np.take_along_axis(S, nn, 1) ** power
         V = sp.csr_matrix((w.ravel(), nn.ravel(), np.arange(0, nn.size + 1, kk)), shape=(S.shape[0], S.shape[1]))
         scores = (V @ Y).toarray()
-        t = min(top, num_labels)
-        part = np.argpartition(-scores, t - 1, axis=1)[:, :t]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        best = np.take_along_axis(part, order, 1)
-        out[a:a + chunk, :t] = np.where(np.take_along_axis(scores, best, 1) > 0, best, -1)
+        best = top_labels(scores, top)
+        out[a:a + chunk, :best.shape[1]] = best
         if progress:
             print(f"\r[tfidf-knn] {min(a + chunk, Q.shape[0])}/{Q.shape[0]} queries", end="", file=sys.stderr)
     if progress:
