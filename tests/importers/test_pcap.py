@@ -189,3 +189,28 @@ def test_service_port_is_the_well_known_side_when_a_capture_starts_with_the_repl
     # labels: ntp 0, odd 1, web 2. ntp: the first sender (the "client") has 123, the only port
     # below 1,024; odd: likewise 999 against 5000; web: neither is, so the server's 8080
     assert port == {0: 123, 1: 999, 2: 8080}
+
+
+def test_split_by_capture_keeps_shared_labels_closed_and_holds_out_the_rest(tmp_path, capsys):
+    """--test-regex: flows of matching captures go to test; a label also met in the other capture
+    keeps its training index (closed set), a label met only there is held out (index >= C)."""
+    a, b = write(tmp_path / "a.pcap", capture()), write(tmp_path / "b.pcap", capture())
+    web, dns = "10.0.0.2,443,10.0.0.1,5555,tcp", "10.0.0.1,40000,10.0.0.2,53,17"
+    (tmp_path / "l.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label,file\n"
+                                    f"{web},web,a.pcap\n{dns},dns,a.pcap\n{web},web,b.pcap\n{dns},newdns,b.pcap\n")
+    labels = str(tmp_path / "l.csv")
+    meta = import_pcap([a, b], str(tmp_path / "o"), labels=labels, test_regex=r"b\.pcap$", show_progress=False)
+    assert meta["class_names"] == ["dns", "web", "newdns"] and meta["num_classes"] == 2
+    assert meta["source"]["test_regex"] == r"b\.pcap$"
+    train = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
+    test = pq.read_table(tmp_path / "o" / "test.parquet").to_pydict()
+    assert sorted(train["label"]) == [0, 1] and sorted(test["label"]) == [1, 2]
+    assert sorted(train["id"] + test["id"]) == [0, 1, 2, 3]
+    base = ["pcap", "--input", a, b, "--labels", labels, "--out", str(tmp_path / "p")]
+    for extra, msg in ((["--test-regex", "nomatch"], "matches no capture"),
+                       (["--test-regex", "pcap$"], "matches every capture"),
+                       (["--test-regex", "("], "not a regular expression"),
+                       (["--test-regex", "b", "--test-fraction", "0.3"], "cannot be combined")):
+        assert main(base + extra) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "p").exists()

@@ -124,6 +124,10 @@ def _add_pcap(sub) -> None:
                    help="leave out captures that cannot be read (listed in meta.json) instead of stopping")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="closed set: this share of each class's flows (seeded) goes to the test split")
+    p.add_argument("--test-regex", default=None, metavar="RX",
+                   help="split by capture: flows of captures whose path matches go to the test split; their "
+                        "labels also met in other captures keep the training label (closed set), the others "
+                        "are held out (open set)")
     _common(p)
 
 
@@ -165,7 +169,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                            num_packets=a.num_packets, min_packets=a.min_packets, min_flows=a.min_flows,
                            idle_timeout=a.idle_timeout, test_classes=a.test_classes,
                            test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
-                           skip_bad=a.skip_bad)
+                           skip_bad=a.skip_bad, test_regex=a.test_regex)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,

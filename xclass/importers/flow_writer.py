@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,21 +17,24 @@ STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "
 
 
 def write_flows(out: str, read: Callable[[], tuple], source: Dict, n: int, test_classes: int, seed: int,
-           overwrite: bool, test_fraction: float = 0.0) -> Dict:
-    """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes, write splits and meta."""
+           overwrite: bool, test_fraction: float = 0.0, held_out: Optional[Sequence[str]] = None) -> Dict:
+    """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes (or the names
+    ``held_out``), write splits and meta. ``read() -> (names, flows)``; a flow is ``(name,
+    packets)`` or ``(name, packets, to_test)``, where ``to_test`` sends it to the test split."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         names, flows = read()
         if test_classes >= len(names):
             raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
-        held = set(np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist()) \
-            if test_classes else set()
+        held = set(held_out) if held_out is not None else set(
+            np.array(names)[np.random.default_rng(seed).permutation(len(names))[:test_classes]].tolist())
         train_names = [n for n in names if n not in held]
         test_names = sorted(held)
         label_of = {n: i for i, n in enumerate(train_names + test_names)}
         writers = FlowWriters(tmp, n)
         rows = RowSplit(test_fraction, seed)
-        for name, packets in flows:
-            writers.add("test" if name in held or rows.is_test(name) else "train", label_of[name], packets)
+        for name, packets, *to_test in flows:
+            test = name in held or any(to_test) or rows.is_test(name)
+            writers.add("test" if test else "train", label_of[name], packets)
         meta = writers.close(train_names, test_names, source, seed)
         write_json(os.path.join(tmp, "meta.json"), meta)
         return meta

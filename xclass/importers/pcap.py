@@ -12,6 +12,9 @@ Flows come from :mod:`xclass.importers.pcap_read`. Each flow needs a label, from
 
 Unlabelled flows and flows of fewer than ``min_packets`` packets are dropped (counted in
 meta.json ``source``). Labels with fewer than ``min_flows`` flows are dropped too.
+
+Splits as ``import flows`` (``test_classes``: open set; ``test_fraction``: closed set by rows),
+or by capture file (``test_regex``, see :func:`import_pcap`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import csv
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -149,6 +153,7 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
         counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
         base = os.path.basename(path)
         for fl in flows:
+            fl.capture = path
             key = flow_key(fl.proto, fl.client, fl.server)
             name = (fl.sni if sni else nd.get(key) if ndpi
                     else table.get((base, key), table.get(("", key))))
@@ -167,14 +172,22 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
 def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = None, ndpi: bool = False,
                 ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
-                seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False) -> Dict:
-    """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta."""
+                seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False,
+                test_regex: Optional[str] = None) -> Dict:
+    """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta.
+
+    ``test_regex``: the flows of captures whose path matches go to the test split (a split by
+    capture): labels also met in the other captures keep their training label (closed-set
+    queries), labels met only in matching captures are held out (open set, labels >= C)."""
     from xclass.importers.flow_writer import write_flows
 
     if not captures:
         raise ImportError_("no capture files")
     if not 0.0 <= test_fraction < 1.0:
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if test_regex is not None and (test_classes or test_fraction):
+        raise ImportError_("--test-regex splits by capture: it cannot be combined with --test-classes or --test-fraction")
+    rx = _compile(test_regex)
     if os.path.exists(out) and not overwrite:
         raise ImportError_(f"{out} exists; pass --overwrite to replace it", file=out)
     flows, counts = labelled_flows(captures, labels=labels, ndpi=ndpi, ndpi_level=ndpi_level, sni=sni,
@@ -186,5 +199,23 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
     source = {"importer": "pcap", "files": [os.path.abspath(p) for p in captures],
               "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
               "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
-    read = lambda: (names, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
-    return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+    if rx is None:
+        read = lambda: (names, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
+        return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+    to_test = [bool(rx.search(f.capture)) for _, f in flows]
+    if all(to_test) or not any(to_test):
+        raise ImportError_(f"--test-regex {test_regex!r} matches {'every' if all(to_test) else 'no'} capture "
+                           "with labelled flows: the split by capture needs captures on both sides")
+    held = sorted(set(names) - {n for (n, _), t in zip(flows, to_test) if not t})
+    source["test_regex"] = test_regex
+    read = lambda: (names, ((n, flow_packets(f, num_packets), t) for (n, f), t in zip(flows, to_test)))  # noqa: E731
+    return write_flows(out, read, source, num_packets, 0, seed, overwrite, held_out=held)
+
+
+def _compile(test_regex: Optional[str]) -> Optional["re.Pattern"]:
+    if test_regex is None:
+        return None
+    try:
+        return re.compile(test_regex)
+    except re.error as exc:
+        raise ImportError_(f"--test-regex {test_regex!r} is not a regular expression: {exc}") from None

@@ -215,6 +215,7 @@ class Flow:
     client_payload: bytes = b""
     sni: Optional[str] = None
     quic: Optional[InitialAssembler] = None
+    capture: str = ""  # the file it was read from (set by import pcap)
 
     def add(self, p: Packet, keep: int) -> None:
         up = p.src == self.client
