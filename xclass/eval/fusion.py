@@ -171,18 +171,14 @@ def tfidf_neighbours(data: str, k: int, chunk: int = 256) -> Tuple[np.ndarray, n
     rows among its train rows (the vectors of :func:`xclass.eval.tfidf.features`)."""
     import os
 
-    from xclass.eval.tfidf import features, read_split
+    from xclass.eval.tfidf import features, neighbours, read_split
 
     Xtr, _, _ = read_split(os.path.join(data, "train.parquet"))
     Xte, _, _ = read_split(os.path.join(data, "test.parquet"))
     D, Q, _ = features(Xtr, Xte)
-    DT = D.T.tocsr()
     sims, ids = [], []
-    for a in range(0, Q.shape[0], chunk):
-        S = (Q[a:a + chunk] @ DT).toarray()
-        kk = min(k, S.shape[1])
-        nn = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-        sims.append(np.take_along_axis(S, nn, 1))
+    for _, s, nn in neighbours(Q, D, k, chunk):
+        sims.append(s)
         ids.append(nn)
     return np.concatenate(sims).astype(np.float32), np.concatenate(ids).astype(np.int64)
 

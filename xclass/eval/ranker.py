@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xclass.eval.metrics import LabelSets
-from xclass.eval.tfidf import label_matrix, top_labels
+from xclass.eval.tfidf import label_matrix, neighbours, top_labels, vote
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,11 @@ def shortlist(Q: sp.csr_matrix, D: sp.csr_matrix, labels: LabelSets, num_labels:
     if prune > 0:
         Dp.data[Dp.data < prune] = 0.0
         Dp.eliminate_zeros()
-    DT = Dp.T.tocsr()
     out = np.full((Q.shape[0], min(K, num_labels)), -1, np.int64)
     votes = np.zeros(out.shape, np.float32)
-    for a in range(0, Q.shape[0], chunk):
-        S = (Q[a:a + chunk] @ DT).toarray()
-        if exclude_self:
-            r = np.arange(S.shape[0])
-            S[r, a + r] = 0.0
-        kk = min(k, S.shape[1])
-        nn = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-        w = np.maximum(np.take_along_axis(S, nn, 1), 0.0)
-        Vt = sp.csr_matrix((w.ravel(), nn.ravel(), np.arange(0, nn.size + 1, kk)), shape=(S.shape[0], D.shape[0]))
-        V = (Vt @ Y).toarray() / np.maximum(w.sum(1, keepdims=True), 1e-12)
+    for a, sims, nn in neighbours(Q, Dp, k, chunk, exclude_self):
+        w = np.maximum(sims, 0.0)
+        V = vote(w, nn, Y) / np.maximum(w.sum(1, keepdims=True), 1e-12)
         out[a:a + chunk] = top_labels(V, K)
         votes[a:a + chunk] = np.where(out[a:a + chunk] >= 0, np.take_along_axis(V, np.maximum(out[a:a + chunk], 0), 1), 0)
     return out, votes

@@ -13,7 +13,7 @@ ranked by total vote. Metrics via :mod:`xclass.eval.metrics` (P@k, nDCG@k, PSP@k
 from __future__ import annotations
 
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -87,20 +87,37 @@ def top_labels(scores: np.ndarray, K: int) -> np.ndarray:
     return np.where(np.take_along_axis(scores, best, 1) > 0, best, -1)
 
 
+def neighbours(Q: sp.csr_matrix, D: sp.csr_matrix, k: int, chunk: int = 256,
+               exclude_self: bool = False) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+    """Per chunk of query rows from ``a``: ``(a, sims [c, k], ids [c, k])``, the ``k`` rows of ``D``
+    with the largest dot product (cosine for L2-normalised rows), unordered. ``exclude_self``:
+    ``Q`` is ``D`` and row i's similarity to itself counts as 0."""
+    DT = D.T.tocsr()
+    for a in range(0, Q.shape[0], chunk):
+        S = (Q[a:a + chunk] @ DT).toarray()
+        if exclude_self:
+            r = np.arange(S.shape[0])
+            S[r, a + r] = 0.0
+        kk = min(k, S.shape[1])
+        nn = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        yield a, np.take_along_axis(S, nn, 1), nn
+
+
+def vote(w: np.ndarray, nn: np.ndarray, Y: sp.csr_matrix) -> np.ndarray:
+    """Label scores ``[c, L]``: the sum over each query's neighbours ``nn [c, k]`` (rows of ``Y
+    [N, L]``) of their weights ``w [c, k]`` times their label rows."""
+    c, k = nn.shape
+    V = sp.csr_matrix((w.ravel(), nn.ravel(), np.arange(0, nn.size + 1, k)), shape=(c, Y.shape[0]))
+    return (V @ Y).toarray()
+
+
 def knn_rank(Q: sp.csr_matrix, D: sp.csr_matrix, d_labels: LabelSets, num_labels: int, k: int = 50,
              top: int = 100, power: float = 1.0, chunk: int = 256, progress: bool = True) -> np.ndarray:
     """[n_q, top] label ids ranked by similarity-weighted votes of the k nearest training rows."""
     Y = label_matrix(d_labels, num_labels)
-    DT = D.T.tocsr()
     out = np.full((Q.shape[0], top), -1, np.int64)
-    for a in range(0, Q.shape[0], chunk):
-        S = (Q[a:a + chunk] @ DT).toarray()
-        kk = min(k, S.shape[1])
-        nn = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-        w = np.take_along_axis(S, nn, 1) ** power
-        V = sp.csr_matrix((w.ravel(), nn.ravel(), np.arange(0, nn.size + 1, kk)), shape=(S.shape[0], S.shape[1]))
-        scores = (V @ Y).toarray()
-        best = top_labels(scores, top)
+    for a, sims, nn in neighbours(Q, D, k, chunk):
+        best = top_labels(vote(sims ** power, nn, Y), top)
         out[a:a + chunk, :best.shape[1]] = best
         if progress:
             print(f"\r[tfidf-knn] {min(a + chunk, Q.shape[0])}/{Q.shape[0]} queries", end="", file=sys.stderr)
