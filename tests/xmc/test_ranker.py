@@ -149,3 +149,18 @@ def test_rankings_scores_aligns_by_id(tmp_path):
     with pytest.raises(ValueError, match="not one of"):
         fusion.parse_weights("ranker=1")
     assert fusion.parse_weights("ranker=1", ["ranker"]) == {"ranker": 1.0}
+
+
+def test_tfidf_neighbours_are_the_brute_force_top_k(tmp_path):
+    """fusion.tfidf_neighbours (the shared tfidf.neighbours loop, in chunks smaller than the test
+    split): each test row's k most cosine-similar training rows, as a dense brute force finds them."""
+    from xclass.eval.fusion import tfidf_neighbours
+    from xclass.eval.tfidf import features, read_split
+
+    d = _dataset(tmp_path)
+    sims, ids = tfidf_neighbours(str(d), k=4, chunk=7)
+    D, Q, _ = features(read_split(str(d / "train.parquet"))[0], read_split(str(d / "test.parquet"))[0])
+    S = (Q @ D.T).toarray()
+    assert ids.shape == (Q.shape[0], 4)
+    np.testing.assert_allclose(np.sort(sims, 1), np.sort(S, 1)[:, -4:], rtol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(S, ids, 1), sims, rtol=1e-5)
