@@ -56,6 +56,13 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="impostor pairs per genuine pair (default 1: a balanced file, shuffled)")
     _common(p)
+    _add_audio(sub)
+    _add_flows(sub)
+    _add_pcap(sub)
+    return parser
+
+
+def _add_audio(sub) -> None:
     p = sub.add_parser("audio", help="WAV/FLAC/OGG, one folder per speaker -> 80-dim log-mel fbank")
     _folder(p, "recordings")
     p.add_argument("--sample-rate", type=int, default=16000, help="resample every file to this rate")
@@ -67,6 +74,9 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="non-target trials per target trial (default 1: a balanced file, shuffled)")
     _common(p)
+
+
+def _add_flows(sub) -> None:
     p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
     p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz) or Parquet files")
@@ -102,8 +112,6 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="closed set: this share of each class's flows (seeded, spread over the file) goes to "
                         "the test split with its training label")
     _common(p)
-    _add_pcap(sub)
-    return parser
 
 
 def _add_pcap(sub) -> None:
