@@ -1,4 +1,5 @@
-""""M rows per class" arrangement of a reader window (``data.sampler: m_per_class``).
+""""M rows per class" arrangement of a reader window (``data.sampler: m_per_class``), and the
+class weights of ``data.sampler: class_balanced`` (:func:`class_row_weights`, :func:`balanced_draw`).
 
 Metric-learning losses (the angular prototypical head) need several rows of the same class in
 a batch; a shuffled stream over thousands of classes almost never gives them. Within each
@@ -23,9 +24,10 @@ from typing import Any, Iterable, Iterator, List, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from xclass.config_types import ConfigError
-from xclass.data.schema import TASK_COLUMNS
+from xclass.data.schema import TASK_COLUMNS, DataError
 
 
 def _label_runs(labels: np.ndarray, seq: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,6 +103,24 @@ def arrange_windows(tables: Iterable[pa.Table], seed: List[int], m: int,
         yield pool.take(pa.array(order))
     if carry is not None and carry.num_rows:
         yield carry.take(pa.array(tail_order(carry.column(label_column).to_numpy(), rng(w + 1))))
+
+
+def class_row_weights(files: List[str], label_column: str, power: float) -> np.ndarray:
+    """Weight per class id ``[C]`` of one of its rows, ``N_c ** -power`` over all ``files``
+    (0 for ids with no row); a negative id is a DataError naming the column."""
+    labels = np.concatenate([np.asarray(pq.read_table(f, columns=[label_column])[label_column])
+                             for f in files]).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DataError("negative class id with class-balanced sampling", column=label_column)
+    counts = np.bincount(labels).astype(np.float64)
+    return np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+
+
+def balanced_draw(labels: np.ndarray, row_weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``len(labels)`` row indices of a window drawn with replacement, row i with probability
+    proportional to ``row_weight[labels[i]]``."""
+    w = row_weight[labels]
+    return rng.choice(len(w), size=len(w), replace=True, p=w / w.sum())
 
 
 def check_sampler(data: Any, world_size: int) -> None:

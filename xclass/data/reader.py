@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xclass.data.grouping import arrange_windows
+from xclass.data.grouping import arrange_windows, balanced_draw, class_row_weights
 from xclass.data.schema import DataError, read_task_meta
 
 
@@ -297,14 +297,8 @@ class ParquetReader:
     def _draw(self, t: pa.Table, rng: np.random.Generator) -> np.ndarray:
         """Class-balanced row indices ``[n]`` into window ``t`` (with replacement)."""
         if self._row_weight is None:
-            labels = np.concatenate([np.asarray(pq.read_table(f, columns=[self.label_column])[self.label_column])
-                                     for f in self.files]).astype(np.int64)
-            if labels.size and labels.min() < 0:
-                raise DataError("negative class id with class-balanced sampling", column=self.label_column)
-            counts = np.bincount(labels).astype(np.float64)
-            self._row_weight = np.where(counts > 0, np.maximum(counts, 1.0) ** -self.balance_power, 0.0)
-        w = self._row_weight[np.asarray(t[self.label_column]).astype(np.int64)]
-        return rng.choice(len(w), size=len(w), replace=True, p=w / w.sum())
+            self._row_weight = class_row_weights(self.files, self.label_column, self.balance_power)
+        return balanced_draw(np.asarray(t[self.label_column]).astype(np.int64), self._row_weight, rng)
 
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
         steps, b = self.batches_per_epoch(), self.batch_rows
