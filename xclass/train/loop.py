@@ -75,6 +75,12 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
             epoch, batch_in_epoch = epoch + 1, 0
             continue
         break
+    return _finish(s, ctx, runlog, log, run_dir, step, last)
+
+
+def _finish(s: Setup, ctx: ParallelContext, runlog: RunLog, log: Any, run_dir: str, step: int,
+            last: Dict[str, Any]) -> Dict[str, Any]:
+    """Close the run log, refuse a run that ended on non-finite steps, plot (rank 0); the final row."""
     runlog.close()
     if nonfinite.streak(s):
         raise nonfinite.NonFiniteError(f"step {step}: the last {nonfinite.streak(s)} step(s) were not finite; "
