@@ -43,6 +43,24 @@ def port_rows(port: Tensor, proto: Tensor, buckets: int) -> Tensor:
     return row + (proto.long() == 17).long() * (1025 + buckets)
 
 
+def _check_params(embedding_dim: int, channels: Sequence[int], kernels: Sequence[int], size_embed: int,
+                  size_bin: int, max_size: int, flat_hidden: int, num_packets: int, stats_bin: float,
+                  stats_bins: int, port_embed: int, port_buckets: int, port_out: int) -> None:
+    """ValueError naming the flowcnn parameters that cannot build a network."""
+    if port_embed < 0 or port_buckets < 1 or not 0 <= port_out < embedding_dim:
+        raise ValueError(f"flowcnn: need port_embed >= 0, port_buckets >= 1 and 0 <= port_out < "
+                         f"embedding_dim, got {port_embed}, {port_buckets}, {port_out}")
+    if flat_hidden > 0 and num_packets < 1:
+        raise ValueError("flowcnn: flat_hidden > 0 needs the packet count (meta.json num_packets)")
+    if size_embed < 0 or size_bin < 1 or max_size < size_bin or stats_bin <= 0 or stats_bins < 1:
+        raise ValueError(f"flowcnn: need size_embed >= 0, size_bin >= 1, max_size >= size_bin, "
+                         f"stats_bin > 0 and stats_bins >= 1, got {size_embed}, {size_bin}, {max_size}, "
+                         f"{stats_bin}, {stats_bins}")
+    if len(channels) != len(kernels) or not channels:
+        raise ValueError(f"flowcnn: 'channels' {list(channels)} and 'kernels' "
+                         f"{list(kernels)} must be non-empty and of equal length")
+
+
 def signed_log1p(x: Tensor) -> Tensor:
     """Compress heavy-tailed counts/bytes/durations while keeping their sign."""
     return torch.sign(x) * torch.log1p(x.abs())
@@ -58,18 +76,8 @@ class FlowCNN(nn.Module):
                  stats_embed: int = 0, stats_bin: float = 0.5, stats_bins: int = 64,
                  port_embed: int = 0, port_buckets: int = 2048, port_out: int = 0) -> None:
         super().__init__()
-        if port_embed < 0 or port_buckets < 1 or not 0 <= port_out < embedding_dim:
-            raise ValueError(f"flowcnn: need port_embed >= 0, port_buckets >= 1 and 0 <= port_out < "
-                             f"embedding_dim, got {port_embed}, {port_buckets}, {port_out}")
-        if flat_hidden > 0 and num_packets < 1:
-            raise ValueError("flowcnn: flat_hidden > 0 needs the packet count (meta.json num_packets)")
-        if size_embed < 0 or size_bin < 1 or max_size < size_bin or stats_bin <= 0 or stats_bins < 1:
-            raise ValueError(f"flowcnn: need size_embed >= 0, size_bin >= 1, max_size >= size_bin, "
-                             f"stats_bin > 0 and stats_bins >= 1, got {size_embed}, {size_bin}, {max_size}, "
-                             f"{stats_bin}, {stats_bins}")
-        if len(channels) != len(kernels) or not channels:
-            raise ValueError(f"flowcnn: 'channels' {list(channels)} and 'kernels' "
-                             f"{list(kernels)} must be non-empty and of equal length")
+        _check_params(embedding_dim, channels, kernels, size_embed, size_bin, max_size, flat_hidden, num_packets,
+                      stats_bin, stats_bins, port_embed, port_buckets, port_out)
         self.size_scale, self.num_stats = size_scale, num_stats
         self.size_bin, self.size_bins = size_bin, max_size // size_bin + 1  # the last bin: >= max_size
         # one table row per (size class, direction): rows [0, bins) upstream, [bins, 2 bins) downstream
