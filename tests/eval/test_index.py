@@ -186,7 +186,15 @@ def test_export_refuses_overwrite_and_dim_mismatch(tmp_path):
     b = write_embeddings(tmp_path / "b.parquet", [2, 3], np.ones((2, 6)))
     with pytest.raises(ValueError, match="b.parquet: embedding dimension 6 differs from 4"):
         export_index([a, b], str(tmp_path / "x"))
-    assert not os.path.exists(tmp_path / "x" / "manifest.json")
+    assert not os.path.exists(tmp_path / "x")                   # no shard of a.parquet left behind
+    # a failed --overwrite leaves the old index whole and searchable, and no temp directory
+    before = sorted(os.listdir(d))
+    with pytest.raises(ValueError, match="differs"):
+        export_index([a, b], d, overwrite=True)
+    assert sorted(os.listdir(d)) == before and ShardedIndex.open(d).ntotal > 0
+    assert not [n for n in os.listdir(os.path.dirname(d)) if ".tmp-" in n]
+    export_index([a], d, overwrite=True)                         # a good one replaces it
+    assert ShardedIndex.open(d).ntotal == 2 and not [n for n in os.listdir(d) if n.endswith(".faiss")][1:]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])

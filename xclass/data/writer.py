@@ -116,8 +116,7 @@ def atomic_dir(out_dir: str, *, overwrite: bool = False) -> Iterator[str]:
             reserved = True
         except FileExistsError:
             raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it") from None
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    tmp = staging_dir(out_dir)
     try:
         yield tmp
     except BaseException:
@@ -146,6 +145,18 @@ def _rmdir_quiet(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+def staging_dir(out_dir: str) -> str:
+    """A new, empty temp directory beside ``out_dir`` (``.NAME.tmp-PID-XXXXXXXX``), after removing
+    those left by writers whose process is gone."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    _clean_stale(parent, os.path.basename(out_dir))
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    return tmp
 
 
 def _clean_stale(parent: str, base: str) -> None:

@@ -3,18 +3,22 @@
 Shard by shard: each source (e.g. ``labels-00000.parquet``) becomes one or more index shards
 of at most ``shard_rows`` vectors; only one shard is in memory at a time. IVF kinds are trained
 once on a random sample drawn across all sources, then every shard is a copy of the trained
-empty index. Each shard is written atomically with a read-back check; the manifest is written
-last, so a directory with a manifest is a complete export.
+empty index. The shards are built in a temp directory beside the output, each with a read-back
+check, and moved in only when all are written (an export that fails leaves no shard and an old
+index as it was); the manifest is written last, so a directory with a manifest is a complete
+export.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+import shutil
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from xclass.data.writer import staging_dir
 from xclass.eval import index as xi
 from xclass.eval.io import Source, iter_batches, num_rows
 
@@ -98,20 +102,28 @@ def export_index(sources: Sequence, out_dir: str, spec: xi.IndexSpec = xi.IndexS
     columns ``id`` int64 and ``embedding`` fixed_size_list<float32>[d].
     """
     sources = expand_sources(sources)
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, "manifest.json")):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: already holds an index; pass --overwrite to replace it")
-        for old in glob.glob(os.path.join(out_dir, "shard-*.faiss")):
-            os.remove(old)
-        os.remove(os.path.join(out_dir, "manifest.json"))
+    if os.path.exists(os.path.join(out_dir, "manifest.json")) and not overwrite:
+        raise FileExistsError(f"{out_dir}: already holds an index; pass --overwrite to replace it")
+    tmp = staging_dir(out_dir)
+    try:
+        manifest = _build(sources, tmp, spec, batch_rows, shard_rows, use_gpu, seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # an old index in out_dir is left as it was
+        raise
+    _publish(tmp, out_dir, manifest)
+    return manifest
+
+
+def _build(sources: List[Source], tmp: str, spec: xi.IndexSpec, batch_rows: int, shard_rows: Optional[int],
+           use_gpu: bool, seed: int) -> dict:
+    """Write the shards of ``sources`` into the staging directory ``tmp``; returns the manifest."""
     trained = None
     if spec.needs_training:
         sample = _training_sample(sources, spec, batch_rows, seed)
         trained = xi.new_index(sample.shape[1], spec)
         xi.train(trained, sample, spec, use_gpu)
         del sample
-    writer = _ShardWriter(out_dir, spec, trained)
+    writer = _ShardWriter(tmp, spec, trained)
     digest, dim, seen = hashlib.sha256(), None, 0
     for src in sources:
         for b in iter_batches(src, batch_rows):
@@ -134,9 +146,22 @@ def export_index(sources: Sequence, out_dir: str, spec: xi.IndexSpec = xi.IndexS
         if shard_rows is None:
             writer.flush()               # one shard per source file
     writer.flush()
-    manifest = {"format": xi.FORMAT, "spec": spec.__dict__.copy(), "dim": int(dim),
-                "metric": spec.metric, "normalize": spec.normalize, "dtype": "float32",
-                "ntotal": int(seen), "shards": writer.shards, "data_sha256": digest.hexdigest(),
-                "sources": [_name(s) for s in sources]}
+    return {"format": xi.FORMAT, "spec": spec.__dict__.copy(), "dim": int(dim),
+            "metric": spec.metric, "normalize": spec.normalize, "dtype": "float32",
+            "ntotal": int(seen), "shards": writer.shards, "data_sha256": digest.hexdigest(),
+            "sources": [_name(s) for s in sources]}
+
+
+def _publish(tmp: str, out_dir: str, manifest: dict) -> None:
+    """Move the finished shards from ``tmp`` into ``out_dir`` (an old index there is removed,
+    manifest first) and write the manifest last: a directory with a manifest is a complete export."""
+    os.makedirs(out_dir, exist_ok=True)
+    old = os.path.join(out_dir, "manifest.json")
+    if os.path.exists(old):
+        os.remove(old)
+    for f in glob.glob(os.path.join(out_dir, "shard-*.faiss")):
+        os.remove(f)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    os.rmdir(tmp)
     xi.write_manifest(out_dir, manifest)
-    return manifest
