@@ -250,11 +250,7 @@ def run_fusion(data: str, run: str, work: str, weights: str, k: int = 50) -> Dic
     if run:
         _, top, _ = fusion.fuse_run(run, run + "_eval", w, k, 10, data, nbrs, rankings=rankings)
     else:
-        import pyarrow.parquet as pq
-
-        ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
-        extra = {n: fusion.rankings_scores(p, ids, fusion.read_meta_num_classes(data)) for n, p in rankings.items()}
-        _, top, _ = fusion.fuse_data(data, w, extra, k, 10, nbrs)
+        _, top, _ = fusion.fuse_data(data, w, fusion.data_rankings(data, rankings), k, 10, nbrs)
     return {"method": "fusion", **metrics_row(top, data), "train_s": 0.0,
             "predict_s": round(time.perf_counter() - t0, 1), "weights": weights}
 

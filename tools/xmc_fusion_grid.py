@@ -70,11 +70,8 @@ def grid(run: str, data: str, k: int = 50, rankings: str = "") -> None:
                                                   ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")},
                           "unit": "percent", "data": data}), flush=True)
     if not run:  # TF-IDF kNN + one rankings source
-        import pyarrow.parquet as pq
-
         name, _, path = rankings.partition("=")
-        ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
-        extra = {name: fusion.rankings_scores(path, ids, n_labels)}
+        extra = fusion.data_rankings(data, {name: path})
         for w in RANKINGS_GRID:
             weights = {name: float(w[0]), "tfidf_knn": float(w[1])}
             show(weights, fusion.fuse_data(data, weights, extra, k, 10, nbrs)[1])

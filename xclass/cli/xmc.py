@@ -215,12 +215,7 @@ def _fuse(args: argparse.Namespace) -> int:
         ids, lab, val = fusion.fuse_run(args.run, args.work, weights, args.k, top, data, rankings=rankings)
     else:
         data = args.data
-        n_labels = fusion.read_meta_num_classes(data)
-        import pyarrow.parquet as pq
-
-        test_ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
-        extra = {n: fusion.rankings_scores(p, test_ids, n_labels) for n, p in rankings.items()}
-        ids, lab, val = fusion.fuse_data(data, weights, extra, args.k, top)
+        ids, lab, val = fusion.fuse_data(data, weights, fusion.data_rankings(data, rankings), args.k, top)
     w = RankingWriter(os.path.join(args.work, "fused_rankings.parquet"), top)
     w.write(ids, lab, val)
     w.close()

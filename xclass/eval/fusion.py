@@ -143,13 +143,29 @@ def rankings_scores(path: str, ids: np.ndarray, num_labels: int) -> sp.csr_matri
     return M
 
 
+def test_ids(data: str) -> np.ndarray:
+    """The ``id`` column ``[n_test]`` of ``data``'s test split, in file order."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+
+
+def data_rankings(data: str, rankings: Dict[str, str]) -> Dict[str, sp.csr_matrix]:
+    """name -> rankings Parquet path  ->  name -> CSR ``[n_test, L]`` in ``data``'s test-split
+    order (:func:`rankings_scores`), the ``extra`` sources of :func:`fuse_data`."""
+    if not rankings:
+        return {}
+    ids, n_labels = test_ids(data), read_meta_num_classes(data)
+    return {name: rankings_scores(path, ids, n_labels) for name, path in rankings.items()}
+
+
 def fuse_data(data: str, weights: Dict[str, float], extra: Dict[str, sp.csr_matrix], k: int = 50, top: int = 10,
               tfidf_nbrs: Optional[Tuple[np.ndarray, np.ndarray]] = None):
     """Fusion without a dual run: ``tfidf_knn`` votes and the ``extra`` sources (name -> CSR
     ``[n_test, L]`` in test-split order) -> (test ids [n], label ids [n, top], scores [n, top])."""
     import os
-
-    import pyarrow.parquet as pq
 
     from xclass.eval.tfidf import read_split
 
@@ -157,7 +173,7 @@ def fuse_data(data: str, weights: Dict[str, float], extra: Dict[str, sp.csr_matr
         if weights.get(name):
             raise ValueError(f"fusion source {name!r} needs a dual run (--run)")
     n_labels = read_meta_num_classes(data)
-    ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+    ids = test_ids(data)
     Y = label_matrix(read_split(os.path.join(data, "train.parquet"))[1], n_labels)
     src: Dict[str, Optional[sp.csr_matrix]] = dict(extra)
     if weights.get("tfidf_knn"):
