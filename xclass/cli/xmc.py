@@ -229,7 +229,7 @@ def _fuse(args: argparse.Namespace) -> int:
 def _ranker(args: argparse.Namespace) -> int:
     from xclass.eval.metrics import Ranking, xmc_metrics
     from xclass.eval.rankings import RankingWriter
-    from xclass.eval import ranker
+    from xclass.eval import fusion, ranker
     from xclass.eval.tfidf import read_split
 
     try:
@@ -257,16 +257,11 @@ def _ranker(args: argparse.Namespace) -> int:
     w.write(ids, lab, val)
     w.close()
     _, Lte, _ = read_split(os.path.join(args.data, "test.parquet"))
-    inv = propensities(args.data, _num_classes(args.data), args.label_counts, args.propensity_n)
+    inv = propensities(args.data, fusion.read_meta_num_classes(args.data), args.label_counts, args.propensity_n)
     out = xmc_metrics(Ranking.build(lab[:, :max(args.ks)], Lte, inv), args.ks)
     print(json.dumps({"method": "ranker", "data": args.data, "rankings": path,
                       **{k: round(v, 1) for k, v in sec.items()}, **percent(out)}), flush=True)
     return 0
-
-
-def _num_classes(data: str) -> int:
-    with open(os.path.join(data, "meta.json")) as f:
-        return int(json.load(f)["num_classes"])
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -158,14 +158,25 @@ def take_rows(labels: LabelSets, rows: np.ndarray) -> LabelSets:
     return LabelSets(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), idx.astype(np.int64))
 
 
-def fit_and_score(D: sp.csr_matrix, labels: LabelSets, Q: sp.csr_matrix, num_labels: int, k: int, K: int,
-                  C: float, prune: float, seed: int, progress: bool = False):
-    """Train the matcher + rankers on ``D``/``labels`` and score the shortlists of ``Q``: ->
-    (shortlist ``[n, K]``, kNN votes ``[n, K]``, ranker probabilities ``[n, K]``)."""
+def fit(D: sp.csr_matrix, labels: LabelSets, num_labels: int, k: int, K: int, C: float, prune: float, seed: int,
+        progress: bool = False) -> RankerModel:
+    """The rankers of training rows ``D`` with ``labels``, trained on their own kNN shortlists."""
     short_tr, _ = shortlist(D, D, labels, num_labels, k, K, prune, exclude_self=True)
-    model = fit_rankers(D, labels, short_tr, num_labels, C, seed, progress=progress)
+    return fit_rankers(D, labels, short_tr, num_labels, C, seed, progress=progress)
+
+
+def score(model: RankerModel, D: sp.csr_matrix, labels: LabelSets, Q: sp.csr_matrix, num_labels: int, k: int,
+          K: int, prune: float):
+    """Shortlist ``Q`` against the training rows ``D`` and score it: -> (shortlist ``[n, K]``,
+    kNN votes ``[n, K]``, ranker probabilities ``[n, K]``)."""
     sq, vq = shortlist(Q, D, labels, num_labels, k, K, prune)
     return sq, vq, score_shortlist(model, Q, sq)
+
+
+def fit_and_score(D: sp.csr_matrix, labels: LabelSets, Q: sp.csr_matrix, num_labels: int, k: int, K: int,
+                  C: float, prune: float, seed: int, progress: bool = False):
+    """:func:`fit` on ``D``/``labels``, then :func:`score` of ``Q``."""
+    return score(fit(D, labels, num_labels, k, K, C, prune, seed, progress), D, labels, Q, num_labels, k, K, prune)
 
 
 def holdout_mask(ids: np.ndarray, holdout: int) -> np.ndarray:
@@ -180,7 +191,6 @@ def fit_reranker_holdout(D: sp.csr_matrix, labels: LabelSets, ids: np.ndarray, n
     """The re-ranker of :mod:`xclass.eval.rerank`, fitted on the training rows held out by
     :func:`holdout_mask`, scored by a matcher + rankers trained on the other training rows."""
     from xclass.eval import rerank as RR
-    from xclass.eval.fusion import label_matrix
 
     ho = holdout_mask(ids, holdout)
     fit_rows, ho_rows = np.flatnonzero(~ho), np.flatnonzero(ho)
@@ -205,35 +215,31 @@ def rank_dataset(data: str, k: int = 50, K: int = 50, C: float = 16.0, prune: fl
     are those of :func:`xclass.eval.tfidf.features` (TF-IDF of counts, or the imported weights).
     ``rerank``: re-rank with :mod:`xclass.eval.rerank` fitted on 1 / ``holdout`` of the training
     rows (costs a second matcher + rankers fit on the rest)."""
-    import json
     import os
 
     import pyarrow.parquet as pq
 
     from xclass.eval import rerank as RR
-    from xclass.eval.fusion import label_matrix
+    from xclass.eval.fusion import read_meta_num_classes, test_ids
     from xclass.eval.tfidf import features, read_split
 
-    with open(os.path.join(data, "meta.json")) as f:
-        n_labels = int(json.load(f)["num_classes"])
+    n_labels = read_meta_num_classes(data)
     t0 = time.perf_counter()
     Xtr, Ltr, _ = read_split(os.path.join(data, "train.parquet"))
     Xte, _, _ = read_split(os.path.join(data, "test.parquet"))
     D, Q, _ = features(Xtr, Xte)
-    short_tr, _ = shortlist(D, D, Ltr, n_labels, k, K, prune, exclude_self=True)
-    model = fit_rankers(D, Ltr, short_tr, n_labels, C, seed, progress=progress)
+    model = fit(D, Ltr, n_labels, k, K, C, prune, seed, progress)
     re = None
     if rerank:
         tr_ids = pq.read_table(os.path.join(data, "train.parquet"), columns=["id"]).column("id").to_numpy()
         re = fit_reranker_holdout(D, Ltr, tr_ids, n_labels, k, K, C, prune, seed, holdout)
     t1 = time.perf_counter()
-    sq, vq = shortlist(Q, D, Ltr, n_labels, k, K, prune)
-    p = score_shortlist(model, Q, sq)
+    sq, vq, p = score(model, D, Ltr, Q, n_labels, k, K, prune)
     if re is None:
         lab, val = sort_by_score(sq, p, min(top, K))
     else:
         Y = label_matrix(Ltr, n_labels)
         F = RR.pair_features(sq, p, vq, _freq(Y), RR.conditional_cooccurrence(Y))
         lab, val = RR.rerank(re, F, sq, min(top, K))
-    ids = pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+    ids = test_ids(data)
     return ids, lab, val, {"train_s": t1 - t0, "predict_s": time.perf_counter() - t1}
