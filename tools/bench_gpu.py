@@ -156,11 +156,9 @@ def build_margin_head(D: int, d: int, r: float, impl: str, device: torch.device)
     from xclass.heads.base import HEADS
 
     components.load_all()
-    params = {"impl": impl}  # explicit: the default (auto) would switch to fused on large D
-    if impl == "fused_update":  # the fused head stepping each class chunk in its backward
-        params = {"impl": "fused", "update_in_backward": True}
+    # impl explicit: the default (auto) would switch to fused on large D
     cfg = types.SimpleNamespace(name="margin", margin="arcface", margin_params={"s": 64.0, "m": 0.5},
-                                sample_rate=r, label_smoothing=0.0, params=params)
+                                sample_rate=r, label_smoothing=0.0, params=head_params(impl))
     head = HEADS.get("margin")(cfg, num_classes=D, embedding_dim=d, ctx=_ctx(device), seed=0)
     return head.to(device)
 
@@ -281,6 +279,7 @@ sys.modules.setdefault("bench_gpu", sys.modules[__name__])  # one module (and de
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gpu_recipe import bench_recipe  # noqa: E402  (face GPU recipe: harness vs xclass train)
 from bench_gpu_zloss import bench_zloss  # noqa: E402  (Z-loss efficient vs log-softmax)
+from bench_heads import head_params  # noqa: E402  (impl labels -> head.params, fused_update included)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

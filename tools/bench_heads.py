@@ -33,6 +33,15 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def head_params(impl: str) -> Dict[str, Any]:
+    """head.params of a bench row's ``impl``: a ``head.params.impl`` value ("" = the head's
+    default), or ``fused_update``: the fused head with ``update_in_backward`` (the optimizer step
+    applied chunk by chunk in the backward). Shared with tools/bench_gpu.py."""
+    if impl == "fused_update":
+        return {"impl": "fused", "update_in_backward": True}
+    return {"impl": impl} if impl else {}
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -95,11 +104,8 @@ def _build(spec: Dict[str, Any], ctx: Any):
             opt.step()
             opt.zero_grad()
         return step
-    params = {"impl": spec["impl"]} if spec.get("impl") else {}
-    if spec.get("impl") == "fused_update":  # the SGD step applied chunk by chunk in the backward
-        params = {"impl": "fused", "update_in_backward": True}
     cfg = types.SimpleNamespace(name="margin", margin=spec.get("margin", "arcface"), margin_params={},
-                                sample_rate=spec["r"], label_smoothing=0.0, params=params)
+                                sample_rate=spec["r"], label_smoothing=0.0, params=head_params(spec.get("impl", "")))
     if impl == "insightface_fullmatrix":
         head = ShardedMarginHead(FullMatrixArcFace(), num_classes=D, embedding_dim=d, ctx=ctx, sample_rate=spec["r"])
     else:
