@@ -195,7 +195,7 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
     """
     n_pkts = int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0
     if (port_embed > 0 or port_out > 0) and "ports" not in (meta.get("inputs") or {}):
-        raise ValueError("flowcnn: port_embed > 0 needs data with the service port and protocol "
+        raise ValueError("flowcnn: port_embed / port_out > 0 need data with the service port and protocol "
                          "(meta.json inputs.ports, as `xclass import pcap` writes)")
     return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
                    stats_hidden, hidden, dropout, size_scale, gem_p, size_embed, size_bin, max_size,
