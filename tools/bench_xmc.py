@@ -220,12 +220,10 @@ def run_hybrid(data: str, run: str, weight: float) -> Dict:
 def run_ranker(data: str, work: str, K: int) -> Dict:
     """xclass.eval.ranker.rank_dataset (with the re-ranker); rankings -> ``WORK/ranker/rankings.parquet``."""
     from xclass.eval.ranker import rank_dataset
-    from xclass.eval.rankings import RankingWriter
+    from xclass.eval.rankings import write_rankings
 
     ids, lab, val, sec = rank_dataset(data, K=K)
-    w = RankingWriter(os.path.join(work, "ranker", "rankings.parquet"), lab.shape[1])
-    w.write(ids, lab, val)
-    w.close()
+    write_rankings(os.path.join(work, "ranker", "rankings.parquet"), ids, lab, val)
     pad = np.full((len(lab), max(0, max(KS) - lab.shape[1])), -1, np.int64)
     return {"method": "ranker", **metrics_row(np.concatenate([lab, pad], 1), data), "train_s": round(sec["train_s"], 1),
             "predict_s": round(sec["predict_s"], 1), "K": K}

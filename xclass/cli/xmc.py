@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _fuse(args: argparse.Namespace) -> int:
     from xclass.eval.metrics import LabelSets, Ranking, xmc_metrics
-    from xclass.eval.rankings import RankingWriter
+    from xclass.eval.rankings import write_rankings
     from xclass.eval.embed import load_run
     from xclass.eval import fusion
     from xclass.eval.tfidf import read_split
@@ -216,9 +216,7 @@ def _fuse(args: argparse.Namespace) -> int:
     else:
         data = args.data
         ids, lab, val = fusion.fuse_data(data, weights, fusion.data_rankings(data, rankings), args.k, top)
-    w = RankingWriter(os.path.join(args.work, "fused_rankings.parquet"), top)
-    w.write(ids, lab, val)
-    w.close()
+    write_rankings(os.path.join(args.work, "fused_rankings.parquet"), ids, lab, val)
     _, Lte, _ = read_split(os.path.join(data, "test.parquet"))
     inv = propensities(data, fusion.read_meta_num_classes(data), args.label_counts, args.propensity_n)
     out = xmc_metrics(Ranking.build(lab, LabelSets(Lte.indptr, Lte.indices), inv), args.ks)
@@ -228,7 +226,7 @@ def _fuse(args: argparse.Namespace) -> int:
 
 def _ranker(args: argparse.Namespace) -> int:
     from xclass.eval.metrics import Ranking, xmc_metrics
-    from xclass.eval.rankings import RankingWriter
+    from xclass.eval.rankings import write_rankings
     from xclass.eval import fusion, ranker
     from xclass.eval.tfidf import read_split
 
@@ -253,9 +251,7 @@ def _ranker(args: argparse.Namespace) -> int:
         return 2
     ids, lab, val, sec = ranker.rank_dataset(args.data, args.k, args.K, args.C, args.prune, args.seed,
                                              rerank=not args.no_rerank, holdout=args.holdout)
-    w = RankingWriter(path, lab.shape[1])
-    w.write(ids, lab, val)
-    w.close()
+    write_rankings(path, ids, lab, val)
     _, Lte, _ = read_split(os.path.join(args.data, "test.parquet"))
     inv = propensities(args.data, fusion.read_meta_num_classes(args.data), args.label_counts, args.propensity_n)
     out = xmc_metrics(Ranking.build(lab[:, :max(args.ks)], Lte, inv), args.ks)

@@ -36,3 +36,10 @@ class RankingWriter:
     def close(self) -> None:
         self.w.close()
         os.replace(self.path + ".tmp", self.path)
+
+
+def write_rankings(path: str, ids: np.ndarray, topk: np.ndarray, scores: np.ndarray) -> None:
+    """All rows at once: ids [n], topk [n, K] (-1 pads), scores [n, K] -> ``path`` (atomic)."""
+    w = RankingWriter(path, np.asarray(topk).shape[1])
+    w.write(ids, topk, scores)
+    w.close()
