@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
-from xclass.config_checks import check_ranges, check_yaml_size
+from xclass.config_checks import check_ranges
 from xclass.config_types import ConfigError, from_dict, to_dict
+from xclass.config_yaml import deep_merge, load_raw, parse_override
 
 
 @dataclass(frozen=True)
@@ -215,75 +216,6 @@ class RunConfig:
         """Short hash of the model-shaping fields (stored in checkpoint manifests)."""
         keep = {"model": to_dict(self.model), "head": to_dict(self.head), "task": self.data.task}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_yaml(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid YAML: {str(exc)[:300]}") from None
-    if raw is None:
-        return {}
-    check_yaml_size(raw, path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def deep_merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
-    """Recursive dict merge: ``over`` wins; nested mappings merge key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(dict(out[k]), v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_raw(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
-    """YAML with its ``base:`` chain merged (base first). Relative paths resolved per file."""
-    path = os.path.abspath(path)
-    if path in _seen:
-        raise ConfigError(f"{path}: circular base: include")
-    raw = _read_yaml(path)
-    base = raw.pop("base", None)
-    if base is None:
-        return _resolve_paths(raw, os.path.dirname(path))
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: key 'base' must be a file path string")
-    parent = load_raw(os.path.join(os.path.dirname(path), base), tuple(_seen) + (path,))
-    return deep_merge(parent, _resolve_paths(raw, os.path.dirname(path)))
-
-
-def _resolve_paths(raw: Dict[str, Any], here: str) -> Dict[str, Any]:
-    """deepspeed.config is relative to the YAML that names it."""
-    ds = raw.get("deepspeed")
-    if isinstance(ds, dict) and isinstance(ds.get("config"), str) and not os.path.isabs(ds["config"]):
-        raw = deep_merge(raw, {"deepspeed": {"config": os.path.normpath(os.path.join(here, ds["config"]))}})
-    return raw
-
-
-def parse_override(text: str) -> Dict[str, Any]:
-    """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
-    key, val = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(val) if val.strip() else ""
-    except yaml.YAMLError:
-        value = val
-    check_yaml_size(value, f"override {key.strip()}")
-    out: Dict[str, Any] = {parts[-1]: value}
-    for p in reversed(parts[:-1]):
-        out = {p: out}
-    return out
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from xclass.losses.seeding import mix_key
-from xclass.losses.margins import (MARGINS, MarginAux, angular, replace_target, safe_map, target_mask,
-                                   written_fallback)
+from xclass.losses.margins import MARGINS, MarginAux, angular, safe_map, target_mask
+from xclass.losses.target_replace import replace_target
 
 
 def elastic_draws(n: int, seed: int, step: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from xclass.losses.margins import MARGINS, MarginAux, angular, replace_target, safe_map, target_mask, written_fallback
+from xclass.losses.margins import MARGINS, MarginAux, angular, safe_map, target_mask, written_fallback
+from xclass.losses.target_replace import replace_target
 from xclass.losses.objectives import topk_threshold
 
 
