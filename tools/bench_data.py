@@ -17,7 +17,7 @@ import time
 import pyarrow.parquet as pq
 
 from xclass.data import ParquetReader, make_data
-from xclass.data.reader import table_to_numpy
+from xclass.data.arrow import table_to_numpy
 import pyarrow as pa
 
 TASKS = {"face": (dict(rows_per_class=20, image_size=32), 1000, ["id", "label", "image"]),

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xclass.data import GENERATORS, TASKS, make_data, validate_file
-from xclass.data.reader import table_to_numpy
+from xclass.data.arrow import table_to_numpy
 from xclass.models.decoders import DECODERS
 
 SMALL = {"face": dict(image_size=12), "speaker": dict(min_frames=8, max_frames=20), "quic": {}, "xmc": {}}

@@ -22,22 +22,19 @@ each rank's last one, which may be smaller and even empty (0 rows) on ranks hold
 row fewer. With ``drop_last=True`` it is ``(N//W) // batch_rows`` full batches and the
 rest of each rank's rows (fewer than ``batch_rows + 1``) is skipped that epoch.
 
-Batches are ``dict[str, np.ndarray]``: scalar columns ``[n]``; ``fixed_size_list`` columns
-``[n, k]``; variable ``list`` columns as CSR: ``batch[c]`` = flat values and
-``batch[c + "_offsets"]`` = int64 ``[n + 1]`` starting at 0; binary/string columns as object
-arrays ``[n]``. Batches are *sharded over the batch* (each rank its own rows).
+Batches are ``dict[str, np.ndarray]`` in the layout of
+:func:`xclass.data.arrow.table_to_numpy`. Batches are *sharded over the batch* (each rank its own rows).
 """
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclass.data.arrow import decoded_bytes, expand_paths, table_to_numpy
 from xclass.data.grouping import arrange_windows, balanced_draw, class_row_weights
 from xclass.data.schema import DataError, read_task_meta
 
@@ -54,60 +51,6 @@ class Piece:
     @property
     def rows(self) -> int:
         return self.stop - self.start
-
-
-def expand_paths(paths: Union[str, Sequence[str]]) -> List[str]:
-    """Files from paths, directories (``*.parquet`` inside, sorted) and glob patterns."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: List[str] = []
-    for p in map(str, paths):
-        if os.path.isdir(p):
-            out.extend(sorted(glob.glob(os.path.join(p, "*.parquet"))))
-        elif any(ch in p for ch in "*?["):
-            out.extend(sorted(glob.glob(p)))
-        else:
-            out.append(p)
-    if not out:
-        raise DataError(f"no Parquet files found in {list(paths)}")
-    return out
-
-
-_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
-
-
-def _decoded_bytes(rg_meta, columns: Sequence[str]) -> int:
-    """Approximate in-memory bytes of ``columns`` in one row group (leaf values x width).
-
-    Encoded sizes are useless here (a column of zeros encodes to a few bytes); the leaf
-    value count is exact. Byte arrays fall back to their uncompressed encoded size.
-    """
-    wanted, total = set(columns), 0
-    for j in range(rg_meta.num_columns):
-        col = rg_meta.column(j)
-        if col.path_in_schema.split(".")[0] not in wanted:
-            continue
-        width = _WIDTH.get(col.physical_type)
-        total += col.num_values * width if width else col.total_uncompressed_size
-    return total
-
-
-def table_to_numpy(table: pa.Table) -> Dict[str, np.ndarray]:
-    """Arrow table -> dict of numpy arrays (layout described in the module docstring)."""
-    out: Dict[str, np.ndarray] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        t = arr.type
-        if pa.types.is_fixed_size_list(t):
-            out[name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), t.list_size)
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            off = arr.offsets.to_numpy().astype(np.int64)
-            out[name] = arr.flatten().to_numpy(zero_copy_only=False)
-            out[name + "_offsets"] = off - off[0]
-        else:
-            out[name] = arr.to_numpy(zero_copy_only=False)
-    return out
 
 
 class ParquetReader:
@@ -187,7 +130,7 @@ class ParquetReader:
         for rg in range(pf.metadata.num_row_groups):
             meta = pf.metadata.row_group(rg)
             n = meta.num_rows
-            self._bytes += _decoded_bytes(meta, self.columns)
+            self._bytes += decoded_bytes(meta, self.columns)
             if n:
                 self._groups.append((fi, rg, n))
 
