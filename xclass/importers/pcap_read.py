@@ -164,8 +164,8 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
     except ImportError_:
         raise
     except (ValueError, struct.error, EOFError, OSError, *dpkt_errors) as exc:
-        raise ImportError_(f"{path}: packet {n + 1}: cannot read the capture ({type(exc).__name__}: {exc})",
-                           file=path, row=n + 1) from None
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ImportError_(f"{path}: packet {n + 1}: cannot read the capture ({why})", file=path, row=n + 1) from None
 
 
 def tls_sni(data: bytes) -> Optional[str]:
