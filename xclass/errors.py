@@ -3,6 +3,7 @@ This module imports nothing from train/: the training code raises the errors def
 from __future__ import annotations
 
 import errno
+import re
 
 
 class CheckpointError(RuntimeError):
@@ -29,3 +30,9 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line: line breaks (a CSV parser quoting a damaged row, say)
+    become `` / ``, so a user error is always printed as a single line."""
+    return re.sub(r"\s*[\r\n]+\s*", " / ", str(exc)).strip()

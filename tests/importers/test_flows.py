@@ -1,7 +1,8 @@
-"""Flow importer: CESNET-style PPI CSV and list-column Parquet -> quic schema, hand-computed
+"""Flow importer: CESNET-style PPI CSV, list-column Parquet and JSON lines -> quic schema, hand-computed
 statistics, truncation/padding, stats mapping, held-out domains with gallery/query, errors."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -126,3 +127,42 @@ def test_port_and_protocol_columns_are_stored_and_checked(tmp_path):
         import_flows([str(tmp_path / "bad2.parquet")], str(tmp_path / "o3"), label_column="APP", ppi_column="PPI",
                      proto_column="PROTOCOL", show_progress=False)
     assert not (tmp_path / "o3").exists()
+
+
+def test_json_lines_import_like_parquet_and_bad_lines_name_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [{"app": f"a{i % 3}", "sizes": rng.integers(40, 1500, 1 + i % 6).tolist(),
+             "dirs": [1, -1, 1, -1, 1, -1][:1 + i % 6], "iat": [0.0, 0.5, 1.25, 2.0, 8.0, 3.5][:1 + i % 6]}
+            for i in range(15)]
+    n = max(len(r["sizes"]) for r in rows)
+    rows[0]["iat"] = [0] + [1] * (len(rows[0]["sizes"]) - 1)                  # ints in a float column
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), tmp_path / "f.parquet")
+    with gzip.open(tmp_path / "f.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    kw = dict(label_column="app", sizes_column="sizes", dirs_column="dirs", iat_column="iat", num_packets=n,
+              test_fraction=0.3, seed=2, show_progress=False)
+    want = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "ref"), **kw)
+    got = import_flows([str(tmp_path / "f.jsonl.gz")], str(tmp_path / "out"), **kw)
+    assert {k: v for k, v in got.items() if k != "source"} == {k: v for k, v in want.items() if k != "source"}
+    for split in ("train", "test"):
+        assert (pq.read_table(tmp_path / "out" / f"{split}.parquet").to_pydict()
+                == pq.read_table(tmp_path / "ref" / f"{split}.parquet").to_pydict())
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[1]) + "\n" + '{"app": "a0", "sizes": [1, 2\n')
+    with pytest.raises(ImportError_, match=r"bad\.jsonl: cannot read flows") as err:
+        import_flows([str(tmp_path / "bad.jsonl")], str(tmp_path / "o2"), **kw)
+    assert not (tmp_path / "o2").exists()
+    (tmp_path / "nolabel.ndjson").write_text(json.dumps({"sizes": [1], "dirs": [1], "iat": [0]}) + "\n")
+    with pytest.raises(ImportError_, match=r"nolabel\.ndjson: missing column\(s\) \['app'\]"):
+        import_flows([str(tmp_path / "nolabel.ndjson")], str(tmp_path / "o3"), **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_a_parser_message_with_a_line_break_is_printed_on_one_line(tmp_path, capsys):
+    from xclass.cli.importers import main
+
+    (tmp_path / "nl.csv").write_text('label,sizes,dirs,iat\n"x\ny",1\n')    # the parser quotes the row
+    assert main(["flows", "--input", str(tmp_path / "nl.csv"), "--sizes-column", "sizes", "--dirs-column", "dirs",
+                 "--iat-column", "iat", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'nl.csv: cannot read flows' in err and '"x / y"' in err
+    assert not (tmp_path / "o").exists()

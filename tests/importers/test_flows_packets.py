@@ -1,10 +1,11 @@
 """Flow importer, one row per packet (``--flow-id-column``): shuffled packets grouped into flows
 must import exactly like the equivalent one-row-per-flow list-column file (every output field),
-for CSV and Parquet, a 5-tuple id, +1/-1, 0/1 and word directions, directions derived from
+for CSV, JSON lines and Parquet, a 5-tuple id, +1/-1, 0/1 and word directions, directions derived from
 ``--src-column``, flows longer than ``num_packets``, tiny record batches and several files; a
 hand-computed case; every error names the file, row and column (or flow); the CLI path."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 
@@ -53,9 +54,14 @@ def _packet_rows(flows, seed, encoding):
 
 
 def _write_rows(path, rows):
-    """CSV by hand (floats with repr: exact round trip) or Parquet with pyarrow's type inference."""
+    """CSV by hand (floats with repr: exact round trip), JSON lines (plain or gzip) or Parquet
+    with pyarrow's type inference."""
     if str(path).endswith(".parquet"):
         pq.write_table(pa.Table.from_pylist(rows), path)
+        return
+    if ".jsonl" in str(path):
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
         return
     with open(path, "w") as f:
         f.write(",".join(rows[0]) + "\n")
@@ -95,7 +101,9 @@ def tiny_batches(monkeypatch):
 
 @pytest.mark.parametrize("ext,encoding,test_classes", [("csv", "pm1", 0), ("parquet", "01", 1), ("csv", "01", 0),
                                                        ("csv", "words", 1), ("parquet", "inout", 0),
-                                                       ("csv", "src", 2), ("parquet", "src", 0)])
+                                                       ("csv", "src", 2), ("parquet", "src", 0),
+                                                       ("jsonl", "pm1", 1), ("jsonl.gz", "words", 0),
+                                                       ("jsonl", "src", 0)])
 def test_packets_match_the_per_flow_import(tmp_path, tiny_batches, ext, encoding, test_classes):
     flows = _make_flows(seed=len(encoding) + test_classes)
     rows = _packet_rows(flows, seed=1, encoding=encoding)

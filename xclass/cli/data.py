@@ -16,6 +16,7 @@ import yaml
 from xclass.data.generate import make_data
 from xclass.data.schema import TASK_COLUMNS, TASKS, DataError
 from xclass.data.validate import validate_file
+from xclass.errors import one_line
 
 
 def _parse_opts(items: List[str]) -> Dict[str, Any]:
@@ -77,7 +78,7 @@ def run_make_data(args: argparse.Namespace) -> int:
         if args.validate:
             _validate_outputs(args.out, meta)
     except (ValueError, TypeError, FileExistsError, DataError) as exc:
-        print(f"xclass make-data: error: {exc}", file=sys.stderr)
+        print(f"xclass make-data: error: {one_line(exc)}", file=sys.stderr)
         return 2
     counts = {k: v["rows"] for k, v in meta["splits"].items()}
     print(json.dumps({"out": os.path.abspath(args.out), "task": meta["task"], "rows": counts}))
@@ -100,7 +101,7 @@ def run_validate_data(args: argparse.Namespace) -> int:
             info = validate_file(path, args.task, args.num_classes,
                                  allow_empty_labels=args.allow_empty_labels)
         except DataError as exc:
-            print(f"xclass validate-data: {exc}", file=sys.stderr)
+            print(f"xclass validate-data: {one_line(exc)}", file=sys.stderr)
             return 1
         print(json.dumps({"file": path, "rows": info["num_rows"], "label_min": info["label_min"],
                           "label_max": info["label_max"]}))

@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 
+from xclass.errors import one_line
+
 
 def _ints(text: str):
     try:
@@ -58,7 +60,7 @@ def _guard(fn, args) -> int:
     try:
         return fn(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as exc:
-        print(f"xclass: error: {exc}", file=sys.stderr)
+        print(f"xclass: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

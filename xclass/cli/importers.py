@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from xclass.errors import one_line
 from xclass.importers.common import ImportError_
 
 __all__ = ["add_import_args", "run_import", "ImportError_"]
@@ -79,7 +80,7 @@ def _add_audio(sub) -> None:
 def _add_flows(sub) -> None:
     p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
-    p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz) or Parquet files")
+    p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz), JSON lines (.jsonl, .jsonl.gz, .ndjson) or Parquet files")
     p.add_argument("--label-column", default="label", help="class column (per flow, or on every packet row)")
     g = p.add_argument_group("one row per flow")
     g.add_argument("--ppi-column", default=None, help="column with [[iat_ms], [dir], [size]] (CESNET 'PPI')")
@@ -146,7 +147,7 @@ def run_import(args: argparse.Namespace) -> int:
     except (ImportError_, FileExistsError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
-        print(f"xclass import: error: {exc}", file=sys.stderr)
+        print(f"xclass import: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({"out": os.path.abspath(args.out), "task": meta["task"], "num_classes": meta["num_classes"],
                       "test_classes": meta["test_classes"],

@@ -179,11 +179,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line, non-zero exit
-        from xclass.errors import is_user_error
+        from xclass.errors import is_user_error, one_line
 
         if not is_user_error(exc) or os.environ.get("XCLASS_DEBUG"):
             raise
-        print(f"xclass {args.cmd}: error: {exc}", file=sys.stderr)
+        print(f"xclass {args.cmd}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

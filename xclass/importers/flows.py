@@ -1,6 +1,7 @@
 """Flow records -> the quic Parquet schema (first N packets + 8 flow statistics).
 
-Two input layouts in CSV or Parquet (``.csv``, ``.csv.gz``, ``.parquet``); the class comes from
+Two input layouts in CSV, JSON lines or Parquet (``.csv``, ``.csv.gz``, ``.jsonl``, ``.jsonl.gz``,
+``.ndjson``, ``.parquet``; JSON lists are lists, as in Parquet); the class comes from
 ``--label-column`` (default ``label``; strings or integers: class names, sorted to ids ``0..C-1``).
 
 ONE ROW PER FLOW, as CESNET-QUIC22 publishes it:
@@ -32,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from xclass.importers.common import ImportError_, ip_proto
@@ -95,8 +97,12 @@ def _as_list(v: Any, where: str) -> List[Any]:
     return list(v)
 
 
+JSON_LINES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+
+
 class FlowSource:
-    """Streams CSV/Parquet files in record batches (``as_strings``: CSV columns read as text)."""
+    """Streams CSV / JSON-lines / Parquet files in record batches (``as_strings``: CSV and JSON
+    columns read as text)."""
 
     def __init__(self, paths: Sequence[str], columns: Sequence[str], as_strings: bool = False) -> None:
         self.paths, self.columns, self.as_strings = list(paths), sorted(set(columns)), as_strings
@@ -113,6 +119,8 @@ class FlowSource:
                 if any(c not in pf.schema_arrow.names for c in self.columns):
                     raise self._missing(path, pf.schema_arrow.names)
                 yield from pf.iter_batches(batch_size=8192, columns=self.columns)
+            elif path.endswith(JSON_LINES):
+                yield from self._json_batches(path)
             else:
                 types = {c: pa.string() for c in self.columns} if self.as_strings else None
                 conv = pacsv.ConvertOptions(include_columns=self.columns, column_types=types)
@@ -123,8 +131,21 @@ class FlowSource:
                 yield from reader
         except ImportError_:
             raise
-        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, OSError) as exc:
             raise ImportError_(f"{path}: cannot read flows ({exc})", file=path) from None
+
+    def _json_batches(self, path: str) -> Iterator[pa.RecordBatch]:
+        """One JSON object per line; the column types are inferred from the first block (a key
+        that changes type further on stops the import with the file named)."""
+        reader = pajson.open_json(path)
+        if any(c not in reader.schema.names for c in self.columns):
+            raise self._missing(path, reader.schema.names)
+        for batch in reader:
+            batch = batch.select(self.columns)
+            if self.as_strings:
+                batch = pa.RecordBatch.from_arrays([batch.column(c).cast(pa.string()) for c in self.columns],
+                                                   names=self.columns)
+            yield batch
 
     def batches(self) -> Iterator[Tuple[pa.RecordBatch, str, int]]:
         """``(batch, file, index in the file of the batch's first row)``."""
