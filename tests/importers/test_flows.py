@@ -151,6 +151,9 @@ def test_json_lines_import_like_parquet_and_bad_lines_name_the_file(tmp_path):
     with pytest.raises(ImportError_, match=r"bad\.jsonl: cannot read flows") as err:
         import_flows([str(tmp_path / "bad.jsonl")], str(tmp_path / "o2"), **kw)
     assert not (tmp_path / "o2").exists()
+    (tmp_path / "latin.jsonl").write_bytes(b'{"app": "caf\xe9", "sizes": [1], "dirs": [1], "iat": [0]}\n')
+    with pytest.raises(ImportError_, match=r"latin\.jsonl: cannot read flows \(.*Invalid UTF8"):
+        import_flows([str(tmp_path / "latin.jsonl")], str(tmp_path / "o4"), **kw)
     (tmp_path / "nolabel.ndjson").write_text(json.dumps({"sizes": [1], "dirs": [1], "iat": [0]}) + "\n")
     with pytest.raises(ImportError_, match=r"nolabel\.ndjson: missing column\(s\) \['app'\]"):
         import_flows([str(tmp_path / "nolabel.ndjson")], str(tmp_path / "o3"), **kw)

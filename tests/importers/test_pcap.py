@@ -139,6 +139,11 @@ def test_errors_name_file_and_packet(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "x.pcap: not a pcap or pcapng file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    (tmp_path / "latin.csv").write_bytes(b"src_ip,src_port,dst_ip,dst_port,proto,label\n10.0.0.1,1,10.0.0.2,2,6,caf\xe9\n")
+    assert main(["pcap", "--input", str(tmp_path / "c.pcap"), "--labels", str(tmp_path / "latin.csv"), "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "latin.csv: line 2: not UTF-8 text" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "bad.csv").write_text("src_ip,src_port,dst_ip,dst_port,proto,label\n1.2.3,1,1.2.3.4,2,6,x\n")
     with pytest.raises(ImportError_, match=r"bad\.csv: line 2: bad address"):
         labelled_flows([str(tmp_path / "c.pcap")], labels=str(tmp_path / "bad.csv"))

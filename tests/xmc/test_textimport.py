@@ -97,6 +97,23 @@ def test_csv_errors_exit_2(tmp_path, capsys, rows, extra, message):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.parametrize("name,data,message", [
+    ("tr.jsonl", b'{"text": "a", "labels": ["x"]}\n{"text": "caf\xe9", "labels": ["x"]}\n',
+     "tr.jsonl: line 2: not UTF-8 text (invalid continuation byte at byte 13 of the line)"),
+    ("tr.csv", b"text,labels\nfine,a\nbad \xff,b\n", "tr.csv: line 3: not UTF-8 text (invalid start byte at byte 4"),
+    ("tr.csv.gz", b"\x1f\x8b\x08\x00" + bytes(20), "tr.csv.gz: after line 0: cannot decompress"),
+])
+def test_undecodable_text_names_the_file_and_line(tmp_path, capsys, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    te = _jsonl(tmp_path / "te.jsonl", TEST)
+    argv = ["import", "text", "--out", str(tmp_path / "o"), "--train", str(tmp_path / name), "--test", te,
+            "--no-progress"]
+    assert xclass_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_json_errors_and_overwrite(tmp_path, capsys):
     (tmp_path / "tr.jsonl").write_text('{"text": "a", "labels": ["x"]}\n{"text": null, "labels": ["x"]}\n')
     te = _jsonl(tmp_path / "te.jsonl", TEST)

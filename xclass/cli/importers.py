@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from xclass.data.schema import DataError
 from xclass.errors import one_line
 from xclass.importers.common import ImportError_
 
@@ -78,7 +79,7 @@ def _add_audio(sub) -> None:
 
 
 def _add_flows(sub) -> None:
-    p = sub.add_parser("flows", help="flow records (CSV/Parquet): one row per flow (CESNET-style PPI, list "
+    p = sub.add_parser("flows", help="flow records (CSV/JSON lines/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
     p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz), JSON lines (.jsonl, .jsonl.gz, .ndjson) or Parquet files")
     p.add_argument("--label-column", default="label", help="class column (per flow, or on every packet row)")
@@ -144,7 +145,7 @@ def run_import(args: argparse.Namespace) -> int:
     """Run the import; prints a one-line JSON summary. 0 on success, 2 on bad input."""
     try:
         meta = _dispatch(args)
-    except (ImportError_, FileExistsError) as exc:
+    except (ImportError_, DataError, FileExistsError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
         print(f"xclass import: error: {one_line(exc)}", file=sys.stderr)

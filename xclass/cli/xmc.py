@@ -47,6 +47,7 @@ def add_xc_args(x: argparse.ArgumentParser) -> None:
         x.add_argument(a, default=None)
     x.add_argument("--seed", type=int, default=0, help="order of the stored train rows (ids keep the input order)")
     x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--no-progress", action="store_true")
 
 
 def add_propensity_args(p: argparse.ArgumentParser) -> None:
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
         meta = import_xc(args.out, args.train, args.test, train_labels=args.train_labels,
                          test_labels=args.test_labels, label_text=args.label_text,
-                         label_features=args.label_features, overwrite=args.overwrite, seed=args.seed)
+                         label_features=args.label_features, overwrite=args.overwrite, seed=args.seed,
+                         progress=not args.no_progress)
         print(json.dumps({"out": args.out, "num_classes": meta["num_classes"]}))
     elif args.cmd == "import-text":
         from xclass.importers.text import run_import_text

@@ -80,7 +80,7 @@ def read_label_counts(path: str, n_labels: int) -> np.ndarray:
         ids = t.column("label_id").to_numpy().astype(np.int64)
         cnt = t.column("train_count").to_numpy().astype(np.int64)
     else:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:   # a bad byte fails as a non-integer
             lines = f.read().split()
         bad = [i for i, x in enumerate(lines) if not x.isdigit()]
         if bad:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xclass.data.schema import DataError
+from xclass.errors import one_line
 from xclass.eval.io import write_parquet_atomic
 
 
@@ -115,7 +116,7 @@ def run_split(a: argparse.Namespace) -> int:
     except (DataError, FileExistsError, FileNotFoundError, pa.ArrowInvalid) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
-        print(f"xclass split-gallery: error: {exc}", file=sys.stderr)
+        print(f"xclass split-gallery: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(info))
     return 0

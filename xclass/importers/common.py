@@ -7,17 +7,19 @@ chunks with :class:`~xclass.data.writer.PartWriter` inside :func:`~xclass.data.w
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xclass.data.schema import SCHEMA_VERSION
+from xclass.data.schema import SCHEMA_VERSION, DataError
 from xclass.data.writer import PartWriter, write_json
 from xclass.tasks import get_task
 
@@ -28,6 +30,22 @@ class ImportError_(ValueError):
     def __init__(self, message: str, file: str = "", row: Optional[int] = None) -> None:
         super().__init__(message)
         self.file, self.row = file, row
+
+
+def text_lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file (plain or .gz), decoded one by one so that a byte that is not
+    UTF-8 stops the import naming its line (1-based)."""
+    n = 0
+    try:
+        with (gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")) as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"line {n}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)",
+                                    file=path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:        # a damaged or cut .gz
+        raise DataError(f"after line {n}: cannot decompress ({exc})", file=path) from None
 
 
 @dataclass

@@ -142,6 +142,7 @@ class FlowSource:
             raise self._missing(path, reader.schema.names)
         for batch in reader:
             batch = batch.select(self.columns)
+            batch.validate(full=True)              # the JSON reader leaves bytes that are not UTF-8 in strings
             if self.as_strings:
                 batch = pa.RecordBatch.from_arrays([batch.column(c).cast(pa.string()) for c in self.columns],
                                                    names=self.columns)

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_, ip_proto
+from xclass.importers.common import ImportError_, ip_proto, text_lines
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, read_packets
 
@@ -53,17 +53,16 @@ def read_label_file(path: str) -> Dict[Tuple[str, Key], str]:
     """{(capture base name or "", flow key): label} from a CSV or JSONL flow-label file."""
     if not os.path.isfile(path):
         raise ImportError_(f"{path}: label file not found", file=path)
-    with open(path, newline="") as f:
-        if path.endswith((".jsonl", ".json")):
-            rows = []
-            for i, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append((i, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise ImportError_(f"{path}: line {i}: not JSON ({exc})", file=path, row=i) from None
-        else:
-            rows = [(i, r) for i, r in enumerate(csv.DictReader(f), start=2)]
+    if path.endswith((".jsonl", ".json")):
+        rows = []
+        for i, line in enumerate(text_lines(path), start=1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise ImportError_(f"{path}: line {i}: not JSON ({exc})", file=path, row=i) from None
+    else:
+        rows = [(i, r) for i, r in enumerate(csv.DictReader(text_lines(path)), start=2)]
     out: Dict[Tuple[str, Key], str] = {}
     for i, r in rows:
         where = f"{path}: line {i}"

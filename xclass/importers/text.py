@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import math
 import os
@@ -35,6 +34,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from xclass.data.schema import DataError
+from xclass.errors import one_line
+from xclass.importers.common import text_lines
 from xclass.importers.xmc_dataset import write_xmc_dataset
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -56,11 +57,6 @@ def file_format(path: str) -> str:
     return FORMATS[ext]
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.lower().endswith(".gz") else \
-        open(path, encoding="utf-8", newline="")
-
-
 def read_records(path: str, columns: List[str]) -> Iterator[Tuple[int, List[Any]]]:
     """(0-based data row, [value of each column]) of every row; missing column -> DataError."""
     fmt = file_format(path)
@@ -78,34 +74,34 @@ def read_records(path: str, columns: List[str]) -> Iterator[Tuple[int, List[Any]
                 yield row, [v[j] for v in vals]
                 row += 1
         return
-    with _open_text(path) as f:
-        if fmt == "jsonl":
-            row = 0
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON ({exc.msg})", file=path, row=row) from None
-                if not isinstance(obj, dict):
-                    raise DataError("expected one JSON object per line", file=path, row=row)
-                for c in columns:
-                    if c not in obj:
-                        raise DataError(f"missing (keys: {sorted(obj)})", file=path, row=row, column=c)
-                yield row, [obj[c] for c in columns]
-                row += 1
-            return
-        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
-        header = next(reader, [])
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"no such column in the header (columns: {header})", file=path, column=missing[0])
-        pos = [header.index(c) for c in columns]
-        for row, rec in enumerate(reader):
-            if len(rec) != len(header):
-                raise DataError(f"{len(rec)} fields, the header has {len(header)}", file=path, row=row)
-            yield row, [rec[p] for p in pos]
+    lines = text_lines(path)
+    if fmt == "jsonl":
+        row = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg})", file=path, row=row) from None
+            if not isinstance(obj, dict):
+                raise DataError("expected one JSON object per line", file=path, row=row)
+            for c in columns:
+                if c not in obj:
+                    raise DataError(f"missing (keys: {sorted(obj)})", file=path, row=row, column=c)
+            yield row, [obj[c] for c in columns]
+            row += 1
+        return
+    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",")
+    header = next(reader, [])
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"no such column in the header (columns: {header})", file=path, column=missing[0])
+    pos = [header.index(c) for c in columns]
+    for row, rec in enumerate(reader):
+        if len(rec) != len(header):
+            raise DataError(f"{len(rec)} fields, the header has {len(header)}", file=path, row=row)
+        yield row, [rec[p] for p in pos]
 
 
 class LabelSpace:
@@ -171,8 +167,7 @@ class LabelSpace:
 def read_label_file(path: str, ids: bool, id_col: str, text_col: str) -> Tuple[List[Any], List[str]]:
     """(labels in file order: names, or ids when ``ids``; their texts) of a label file."""
     if path.lower().endswith(".txt"):  # line i: text of label i (ids) / name and text (names)
-        with open(path, encoding="utf-8") as f:
-            texts = [t.rstrip("\n") for t in f]
+        texts = [t.rstrip("\r\n") for t in text_lines(path)]
         keys: List[Any] = list(range(len(texts))) if ids else list(texts)
     else:
         keys, texts = [], []
@@ -293,7 +288,7 @@ def run_import_text(a: argparse.Namespace) -> int:
     except (DataError, FileExistsError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
-        print(f"xclass import text: {exc}", file=sys.stderr)
+        print(f"xclass import text: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({"out": os.path.abspath(a.out), "num_classes": meta["num_classes"],
                       "vocab_size": meta["inputs"]["tokens"]["vocab_size"],
