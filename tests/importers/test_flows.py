@@ -154,6 +154,9 @@ def test_json_lines_import_like_parquet_and_bad_lines_name_the_file(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"app": "caf\xe9", "sizes": [1], "dirs": [1], "iat": [0]}\n')
     with pytest.raises(ImportError_, match=r"latin\.jsonl: cannot read flows \(.*Invalid UTF8"):
         import_flows([str(tmp_path / "latin.jsonl")], str(tmp_path / "o4"), **kw)
+    (tmp_path / "latin.csv").write_bytes(b'app,sizes,dirs,iat\ncaf\xe9,[1],[1],[0]\n')
+    with pytest.raises(ImportError_, match=r"latin\.csv: column app: not UTF-8 text"):
+        import_flows([str(tmp_path / "latin.csv")], str(tmp_path / "o5"), **kw)
     (tmp_path / "nolabel.ndjson").write_text(json.dumps({"sizes": [1], "dirs": [1], "iat": [0]}) + "\n")
     with pytest.raises(ImportError_, match=r"nolabel\.ndjson: missing column\(s\) \['app'\]"):
         import_flows([str(tmp_path / "nolabel.ndjson")], str(tmp_path / "o3"), **kw)

@@ -114,25 +114,33 @@ class FlowSource:
 
     def _batches(self, path: str) -> Iterator[pa.RecordBatch]:
         try:
-            if path.endswith(".parquet"):
-                pf = pq.ParquetFile(path)
-                if any(c not in pf.schema_arrow.names for c in self.columns):
-                    raise self._missing(path, pf.schema_arrow.names)
-                yield from pf.iter_batches(batch_size=8192, columns=self.columns)
-            elif path.endswith(JSON_LINES):
-                yield from self._json_batches(path)
-            else:
-                types = {c: pa.string() for c in self.columns} if self.as_strings else None
-                conv = pacsv.ConvertOptions(include_columns=self.columns, column_types=types)
-                try:
-                    reader = pacsv.open_csv(path, convert_options=conv)
-                except pa.ArrowKeyError:  # a column named in include_columns is not in the header
-                    raise self._missing(path, pacsv.open_csv(path).schema.names) from None
-                yield from reader
+            for batch in self._read(path):
+                batch.validate(full=True)          # e.g. string bytes that are not UTF-8 (JSON, Parquet)
+                binary = [f.name for f in batch.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+                if binary:                         # a CSV column with bytes that are not UTF-8 reads as binary
+                    raise ImportError_(f"{path}: column {binary[0]}: not UTF-8 text", file=path)
+                yield batch
         except ImportError_:
             raise
         except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, OSError) as exc:
             raise ImportError_(f"{path}: cannot read flows ({exc})", file=path) from None
+
+    def _read(self, path: str) -> Iterator[pa.RecordBatch]:
+        if path.endswith(".parquet"):
+            pf = pq.ParquetFile(path)
+            if any(c not in pf.schema_arrow.names for c in self.columns):
+                raise self._missing(path, pf.schema_arrow.names)
+            yield from pf.iter_batches(batch_size=8192, columns=self.columns)
+        elif path.endswith(JSON_LINES):
+            yield from self._json_batches(path)
+        else:
+            types = {c: pa.string() for c in self.columns} if self.as_strings else None
+            conv = pacsv.ConvertOptions(include_columns=self.columns, column_types=types)
+            try:
+                reader = pacsv.open_csv(path, convert_options=conv)
+            except pa.ArrowKeyError:  # a column named in include_columns is not in the header
+                raise self._missing(path, pacsv.open_csv(path).schema.names) from None
+            yield from reader
 
     def _json_batches(self, path: str) -> Iterator[pa.RecordBatch]:
         """One JSON object per line; the column types are inferred from the first block (a key
@@ -142,7 +150,6 @@ class FlowSource:
             raise self._missing(path, reader.schema.names)
         for batch in reader:
             batch = batch.select(self.columns)
-            batch.validate(full=True)              # the JSON reader leaves bytes that are not UTF-8 in strings
             if self.as_strings:
                 batch = pa.RecordBatch.from_arrays([batch.column(c).cast(pa.string()) for c in self.columns],
                                                    names=self.columns)
