@@ -27,3 +27,11 @@ def test_unknown_registry_name_is_a_user_error_with_a_plain_message():
 ])
 def test_is_user_error(exc, user):
     assert is_user_error(exc) is user
+
+
+def test_one_line_breaks_and_control_characters():
+    from xclass.errors import one_line
+
+    msg = one_line(ValueError("f.csv: row 3 (\"a\nb\r\nc\x0bd\x85e\u2028f\") \x1b[31mred\x00 tab\tkept"))
+    assert msg == 'f.csv: row 3 ("a / b / c / d / e / f") \\x1b[31mred\\x00 tab\tkept'
+    assert len(msg.splitlines()) == 1

@@ -32,7 +32,13 @@ def is_user_error(exc: BaseException) -> bool:
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+_BREAKS = re.compile("[ \t]*[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+[ \t]*")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f]")
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line: line breaks (a CSV parser quoting a damaged row, say)
-    become `` / ``, so a user error is always printed as a single line."""
-    return re.sub(r"\s*[\r\n]+\s*", " / ", str(exc)).strip()
+    become `` / `` and other control characters (a terminal escape in a hostile file) ``\\xNN``,
+    so a user error is always printed as one plain line."""
+    text = _BREAKS.sub(" / ", str(exc)).strip()
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -124,6 +124,8 @@ class FlowSource:
             raise
         except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, OSError) as exc:
             raise ImportError_(f"{path}: cannot read flows ({exc})", file=path) from None
+        except UnicodeDecodeError:  # pyarrow's own message quoted bytes that are not UTF-8
+            raise ImportError_(f"{path}: cannot read flows (bytes that are not UTF-8 text)", file=path) from None
 
     def _read(self, path: str) -> Iterator[pa.RecordBatch]:
         if path.endswith(".parquet"):
