@@ -5,6 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from xclass.data.schema import DataError
+
 from xclass.importers import ImportError_
 from xclass.importers.face_align import ARCFACE_TEMPLATE, align_5points, umeyama
 from xclass.importers.faces import import_faces
@@ -89,7 +91,11 @@ def test_import_with_landmarks_and_grayscale(tmp_path):
     with pytest.raises(ImportError_, match=r"lmk3\.csv: line 2: expected a file name and 10 numbers"):
         import_faces(str(tmp_path / "f"), str(tmp_path / "o3"), size=32, landmarks_csv=str(tmp_path / "lmk3.csv"),
                      show_progress=False)
-    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    (tmp_path / "lmk4.csv").write_bytes(rows[0].encode() + b"\na/0.png,1,2,3,4,5,6,7,8,9,1\xb5\n")
+    with pytest.raises(DataError, match=r"lmk4\.csv: line 2: not UTF-8 text"):
+        import_faces(str(tmp_path / "f"), str(tmp_path / "o4"), size=32, landmarks_csv=str(tmp_path / "lmk4.csv"),
+                     show_progress=False)
+    assert not any((tmp_path / o).exists() for o in ("o2", "o3", "o4"))
 
 
 def test_crop_box_and_boxes_csv(tmp_path):

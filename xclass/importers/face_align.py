@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_
+from xclass.importers.common import ImportError_, text_lines
 
 #: The standard 112 x 112 ArcFace / insightface 5-point template (x, y).
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -81,20 +81,19 @@ def read_point_csv(path: str, root: str, n_values: int, what: str) -> Dict[str, 
     if not os.path.isfile(path):
         raise ImportError_(f"{path}: {what} file not found", file=path)
     out: Dict[str, np.ndarray] = {}
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        next(rows, None)
-        for line, rec in enumerate(rows, start=2):
-            if not rec or not "".join(rec).strip():
-                continue
-            try:
-                vals = np.array([float(v) for v in rec[1:]], np.float64)
-            except ValueError:
-                vals = np.array([])
-            if len(vals) != n_values or not np.isfinite(vals).all():
-                raise ImportError_(f"{path}: line {line}: expected a file name and {n_values} numbers ({what})",
-                                   file=path, row=line)
-            out[os.path.normpath(os.path.join(root, rec[0].strip()))] = vals
+    rows = csv.reader(text_lines(path))                       # a byte that is not UTF-8: DataError
+    next(rows, None)
+    for line, rec in enumerate(rows, start=2):
+        if not rec or not "".join(rec).strip():
+            continue
+        try:
+            vals = np.array([float(v) for v in rec[1:]], np.float64)
+        except ValueError:
+            vals = np.array([])
+        if len(vals) != n_values or not np.isfinite(vals).all():
+            raise ImportError_(f"{path}: line {line}: expected a file name and {n_values} numbers ({what})",
+                               file=path, row=line)
+        out[os.path.normpath(os.path.join(root, rec[0].strip()))] = vals
     return out
 
 
