@@ -6,7 +6,6 @@ import pytest
 from PIL import Image
 
 from xclass.data.schema import DataError
-
 from xclass.importers import ImportError_
 from xclass.importers.face_align import ARCFACE_TEMPLATE, align_5points, umeyama
 from xclass.importers.faces import import_faces
