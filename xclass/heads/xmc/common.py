@@ -2,7 +2,6 @@
 label-text loading for the label tower, and the ``W`` gradient factor of the convention."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional, Tuple
 
@@ -57,14 +56,6 @@ def local_positions(labels_g: torch.Tensor, start: int, stop: int,
     at = torch.searchsorted(cols, pos.clamp(min=0))
     found = (pos >= 0) & (at < cols.numel()) & (cols[at.clamp(max=max(cols.numel() - 1, 0))] == pos)
     return torch.where(found, at, torch.full_like(pos, -1))
-
-
-def read_meta(data_path: str) -> dict:
-    p = os.path.join(data_path, "meta.json")
-    if not os.path.exists(p):
-        raise FileNotFoundError(f"{p}: dataset meta.json not found (label tower needs the dataset)")
-    with open(p) as f:
-        return json.load(f)
 
 
 def vocab_size_of(meta: dict, where: str) -> int:

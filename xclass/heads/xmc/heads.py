@@ -13,9 +13,10 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
+from xclass.data.meta import load_meta
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range
-from xclass.heads.xmc.common import read_label_features, read_label_tokens, read_meta, vocab_size_of
+from xclass.heads.xmc.common import read_label_features, read_label_tokens, vocab_size_of
 from xclass.heads.xmc.dual import DualDecoupledHead
 from xclass.heads.xmc.ova import OvAHead
 
@@ -42,7 +43,7 @@ def dual_decoupled_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, 
             raise ValueError("head 'dual_decoupled': label_repr text needs the dataset directory (data_path)")
         start, stop = class_range(num_classes, ctx.rank, ctx.world_size)
         p["label_tokens"] = read_label_tokens(data_path, start, stop)
-        p.setdefault("vocab_size", vocab_size_of(read_meta(data_path), data_path))
+        p.setdefault("vocab_size", vocab_size_of(load_meta(data_path), data_path))
     try:
         return DualDecoupledHead(num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx, seed=seed, **p)
     except TypeError as exc:
