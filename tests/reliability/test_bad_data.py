@@ -88,3 +88,25 @@ def test_corrupt_parquet_pages(tmp_path, capfd):
     rc, err = cli(["train", f"data.path={data}", f"train.out_dir={tmp_path / 'run'}", *TINY], capfd)
     assert_one_line(rc, err, "train.parquet")
     json.dumps(err)
+
+
+def _embeddings_with_a_damaged_page(path: str) -> None:
+    """An embedding file whose footer reads fine and whose 'embedding' data page does not."""
+    e = np.random.default_rng(0).standard_normal((500, 8)).astype("float32")
+    pq.write_table(pa.table({"id": np.arange(500), "label": np.arange(500) % 7,
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 8)}), path)
+    page = pq.ParquetFile(path).metadata.row_group(0).column(2).data_page_offset
+    raw = bytearray(open(path, "rb").read())
+    raw[page + 100:page + 164] = b"\xff" * 64
+    open(path, "wb").write(bytes(raw))
+
+
+def test_evaluate_damaged_embedding_page(tmp_path, capfd):
+    path = str(tmp_path / "emb.parquet")
+    _embeddings_with_a_damaged_page(path)
+    pairs = str(tmp_path / "pairs.parquet")
+    pq.write_table(pa.table({"a": [0, 1], "b": [2, 3], "same": [True, False]}), pairs)
+    rc, err = cli(["evaluate", "--protocol", "face", "--embeddings", path, "--pairs", pairs,
+                   "--out", str(tmp_path / "r")], capfd)
+    assert_one_line(rc, err, "emb.parquet: cannot read the Parquet data after row 0")
+    assert not os.path.exists(tmp_path / "r")

@@ -62,6 +62,21 @@ def _open(path: str) -> pq.ParquetFile:
     return pf
 
 
+def _read_rows(path: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches`` of ``path``; damaged data pages (the footer read fine) -> ValueError naming the
+    file and the rows read before."""
+    rows = 0
+    while True:
+        try:
+            rb = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"{path}: cannot read the Parquet data after row {rows} ({exc})") from None
+        rows += rb.num_rows
+        yield rb
+
+
 def _require(path: str, schema: pa.Schema, cols: Sequence[str]) -> None:
     missing = [c for c in cols if c not in schema.names]
     if missing:
@@ -152,7 +167,7 @@ def iter_batches(src: Source, batch_rows: int = 65536, with_labels: bool = False
     cols = ["id", "embedding"] + ([lab] if lab else [])
     _require(path, pf.schema_arrow, cols)
     offset = 0
-    for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+    for rb in _read_rows(path, pf.iter_batches(batch_size=batch_rows, columns=cols)):
         t = pa.Table.from_batches([rb])
         ids = t.column("id").combine_chunks()
         if ids.null_count:
@@ -182,7 +197,10 @@ def read_columns(path: str, cols: Sequence[str], kinds: Sequence[str]) -> List[n
     ``kinds``: 'int' or 'bool' per column."""
     pf = _open(str(path))
     _require(str(path), pf.schema_arrow, cols)
-    t = pf.read(columns=list(cols))
+    try:
+        t = pf.read(columns=list(cols))
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: cannot read the Parquet data ({exc})") from None
     out = []
     for c, kind in zip(cols, kinds):
         col = t.column(c).combine_chunks()
