@@ -110,3 +110,11 @@ def test_evaluate_damaged_embedding_page(tmp_path, capfd):
                    "--out", str(tmp_path / "r")], capfd)
     assert_one_line(rc, err, "emb.parquet: cannot read the Parquet data after row 0")
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_split_gallery_damaged_page(tmp_path, capfd):
+    path = str(tmp_path / "emb.parquet")
+    _embeddings_with_a_damaged_page(path)
+    rc, err = cli(["split-gallery", "--input", path, "--out", str(tmp_path / "s")], capfd)
+    assert_one_line(rc, err, "emb.parquet: cannot read the Parquet file")
+    assert not os.path.exists(tmp_path / "s")

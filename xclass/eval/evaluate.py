@@ -14,7 +14,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from xclass.eval.identification import identification_report
-from xclass.eval.io import ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns
+from xclass.eval.io import (ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns,
+                             read_table)
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
 from xclass.eval.rankings import RankingWriter
 from xclass.eval.scorenorm import as_norm_trials, unit_rows
@@ -71,9 +72,7 @@ def read_label_counts(path: str, n_labels: int) -> np.ndarray:
     """Training label counts [n_labels] int64 from a text file (line i = count of label i) or a
     Parquet table with ``label_id`` and ``train_count`` (an XMC dataset's labels.parquet)."""
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path)
+        t = read_table(path)
         missing = [c for c in ("label_id", "train_count") if c not in t.column_names]
         if missing:
             raise ValueError(f"{path}: label-count table needs columns label_id, train_count (missing {missing})")

@@ -127,9 +127,9 @@ def used(weights: Dict[str, float], sources: Dict[str, Optional[sp.csr_matrix]])
 def rankings_scores(path: str, ids: np.ndarray, num_labels: int) -> sp.csr_matrix:
     """A rankings Parquet (``id``, ``labels`` list, ``scores`` list in [0, 1]) -> CSR
     ``[len(ids), L]`` in the order of the query ``ids`` ``[n]``; a query it lacks scores nothing."""
-    import pyarrow.parquet as pq
+    from xclass.eval.io import read_table
 
-    t = pq.read_table(path, columns=["id", "labels", "scores"])
+    t = read_table(path, columns=["id", "labels", "scores"])
     lab, sc = t.column("labels").combine_chunks(), t.column("scores").combine_chunks()
     off = lab.offsets.to_numpy().astype(np.int64)
     li = lab.flatten().to_numpy().astype(np.int64)
@@ -147,9 +147,9 @@ def test_ids(data: str) -> np.ndarray:
     """The ``id`` column ``[n_test]`` of ``data``'s test split, in file order."""
     import os
 
-    import pyarrow.parquet as pq
+    from xclass.eval.io import read_table
 
-    return pq.read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
+    return read_table(os.path.join(data, "test.parquet"), columns=["id"]).column("id").to_numpy()
 
 
 def data_rankings(data: str, rankings: Dict[str, str]) -> Dict[str, sp.csr_matrix]:
@@ -210,8 +210,7 @@ def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: i
     Parquet of the same test split (:func:`rankings_scores`)."""
     import os
 
-    import pyarrow.parquet as pq
-
+    from xclass.eval.io import read_table
     from xclass.eval.searcher import ShardedIndex
     from xclass.eval.embed import load_run
     from xclass.eval.xmc_run import embed_xmc_split, evaluate_run
@@ -224,11 +223,11 @@ def fuse_run(run: str, work: str, weights: Dict[str, float], k: int = 50, top: i
         evaluate_run(run, work, (1,), data_path=data)
 
     def emb(path: str) -> np.ndarray:
-        col = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
+        col = read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
         return col.flatten().to_numpy().reshape(len(col), -1).astype(np.float32)
 
     test_path = os.path.join(work, "test_embeddings.parquet")
-    q, ids = emb(test_path), pq.read_table(test_path, columns=["id"]).column("id").to_numpy()
+    q, ids = emb(test_path), read_table(test_path, columns=["id"]).column("id").to_numpy()
     src: Dict[str, Optional[sp.csr_matrix]] = {"dual": None, "emb_knn": None, "tfidf_knn": None}
     Y = label_matrix(read_split(os.path.join(data, "train.parquet"))[1], n_labels)
     if weights.get("dual"):

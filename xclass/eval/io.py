@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclass.data.schema import DataError
 from xclass.eval.metrics import LabelSets
 
 
@@ -60,6 +61,17 @@ def _open(path: str) -> pq.ParquetFile:
     if pf.metadata.num_rows == 0:
         raise ValueError(f"{path}: file has no rows")
     return pf
+
+
+def read_table(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """``pq.read_table`` for the evaluation side's inputs: a missing, unreadable or damaged file,
+    or a missing column, is a DataError naming the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read the Parquet file ({exc})", file=path) from None
 
 
 def _read_rows(path: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -217,7 +217,7 @@ def rank_dataset(data: str, k: int = 50, K: int = 50, C: float = 16.0, prune: fl
     rows (costs a second matcher + rankers fit on the rest)."""
     import os
 
-    import pyarrow.parquet as pq
+    from xclass.eval.io import read_table
 
     from xclass.eval import rerank as RR
     from xclass.eval.fusion import read_meta_num_classes, test_ids
@@ -231,7 +231,7 @@ def rank_dataset(data: str, k: int = 50, K: int = 50, C: float = 16.0, prune: fl
     model = fit(D, Ltr, n_labels, k, K, C, prune, seed, progress)
     re = None
     if rerank:
-        tr_ids = pq.read_table(os.path.join(data, "train.parquet"), columns=["id"]).column("id").to_numpy()
+        tr_ids = read_table(os.path.join(data, "train.parquet"), columns=["id"]).column("id").to_numpy()
         re = fit_reranker_holdout(D, Ltr, tr_ids, n_labels, k, K, C, prune, seed, holdout)
     t1 = time.perf_counter()
     sq, vq, p = score(model, D, Ltr, Q, n_labels, k, K, prune)

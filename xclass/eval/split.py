@@ -17,11 +17,10 @@ from typing import Dict, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from xclass.data.schema import DataError
 from xclass.errors import one_line
-from xclass.eval.io import write_parquet_atomic
+from xclass.eval.io import read_table, write_parquet_atomic
 
 
 def query_mask(ids: np.ndarray, labels: np.ndarray, query_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -50,7 +49,7 @@ def first_half_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def _mask_from_file(path: str, ids: np.ndarray, emb_path: str) -> np.ndarray:
-    gq = pq.read_table(path)
+    gq = read_table(path)
     for col in ("id", "is_query"):
         if col not in gq.column_names:
             raise DataError(f"missing column {col!r} (has {gq.column_names})", file=path, column=col)
@@ -75,7 +74,7 @@ def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = Non
                 raise FileExistsError(f"{p} exists (pass --overwrite)")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    t = pq.read_table(path)
+    t = read_table(path)
     for col in ("id", "label"):
         if col not in t.column_names:
             raise DataError(f"missing column {col!r} (has {t.column_names})", file=path, column=col)

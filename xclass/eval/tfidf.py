@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from xclass.eval.io import read_table
 from xclass.eval.metrics import LabelSets, Ranking, inverse_propensity, xmc_metrics
 
 
@@ -27,7 +28,7 @@ def read_split(path: str) -> Tuple[sp.csr_matrix, LabelSets, int]:
     present, token_weights; repeated tokens of a row add up)."""
     names = pq.ParquetFile(path).schema_arrow.names
     cols = ["tokens", "labels"] + (["token_weights"] if "token_weights" in names else [])
-    t = pq.read_table(path, columns=cols)
+    t = read_table(path, columns=cols)
     tok = t.column("tokens").combine_chunks()
     lab = t.column("labels").combine_chunks()
     t_off = tok.offsets.to_numpy().astype(np.int64)

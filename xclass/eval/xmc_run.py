@@ -18,7 +18,7 @@ from xclass import components
 from xclass.eval import evaluate as ev
 from xclass.eval.export import export_index
 from xclass.eval.index import IndexSpec
-from xclass.eval.io import write_parquet_atomic
+from xclass.eval.io import read_table, write_parquet_atomic
 from xclass.eval.metrics import inverse_propensity
 from xclass.eval.searcher import ShardedIndex
 from xclass.eval.embed import export_head, load_encoder, load_run
@@ -63,7 +63,7 @@ def embed_xmc_split(run_dir: str, data: str, split: str, out_path: str, batch_ro
 
 def train_propensity(path: str, n_labels: int, a: float, b: float) -> np.ndarray:
     """Inverse propensities [n_labels] from a training split's ``labels`` (no embeddings needed)."""
-    lab = pq.read_table(path, columns=["labels"]).column("labels").combine_chunks()
+    lab = read_table(path, columns=["labels"]).column("labels").combine_chunks()
     flat = lab.flatten().to_numpy()
     return inverse_propensity(np.bincount(flat, minlength=n_labels), len(lab), a, b)
 
