@@ -143,3 +143,17 @@ def test_trains_and_baseline_runs(tmp_path):
     got = tfidf_knn_baseline(str(tmp_path / "o/train.parquet"), str(tmp_path / "o/test.parquet"), 4, ks=(1,),
                              k=2, progress=False)
     assert got["weighting"] == "given" and got["P@1"] == 1.0  # "red" -> label red
+
+
+def test_damaged_parquet_names_the_file(tmp_path, capsys):
+    tr = _parquet(tmp_path / "tr.parquet", TRAIN * 50)
+    page = pq.ParquetFile(tr).metadata.row_group(0).column(0).data_page_offset
+    raw = bytearray(open(tr, "rb").read())
+    raw[page + 20:page + 84] = b"\xff" * 64
+    open(tr, "wb").write(bytes(raw))
+    te = _jsonl(tmp_path / "te.jsonl", TEST)
+    assert xclass_main(["import", "text", "--out", str(tmp_path / "o"), "--train", tr, "--test", te,
+                        "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tr.parquet: cannot read the Parquet data after row 0" in err[0], err
+    assert not os.path.exists(tmp_path / "o")

@@ -63,16 +63,21 @@ def read_records(path: str, columns: List[str]) -> Iterator[Tuple[int, List[Any]
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise DataError(f"no such column (columns: {pf.schema_arrow.names})", file=path, column=missing[0])
+        import pyarrow as pa
+
         row = 0
-        for rb in pf.iter_batches(batch_size=8192, columns=columns):
-            vals = [rb.column(i).to_pylist() for i in range(len(columns))]
-            for j in range(rb.num_rows):
-                yield row, [v[j] for v in vals]
-                row += 1
+        try:
+            pf = pq.ParquetFile(path)
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(f"no such column (columns: {pf.schema_arrow.names})", file=path, column=missing[0])
+            for rb in pf.iter_batches(batch_size=8192, columns=columns):
+                vals = [rb.column(i).to_pylist() for i in range(len(columns))]
+                for j in range(rb.num_rows):
+                    yield row, [v[j] for v in vals]
+                    row += 1
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"cannot read the Parquet data after row {row} ({exc})", file=path) from None
         return
     lines = text_lines(path)
     if fmt == "jsonl":
