@@ -77,3 +77,13 @@ def test_open_validation_holds_out_whole_training_classes(tmp_path):
     orig = {i: "abcd"[i // 5] for i in range(20)}
     assert all(names[lab] == orig[i] for i, lab in zip(tr["id"] + te["id"], tr["label"] + te["label"]))
     assert len(te["id"]) == 10 and not set(tr["id"]) & set(te["id"])
+
+
+def test_subset_rows_split_host_name_labels():
+    meta = {"class_names": ["DNS", "TLS.Apple", "TLS.Microsoft", "NTP", "Skype_Teams.SkypeCall"]}
+    truth = np.array([1, 1, 2, 0, 3, 3, 4])
+    pred = np.array([1, 2, 2, 0, 0, 3, 4])
+    rows = bench_tasks.subset_rows(meta, "m", pred, truth)
+    assert [(r["subset"], r["value"], r["n"]) for r in rows] == [("host-name labels", 0.6667, 3),
+                                                                 ("other labels", 0.75, 4)]
+    assert bench_tasks.subset_rows({"class_names": ["a", "b"]}, "m", pred[:2] % 2, truth[:2] % 2) == []

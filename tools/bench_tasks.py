@@ -169,8 +169,28 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
             pos = np.searchsorted(e["test"]["id"], ids)
             em = e["test"]["emb"][pos]
             res[name] = nn1(em[g], lab[g], em[q], lab[q], True)
+            rows += subset_rows(meta, name, lab[g][np.argmax(em[q] @ em[g].T, axis=1)], lab[q])
         rows += _rows("open", res, int(q.sum()))
     return rows
+
+
+#: nDPI protocols whose flows it names by the application found in a host name of the payload
+#: (TLS / QUIC server name, DNS query, HTTP Host): labels ``TLS.Apple``, ``DNS.Amazon``, ...
+CARRIERS = ("TLS", "DTLS", "QUIC", "DNS", "HTTP", "HTTP_Proxy", "HTTP_Connect")
+
+
+def subset_rows(meta: Dict, method: str, pred: np.ndarray, truth: np.ndarray) -> List[Dict]:
+    """Open-set 1-NN accuracy of ``method`` (first nearest row, as ``1nn_acc``) on the queries whose
+    class name is ``CARRIER.APP`` (an application nDPI read from a host name, see CARRIERS) and on
+    the others; none when no query has such a label."""
+    names = meta.get("class_names") or []
+    host = np.array([t < len(names) and "." in str(names[t]) and str(names[t]).split(".")[0] in CARRIERS
+                     for t in truth], bool)
+    if not host.any():
+        return []
+    return [{"protocol": "open", "subset": subset, "method": method, "metric": "1nn_acc",
+             "value": round(float((pred[m] == truth[m]).mean()), 4), "n": int(m.sum())}
+            for subset, m in (("host-name labels", host), ("other labels", ~host)) if m.any()]
 
 
 def proximity_nn1(rf: Any, x: np.ndarray, lab: np.ndarray, g: np.ndarray, q: np.ndarray) -> Dict[str, float]:
