@@ -23,7 +23,9 @@ Embedding 1-NN uses cosine similarity. Traffic rows give two metrics per method:
 (the first of equally near gallery rows) and ``1nn_tievote_acc`` (the majority label of all
 equally near rows: identical flows can carry different nDPI labels); the forest's closed-set
 accuracy is written under both names. Each row: task, data, config, overrides, seed,
-train_seconds, protocol, method, metric, value, n.
+train_seconds, protocol, method, metric, value, n. Open-set rows with a ``subset`` key split the
+embeddings' ``1nn_acc`` into queries with nDPI host-name labels (``TLS.Apple``: see CARRIERS)
+and the others.
 """
 from __future__ import annotations
 
