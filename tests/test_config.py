@@ -76,9 +76,14 @@ def test_circular_base(tmp_path):
         load_config(p)
 
 
-def test_missing_file_and_bad_override():
+def test_missing_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/x.yaml")
+    with pytest.raises(ConfigError, match="is a directory, not a YAML config file"):
+        load_config(str(tmp_path))
+    (tmp_path / "latin.yaml").write_bytes(b"train:\n  out_dir: caf\xe9\n")
+    with pytest.raises(ConfigError, match="latin.yaml: invalid YAML"):
+        load_config(str(tmp_path / "latin.yaml"))
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("optim.lr")
 
