@@ -172,3 +172,23 @@ def test_a_parser_message_with_a_line_break_is_printed_on_one_line(tmp_path, cap
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and 'nl.csv: cannot read flows' in err and '"x / y"' in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind,extra,message", [
+    ("flows", ["--num-packets", "0"], "--num-packets must be >= 1, got 0"),
+    ("flows", ["--test-classes", "-1"], "--test-classes must be >= 0, got -1"),
+    ("pcap", ["--idle-timeout", "0"], "--idle-timeout must be > 0, got 0.0"),
+    ("pcap", ["--min-flows", "0"], "--min-flows must be >= 1, got 0"),
+    ("audio", ["--n-mels", "0"], "--n-mels must be >= 1, got 0"),
+    ("faces", ["--impostor-ratio", "-1"], "--impostor-ratio must be > 0, got -1.0"),
+])
+def test_out_of_range_options_are_one_line(tmp_path, capsys, kind, extra, message):
+    from xclass.cli.importers import main
+
+    src = {"flows": ["--input", "f.csv", "--sizes-column", "s", "--dirs-column", "d", "--iat-column", "i"],
+           "pcap": ["--input", "c.pcap", "--label-sni"], "audio": ["--root", str(tmp_path)],
+           "faces": ["--root", str(tmp_path)]}[kind]
+    assert main([kind, *src, "--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xclass import: error: {message}"]
+    assert not (tmp_path / "o").exists()

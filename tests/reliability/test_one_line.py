@@ -40,6 +40,9 @@ def test_import_xc_non_utf8_and_existing_out(tmp_path, capfd):
     train.write_bytes(b"2 3 2\n0 0:1.0 1:2.0\n1 1:1.0 2:1.0\n")
     rc, err = cli(["import", "xc", "--out", str(tmp_path / "exists"), "--train", str(train), "--test", str(test)], capfd)
     assert_one_line(rc, err, "exists", "--overwrite")
+    rc, err = cli(["import", "xc", "--out", str(tmp_path / "o2"), "--train", str(tmp_path), "--test", str(test)], capfd)
+    assert_one_line(rc, err, f"{tmp_path}: not a file")
+    assert not os.path.exists(tmp_path / "o2")
 
 
 def _faces_root(tmp_path):

@@ -156,7 +156,22 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+#: numeric options checked before anything is read: (attribute, lowest value, is the bound excluded)
+_BOUNDS = (("test_classes", 0, False), ("num_packets", 1, False), ("min_packets", 1, False),
+           ("min_flows", 1, False), ("idle_timeout", 0, True), ("num_pairs", 0, False), ("num_trials", 0, False),
+           ("impostor_ratio", 0, True), ("sample_rate", 1, False), ("n_mels", 1, False), ("max_frames", 0, False))
+
+
+def _check_bounds(a: argparse.Namespace) -> None:
+    """ImportError_ naming the first option out of range (``--num-packets 0``, ``--test-classes -1``)."""
+    for attr, low, strict in _BOUNDS:
+        v = getattr(a, attr, None)
+        if v is not None and (v <= low if strict else v < low):
+            raise ImportError_(f"--{attr.replace('_', '-')} must be {'>' if strict else '>='} {low}, got {v}")
+
+
 def _dispatch(a: argparse.Namespace) -> dict:
+    _check_bounds(a)
     show = not a.no_progress
     if a.import_kind == "faces":
         from xclass.importers.faces import import_faces

@@ -139,7 +139,7 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
     bad: List[str] = []
     for path in captures:
         if not os.path.isfile(path):
-            raise ImportError_(f"{path}: capture not found", file=path)
+            raise ImportError_(f"{path}: {'not a file' if os.path.exists(path) else 'capture not found'}", file=path)
         stats: Dict[str, int] = {}
         try:
             flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)

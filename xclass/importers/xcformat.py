@@ -80,9 +80,16 @@ def _check_count(path: str, want: int, got: int) -> None:
         raise _fail(path, got + 1, f"header says {want} rows, file has {got}")
 
 
+def _open_text(path: str):
+    """``path`` as text; bad bytes fail later as a bad item on their line (surrogate escapes)."""
+    if not os.path.isfile(path):
+        raise DataError("not a file" if os.path.exists(path) else "file not found", file=path)
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
 def read_bow(path: str) -> Tuple[Tuple[int, int, int], Iterator[Row]]:
     """((num_rows, num_features, num_labels), row iterator) of a BoW single file."""
-    f = open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes fail as a bad item on their line
+    f = _open_text(path)
     n, nf, nl = _header(path, f, 3)
 
     def rows() -> Iterator[Row]:
@@ -105,7 +112,7 @@ def read_bow(path: str) -> Tuple[Tuple[int, int, int], Iterator[Row]]:
 
 def read_sparse(path: str) -> Tuple[Tuple[int, int], Iterator[Tuple[List[int], List[float]]]]:
     """((num_rows, num_cols), iterator of (indices, values)) of a split-format sparse file."""
-    f = open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes fail as a bad item on their line
+    f = _open_text(path)
     n, nc = _header(path, f, 2)
 
     def rows():
@@ -153,8 +160,8 @@ def write_sparse(path: str, rows: Sequence[Tuple[List[int], List[float]]], num_c
 
 def read_label_text(path: str, num_labels: int) -> List[str]:
     """``Y.txt``-style label text: line i is the text of label i."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [t.rstrip("\n") for t in f]
+    with _open_text(path) as f:
+        lines = [t.rstrip("\n").encode("utf-8", "surrogateescape").decode("utf-8", "replace") for t in f]
     if len(lines) != num_labels:
         raise _fail(path, len(lines), f"{len(lines)} lines of label text, the data has {num_labels} labels")
     return lines
