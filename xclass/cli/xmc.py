@@ -64,9 +64,20 @@ def add_text_args(p: argparse.ArgumentParser) -> None:
     _add(p)
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def add_tfidf_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data", required=True)
-    t.add_argument("--k", type=int, default=50)
+    t.add_argument("--k", type=_positive, default=50)
     t.add_argument("--ks", type=_ks, default=[1, 3, 5])
     t.add_argument("--weighting", default="auto", choices=["auto", "tfidf", "given"],
                    help="document vectors: tfidf of token counts, the imported token_weights as given, "
@@ -118,13 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--work", required=True, help="evaluation directory (label index, embeddings, rankings)")
     f.add_argument("--weights", default="dual=1,emb_knn=1,tfidf_knn=1",
                    help="weights of the sources dual, emb_knn, tfidf_knn and the --rankings names")
-    f.add_argument("--k", type=int, default=50, help="neighbours of both kNN sources")
+    f.add_argument("--k", type=_positive, default=50, help="neighbours of both kNN sources")
     f.add_argument("--ks", type=_ks, default=[1, 3, 5])
     add_propensity_args(f)
     r = sub.add_parser("ranker", help="kNN shortlist + one-vs-all linear rankers on TF-IDF (xclass.eval.ranker)")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True, help="directory for rankings.parquet (test split, top --K labels)")
-    r.add_argument("--k", type=int, default=50, help="neighbours of the shortlist's kNN vote")
+    r.add_argument("--k", type=_positive, default=50, help="neighbours of the shortlist's kNN vote")
     r.add_argument("--K", type=int, default=50, help="shortlist size (labels per query)")
     r.add_argument("--C", type=float, default=16.0, help="inverse L2 strength of each label's logistic regression")
     r.add_argument("--no-rerank", action="store_true", help="rank by the linear rankers only (no second stage)")

@@ -167,6 +167,9 @@ def _resolve_counts(task: str, num_classes: int, o: Dict) -> Dict:
         o["rows_per_class"] = max(1, o["num_rows"] // num_classes) if o["num_rows"] else 20
     o["test_classes"] = o["test_classes"] or max(2, min(1000, num_classes // 5))
     o["test_rows_per_class"] = o["test_rows_per_class"] or max(2, min(o["rows_per_class"], 10))
+    for key in ("rows_per_class", "test_rows_per_class", "test_classes"):
+        if o[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {o[key]}")
     return o
 
 

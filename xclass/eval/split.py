@@ -107,9 +107,11 @@ def add_split_args(p: argparse.ArgumentParser) -> None:
 
 def run_split(a: argparse.Namespace) -> int:
     """CLI: prints a one-line JSON summary; bad input -> one line on stderr, exit 2."""
+    if not 0.0 <= a.query_fraction < 1.0:
+        print(f"xclass split-gallery: error: --query-fraction must be in [0, 1), got {a.query_fraction}",
+              file=sys.stderr)
+        return 2
     try:
-        if not 0.0 <= a.query_fraction < 1.0:
-            raise DataError(f"--query-fraction must be in [0, 1), got {a.query_fraction}")
         info = split_gallery(a.input, a.out, gallery_query=a.gallery_query, query_fraction=a.query_fraction,
                              seed=a.seed, overwrite=a.overwrite)
     except (DataError, FileExistsError, FileNotFoundError, pa.ArrowInvalid) as exc:

@@ -217,6 +217,8 @@ def import_text(out_dir: str, train: str, test: str, *, text_column: str = "text
                 label_text_column: str = "text", min_df: int = 1, max_vocab: int = 0,
                 overwrite: bool = False, progress: bool = True, seed: int = 0) -> Dict:
     """Import ``train``/``test`` into ``out_dir`` (see the module doc); returns meta.json's dict."""
+    if min_df < 1 or max_vocab < 0:
+        raise DataError(f"need --min-df >= 1 and --max-vocab >= 0 (0 = all words), got {min_df} and {max_vocab}")
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     cols = [text_column, labels_column]
