@@ -1,5 +1,6 @@
 """Partition, Partial-FC sampling and init are functions of the GLOBAL class id,
 plus factory/config errors and bf16 inputs (single process, fast)."""
+import re
 import types
 
 import pytest
@@ -77,8 +78,16 @@ def test_bad_inputs_give_clear_errors():
         head(torch.randn(2, 7), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="labels must be an integer"):
         head(torch.randn(2, 8), torch.tensor([1.0, 2.0]))
-    with pytest.raises(TypeError, match="margin 'arcface'"):
+    with pytest.raises(ValueError, match=r"unknown key 'head.margin_params.margn' for margin 'arcface' \(known: s, "):
         _head(margin_params={"margn": 0.3})
+    for params, message in (({"s": -1.0}, "'head.margin_params.s' must be > 0.0, got -1.0"),
+                            ({"s": float("nan")}, "'head.margin_params.s' must be a finite number, got nan"),
+                            ({"s": "64"}, "'head.margin_params.s' must be a finite number, got '64'"),
+                            ({"easy_margin": 1}, "'head.margin_params.easy_margin' must be true or false, got 1"),
+                            ({"grad": "bogus"}, "'head.margin_params.grad' must be one of exact, straight_through")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _head(margin_params=params)
+    _head(margin_params={"m": -0.2, "s": 16})                  # negative margins and integer scales are fine
     with pytest.raises(KeyError, match="unknown margin 'arcfce'"):
         _head(margin="arcfce")
     with pytest.raises(ValueError, match="sample_rate"):

@@ -2,21 +2,73 @@
 (the single-process dense baseline: full weight, plain autograd, torch optimizers)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn as nn
 
+from xclass.config_types import ConfigError
 from xclass.heads.base import HEADS, HeadOutput, advance_step, head_lr, host_step, torch_optimizer
 from xclass.heads.sharded import ShardedMarginHead, init_class_rows
 from xclass.losses import MARGINS
+from xclass.losses.margins import FALLBACKS, GRAD_MODES
 from xclass.losses.reference import dense_margin_loss, dense_scores
+
+
+#: margin parameters with a lower bound: (name, bound, is the bound excluded)
+_MARGIN_BOUNDS = (("s", 0.0, True), ("r", 0.0, True), ("sigma", 0.0, False), ("eps", 0.0, False), ("k", 1, False))
+
+
+def check_margin_params(name: str, params: Dict[str, Any]) -> None:
+    """ConfigError naming ``head.margin_params.<key>``: a key the margin does not take, a number
+    that is not finite, or a scale / radius <= 0, a deviation or eps < 0, sub-centres k < 1.
+    Margins may be negative (a negative margin is a published few-shot choice)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(MARGINS.get(name)) if f.init}
+    for key, v in params.items():
+        where = f"head.margin_params.{key}"
+        if key not in defaults:
+            raise ConfigError(f"unknown key '{where}' for margin {name!r} (known: {', '.join(defaults)})")
+        _check_kind(where, defaults[key], v)
+        if key in CHOICES and v not in CHOICES[key]:
+            raise ConfigError(f"'{where}' must be one of {', '.join(CHOICES[key])}, got {v!r}")
+        for b_key, low, strict in _MARGIN_BOUNDS:
+            if key == b_key and isinstance(v, (int, float)) and (v <= low if strict else v < low):
+                raise ConfigError(f"'{where}' must be {'>' if strict else '>='} {low}, got {v}")
+
+
+#: string margin parameters and their values
+CHOICES = {"grad": GRAD_MODES, "fallback": FALLBACKS}
+
+
+def _check_kind(where: str, default: Any, v: Any) -> None:
+    """A value of the default's kind: a finite number for a number, true/false for a flag, text for text."""
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, bool):
+        ok = isinstance(v, bool)
+    elif isinstance(default, (int, float)):
+        ok = number and math.isfinite(v) and (isinstance(v, int) or not isinstance(default, int))
+    elif isinstance(default, str):
+        ok = isinstance(v, str)
+    else:
+        ok = True
+    if not ok:
+        kind = ("true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int)
+                else "a finite number" if isinstance(default, float) else "a string")
+        raise ConfigError(f"'{where}' must be {kind}, got {v!r}")
 
 
 def build_margin(head_cfg: Any) -> Any:
     """The margin named by ``head_cfg.margin`` with ``head_cfg.margin_params`` as keyword arguments."""
     params: Dict[str, Any] = dict(getattr(head_cfg, "margin_params", None) or {})
-    return MARGINS.build(str(head_cfg.margin), **params)
+    name = str(head_cfg.margin)
+    MARGINS.get(name)                       # an unknown margin: the registry's error, naming the known ones
+    check_margin_params(name, params)
+    try:
+        return MARGINS.build(name, **params)
+    except ValueError as exc:               # a margin's own check (grad mode, fallback, ...)
+        raise ConfigError(f"head.margin_params for margin {name!r}: {exc}") from None
 
 
 @HEADS.register("margin")

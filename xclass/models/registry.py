@@ -84,7 +84,12 @@ def build_encoder(model_cfg: Any, meta: Mapping[str, Any]) -> nn.Module:
     if dim <= 0:
         raise ConfigError(f"'model.embedding_dim' must be positive, got {dim}")
     check_params(name, params)
-    return ENCODERS.get(name)(dict(meta), dim, **params)
+    try:
+        return ENCODERS.get(name)(dict(meta), dim, **params)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # a value the encoder cannot build with (dropout 1.5, ...)
+        raise ConfigError(f"model.params for encoder {name!r}: {exc}") from None
 
 
 def meta_get(meta: Mapping[str, Any], key: str, who: str, group: str = "") -> Any:

@@ -56,9 +56,9 @@ def _check_params(embedding_dim: int, channels: Sequence[int], kernels: Sequence
         raise ValueError(f"flowcnn: need size_embed >= 0, size_bin >= 1, max_size >= size_bin, "
                          f"stats_bin > 0 and stats_bins >= 1, got {size_embed}, {size_bin}, {max_size}, "
                          f"{stats_bin}, {stats_bins}")
-    if len(channels) != len(kernels) or not channels:
+    if len(channels) != len(kernels) or not channels or min(channels) < 1 or min(kernels) < 1:
         raise ValueError(f"flowcnn: 'channels' {list(channels)} and 'kernels' "
-                         f"{list(kernels)} must be non-empty and of equal length")
+                         f"{list(kernels)} must be non-empty, of equal length and >= 1")
 
 
 def signed_log1p(x: Tensor) -> Tensor:
