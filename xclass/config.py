@@ -38,7 +38,7 @@ class DataConfig:
     shard_mode: str = "rows"
     """rows: each rank reads its own rows once; global_batch: world-size-invariant batches."""
     sampler: str = "shuffle"
-    """shuffle: random rows; m_per_class: groups of m_per_class rows of one label (angproto heads); class_balanced: rows drawn with weight N_c ** -balance_power."""
+    """shuffle: random rows; m_per_class: groups of m_per_class rows of one label (angproto heads); class_balanced: rows drawn with weight N_c ** -balance_power (0 = as the data, 1 = every class alike; in [0, 1])."""
     m_per_class: int = 2
     """Rows per label group with sampler m_per_class (>= 2; each rank's batch must be a multiple of it)."""
     balance_power: float = 0.5

@@ -25,6 +25,7 @@ _FLOAT_RANGES = [
     ("optim.lr", 0.0, None), ("optim.momentum", 0.0, 1.0), ("optim.weight_decay", 0.0, None),
     ("optim.head_lr", 0.0, None), ("optim.grad_clip", 0.0, None), ("head.sample_rate", 0.0, 1.0),
     ("head.label_smoothing", 0.0, 1.0), ("eval.propensity_a", 0.0, None), ("eval.propensity_b", 0.0, None),
+    ("data.balance_power", 0.0, 1.0),
 ]
 _CHOICES = [
     ("data.task", TASKS), ("data.shard_mode", ("rows", "global_batch")),

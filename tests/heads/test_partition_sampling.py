@@ -88,6 +88,10 @@ def test_bad_inputs_give_clear_errors():
         with pytest.raises(ValueError, match=re.escape(message)):
             _head(margin_params=params)
     _head(margin_params={"m": -0.2, "s": 16})                  # negative margins and integer scales are fine
+    with pytest.raises(ValueError, match=r"unknown key 'head.params.chunks' for head 'margin' \(known: init_std"):
+        _head(params={"chunks": 4})
+    with pytest.raises(ValueError, match=r"'head.params.init_std' must be a finite number > 0, got -1"):
+        _head(params={"init_std": -1})
     with pytest.raises(KeyError, match="unknown margin 'arcfce'"):
         _head(margin="arcfce")
     with pytest.raises(ValueError, match="sample_rate"):

@@ -15,6 +15,7 @@ BAD = [
     (["--workers", "-2"], "cluster.workers"), (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps"),
     (["head.sample_rate=0"], "head.sample_rate"), (["optim.momentum=1.5"], "optim.momentum"),
     (["optim.name=lion"], "optim.name"), (["deepspeed.zero_stage=3"], "deepspeed.zero_stage"),
+    (["data.balance_power=5"], "data.balance_power"), (["data.balance_power=-1"], "data.balance_power"),
 ]
 
 

@@ -77,12 +77,24 @@ def margin_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any
     params (extra ShardedMarginHead kwargs: init_std, bias_init, impl, chunk, update_in_backward;
     docs/fused_head.md)."""
     extra: Dict[str, Any] = dict(getattr(head_cfg, "params", None) or {})
-    try:
-        return ShardedMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,
-                                 ctx=ctx, seed=seed, sample_rate=float(getattr(head_cfg, "sample_rate", 1.0)),
-                                 label_smoothing=float(getattr(head_cfg, "label_smoothing", 0.0)), **extra)
-    except TypeError as exc:
-        raise TypeError(f"head 'margin': bad head.params {sorted(extra)}: {exc}") from exc
+    check_head_params(extra)
+    return ShardedMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,
+                             ctx=ctx, seed=seed, sample_rate=float(getattr(head_cfg, "sample_rate", 1.0)),
+                             label_smoothing=float(getattr(head_cfg, "label_smoothing", 0.0)), **extra)
+
+
+#: head.params of the margin head (the rest of ShardedMarginHead's arguments come from head.*)
+HEAD_PARAMS = ("init_std", "bias_init", "impl", "chunk", "update_in_backward")
+
+
+def check_head_params(extra: Dict[str, Any]) -> None:
+    """ConfigError naming an unknown ``head.params`` key of the margin head, or ``init_std`` <= 0."""
+    for key in extra:
+        if key not in HEAD_PARAMS:
+            raise ConfigError(f"unknown key 'head.params.{key}' for head 'margin' (known: {', '.join(HEAD_PARAMS)})")
+    std = extra.get("init_std", 0.01)
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
+        raise ConfigError(f"'head.params.init_std' must be a finite number > 0, got {std!r}")
 
 
 class DenseMarginHead(nn.Module):

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
+from xclass.config_types import ConfigError
 from xclass.data.meta import load_meta
 from xclass.heads.base import HEADS
 from xclass.heads.partition import class_range
@@ -46,8 +47,8 @@ def dual_decoupled_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, 
         p.setdefault("vocab_size", vocab_size_of(load_meta(data_path), data_path))
     try:
         return DualDecoupledHead(num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx, seed=seed, **p)
-    except TypeError as exc:
-        raise TypeError(f"head 'dual_decoupled': bad head.params {sorted(p)}: {exc}") from exc
+    except TypeError as exc:  # an unknown keyword
+        raise ConfigError(f"head 'dual_decoupled': bad head.params {sorted(p)}: {exc}") from None
 
 
 @HEADS.register("ova")
@@ -56,5 +57,5 @@ def ova_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any, s
     p = _params(head_cfg, "ova")
     try:
         return OvAHead(num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx, seed=seed, **p)
-    except TypeError as exc:
-        raise TypeError(f"head 'ova': bad head.params {sorted(p)}: {exc}") from exc
+    except TypeError as exc:  # an unknown keyword
+        raise ConfigError(f"head 'ova': bad head.params {sorted(p)}: {exc}") from None
