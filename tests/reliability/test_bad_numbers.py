@@ -38,3 +38,16 @@ def test_import_text_vocabulary_bounds(tmp_path, capsys):
                  "--min-df", "0", "--no-progress"]) == 2
     assert "need --min-df >= 1 and --max-vocab >= 0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["fuse", "--data", "d", "--work", "w", "--rankings", "nameonly"], "xclass xmc fuse: error: --rankings 'nameonly': expected NAME=PATH"),
+    (["fuse", "--data", "d", "--work", "w", "--weights", "tfidf_knn=x"], "fusion weight tfidf_knn='x': not a number"),
+    (["evaluate", "--run", "/nonexistent-run", "--work", "w"], "xclass xmc evaluate: error: /nonexistent-run"),
+])
+def test_xmc_module_cli_errors_are_one_line(capsys, argv, message):
+    from xclass.cli.xmc import main as xmc_main
+
+    assert xmc_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

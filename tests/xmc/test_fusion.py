@@ -63,7 +63,8 @@ def test_fuse_weighted_mean_and_ties():
     np.testing.assert_array_equal(ids[1], [2, 0, -1])  # the tie goes to the higher prior
 
 
-@pytest.mark.parametrize("text,msg", [("dual=1,foo=2", "'foo'"), ("dual=-1", "must be >= 0"),
+@pytest.mark.parametrize("text,msg", [("dual=1,foo=2", "'foo'"), ("dual=-1", "must be a finite number >= 0"),
+                                      ("dual=inf", "must be a finite number >= 0"), ("dual=abc", "'abc': not a number"),
                                       ("dual=0", "at least one")])
 def test_parse_weights_errors(text, msg):
     with pytest.raises(ValueError, match=msg):

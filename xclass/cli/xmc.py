@@ -27,6 +27,8 @@ import sys
 import time
 from typing import List, Optional
 
+from xclass.errors import one_line
+
 
 def _ks(s: str) -> List[int]:
     return [int(x) for x in s.split(",") if x]
@@ -173,7 +175,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch on ``args.cmd`` (import-wordnet, import-xc, tfidf, evaluate)."""
+    """Dispatch on ``args.cmd``; bad input (a value, a missing or existing file) is one line on
+    stderr and exit code 2 (``XCLASS_DEBUG=1``: the traceback)."""
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        if os.environ.get("XCLASS_DEBUG"):
+            raise
+        print(f"xclass xmc {args.cmd}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """import-wordnet, import-xc, import-text, embed-text, tfidf, fuse, ranker, evaluate."""
     if args.cmd == "import-wordnet":
         from xclass.importers.wordnet import import_wordnet
 
@@ -217,6 +231,9 @@ def _fuse(args: argparse.Namespace) -> int:
     from xclass.eval import fusion
     from xclass.eval.tfidf import read_split
 
+    bad = [x for x in args.rankings if not all(x.partition("=")[::2])]
+    if bad:
+        raise ValueError(f"--rankings {bad[0]!r}: expected NAME=PATH")
     rankings = dict(x.partition("=")[::2] for x in args.rankings)
     weights = fusion.parse_weights(args.weights, list(rankings))  # a bad value fails before any work
     if bool(args.run) == bool(args.data):

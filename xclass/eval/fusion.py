@@ -104,9 +104,12 @@ def parse_weights(text: str, extra: Sequence[str] = ()) -> Dict[str, float]:
         name, _, val = part.partition("=")
         if name not in names:
             raise ValueError(f"fusion weight {name!r}: not one of {', '.join(names)}")
-        w = float(val)
-        if not w >= 0:
-            raise ValueError(f"fusion weight {name}={val}: must be >= 0")
+        try:
+            w = float(val)
+        except ValueError:
+            raise ValueError(f"fusion weight {name}={val!r}: not a number") from None
+        if not 0 <= w < float("inf"):
+            raise ValueError(f"fusion weight {name}={val}: must be a finite number >= 0")
         out[name] = w
     if not any(out.values()):
         raise ValueError(f"fusion weights {text!r}: at least one must be > 0")
