@@ -128,6 +128,19 @@ def test_identification_end_to_end(tmp_path):
         assert got[key] == pytest.approx(val), key
 
 
+def test_identification_gallery_file_not_the_indexed_one(tmp_path, capsys):
+    x, lab = clustered(300, 8, 10, seed=3, noise=0.6)
+    gf = write_embeddings(tmp_path / "gallery.parquet", np.arange(200) * 2, x[:200], label=lab[:200])
+    qf = write_embeddings(tmp_path / "query.parquet", np.arange(100) * 2 + 1, x[200:], label=lab[200:])
+    out = _export(tmp_path, [gf])
+    rc = run_evaluate(_args(add_evaluate_args, [
+        "--protocol", "ident", "--index", out, "--gallery", qf, "--queries", qf, "--out", str(tmp_path / "rep"),
+        "--quiet"]))
+    assert rc == 2 and not os.path.exists(tmp_path / "rep")      # was: every neighbour unlabelled, 0 % silently
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "query.parquet: has no row for id" in err[0] and "query row 0" in err[0]
+
+
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     good = write_embeddings(tmp_path / "g.parquet", [0, 1, 2], np.eye(3, 4))
     out = _export(tmp_path, [good])

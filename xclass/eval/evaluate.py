@@ -279,7 +279,12 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     for b in iter_batches(queries, batch_rows, with_labels=True):
         D, I = index.search(b.emb, K)
         pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
-        nl.append(np.where((I >= 0) & (g_ids[pos] == I), g_lab[pos], -1))
+        unknown = (I >= 0) & (g_ids[pos] != I)
+        if unknown.any():
+            r, c = np.argwhere(unknown)[0]
+            raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
+                             f"row {int(b.offset + r)}; was the index built from this gallery file?")
+        nl.append(np.where(I >= 0, g_lab[pos], -1))
         ql.append(b.labels.indices[b.labels.indptr[:-1]])
         sc.append(D)
         if bar is not None:
