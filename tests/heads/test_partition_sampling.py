@@ -92,6 +92,10 @@ def test_bad_inputs_give_clear_errors():
         _head(params={"chunks": 4})
     with pytest.raises(ValueError, match=r"'head.params.init_std' must be a finite number > 0, got -1"):
         _head(params={"init_std": -1})
+    for name, known in (("margin_angproto", "ap_weight, init_w, init_b, init_std"), ("angproto", "init_w, init_b")):
+        with pytest.raises(ValueError, match=rf"unknown key 'head.params.bogus' for head '{name}' \(known: {known}"):
+            HEADS.get(name)(_cfg(name=name, params={"bogus": 1}), num_classes=20, embedding_dim=8,
+                            ctx=ParallelContext.single(), seed=0)
     with pytest.raises(KeyError, match="unknown margin 'arcfce'"):
         _head(margin="arcfce")
     with pytest.raises(ValueError, match="sample_rate"):

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from xclass.config_types import ConfigError
 from xclass.parallel import collectives as C
 from xclass.heads.base import HEADS, IGNORE_INDEX, HeadOutput, TorchHeadOptimizer, head_lr
 from xclass.heads.optim import build_head_optimizer
@@ -254,7 +255,7 @@ def angproto_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: A
     ap, rest = _split_params(head_cfg)
     unknown = sorted(set(rest) | ({"ap_weight"} & set(ap)))
     if unknown:
-        raise ValueError(f"head 'angproto': unknown head.params keys {unknown} (known: init_w, init_b)")
+        raise ConfigError(f"unknown key 'head.params.{unknown[0]}' for head 'angproto' (known: init_w, init_b)")
     return AngularPrototypicalHead(num_classes=num_classes, embedding_dim=embedding_dim, ctx=ctx, **ap)
 
 
@@ -265,9 +266,13 @@ def margin_angproto_head(head_cfg: Any, *, num_classes: int, embedding_dim: int,
     ap_weight (1.0), init_w, init_b for the prototypical part; other keys go to the margin head."""
     from types import SimpleNamespace
 
-    from xclass.heads.margin_head import margin_head
+    from xclass.heads.margin_head import HEAD_PARAMS, margin_head
 
     ap, rest = _split_params(head_cfg)
+    unknown = sorted(set(rest) - set(HEAD_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown key 'head.params.{unknown[0]}' for head 'margin_angproto' "
+                          f"(known: {', '.join([*AP_KEYS, *HEAD_PARAMS])})")
     ap_weight = float(ap.pop("ap_weight", 1.0))
     defaults = {"margin": "aam", "margin_params": {}, "sample_rate": 1.0, "label_smoothing": 0.0}
     fields = {k: getattr(head_cfg, k, v) for k, v in defaults.items()}
