@@ -4,9 +4,22 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from xclass.data.schema import DataError
+
+
+def read_json_object(path: str, fail: Callable[[str], Exception]) -> Dict[str, Any]:
+    """The JSON object in ``path``; text that is not JSON (or not UTF-8) or not an object raises
+    ``fail(reason)``, the caller's error naming the file. A missing file: FileNotFoundError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise fail(f"not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise fail("not a JSON object")
+    return obj
 
 
 def load_meta(data_path: str) -> Dict[str, Any]:
@@ -14,14 +27,7 @@ def load_meta(data_path: str) -> Dict[str, Any]:
     p = os.path.join(data_path, "meta.json")
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: dataset not found (run `xclass make-data` or set data.path)")
-    try:
-        with open(p) as f:
-            meta = json.load(f)
-    except ValueError as exc:  # JSON or UTF-8 decoding
-        raise DataError(f"corrupt meta.json ({str(exc)[:200]})", file=p) from None
-    if not isinstance(meta, dict):
-        raise DataError("corrupt meta.json (not a JSON object)", file=p)
-    return meta
+    return read_json_object(p, lambda why: DataError(f"corrupt meta.json ({why})", file=p))
 
 
 def split_files(data_path: str, split: str) -> List[str]:

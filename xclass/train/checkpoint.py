@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
+from xclass.data.meta import read_json_object
 from xclass.parallel import ParallelContext
 from xclass.parallel.collectives import barrier, broadcast_object
 from xclass.errors import CheckpointError  # noqa: F401  (raised here; defined with the other user errors)
@@ -119,15 +120,9 @@ def _disk_full(path: str, min_free: int = 1 << 20) -> bool:
 def read_manifest(path: str) -> Dict[str, Any]:
     mp = os.path.join(path, MANIFEST)
     try:
-        with open(mp) as f:
-            m = json.load(f)
+        return read_json_object(mp, lambda why: CheckpointError(f"{mp}: corrupt manifest: {why}"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {MANIFEST}; not a complete checkpoint") from None
-    except ValueError as exc:  # JSON or UTF-8 decoding
-        raise CheckpointError(f"{mp}: corrupt manifest: {str(exc)[:200]}") from None
-    if not isinstance(m, dict):
-        raise CheckpointError(f"{mp}: corrupt manifest: not a JSON object")
-    return m
 
 
 def check_compatible(path: str, manifest: Dict[str, Any], expect: Dict[str, Any]) -> None:

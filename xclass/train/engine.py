@@ -11,7 +11,6 @@ engines share one calling pattern per micro-batch::
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from typing import Any, Dict, Iterable, List
 
@@ -92,17 +91,12 @@ def _device_type(module: nn.Module) -> str:
 def _read_deepspeed_json(path: str) -> Dict[str, Any]:
     """The ``deepspeed.config`` file: a JSON object, else a ConfigError naming the file."""
     from xclass.config_types import ConfigError
+    from xclass.data.meta import read_json_object
 
     try:
-        with open(path, encoding="utf-8") as f:
-            ds = json.load(f)
+        return read_json_object(path, lambda why: ConfigError(f"deepspeed.config: {path}: {why}"))
     except FileNotFoundError:
         raise ConfigError(f"deepspeed.config: {path}: file not found") from None
-    except ValueError as exc:  # JSON or UTF-8 decoding
-        raise ConfigError(f"deepspeed.config: {path}: not valid JSON ({str(exc)[:200]})") from None
-    if not isinstance(ds, dict):
-        raise ConfigError(f"deepspeed.config: {path}: not a JSON object")
-    return ds
 
 
 def deepspeed_config(cfg: Any, ctx: ParallelContext) -> Dict[str, Any]:
