@@ -97,11 +97,29 @@ def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
         run_config=RayRunConfig(name="xclass", storage_path=os.path.join(out, "ray"),
                                 failure_config=FailureConfig(max_failures=cfg.cluster.max_failures)),
     )
-    with ProgressTail(out, cfg.train.progress):
-        result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    try:
+        with ProgressTail(out, cfg.train.progress):
+            result = trainer.fit()
+        error = result.error
+    except Exception as exc:  # noqa: BLE001 - Ray Train raises its failures from fit() too
+        error = exc
+    if error is not None:
+        raise worker_user_error(error) or error
     return _final_row(out)
+
+
+def worker_user_error(error: BaseException) -> Optional[BaseException]:
+    """The first (lowest-rank) worker's user error (config, data, checkpoint, diverged run) inside a
+    Ray Train failure, so the command line prints it as one line; None for anything else."""
+    from xclass.errors import is_user_error
+
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        exc = failures[rank]
+        for e in (exc, getattr(exc, "cause", None), exc.__cause__):
+            if e is not None and is_user_error(e):
+                return e
+    return None
 
 
 class ProgressTail:

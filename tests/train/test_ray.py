@@ -89,3 +89,14 @@ def test_killed_worker_restarts_from_checkpoint(local_ray, data, tmp_path):
     after = [r for r in rows[resumed[-1] + 1:] if "loss" in r]
     np.testing.assert_allclose([r["loss"] for r in after], [ref_loss[r["step"]] for r in after],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_worker_user_error_reaches_the_driver_as_itself(local_ray, data, tmp_path):
+    """A config error raised inside the Ray workers (an encoder parameter it does not take) comes out of
+    run_on_ray as that error, so `xclass train --workers 2` prints it as one line."""
+    from xclass.config_types import ConfigError
+    from xclass.launcher import run_on_ray
+
+    cfg = features_config(data, str(tmp_path / "bad"), "cluster.workers=2", "model.params.bogus=1")
+    with pytest.raises(ConfigError, match="unknown key 'model.params.bogus'"):
+        run_on_ray(cfg)
