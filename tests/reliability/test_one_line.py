@@ -23,6 +23,15 @@ def test_index_sizes_zero(done, tmp_path, capfd, flag):
     assert not os.path.exists(tmp_path / "i")
 
 
+@pytest.mark.parametrize("flag,value", [("--batch-rows", "0"), ("--ef-search", "-1"), ("--nprobe", "0"),
+                                        ("--majority-k", "0"), ("--prop-a", "-1")])
+def test_evaluate_numbers_out_of_range(tmp_path, capfd, flag, value):
+    rc, err = cli(["evaluate", "--protocol", "ident", "--index", str(tmp_path / "i"), "--gallery", "g.parquet",
+                   "--queries", "q.parquet", "--out", str(tmp_path / "r"), flag, value], capfd)
+    assert_one_line(rc, err, flag)
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_tfidf_on_face_dataset(done, capfd):
     tmp, _ = done
     rc, err = cli(["tfidf-baseline", "--data", os.path.join(tmp, "data")], capfd)

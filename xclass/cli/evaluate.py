@@ -149,6 +149,10 @@ def _open_index(args):
 def _run_evaluate(args) -> int:
     from xclass.eval import VERIFICATION_PROTOCOLS, evaluate as ev
     from xclass.eval.report import print_table, write_report
+    _check_positive(args, ("batch_rows", "ef_search", "nprobe", "majority_k", "asnorm_top"))
+    for name in ("prop_a", "prop_b"):
+        if not 0 <= getattr(args, name, 0) < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
     header = {"protocol": args.protocol}
     curves = None
     if args.protocol == "xmc":
