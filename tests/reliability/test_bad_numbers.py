@@ -10,10 +10,19 @@ from xclass.data.generate import make_data
 
 @pytest.mark.parametrize("kw,message", [({"rows_per_class": -1}, "rows_per_class must be >= 1, got -1"),
                                         ({"test_classes": -2}, "test_classes must be >= 1, got -2"),
-                                        ({"test_rows_per_class": -3}, "test_rows_per_class must be >= 1, got -3")])
+                                        ({"test_rows_per_class": -3}, "test_rows_per_class must be >= 1, got -3"),
+                                        ({"rows_per_file": 0}, "rows_per_file must be >= 1, got 0"),  # was a hang
+                                        ({"row_group_rows": 0}, "row_group_rows must be >= 1, got 0"),
+                                        ({"num_pairs": -1}, "num_pairs must be >= 0, got -1")])
 def test_make_data_counts(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         make_data("quic", str(tmp_path / "d"), 10, progress=False, **kw)
+    assert not os.path.exists(tmp_path / "d")
+
+
+def test_make_data_xmc_rows(tmp_path):
+    with pytest.raises(ValueError, match="num_rows must be >= 1, got -5"):     # wrote an empty train split
+        make_data("xmc", str(tmp_path / "d"), 10, num_rows=-5, progress=False)
     assert not os.path.exists(tmp_path / "d")
 
 

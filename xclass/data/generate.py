@@ -158,7 +158,11 @@ def _xmc(tmp, gen, num_classes, seed, opts, bar) -> Dict:
 
 
 def _resolve_counts(task: str, num_classes: int, o: Dict) -> Dict:
-    """Fill defaults: open-set tasks count rows per class, xmc counts documents."""
+    """Fill defaults: open-set tasks count rows per class, xmc counts documents. A count given
+    below its minimum (``num_pairs`` >= 0, the others >= 1) is a ValueError naming it."""
+    for key, v in o.items():
+        if v is not None and v < (0 if key == "num_pairs" else 1):
+            raise ValueError(f"{key} must be >= {0 if key == 'num_pairs' else 1}, got {v}")
     if get_task(task).multi_label:
         o["num_rows"] = o["num_rows"] or 10 * num_classes
         o["num_test_rows"] = o["num_test_rows"] or max(100, o["num_rows"] // 5)
