@@ -48,6 +48,17 @@ def text_lines(path: str) -> Iterator[str]:
         raise DataError(f"after line {n}: cannot decompress ({exc})", file=path) from None
 
 
+def compile_option(flag: str, pattern: Optional[str]) -> Optional["re.Pattern"]:
+    """``pattern`` compiled (None stays None); one that is not a regular expression is an
+    ImportError_ naming ``flag``."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ImportError_(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
+
+
 @dataclass
 class Item:
     path: str
@@ -62,7 +73,7 @@ def discover(root: str, exts: Sequence[str], label_regex: Optional[str] = None) 
     ``label_regex`` searched in the relative path (e.g. ``^\\d+_([a-z]+)_`` for FSDD names)."""
     if not os.path.isdir(root):
         raise ImportError_(f"{root}: not a directory", file=root)
-    rx = re.compile(label_regex) if label_regex else None
+    rx = compile_option("--label-regex", label_regex)
     items: List[Item] = []
     top = os.path.realpath(root)
     for dirpath, _, files in os.walk(root):  # symlinked folders are not entered
@@ -111,7 +122,7 @@ def assign_splits(items: List[Item], *, test_classes: int = 0, test_regex: Optio
     test_names = sorted(held)
     index = {n: i for i, n in enumerate(train_names)}
     index.update({n: len(train_names) + i for i, n in enumerate(test_names)})
-    rx = re.compile(test_regex) if test_regex else None
+    rx = compile_option("--test-regex", test_regex)
     for it in items:
         it.label = index[it.label_name]
         it.split = "test" if it.label_name in held or (rx is not None and rx.search(it.path)) else "train"

@@ -22,7 +22,6 @@ import csv
 import ipaddress
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_, ip_proto, text_lines
+from xclass.importers.common import ImportError_, compile_option, ip_proto, text_lines
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, read_packets
 
@@ -186,7 +185,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if test_regex is not None and (test_classes or test_fraction):
         raise ImportError_("--test-regex splits by capture: it cannot be combined with --test-classes or --test-fraction")
-    rx = _compile(test_regex)
+    rx = compile_option("--test-regex", test_regex)
     if os.path.exists(out) and not overwrite:
         raise ImportError_(f"{out} exists; pass --overwrite to replace it", file=out)
     flows, counts = labelled_flows(captures, labels=labels, ndpi=ndpi, ndpi_level=ndpi_level, sni=sni,
@@ -209,12 +208,3 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
     source["test_regex"] = test_regex
     read = lambda: (names, ((n, flow_packets(f, num_packets), t) for (n, f), t in zip(flows, to_test)))  # noqa: E731
     return write_flows(out, read, source, num_packets, 0, seed, overwrite, held_out=held)
-
-
-def _compile(test_regex: Optional[str]) -> Optional["re.Pattern"]:
-    if test_regex is None:
-        return None
-    try:
-        return re.compile(test_regex)
-    except re.error as exc:
-        raise ImportError_(f"--test-regex {test_regex!r} is not a regular expression: {exc}") from None
