@@ -108,7 +108,7 @@ def test_file_at_root_needs_label_regex(tmp_path):
     meta = import_faces(str(tmp_path / "flat"), str(tmp_path / "out"), size=8, label_regex=r"^\d+_([a-z]+)_",
                         show_progress=False)
     assert meta["class_names"] == ["ann", "bob"]
-    for kw, flag in (({"label_regex": "(["}, "--label-regex"), ({"test_regex": "("}, "--test-regex")):
+    for kw, flag in (({"label_regex": "(["}, "--label-regex"), ({"label_regex": r"^\d+_([a-z]+)_", "test_regex": "("}, "--test-regex")):
         with pytest.raises(ImportError_, match=f"{flag} '.*' is not a regular expression"):  # was a re.error traceback
             import_faces(str(tmp_path / "flat"), str(tmp_path / "o2"), size=8, show_progress=False, **kw)
     assert not os.path.exists(tmp_path / "o2")
