@@ -161,8 +161,9 @@ def _resolve_counts(task: str, num_classes: int, o: Dict) -> Dict:
     """Fill defaults: open-set tasks count rows per class, xmc counts documents. A count given
     below its minimum (``num_pairs`` >= 0, the others >= 1) is a ValueError naming it."""
     for key, v in o.items():
-        if v is not None and v < (0 if key == "num_pairs" else 1):
-            raise ValueError(f"{key} must be >= {0 if key == 'num_pairs' else 1}, got {v}")
+        low = 0 if key == "num_pairs" else 1
+        if v is not None and v < low:
+            raise ValueError(f"{key} must be >= {low}, got {v}")
     if get_task(task).multi_label:
         o["num_rows"] = o["num_rows"] or 10 * num_classes
         o["num_test_rows"] = o["num_test_rows"] or max(100, o["num_rows"] // 5)
@@ -171,9 +172,6 @@ def _resolve_counts(task: str, num_classes: int, o: Dict) -> Dict:
         o["rows_per_class"] = max(1, o["num_rows"] // num_classes) if o["num_rows"] else 20
     o["test_classes"] = o["test_classes"] or max(2, min(1000, num_classes // 5))
     o["test_rows_per_class"] = o["test_rows_per_class"] or max(2, min(o["rows_per_class"], 10))
-    for key in ("rows_per_class", "test_rows_per_class", "test_classes"):
-        if o[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {o[key]}")
     return o
 
 
