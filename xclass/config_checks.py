@@ -59,6 +59,14 @@ def _in_range(key: str, v: Any, lo: float, hi: Optional[float]) -> None:
         _fail(key, f"must be {bound}, got {v!r}")
 
 
+def below(v: Any, low: float, strict: bool = False) -> Optional[str]:
+    """``"must be > low, got v"`` (``>=`` unless ``strict``) when the number ``v`` is under its
+    lower bound, else None: the message of the command-line and component checks."""
+    if v < low or (strict and v == low):
+        return f"must be {'>' if strict else '>='} {low}, got {v}"
+    return None
+
+
 def check_ranges(cfg: Any) -> None:
     """Raise ConfigError for the first out-of-range or unknown value of ``cfg``."""
     for key, lo, hi in [*_INT_RANGES, *_FLOAT_RANGES]:

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from xclass.config_checks import below
 from xclass.data.schema import DataError
 from xclass.errors import one_line
 from xclass.importers.common import ImportError_
@@ -166,8 +167,9 @@ def _check_bounds(a: argparse.Namespace) -> None:
     """ImportError_ naming the first option out of range (``--num-packets 0``, ``--test-classes -1``)."""
     for attr, low, strict in _BOUNDS:
         v = getattr(a, attr, None)
-        if v is not None and (v <= low if strict else v < low):
-            raise ImportError_(f"--{attr.replace('_', '-')} must be {'>' if strict else '>='} {low}, got {v}")
+        why = below(v, low, strict) if v is not None else None
+        if why:
+            raise ImportError_(f"--{attr.replace('_', '-')} {why}")
 
 
 def _dispatch(a: argparse.Namespace) -> dict:

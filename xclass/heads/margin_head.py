@@ -9,6 +9,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
+from xclass.config_checks import below
 from xclass.config_types import ConfigError
 from xclass.heads.base import HEADS, HeadOutput, advance_step, head_lr, host_step, torch_optimizer
 from xclass.heads.sharded import ShardedMarginHead, init_class_rows
@@ -17,8 +18,12 @@ from xclass.losses.margins import FALLBACKS, GRAD_MODES
 from xclass.losses.reference import dense_margin_loss, dense_scores
 
 
-#: margin parameters with a lower bound: (name, bound, is the bound excluded)
-_MARGIN_BOUNDS = (("s", 0.0, True), ("r", 0.0, True), ("sigma", 0.0, False), ("eps", 0.0, False), ("k", 1, False))
+#: margin parameters with a lower bound: name -> (bound, is the bound excluded)
+_MARGIN_BOUNDS = {"s": (0.0, True), "r": (0.0, True), "sigma": (0.0, False), "eps": (0.0, False), "k": (1, False)}
+
+
+#: string margin parameters and their values
+CHOICES = {"grad": GRAD_MODES, "fallback": FALLBACKS}
 
 
 def check_margin_params(name: str, params: Dict[str, Any]) -> None:
@@ -33,13 +38,9 @@ def check_margin_params(name: str, params: Dict[str, Any]) -> None:
         _check_kind(where, defaults[key], v)
         if key in CHOICES and v not in CHOICES[key]:
             raise ConfigError(f"'{where}' must be one of {', '.join(CHOICES[key])}, got {v!r}")
-        for b_key, low, strict in _MARGIN_BOUNDS:
-            if key == b_key and isinstance(v, (int, float)) and (v <= low if strict else v < low):
-                raise ConfigError(f"'{where}' must be {'>' if strict else '>='} {low}, got {v}")
-
-
-#: string margin parameters and their values
-CHOICES = {"grad": GRAD_MODES, "fallback": FALLBACKS}
+        why = below(v, *_MARGIN_BOUNDS[key]) if key in _MARGIN_BOUNDS and isinstance(v, (int, float)) else None
+        if why:
+            raise ConfigError(f"'{where}' {why}")
 
 
 def _check_kind(where: str, default: Any, v: Any) -> None:
@@ -77,7 +78,7 @@ def margin_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any
     params (extra ShardedMarginHead kwargs: init_std, bias_init, impl, chunk, update_in_backward;
     docs/fused_head.md)."""
     extra: Dict[str, Any] = dict(getattr(head_cfg, "params", None) or {})
-    check_head_params(extra)
+    check_head_params(extra, "margin")
     return ShardedMarginHead(build_margin(head_cfg), num_classes=num_classes, embedding_dim=embedding_dim,
                              ctx=ctx, seed=seed, sample_rate=float(getattr(head_cfg, "sample_rate", 1.0)),
                              label_smoothing=float(getattr(head_cfg, "label_smoothing", 0.0)), **extra)
@@ -87,11 +88,13 @@ def margin_head(head_cfg: Any, *, num_classes: int, embedding_dim: int, ctx: Any
 HEAD_PARAMS = ("init_std", "bias_init", "impl", "chunk", "update_in_backward")
 
 
-def check_head_params(extra: Dict[str, Any]) -> None:
-    """ConfigError naming an unknown ``head.params`` key of the margin head, or ``init_std`` <= 0."""
-    for key in extra:
-        if key not in HEAD_PARAMS:
-            raise ConfigError(f"unknown key 'head.params.{key}' for head 'margin' (known: {', '.join(HEAD_PARAMS)})")
+def check_head_params(extra: Dict[str, Any], head: str, also: Tuple[str, ...] = ()) -> None:
+    """ConfigError naming an unknown ``head.params`` key of ``head`` (a margin head; ``also``: the
+    keys it takes besides HEAD_PARAMS, already split off ``extra``), or ``init_std`` <= 0."""
+    unknown = sorted(set(extra) - set(HEAD_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown key 'head.params.{unknown[0]}' for head {head!r} "
+                          f"(known: {', '.join([*also, *HEAD_PARAMS])})")
     std = extra.get("init_std", 0.01)
     if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
         raise ConfigError(f"'head.params.init_std' must be a finite number > 0, got {std!r}")

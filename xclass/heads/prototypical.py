@@ -266,13 +266,10 @@ def margin_angproto_head(head_cfg: Any, *, num_classes: int, embedding_dim: int,
     ap_weight (1.0), init_w, init_b for the prototypical part; other keys go to the margin head."""
     from types import SimpleNamespace
 
-    from xclass.heads.margin_head import HEAD_PARAMS, margin_head
+    from xclass.heads.margin_head import check_head_params, margin_head
 
     ap, rest = _split_params(head_cfg)
-    unknown = sorted(set(rest) - set(HEAD_PARAMS))
-    if unknown:
-        raise ConfigError(f"unknown key 'head.params.{unknown[0]}' for head 'margin_angproto' "
-                          f"(known: {', '.join([*AP_KEYS, *HEAD_PARAMS])})")
+    check_head_params(rest, "margin_angproto", AP_KEYS)       # names this head and its own keys too
     ap_weight = float(ap.pop("ap_weight", 1.0))
     defaults = {"margin": "aam", "margin_params": {}, "sample_rate": 1.0, "label_smoothing": 0.0}
     fields = {k: getattr(head_cfg, k, v) for k, v in defaults.items()}
