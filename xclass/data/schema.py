@@ -31,8 +31,10 @@ class DataError(ValueError):
             where.append(f"row {row}")
         if column is not None:
             where.append(f"column {column!r}")
-        # with no file, row or column known the reason stands alone (an option out of range, say)
-        super().__init__(f"{': '.join(where)}: {reason}" if len(where) > 1 or file is not None else reason)
+        if file is None and row is None and column is None:  # nothing to name: an option out of range, say
+            super().__init__(reason)
+        else:
+            super().__init__(f"{': '.join(where)}: {reason}")
 
 
 # The per-task tables below are live views of the task records (xclass/tasks/): a task
