@@ -179,6 +179,7 @@ def test_a_parser_message_with_a_line_break_is_printed_on_one_line(tmp_path, cap
     ("flows", ["--test-classes", "-1"], "--test-classes must be >= 0, got -1"),
     ("pcap", ["--idle-timeout", "0"], "--idle-timeout must be > 0, got 0.0"),
     ("pcap", ["--min-flows", "0"], "--min-flows must be >= 1, got 0"),
+    ("pcap", ["--max-flows", "-1"], "--max-flows must be >= 0, got -1"),
     ("audio", ["--n-mels", "0"], "--n-mels must be >= 1, got 0"),
     ("faces", ["--impostor-ratio", "-1"], "--impostor-ratio must be > 0, got -1.0"),
 ])
@@ -192,3 +193,45 @@ def test_out_of_range_options_are_one_line(tmp_path, capsys, kind, extra, messag
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"xclass import: error: {message}"]
     assert not (tmp_path / "o").exists()
+
+
+def test_max_flows_keeps_a_spread_sample_of_each_large_class(tmp_path):
+    """--max-flows 5: classes with more flows keep exactly 5, spread over the file (not the first
+    5), the others all; the cap comes before --test-fraction; the CLI passes it; meta counts what
+    was left out."""
+    labels = [f"c{i}" for i in range(4) for _ in range(3 * i + 2)]          # 2, 5, 8, 11 flows
+    sizes = list(range(100, 100 + len(labels)))                               # a flow's size = its row + 100
+    table = pa.table({"label": labels, "sizes": [[s, 60] for s in sizes],
+                      "dirs": [[1, -1]] * len(labels), "times": [[0.0, 1.5]] * len(labels)})
+    pq.write_table(table, tmp_path / "f.parquet")
+    kw = dict(sizes_column="sizes", dirs_column="dirs", iat_column="times", num_packets=4, show_progress=False)
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out"), max_flows=5, seed=1, **kw)
+    tr = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    assert [tr["label"].count(c) for c in range(4)] == [2, 5, 5, 5]
+    assert meta["source"]["max_flows"] == 5 and meta["source"]["capped_flows"] == 3 + 6
+    rows = [s[0] - 100 for s, c in zip(tr["pkt_sizes"], tr["label"]) if c == 3]
+    first = labels.index("c3")
+    assert rows != list(range(first, first + 5)) and max(rows) >= first + 8   # reaches the class's last rows
+    meta = import_flows([str(tmp_path / "f.parquet")], str(tmp_path / "out2"), max_flows=5, seed=1,
+                        test_fraction=0.4, **kw)
+    te = pq.read_table(tmp_path / "out2" / "test.parquet").to_pydict()
+    tr2 = pq.read_table(tmp_path / "out2" / "train.parquet").to_pydict()
+    assert [tr2["label"].count(c) + te["label"].count(c) for c in range(4)] == [2, 5, 5, 5]
+    assert sorted(tr2["pkt_sizes"] + te["pkt_sizes"]) == sorted(tr["pkt_sizes"])   # the same flows kept
+    from xclass.cli.importers import main
+
+    assert main(["flows", "--input", str(tmp_path / "f.parquet"), "--sizes-column", "sizes", "--dirs-column",
+                 "dirs", "--iat-column", "times", "--num-packets", "4", "--max-flows", "5", "--seed", "1",
+                 "--out", str(tmp_path / "out3"), "--no-progress"]) == 0
+    assert pq.read_table(tmp_path / "out3" / "train.parquet").to_pydict() == tr
+
+
+def test_max_flows_with_one_row_per_packet(tmp_path):
+    rows = "".join(f"f{k},{t},{50 + k},1,{'big' if k < 6 else 'small'}\n" for k in range(8) for t in (1, 2))
+    (tmp_path / "p.csv").write_text("id,t,size,dir,cls\n" + rows)
+    meta = import_flows([str(tmp_path / "p.csv")], str(tmp_path / "out"), flow_id_column="id", time_column="t",
+                        size_column="size", direction_column="dir", label_column="cls", max_flows=3,
+                        show_progress=False)
+    t = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    assert meta["class_names"] == ["big", "small"] and sorted(t["label"]) == [0, 0, 0, 1, 1]
+    assert meta["source"]["capped_flows"] == 3

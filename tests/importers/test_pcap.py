@@ -219,3 +219,18 @@ def test_split_by_capture_keeps_shared_labels_closed_and_holds_out_the_rest(tmp_
         assert main(base + extra) == 2
         assert msg in capsys.readouterr().err
         assert not (tmp_path / "p").exists()
+
+
+def test_max_flows_caps_each_side_of_a_split_by_capture(tmp_path):
+    """--max-flows 1 with --test-regex: a label keeps one training and one test flow (capping the
+    label as a whole could keep only its test flow and leave a closed-set label untrained)."""
+    caps = [write(tmp_path / f"{n}.pcap", capture()) for n in "abc"]
+    web, dns = "10.0.0.2,443,10.0.0.1,5555,tcp", "10.0.0.1,40000,10.0.0.2,53,17"
+    (tmp_path / "l.csv").write_text(f"src_ip,src_port,dst_ip,dst_port,proto,label\n{web},web\n{dns},dns\n")
+    for seed in range(4):
+        meta = import_pcap(caps, str(tmp_path / f"o{seed}"), labels=str(tmp_path / "l.csv"), test_regex=r"c\.pcap$",
+                           max_flows=1, seed=seed, show_progress=False)
+        train = pq.read_table(tmp_path / f"o{seed}" / "train.parquet").to_pydict()
+        test = pq.read_table(tmp_path / f"o{seed}" / "test.parquet").to_pydict()
+        assert sorted(train["label"]) == [0, 1] and sorted(test["label"]) == [0, 1]
+        assert meta["source"]["capped_flows"] == 2

@@ -114,6 +114,7 @@ def _add_flows(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="closed set: this share of each class's flows (seeded, spread over the file) goes to "
                         "the test split with its training label")
+    _max_flows(p)
     _common(p)
 
 
@@ -139,7 +140,14 @@ def _add_pcap(sub) -> None:
                    help="split by capture: flows of captures whose path matches go to the test split; their "
                         "labels also met in other captures keep the training label (closed set), the others "
                         "are held out (open set)")
+    _max_flows(p)
     _common(p)
+
+
+def _max_flows(p) -> None:
+    p.add_argument("--max-flows", type=int, default=0, metavar="N",
+                   help="keep at most N flows per label (a seeded sample spread over the input, before the "
+                        "split; with --test-regex per label and side); 0: all")
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -160,7 +168,8 @@ def run_import(args: argparse.Namespace) -> int:
 #: numeric options checked before anything is read: (attribute, lowest value, is the bound excluded)
 _BOUNDS = (("test_classes", 0, False), ("num_packets", 1, False), ("min_packets", 1, False),
            ("min_flows", 1, False), ("idle_timeout", 0, True), ("num_pairs", 0, False), ("num_trials", 0, False),
-           ("impostor_ratio", 0, True), ("sample_rate", 1, False), ("n_mels", 1, False), ("max_frames", 0, False))
+           ("impostor_ratio", 0, True), ("sample_rate", 1, False), ("n_mels", 1, False), ("max_frames", 0, False),
+           ("max_flows", 0, False))
 
 
 def _check_bounds(a: argparse.Namespace) -> None:
@@ -196,7 +205,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                            num_packets=a.num_packets, min_packets=a.min_packets, min_flows=a.min_flows,
                            idle_timeout=a.idle_timeout, test_classes=a.test_classes,
                            test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
-                           skip_bad=a.skip_bad, test_regex=a.test_regex)
+                           skip_bad=a.skip_bad, test_regex=a.test_regex, max_flows=a.max_flows)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,
@@ -205,7 +214,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
                         src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
                         test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
-                        port_column=a.port_column, proto_column=a.proto_column)
+                        port_column=a.port_column, proto_column=a.proto_column, max_flows=a.max_flows)
 
 
 def main(argv=None) -> int:

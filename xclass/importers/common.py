@@ -13,7 +13,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -171,25 +171,30 @@ def balanced_pairs(ids: np.ndarray, labels: np.ndarray, num_pairs: int, seed: in
 
 
 class RowSplit:
-    """Closed-set split by rows, streaming: systematic sampling per class with a seeded random
-    phase. Flow k (0-based, in file order) of a class goes to test when ``floor((k + 1) f + u)``
-    > ``floor(k f + u)`` (``u`` uniform in [0, 1 - f) per class), so each class sends
-    ``floor(n f + u)``, i.e. ``floor(n f)`` or ``ceil(n f)``, of its ``n`` flows to test, spread
-    over the file; its first flow (k = 0) always stays in train, so every class has training rows."""
+    """Streaming systematic sampling per class with a seeded random phase: flow k (0-based, in
+    file order) of a class is picked when ``floor((k + 1) f + u)`` > ``floor(k f + u)`` (``u``
+    uniform in [0, 1 - f) per class), so a class picks ``floor(n f + u)``, i.e. ``floor(n f)``
+    or ``ceil(n f)``, of its ``n`` flows, spread over the file; with ``f`` < 1 its first flow
+    (k = 0) is never picked. The closed-set split picks test rows with one ``fraction`` for all
+    classes (every class keeps training rows); a label cap picks the kept rows with ``f = cap /
+    n`` per class (``per_class``), exactly ``cap`` of them."""
 
-    def __init__(self, fraction: float, seed: int) -> None:
-        self.f, self.rng = fraction, np.random.default_rng(seed + 7919)
-        self.k: Dict[str, int] = {}
-        self.u: Dict[str, float] = {}
+    def __init__(self, fraction: float, seed: int, per_class: Optional[Dict[Hashable, float]] = None,
+                 salt: int = 7919) -> None:
+        self.f, self.per_class, self.rng = fraction, per_class or {}, np.random.default_rng(seed + salt)
+        self.k: Dict[Hashable, int] = {}
+        self.u: Dict[Hashable, float] = {}
 
-    def is_test(self, name: str) -> bool:
-        if self.f <= 0:
+    def pick(self, name: Hashable) -> bool:
+        """Whether the next flow of class ``name`` (any hashable key) is picked."""
+        f = self.per_class.get(name, self.f)
+        if f <= 0:
             return False
         if name not in self.k:
-            self.k[name], self.u[name] = 0, float(self.rng.random()) * (1.0 - self.f)
+            self.k[name], self.u[name] = 0, float(self.rng.random()) * (1.0 - f)
         k, u = self.k[name], self.u[name]
         self.k[name] = k + 1
-        return math.floor((k + 1) * self.f + u) > math.floor(k * self.f + u)
+        return math.floor((k + 1) * f + u) > math.floor(k * f + u)
 
 
 def write_pairs(path: str, pairs: Dict[str, np.ndarray], names: Tuple[str, str, str]) -> None:

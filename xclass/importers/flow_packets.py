@@ -202,7 +202,7 @@ class PacketFlows:
 
 
 def read_packet_flows(paths: Sequence[str], cols: PacketColumns, n: int, show_progress: bool = True) -> Rows:
-    """Group the packet rows of ``paths`` into flows: (sorted class names, ``(class, packets)`` per flow).
+    """Group the packet rows of ``paths`` into flows: (flows per class name, ``(class, packets)`` per flow).
     An input file without rows raises."""
     from tqdm import tqdm
 
@@ -217,4 +217,5 @@ def read_packet_flows(paths: Sequence[str], cols: PacketColumns, n: int, show_pr
                 bar.update(batch.num_rows)
             if rows == 0:
                 raise ImportError_(f"{path}: no packet rows (empty file)", file=path)
-    return sorted(flows.labels), flows.rows(1000.0 / PER_SECOND[cols.time_unit])
+    per = np.bincount(flows.a["label"][:len(flows.index)], minlength=len(flows.labels))
+    return {name: int(per[i]) for name, i in flows.labels.items()}, flows.rows(1000.0 / PER_SECOND[cols.time_unit])

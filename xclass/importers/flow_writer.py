@@ -17,12 +17,17 @@ STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "
 
 
 def write_flows(out: str, read: Callable[[], tuple], source: Dict, n: int, test_classes: int, seed: int,
-           overwrite: bool, test_fraction: float = 0.0, held_out: Optional[Sequence[str]] = None) -> Dict:
+                overwrite: bool, test_fraction: float = 0.0, held_out: Optional[Sequence[str]] = None,
+                max_flows: int = 0) -> Dict:
     """Read the flows inside :func:`atomic_dir`, hold out ``test_classes`` classes (or the names
-    ``held_out``), write splits and meta. ``read() -> (names, flows)``; a flow is ``(name,
-    packets)`` or ``(name, packets, to_test)``, where ``to_test`` sends it to the test split."""
+    ``held_out``), write splits and meta. ``read() -> (counts, flows)``: a flow is ``(name,
+    packets)`` or ``(name, packets, to_test)``, where ``to_test`` sends it to the test split;
+    ``counts`` holds the flows per name, or per ``(name, to_test)`` for the second kind.
+    ``max_flows`` > 0 keeps that many flows of a name (of each side, with ``to_test``) that has
+    more: a seeded systematic sample over the input (:class:`RowSplit`), before the split."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        names, flows = read()
+        counts, flows = read()
+        names = sorted({k if isinstance(k, str) else k[0] for k in counts})
         if test_classes >= len(names):
             raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
         held = set(held_out) if held_out is not None else set(
@@ -32,9 +37,16 @@ def write_flows(out: str, read: Callable[[], tuple], source: Dict, n: int, test_
         label_of = {n: i for i, n in enumerate(train_names + test_names)}
         writers = FlowWriters(tmp, n)
         rows = RowSplit(test_fraction, seed)
+        cap = RowSplit(1.0, seed, {c: max_flows / k for c, k in counts.items() if max_flows and k > max_flows},
+                       salt=104729)
         for name, packets, *to_test in flows:
-            test = name in held or any(to_test) or rows.is_test(name)
+            if not cap.pick((name, bool(to_test[0])) if to_test else name):
+                continue
+            test = name in held or any(to_test) or rows.pick(name)
             writers.add("test" if test else "train", label_of[name], packets)
+        if max_flows:
+            source = {**source, "max_flows": max_flows,
+                      "capped_flows": sum(k - max_flows for k in counts.values() if k > max_flows)}
         meta = writers.close(train_names, test_names, source, seed)
         write_json(os.path.join(tmp, "meta.json"), meta)
         return meta

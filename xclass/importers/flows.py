@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from xclass.importers.common import ImportError_, ip_proto
 from xclass.importers.flow_writer import STATS, write_flows
 
-Rows = Tuple[List[str], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (class names, (class, packets) per flow)
+Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)
 
 
 def parse_stats_map(text: Optional[str]) -> Dict[str, str]:
@@ -180,7 +181,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                  src_column: Optional[str] = None, bidirectional: Optional[str] = None, num_packets: int = 30,
                  test_classes: int = 0, seed: int = 0, test_fraction: float = 0.0,
                  overwrite: bool = False, show_progress: bool = True, port_column: Optional[str] = None,
-                 proto_column: Optional[str] = None) -> Dict:
+                 proto_column: Optional[str] = None, max_flows: int = 0) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
     ``test_classes`` > 0 or ``test_fraction`` > 0, meta.json). One row per flow (two passes: class
     names, then rows), or one row per packet when ``flow_id_column`` is given (one pass, then the
@@ -188,7 +189,8 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
     :class:`~xclass.importers.common.RowSplit`) goes to test with its training label.
     ``port_column`` / ``proto_column`` (one row per flow): the flow's service port and IP
     protocol (6/tcp, 17/udp), stored as ``server_port`` / ``ip_proto`` (e.g. CESNET's DST_PORT
-    and PROTOCOL)."""
+    and PROTOCOL). ``max_flows`` > 0: at most that many flows per class (a seeded sample spread
+    over the input, taken before the split)."""
     if not inputs:
         raise ImportError_("no input files")
     if not 0.0 <= test_fraction < 1.0:
@@ -206,7 +208,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
         source.update(format="packets", flow_id_columns=list(cols.flow_id), time_unit=time_unit,
                       bidirectional=bidirectional or None)
         return write_flows(out, lambda: read_packet_flows(inputs, cols, num_packets, show_progress), source,
-                      num_packets, test_classes, seed, overwrite, test_fraction)
+                           num_packets, test_classes, seed, overwrite, test_fraction, max_flows=max_flows)
     if time_column or size_column or direction_column or src_column or bidirectional:
         raise ImportError_("--time-column, --size-column, --direction-column, --src-column and --bidirectional "
                            "need --flow-id-column (one row per packet)")
@@ -216,21 +218,21 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
     smap = parse_stats_map(stats_map)
     read = lambda: _flow_rows(inputs, label_column, ppi_column, [sizes_column, dirs_column, iat_column],  # noqa: E731
                               smap, num_packets, show_progress, (port_column, proto_column))
-    return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+    return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction, max_flows=max_flows)
 
 
 def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
                smap: Dict[str, str], n: int, show_progress: bool,
                port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Rows:
-    """One row per flow: class names (first pass), then ``(class, packets)`` per row (second pass)."""
+    """One row per flow: flows per class name (first pass), then ``(class, packets)`` per row (second pass)."""
     from tqdm import tqdm
 
     pkt_cols = [ppi_column] if ppi_column else list_columns
-    names = sorted({str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column])})
+    counts = Counter(str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column]))
     extra = [c for c in port_cols if c]
     rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]), desc="import flows",
                 unit="flows", disable=not show_progress)
-    return names, ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols))
+    return dict(counts), ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols))
                    for rec, path, row in rows)
 
 

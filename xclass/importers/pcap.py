@@ -171,12 +171,14 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
                 ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
                 seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False,
-                test_regex: Optional[str] = None) -> Dict:
+                test_regex: Optional[str] = None, max_flows: int = 0) -> Dict:
     """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta.
 
     ``test_regex``: the flows of captures whose path matches go to the test split (a split by
     capture): labels also met in the other captures keep their training label (closed-set
-    queries), labels met only in matching captures are held out (open set, labels >= C)."""
+    queries), labels met only in matching captures are held out (open set, labels >= C).
+    ``max_flows`` > 0: at most that many flows per label (per label and side with ``test_regex``),
+    a seeded sample spread over the captures, taken after ``min_flows``."""
     from xclass.importers.flow_writer import write_flows
 
     if not captures:
@@ -193,18 +195,21 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
                                    idle_timeout=idle_timeout, skip_bad=skip_bad)
     if not flows:
         raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
-    names = sorted({n for n, _ in flows})
+    per = Counter(n for n, _ in flows)
+    names = sorted(per)
     source = {"importer": "pcap", "files": [os.path.abspath(p) for p in captures],
               "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
               "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
     if rx is None:
-        read = lambda: (names, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
-        return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction)
+        read = lambda: (per, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
+        return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction,
+                           max_flows=max_flows)
     to_test = [bool(rx.search(f.capture)) for _, f in flows]
     if all(to_test) or not any(to_test):
         raise ImportError_(f"--test-regex {test_regex!r} matches {'every' if all(to_test) else 'no'} capture "
                            "with labelled flows: the split by capture needs captures on both sides")
     held = sorted(set(names) - {n for (n, _), t in zip(flows, to_test) if not t})
     source["test_regex"] = test_regex
-    read = lambda: (names, ((n, flow_packets(f, num_packets), t) for (n, f), t in zip(flows, to_test)))  # noqa: E731
-    return write_flows(out, read, source, num_packets, 0, seed, overwrite, held_out=held)
+    sides = Counter((n, t) for (n, _), t in zip(flows, to_test))
+    read = lambda: (sides, ((n, flow_packets(f, num_packets), t) for (n, f), t in zip(flows, to_test)))  # noqa: E731
+    return write_flows(out, read, source, num_packets, 0, seed, overwrite, held_out=held, max_flows=max_flows)
