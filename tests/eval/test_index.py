@@ -1,4 +1,5 @@
 """FAISS export/search vs exact numpy top-k (tie tolerant), round trips, k-limit split, errors."""
+import hashlib
 import json
 import os
 
@@ -7,7 +8,7 @@ import pytest
 
 from tests.eval.conftest import clustered, write_embeddings
 from xclass.eval.export import export_index
-from xclass.eval.index import IndexSpec, faiss, new_index, prepare
+from xclass.eval.index import IndexSpec, faiss, file_sha256, new_index, prepare
 from xclass.eval.io import ArraySource
 from xclass.eval.knn import exact_topk, merge_topk, same_neighbours, search_k_limited
 from xclass.eval.searcher import IndexError_, ShardedIndex
@@ -151,19 +152,39 @@ def test_bad_indexes_are_refused(tmp_path):
     open(shard, "wb").write(data[: len(data) // 2])
     with pytest.raises(IndexError_, match="truncated"):
         ShardedIndex.open(d)
-    # garbage with the right size
+    # garbage with the right size: the checksum refuses it, and faiss too when not verified
     open(shard, "wb").write(b"\0" * len(data))
-    with pytest.raises(IndexError_, match="corrupted faiss index"):
+    with pytest.raises(IndexError_, match="SHA-256 differs"):
         ShardedIndex.open(d)
+    with pytest.raises(IndexError_, match="corrupted faiss index"):
+        ShardedIndex.open(d, verify=False)
     # a bare index without id map
     faiss.write_index(faiss.IndexFlatIP(8), shard)
-    man["shards"][0].update(bytes=os.path.getsize(shard), ntotal=0)
+    man["shards"][0].update(bytes=os.path.getsize(shard), ntotal=0, sha256=file_sha256(shard))
     man["ntotal"] = 0
     json.dump(man, open(os.path.join(d, "manifest.json"), "w"))
     with pytest.raises(IndexError_, match="no id map"):
         ShardedIndex.open(d)
     os.remove(os.path.join(d, "manifest.json"))
     with pytest.raises(IndexError_, match="no manifest.json"):
+        ShardedIndex.open(d)
+
+
+def test_a_flipped_byte_in_a_shard_is_refused(tmp_path):
+    """One flipped bit inside the stored vectors still reads as a valid faiss index and changes
+    what search returns; the manifest's per-shard SHA-256 refuses the file."""
+    d = _export_small(tmp_path)
+    man = json.load(open(os.path.join(d, "manifest.json")))
+    shard = os.path.join(d, man["shards"][0]["file"])
+    assert man["shards"][0]["sha256"] == hashlib.sha256(open(shard, "rb").read()).hexdigest()
+    q = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
+    before = ShardedIndex.open(d).search(q, 5)
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 3] ^= 0x40                      # inside the float32 vectors of the flat index
+    open(shard, "wb").write(bytes(data))
+    after = ShardedIndex.open(d, verify=False, check_norms=False).search(q, 5)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(IndexError_, match="SHA-256 differs from the manifest"):
         ShardedIndex.open(d)
 
 

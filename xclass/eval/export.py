@@ -87,8 +87,9 @@ class _ShardWriter:
         if self.index is None:
             return
         name = f"shard-{len(self.shards):05d}.faiss"
-        size = xi.write_checked(self.index, os.path.join(self.out_dir, name), self.probe, self.spec)
-        self.shards.append({"file": name, "ntotal": int(self.index.ntotal), "bytes": size,
+        path = os.path.join(self.out_dir, name)
+        size = xi.write_checked(self.index, path, self.probe, self.spec)
+        self.shards.append({"file": name, "ntotal": int(self.index.ntotal), "bytes": size, "sha256": xi.file_sha256(path),
                             "id_min": self.id_min, "id_max": self.id_max})
         self.index = None
 

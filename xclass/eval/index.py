@@ -2,8 +2,9 @@
 
 An exported index is a directory::
 
-    manifest.json        format, spec, dim, metric, normalize, ntotal, per-shard file/ntotal/bytes,
-                         data_sha256 (ids + float32 vectors as indexed), sources
+    manifest.json        format, spec, dim, metric, normalize, ntotal, per-shard file/ntotal/bytes/
+                         sha256 (of the shard file), data_sha256 (ids + float32 vectors as
+                         indexed), sources
     shard-00000.faiss    one faiss index per label shard; every shard is IndexIDMap-wrapped
     ...                  (or an IVF with its own ids), so search returns global ids directly
 
@@ -14,6 +15,7 @@ at search). Kinds: ``flat`` (exact IP), ``hnsw`` (IndexHNSWFlat), ``ivfpq`` (Ind
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -173,6 +175,15 @@ def write_checked(index: faiss.Index, path: str, probe: np.ndarray, spec: IndexS
         raise RuntimeError(f"{path}: read-back search differs from the written index")
     os.replace(tmp, path)
     return os.path.getsize(path)
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:

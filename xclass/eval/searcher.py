@@ -66,7 +66,10 @@ class ShardedIndex:
     @classmethod
     def open(cls, path: str, *, mmap: bool = True, use_gpu: bool = False,
              ef_search: Optional[int] = None, nprobe: Optional[int] = None,
-             check_norms: bool = True, backend: str = "auto") -> "ShardedIndex":
+             check_norms: bool = True, backend: str = "auto", verify: bool = True) -> "ShardedIndex":
+        """Open an exported index directory. ``verify``: check each shard file against the
+        manifest's SHA-256 (one read of every file; manifests without it are not checked), so
+        a damaged or altered shard is refused before faiss reads it."""
         mpath = os.path.join(path, "manifest.json")
         if not os.path.isfile(mpath):
             _fail(path, "no manifest.json: not an exported xclass index (or an interrupted export)")
@@ -85,7 +88,7 @@ class ShardedIndex:
         spec = xi.spec_from_dict(man["spec"])
         over = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
         spec = dataclasses.replace(spec, **over)
-        shards = [cls._load_shard(path, sh, man, spec, mmap) for sh in man["shards"]]
+        shards = [cls._load_shard(path, sh, man, spec, mmap, verify) for sh in man["shards"]]
         if sum(s.ntotal for s in shards) != man["ntotal"]:
             _fail(path, "shard sizes do not add up to the manifest's ntotal")
         if check_norms and spec.normalize:
@@ -93,12 +96,14 @@ class ShardedIndex:
         return cls(path, man, shards, spec, use_gpu, backend)
 
     @staticmethod
-    def _load_shard(path: str, sh: dict, man: dict, spec: xi.IndexSpec, mmap: bool):
+    def _load_shard(path: str, sh: dict, man: dict, spec: xi.IndexSpec, mmap: bool, verify: bool = True):
         f = _confined(path, sh.get("file") if isinstance(sh, dict) else None)
         if not os.path.isfile(f):
             _fail(f, "shard file listed in the manifest is missing")
         if os.path.getsize(f) != sh.get("bytes", os.path.getsize(f)):
             _fail(f, f"size {os.path.getsize(f)} != {sh['bytes']} bytes in the manifest (truncated?)")
+        if verify and "sha256" in sh and xi.file_sha256(f) != sh["sha256"]:
+            _fail(f, "SHA-256 differs from the manifest's: the shard file was damaged or changed after export")
         flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else 0
         try:
             idx = faiss.read_index(f, flags)
