@@ -89,8 +89,8 @@ class _ShardWriter:
         name = f"shard-{len(self.shards):05d}.faiss"
         path = os.path.join(self.out_dir, name)
         size = xi.write_checked(self.index, path, self.probe, self.spec)
-        self.shards.append({"file": name, "ntotal": int(self.index.ntotal), "bytes": size, "sha256": xi.file_sha256(path),
-                            "id_min": self.id_min, "id_max": self.id_max})
+        self.shards.append({"file": name, "ntotal": int(self.index.ntotal), "bytes": size,
+                            "sha256": xi.file_sha256(path), "id_min": self.id_min, "id_max": self.id_max})
         self.index = None
 
 
