@@ -1,8 +1,10 @@
 """tools/bench_tasks.py scoring helpers on hand-made cases (the benchmark itself trains)."""
+import json
 import os
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -87,3 +89,34 @@ def test_subset_rows_split_host_name_labels():
     assert [(r["subset"], r["value"], r["n"]) for r in rows] == [("host-name labels", 0.6667, 3),
                                                                  ("other labels", 0.75, 4)]
     assert bench_tasks.subset_rows({"class_names": ["a", "b"]}, "m", pred[:2] % 2, truth[:2] % 2) == []
+
+
+def _row(protocol, method, seed, value, metric="1nn_acc", subset=None):
+    r = {"task": "quic", "protocol": protocol, "method": method, "metric": metric, "seed": seed, "value": value}
+    return json.dumps({**r, **({"subset": subset} if subset else {})})
+
+
+def test_plot_tasks_summary_margins_per_seed_and_png(tmp_path, capsys):
+    """Means, ranges and the trained embedding's per-seed margins, hand-computed; rows of another
+    metric are left out; the PNG is written; a damaged row names file and line."""
+    import plot_tasks
+
+    rows = [_row("open", "xclass_trained", 0, 0.90), _row("open", "xclass_trained", 1, 0.80),
+            _row("open", "xclass_random_init", 0, 0.85), _row("open", "xclass_random_init", 1, 0.79),
+            _row("open", "knn_stats", 0, 0.70), _row("open", "xclass_trained", 0, 0.5, metric="1nn_tievote_acc"),
+            _row("open", "xclass_trained", 0, 0.6, subset="host-name labels")]
+    (tmp_path / "r.jsonl").write_text("\n".join(rows) + "\n")
+    assert plot_tasks.main([str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "p.png")]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by = {(r["subset"], r["method"]): r for r in out}
+    assert set(by) == {("all", "xclass_trained"), ("all", "xclass_random_init"), ("all", "knn_stats"),
+                       ("host-name labels", "xclass_trained")}
+    assert by["all", "xclass_trained"]["mean"] == 85.0 and by["all", "xclass_trained"]["min"] == 80.0
+    assert by["all", "xclass_random_init"]["trained_margin_per_seed"] == [5.0, 1.0]
+    assert by["all", "xclass_random_init"]["trained_margin_min"] == 1.0
+    assert by["all", "knn_stats"]["trained_margin_per_seed"] == [20.0]          # seed 0 only: the common seeds
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.jsonl").write_text(rows[0] + "\n{\"protocol\": \"open\"}\n")
+    with pytest.raises(SystemExit, match=r"bad\.jsonl: line 2: not a bench_tasks row"):
+        plot_tasks.main([str(tmp_path / "bad.jsonl")])
+    assert plot_tasks.main([str(tmp_path / "missing.jsonl")]) == 2
