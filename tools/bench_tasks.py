@@ -34,7 +34,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -68,18 +68,22 @@ def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> 
 
 
 def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.ndarray,
-        cosine: bool, groups: Any = None) -> Dict[str, float]:
+        cosine: bool, groups: Any = None, pred: Optional[List[np.ndarray]] = None) -> Dict[str, float]:
     """1-NN accuracy (cosine on normalised rows, else Euclidean), in chunks: ``1nn_acc`` takes
     the first (lowest-index) nearest gallery row, ``1nn_tievote_acc`` the majority label of all
     gallery rows tied for nearest (see :func:`tie_vote`). ``groups = (gallery keys, query
-    keys)``: the nearest row is looked for among the query's group first (kNN "with port")."""
+    keys)``: the nearest row is looked for among the query's group first (kNN "with port").
+    ``pred``: a list that receives the 1-NN labels, one array per chunk."""
     hits = votes = 0
     for s in range(0, len(queries), 2048):
         q = queries[s:s + 2048]
         sim = q @ gallery.T if cosine else -((q[:, None, :] - gallery[None]) ** 2).sum(-1)
         if groups is not None:
             sim = sim - 1e9 * (groups[1][s:s + 2048, None] != groups[0][None])
-        hits += int((g_lab[np.argmax(sim, axis=1)] == q_lab[s:s + 2048]).sum())
+        first = g_lab[np.argmax(sim, axis=1)]
+        if pred is not None:
+            pred.append(first)
+        hits += int((first == q_lab[s:s + 2048]).sum())
         votes += int((tie_vote(sim, g_lab) == q_lab[s:s + 2048]).sum())
     n = max(1, len(queries))
     return {"1nn_acc": hits / n, "1nn_tievote_acc": votes / n}
@@ -170,8 +174,9 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         for name, e in embs.items():
             pos = np.searchsorted(e["test"]["id"], ids)
             em = e["test"]["emb"][pos]
-            res[name] = nn1(em[g], lab[g], em[q], lab[q], True)
-            rows += subset_rows(meta, name, lab[g][np.argmax(em[q] @ em[g].T, axis=1)], lab[q])
+            pred: List[np.ndarray] = []
+            res[name] = nn1(em[g], lab[g], em[q], lab[q], True, pred=pred)
+            rows += subset_rows(meta, name, np.concatenate(pred), lab[q])
         rows += _rows("open", res, int(q.sum()))
     return rows
 
