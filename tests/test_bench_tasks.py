@@ -120,3 +120,15 @@ def test_plot_tasks_summary_margins_per_seed_and_png(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"bad\.jsonl: line 2: not a bench_tasks row"):
         plot_tasks.main([str(tmp_path / "bad.jsonl")])
     assert plot_tasks.main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_plot_tasks_margins_of_a_lower_is_better_metric(tmp_path, capsys):
+    import plot_tasks
+
+    rows = [_row("verification", "xclass_trained", 0, 0.05, metric="eer"),
+            _row("verification", "logmel_mean_std", 0, 0.20, metric="eer")]
+    (tmp_path / "r.jsonl").write_text("\n".join(rows) + "\n")
+    assert plot_tasks.main([str(tmp_path / "r.jsonl"), "--metric", "eer", "--out", str(tmp_path / "e.png")]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["trained_margin_per_seed"] for r in out if r["method"] == "logmel_mean_std"] == [[15.0]]
+    assert (tmp_path / "e.png").stat().st_size > 0
