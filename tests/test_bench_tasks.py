@@ -91,6 +91,17 @@ def test_subset_rows_split_host_name_labels():
     assert bench_tasks.subset_rows({"class_names": ["a", "b"]}, "m", pred[:2] % 2, truth[:2] % 2) == []
 
 
+def test_same_file_subsets():
+    # gallery: label 1 from file 0, label 2 from files 0 and 1; queries: (1, 0) yes, (1, 1) no, (2, 1) yes, (3, 0) no
+    same = bench_tasks.same_file_gallery(np.array([1, 2, 2]), np.array([0, 0, 1]), np.array([1, 1, 2, 3]),
+                                         np.array([0, 1, 1, 0]))
+    assert same.tolist() == [True, False, True, False]
+    rows = bench_tasks.subset_rows({"class_names": ["a", "b", "c", "d"]}, "m", np.array([1, 2, 2, 3]),
+                                   np.array([1, 1, 2, 3]), same)
+    assert [(r["subset"], r["value"], r["n"]) for r in rows] == [("same-file gallery", 1.0, 2),
+                                                                 ("no same-file gallery", 0.5, 2)]
+
+
 def _row(protocol, method, seed, value, metric="1nn_acc", subset=None):
     r = {"task": "quic", "protocol": protocol, "method": method, "metric": metric, "seed": seed, "value": value}
     return json.dumps({**r, **({"subset": subset} if subset else {})})

@@ -25,6 +25,8 @@ equally near rows: identical flows can carry different nDPI labels); the forest'
 accuracy is written under both names. Each row: task, data, config, overrides, seed,
 train_seconds, protocol, method, metric, value, n. Open-set rows with a ``subset`` key split the
 embeddings' ``1nn_acc`` into queries with nDPI host-name labels (``TLS.Apple``: see CARRIERS)
+and the others, and, when the data name each row's input file (``source_file``, as ``import
+pcap`` writes it), into queries with a gallery row of their label from their own file (capture)
 and the others.
 """
 from __future__ import annotations
@@ -112,6 +114,8 @@ def flow_features(path: str, n_pkts: int) -> Dict[str, np.ndarray]:
     sizes = np.asarray(t["pkt_sizes"], np.float64)[:, :n_pkts] * np.asarray(t["pkt_dirs"], np.float64)[:, :n_pkts]
     iat = np.log1p(np.maximum(np.asarray(t["pkt_iat"], np.float64)[:, :n_pkts], 0))
     out = {"id": np.asarray(t["id"]), "label": np.asarray(t["label"]), "stats": stats, "rf": np.c_[stats, sizes, iat]}
+    if "source_file" in t and min(t["source_file"], default=-1) >= 0:
+        out["source"] = np.asarray(t["source_file"], np.int64)
     if "server_port" in t and any(t["server_port"]):  # port-aware baselines next to the plain ones
         from xclass.models.encoders.flowcnn import EPHEMERAL_PORT
 
@@ -164,6 +168,7 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         ids, lab = te["id"][opn], te["label"][opn]
         isq = open_split(data, ids, lab)
         g, q = ~isq, isq
+        same = same_file_gallery(lab[g], te["source"][opn][g], lab[q], te["source"][opn][q]) if "source" in te else None
         st = scaler.transform(te["stats"][opn])
         res = {"knn_stats": nn1(st[g], lab[g], st[q], lab[q], False),
                "random_forest_proximity": proximity_nn1(rf, te["rf"][opn], lab, g, q)}
@@ -176,7 +181,7 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
             em = e["test"]["emb"][pos]
             pred: List[np.ndarray] = []
             res[name] = nn1(em[g], lab[g], em[q], lab[q], True, pred=pred)
-            rows += subset_rows(meta, name, np.concatenate(pred), lab[q])
+            rows += subset_rows(meta, name, np.concatenate(pred), lab[q], same)
         rows += _rows("open", res, int(q.sum()))
     return rows
 
@@ -186,18 +191,27 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
 CARRIERS = ("TLS", "DTLS", "QUIC", "DNS", "HTTP", "HTTP_Proxy", "HTTP_Connect")
 
 
-def subset_rows(meta: Dict, method: str, pred: np.ndarray, truth: np.ndarray) -> List[Dict]:
+def same_file_gallery(g_lab: np.ndarray, g_src: np.ndarray, q_lab: np.ndarray, q_src: np.ndarray) -> np.ndarray:
+    """[q] bool: the query has a gallery row of its own label from its own input file."""
+    have = set(zip(g_lab.tolist(), g_src.tolist()))
+    return np.array([(l, s) in have for l, s in zip(q_lab.tolist(), q_src.tolist())], bool)
+
+
+def subset_rows(meta: Dict, method: str, pred: np.ndarray, truth: np.ndarray,
+                same_file: Optional[np.ndarray] = None) -> List[Dict]:
     """Open-set 1-NN accuracy of ``method`` (first nearest row, as ``1nn_acc``) on the queries whose
     class name is ``CARRIER.APP`` (an application nDPI read from a host name, see CARRIERS) and on
-    the others; none when no query has such a label."""
+    the others (none when no query has such a label); with ``same_file`` (:func:`same_file_gallery`)
+    also on the queries with and without a same-file gallery row of their label."""
     names = meta.get("class_names") or []
     host = np.array([t < len(names) and "." in str(names[t]) and str(names[t]).split(".")[0] in CARRIERS
                      for t in truth], bool)
-    if not host.any():
-        return []
+    parts = [("host-name labels", host), ("other labels", ~host)] if host.any() else []
+    if same_file is not None:
+        parts += [("same-file gallery", same_file), ("no same-file gallery", ~same_file)]
     return [{"protocol": "open", "subset": subset, "method": method, "metric": "1nn_acc",
              "value": round(float((pred[m] == truth[m]).mean()), 4), "n": int(m.sum())}
-            for subset, m in (("host-name labels", host), ("other labels", ~host)) if m.any()]
+            for subset, m in parts if m.any()]
 
 
 def proximity_nn1(rf: Any, x: np.ndarray, lab: np.ndarray, g: np.ndarray, q: np.ndarray) -> Dict[str, float]:

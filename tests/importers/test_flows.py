@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -235,3 +236,21 @@ def test_max_flows_with_one_row_per_packet(tmp_path):
     t = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
     assert meta["class_names"] == ["big", "small"] and sorted(t["label"]) == [0, 0, 0, 1, 1]
     assert meta["source"]["capped_flows"] == 3
+
+
+def test_each_row_names_its_input_file(tmp_path):
+    """``source_file``: the row's file as an index into meta.json source.files; the validator
+    accepts the column."""
+    for i in range(2):
+        n = 3 + i
+        pq.write_table(pa.table({"label": [f"c{k % 2}" for k in range(n)], "sizes": [[100 + i, 60]] * n,
+                                 "dirs": [[1, -1]] * n, "times": [[0.0, 1.0]] * n}), tmp_path / f"f{i}.parquet")
+    files = [str(tmp_path / "f0.parquet"), str(tmp_path / "f1.parquet")]
+    meta = import_flows(files, str(tmp_path / "out"), sizes_column="sizes", dirs_column="dirs", iat_column="times",
+                        num_packets=2, show_progress=False)
+    t = pq.read_table(tmp_path / "out" / "train.parquet").to_pydict()
+    assert [s[0] - 100 for s in t["pkt_sizes"]] == t["source_file"] == [0, 0, 0, 1, 1, 1, 1]
+    assert meta["source"]["files"] == [os.path.abspath(f) for f in files]
+    from xclass.data.validate import validate_file
+
+    validate_file(str(tmp_path / "out" / "train.parquet"), "quic", 2)

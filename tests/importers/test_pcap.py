@@ -1,6 +1,7 @@
 """import pcap: captures written with dpkt (an independent writer/parser), hand-computed flows,
 pcap == pcapng, TLS SNI, label files, nDPI labels (when ndpiReader is installed), errors."""
 import json
+import os
 import shutil
 import struct
 
@@ -211,6 +212,8 @@ def test_split_by_capture_keeps_shared_labels_closed_and_holds_out_the_rest(tmp_
     test = pq.read_table(tmp_path / "o" / "test.parquet").to_pydict()
     assert sorted(train["label"]) == [0, 1] and sorted(test["label"]) == [1, 2]
     assert sorted(train["id"] + test["id"]) == [0, 1, 2, 3]
+    assert set(train["source_file"]) == {0} and set(test["source_file"]) == {1}   # a.pcap, b.pcap
+    assert [os.path.basename(f) for f in meta["source"]["files"]] == ["a.pcap", "b.pcap"]
     base = ["pcap", "--input", a, b, "--labels", labels, "--out", str(tmp_path / "p")]
     for extra, msg in ((["--test-regex", "nomatch"], "matches no capture"),
                        (["--test-regex", "pcap$"], "matches every capture"),

@@ -60,7 +60,7 @@ class FlowWriters:
         schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pkt_sizes", pa.list_(pa.int16(), n)),
                             ("pkt_dirs", pa.list_(pa.int8(), n)), ("pkt_iat", pa.list_(pa.float32(), n)),
                             ("num_packets", pa.int32()), ("flow_stats", pa.list_(pa.float32(), len(STATS))),
-                            ("server_port", pa.int32()), ("ip_proto", pa.int8())])
+                            ("server_port", pa.int32()), ("ip_proto", pa.int8()), ("source_file", pa.int32())])
         self.schema = with_task_meta(schema, "quic", num_packets=n, flow_stats=list(STATS))
         self.w: Dict[str, PartWriter] = {}
         self.buf: Dict[str, List] = {}
@@ -90,7 +90,8 @@ class FlowWriters:
                              "num_packets": pa.array([r[2]["num"] for r in rows], pa.int32()),
                              "flow_stats": fixed_list(st("stats"), pa.float32()),
                              "server_port": pa.array([r[2]["port"] for r in rows], pa.int32()),
-                             "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8())})
+                             "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8()),
+                             "source_file": pa.array([r[2].get("source", -1) for r in rows], pa.int32())})
         self.ports_known |= any(r[2]["port"] > 0 for r in rows)
         self.buf[split] = []
 

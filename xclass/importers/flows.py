@@ -78,13 +78,14 @@ def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarr
 
 
 def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int,
-         port: int = 0, proto: int = 0) -> Dict[str, np.ndarray]:
-    """One flow as the writer takes it: its first ``n`` packets, zero-padded, its statistics and
-    the server's port and IP protocol (0 = unknown)."""
+         port: int = 0, proto: int = 0, source: int = -1) -> Dict[str, np.ndarray]:
+    """One flow as the writer takes it: its first ``n`` packets, zero-padded, its statistics,
+    the server's port and IP protocol (0 = unknown) and its input file (``source``, an index
+    into the import's file list; -1 = unknown)."""
     m = min(n, len(sizes))
     pad = lambda a, dt: np.concatenate([np.asarray(a, np.float64)[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
     return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
-            "num": np.int32(m), "stats": stats, "port": int(port), "proto": int(proto)}
+            "num": np.int32(m), "stats": stats, "port": int(port), "proto": int(proto), "source": int(source)}
 
 
 def _as_list(v: Any, where: str) -> List[Any]:
@@ -224,7 +225,8 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
 def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
                smap: Dict[str, str], n: int, show_progress: bool,
                port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Rows:
-    """One row per flow: flows per class name (first pass), then ``(class, packets)`` per row (second pass)."""
+    """One row per flow: flows per class name (first pass), then ``(class, packets)`` per row (second
+    pass); a row's ``source`` is its file's position in ``inputs``."""
     from tqdm import tqdm
 
     pkt_cols = [ppi_column] if ppi_column else list_columns
@@ -232,8 +234,10 @@ def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[st
     extra = [c for c in port_cols if c]
     rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]), desc="import flows",
                 unit="flows", disable=not show_progress)
-    return dict(counts), ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols))
-                   for rec, path, row in rows)
+    index = {p: i for i, p in reversed(list(enumerate(inputs)))}
+    return dict(counts), ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols,
+                                                            index[path]))
+                          for rec, path, row in rows)
 
 
 def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: str, row: int) -> Tuple[int, int]:
@@ -258,7 +262,7 @@ def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: 
 
 def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str], cols: List[str],
              n: int, smap: Dict[str, str],
-             port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Dict[str, np.ndarray]:
+             port_cols: Tuple[Optional[str], Optional[str]] = (None, None), source: int = -1) -> Dict[str, np.ndarray]:
     where = f"{path}: row {row}"
     if ppi_column:
         ppi = _as_list(rec[ppi_column], f"{where}, column {ppi_column}")
@@ -284,4 +288,4 @@ def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str]
             raise ImportError_(f"{where}, column {c}: missing or non-finite flow statistic", file=path, row=row)
         stats[STATS.index(k)] = float(v)
     port, proto = _port(rec, port_cols, path, row)
-    return pack(sizes, dirs, iat, stats, n, port=port, proto=proto)
+    return pack(sizes, dirs, iat, stats, n, port=port, proto=proto, source=source)

@@ -113,14 +113,15 @@ def service_port(fl: Flow) -> int:
     return c if 0 < c < 1024 <= s else s
 
 
-def flow_packets(fl: Flow, num_packets: int) -> Dict[str, np.ndarray]:
-    """The writer's dict for a flow: first packets, the 8 statistics over all its packets and the
-    server's port and protocol.
+def flow_packets(fl: Flow, num_packets: int, source: int = -1) -> Dict[str, np.ndarray]:
+    """The writer's dict for a flow: first packets, the 8 statistics over all its packets, the
+    server's port and protocol, and ``source``: its capture's position in the import's list.
     A stored size above 32,767 bytes (an IP length up to 65,535, seen in captures taken before
     segmentation offload splits a packet) is stored as 32,767; the statistics keep true bytes."""
     stats = finish_stats(fl.n, fl.n_up, fl.bytes_up, fl.bytes_down, fl.size_sq, fl.span_ms)
     sizes = np.minimum(np.array(fl.sizes, np.int64), MAX_STORED_SIZE)
-    return pack(sizes, np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets, port=service_port(fl), proto=fl.proto)
+    return pack(sizes, np.array(fl.dirs), np.array(fl.iat_ms), stats, num_packets, port=service_port(fl),
+                proto=fl.proto, source=source)
 
 
 def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,
@@ -197,11 +198,12 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
         raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
     per = Counter(n for n, _ in flows)
     names = sorted(per)
+    index = {p: i for i, p in reversed(list(enumerate(captures)))}  # a flow's capture -> meta source.files
     source = {"importer": "pcap", "files": [os.path.abspath(p) for p in captures],
               "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
               "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
     if rx is None:
-        read = lambda: (per, ((n, flow_packets(f, num_packets)) for n, f in flows))  # noqa: E731
+        read = lambda: (per, ((n, flow_packets(f, num_packets, index[f.capture])) for n, f in flows))  # noqa: E731
         return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction,
                            max_flows=max_flows)
     to_test = [bool(rx.search(f.capture)) for _, f in flows]
@@ -211,5 +213,6 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
     held = sorted(set(names) - {n for (n, _), t in zip(flows, to_test) if not t})
     source["test_regex"] = test_regex
     sides = Counter((n, t) for (n, _), t in zip(flows, to_test))
-    read = lambda: (sides, ((n, flow_packets(f, num_packets), t) for (n, f), t in zip(flows, to_test)))  # noqa: E731
+    read = lambda: (sides, ((n, flow_packets(f, num_packets, index[f.capture]), t)  # noqa: E731
+                            for (n, f), t in zip(flows, to_test)))
     return write_flows(out, read, source, num_packets, 0, seed, overwrite, held_out=held, max_flows=max_flows)
