@@ -144,46 +144,65 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
 
     tr, te = flow_features(os.path.join(data, "train.parquet"), n_pkts), flow_features(
         os.path.join(data, "test.parquet"), n_pkts)
-    C = int(meta["num_classes"])
     scaler = StandardScaler().fit(tr["stats"])
     forest = lambda x: RandomForestClassifier(300, n_jobs=2, random_state=seed).fit(x, tr["label"])  # noqa: E731
-    rf = forest(tr["rf"])
-    rf_port = forest(tr["rf_port"]) if "rf_port" in tr else None
+    forests = {"": forest(tr["rf"]), **({"_port": forest(tr["rf_port"])} if "rf_port" in tr else {})}
+    closed = te["label"] < int(meta["num_classes"])
     rows: List[Dict] = []
-    closed = te["label"] < C
     if closed.any():
-        q = te["label"][closed]
-        g_st, q_st = scaler.transform(tr["stats"]), scaler.transform(te["stats"][closed])
-        res = {"knn_stats": nn1(g_st, tr["label"], q_st, q, False),
-               "random_forest": {"accuracy": float((rf.predict(te["rf"][closed]) == q).mean())}}
-        if rf_port is not None:
-            res["knn_stats_port"] = nn1(g_st, tr["label"], q_st, q, False, (tr["port_key"], te["port_key"][closed]))
-            res["random_forest_port"] = {"accuracy": float((rf_port.predict(te["rf_port"][closed]) == q).mean())}
-        for name, e in embs.items():
-            pos = np.searchsorted(e["test"]["id"], te["id"][closed])
-            res[name] = nn1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], q, True)
-        rows += _rows("closed", res, int(closed.sum()))
-    opn = ~closed
-    if opn.any():
-        ids, lab = te["id"][opn], te["label"][opn]
-        isq = open_split(data, ids, lab)
-        g, q = ~isq, isq
-        same = same_file_gallery(lab[g], te["source"][opn][g], lab[q], te["source"][opn][q]) if "source" in te else None
-        st = scaler.transform(te["stats"][opn])
-        res = {"knn_stats": nn1(st[g], lab[g], st[q], lab[q], False),
-               "random_forest_proximity": proximity_nn1(rf, te["rf"][opn], lab, g, q)}
-        if rf_port is not None:
-            key = te["port_key"][opn]
-            res["knn_stats_port"] = nn1(st[g], lab[g], st[q], lab[q], False, (key[g], key[q]))
-            res["random_forest_port_proximity"] = proximity_nn1(rf_port, te["rf_port"][opn], lab, g, q)
-        for name, e in embs.items():
-            pos = np.searchsorted(e["test"]["id"], ids)
-            em = e["test"]["emb"][pos]
-            pred: List[np.ndarray] = []
-            res[name] = nn1(em[g], lab[g], em[q], lab[q], True, pred=pred)
-            rows += subset_rows(meta, name, np.concatenate(pred), lab[q], same)
-        rows += _rows("open", res, int(q.sum()))
+        rows += _closed_rows(meta, tr, te, closed, scaler, forests, embs)
+    if (~closed).any():
+        rows += _open_rows(data, meta, te, ~closed, scaler, forests, embs)
     return rows
+
+
+def _closed_rows(meta: Dict, tr: Dict, te: Dict, closed: np.ndarray, scaler: Any, forests: Dict,
+                 embs: Dict[str, Dict]) -> List[Dict]:
+    """Closed set: test rows against the training rows (1-NN) and the forests' predictions; rows
+    per method, then per method on the host-name / other subsets."""
+    q = te["label"][closed]
+    g_st, q_st = scaler.transform(tr["stats"]), scaler.transform(te["stats"][closed])
+    res, preds = {}, {}
+    for tag in forests:  # "" (statistics), "_port" (statistics + port, when the data have ports)
+        groups = (tr["port_key"], te["port_key"][closed]) if tag else None
+        pred: List[np.ndarray] = []
+        res["knn_stats" + tag] = nn1(g_st, tr["label"], q_st, q, False, groups, pred=pred)
+        preds["knn_stats" + tag] = np.concatenate(pred)
+        preds["random_forest" + tag] = forests[tag].predict(te["rf" + tag][closed])
+        res["random_forest" + tag] = {"accuracy": float((preds["random_forest" + tag] == q).mean())}
+    for name, e in embs.items():
+        pos = np.searchsorted(e["test"]["id"], te["id"][closed])
+        pred = []
+        res[name] = nn1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], q, True, pred=pred)
+        preds[name] = np.concatenate(pred)
+    rows = _rows("closed", res, int(closed.sum()))
+    for name, p in preds.items():
+        rows += subset_rows(meta, name, p, q, protocol="closed")
+    return rows
+
+
+def _open_rows(data: str, meta: Dict, te: Dict, opn: np.ndarray, scaler: Any, forests: Dict,
+               embs: Dict[str, Dict]) -> List[Dict]:
+    """Open set: the held-out labels' queries against their gallery (1-NN, forest proximity);
+    the embeddings' 1-NN also per subset (host-name labels, same-file gallery)."""
+    ids, lab = te["id"][opn], te["label"][opn]
+    isq = open_split(data, ids, lab)
+    g, q = ~isq, isq
+    same = same_file_gallery(lab[g], te["source"][opn][g], lab[q], te["source"][opn][q]) if "source" in te else None
+    st = scaler.transform(te["stats"][opn])
+    res = {"knn_stats": nn1(st[g], lab[g], st[q], lab[q], False),
+           "random_forest_proximity": proximity_nn1(forests[""], te["rf"][opn], lab, g, q)}
+    if "_port" in forests:
+        key = te["port_key"][opn]
+        res["knn_stats_port"] = nn1(st[g], lab[g], st[q], lab[q], False, (key[g], key[q]))
+        res["random_forest_port_proximity"] = proximity_nn1(forests["_port"], te["rf_port"][opn], lab, g, q)
+    rows: List[Dict] = []
+    for name, e in embs.items():
+        em = e["test"]["emb"][np.searchsorted(e["test"]["id"], ids)]
+        pred: List[np.ndarray] = []
+        res[name] = nn1(em[g], lab[g], em[q], lab[q], True, pred=pred)
+        rows += subset_rows(meta, name, np.concatenate(pred), lab[q], same)
+    return rows + _rows("open", res, int(q.sum()))
 
 
 #: nDPI protocols whose flows it names by the application found in a host name of the payload
@@ -198,18 +217,19 @@ def same_file_gallery(g_lab: np.ndarray, g_src: np.ndarray, q_lab: np.ndarray, q
 
 
 def subset_rows(meta: Dict, method: str, pred: np.ndarray, truth: np.ndarray,
-                same_file: Optional[np.ndarray] = None) -> List[Dict]:
-    """Open-set 1-NN accuracy of ``method`` (first nearest row, as ``1nn_acc``) on the queries whose
-    class name is ``CARRIER.APP`` (an application nDPI read from a host name, see CARRIERS) and on
-    the others (none when no query has such a label); with ``same_file`` (:func:`same_file_gallery`)
-    also on the queries with and without a same-file gallery row of their label."""
+                same_file: Optional[np.ndarray] = None, protocol: str = "open") -> List[Dict]:
+    """The accuracy of ``method``'s predictions (for 1-NN the first nearest row, as ``1nn_acc``;
+    the forest's class in the closed set) on the queries whose class name is ``CARRIER.APP`` (an
+    application nDPI read from a host name, see CARRIERS) and on the others (none when no query
+    has such a label); with ``same_file`` (:func:`same_file_gallery`) also on the queries with
+    and without a same-file gallery row of their label."""
     names = meta.get("class_names") or []
     host = np.array([t < len(names) and "." in str(names[t]) and str(names[t]).split(".")[0] in CARRIERS
                      for t in truth], bool)
     parts = [("host-name labels", host), ("other labels", ~host)] if host.any() else []
     if same_file is not None:
         parts += [("same-file gallery", same_file), ("no same-file gallery", ~same_file)]
-    return [{"protocol": "open", "subset": subset, "method": method, "metric": "1nn_acc",
+    return [{"protocol": protocol, "subset": subset, "method": method, "metric": "1nn_acc",
              "value": round(float((pred[m] == truth[m]).mean()), 4), "n": int(m.sum())}
             for subset, m in parts if m.any()]
 
