@@ -126,6 +126,10 @@ def test_identification_end_to_end(tmp_path):
     ref = identification_report(nbr, lab[200:], (1, 5), 5)
     for key, val in ref.items():
         assert got[key] == pytest.approx(val), key
+    # rankings: per query the labels of its 5 nearest gallery rows (brute force) and their scores
+    rk = pq.read_table(tmp_path / "rep" / "rankings.parquet").to_pydict()
+    assert rk["id"] == list(range(100)) and rk["labels"] == nbr.tolist()
+    np.testing.assert_allclose(rk["scores"], -np.sort(-S, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
 
 
 def test_identification_gallery_file_not_the_indexed_one(tmp_path, capsys):
@@ -137,6 +141,7 @@ def test_identification_gallery_file_not_the_indexed_one(tmp_path, capsys):
         "--protocol", "ident", "--index", out, "--gallery", qf, "--queries", qf, "--out", str(tmp_path / "rep"),
         "--quiet"]))
     assert rc == 2 and not os.path.exists(tmp_path / "rep")      # was: every neighbour unlabelled, 0 % silently
+    # (the rankings file begun under rep/ is removed with its folder)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "query.parquet: has no row for id" in err[0] and "query row 0" in err[0]
 

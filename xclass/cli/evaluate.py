@@ -108,8 +108,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="xmc PSP: N of the propensity formula (rows of the full training set; default: "
                         "the rows of --train-labels)")
     p.add_argument("--rankings", default=None,
-                   help="xmc: write the rankings Parquet (id, labels = top-K label ids, scores) here "
-                        "(default OUT/rankings.parquet with --out; must not exist)")
+                   help="xmc / ident: write the rankings Parquet here (id, labels = top-K label ids, scores; "
+                        "ident: the labels of the K nearest gallery rows, labels[0] the 1-NN prediction). "
+                        "Default OUT/rankings.parquet with --out; must not exist")
     p.add_argument("--prop-a", type=float, default=0.55)
     p.add_argument("--prop-b", type=float, default=1.5)
     p.add_argument("--filter", dest="filter_file", help="'row label' pairs removed before ranking")
@@ -140,6 +141,15 @@ def _need(args, *names):
         raise ValueError(f"protocol {args.protocol!r} needs --{', --'.join(m.replace('_', '-') for m in missing)}")
 
 
+def _rankings_path(args):
+    """--rankings (refused when the file exists), else OUT/rankings.parquet with --out (replaced
+    with the rest of the report), else None."""
+    path = getattr(args, "rankings", None)
+    if path and os.path.exists(path):
+        raise FileExistsError(f"{path} exists (rankings are never overwritten; remove it first)")
+    return path or (os.path.join(args.out, "rankings.parquet") if args.out else None)
+
+
 def _open_index(args):
     from xclass.eval.searcher import ShardedIndex
     return ShardedIndex.open(args.index, use_gpu=args.gpu, ef_search=args.ef_search,
@@ -155,13 +165,10 @@ def _run_evaluate(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
     header = {"protocol": args.protocol}
     curves = None
+    rankings = _rankings_path(args) if args.protocol in ("xmc", "ident") else None
     if args.protocol == "xmc":
         _need(args, "index", "queries")
         index = _open_index(args)
-        rankings = getattr(args, "rankings", None)
-        if rankings and os.path.exists(rankings):
-            raise FileExistsError(f"{rankings} exists (rankings are never overwritten; remove it first)")
-        rankings = rankings or (os.path.join(args.out, "rankings.parquet") if args.out else None)
         n_labels = max(sh["id_max"] for sh in index.manifest["shards"]) + 1
         inv = ev.xmc_propensity(n_labels, args.train_labels, getattr(args, "label_counts", None),
                                 getattr(args, "propensity_n", None), args.prop_a, args.prop_b)
@@ -189,8 +196,9 @@ def _run_evaluate(args) -> int:
         _need(args, "index", "queries", "gallery")
         metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries,
                                              args.ks, args.majority_k, args.batch_rows,
-                                             progress=not args.quiet)
-        header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries})
+                                             progress=not args.quiet, rankings_out=rankings)
+        header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries,
+                       "rankings": rankings})
     print_table(metrics, f"{args.protocol} metrics")
     if args.out:
         files = write_report(args.out, metrics, header, curves, plots=not args.no_plots)

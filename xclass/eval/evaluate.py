@@ -17,7 +17,7 @@ from xclass.eval.identification import identification_report
 from xclass.eval.io import (ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns,
                              read_table)
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
-from xclass.eval.rankings import RankingWriter
+from xclass.eval.rankings import ranking_writer
 from xclass.eval.scorenorm import as_norm_trials, unit_rows
 from xclass.eval.verification import verification_report
 
@@ -182,24 +182,22 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
             raise ValueError(f"inverse propensities cover {len(inv_prop)} labels, index ids reach {hi}")
     parts, bar = [], _progress(num_rows(queries), "xmc eval", progress)
     check = _LabelSpace(index, queries) if check_labels else None
-    writer = RankingWriter(rankings_out, K) if rankings_out else None
-    for b in iter_batches(queries, batch_rows, with_labels=True):
-        if check is not None:
-            check(b)
-        D, I = index.search(b.emb, K + extra)
-        if extra:
-            sel = (filter_pairs[:, 0] >= b.offset) & (filter_pairs[:, 0] < b.offset + len(b.ids))
-            pairs = filter_pairs[sel] - np.array([b.offset, 0])
-            I, D = remove_pairs(I, D, pairs, K)
-        parts.append(Ranking.build(I[:, :K], b.labels, inv_prop))
-        if writer is not None:
-            writer.write(b.ids, I[:, :K], D[:, :K])
-        if bar is not None:
-            bar.update(len(b.ids))
+    with ranking_writer(rankings_out, K) as writer:
+        for b in iter_batches(queries, batch_rows, with_labels=True):
+            if check is not None:
+                check(b)
+            D, I = index.search(b.emb, K + extra)
+            if extra:
+                sel = (filter_pairs[:, 0] >= b.offset) & (filter_pairs[:, 0] < b.offset + len(b.ids))
+                pairs = filter_pairs[sel] - np.array([b.offset, 0])
+                I, D = remove_pairs(I, D, pairs, K)
+            parts.append(Ranking.build(I[:, :K], b.labels, inv_prop))
+            if writer is not None:
+                writer.write(b.ids, I[:, :K], D[:, :K])
+            if bar is not None:
+                bar.update(len(b.ids))
     if bar is not None:
         bar.close()
-    if writer is not None:
-        writer.close()
     r = Ranking.concat(parts)
     n_empty = int((r.n_true == 0).sum())
     if empty_rows == "drop":
@@ -262,8 +260,10 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
 
 def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
                             majority_k: int = 5, batch_rows: int = 4096,
-                            progress: bool = True) -> dict:
-    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``."""
+                            progress: bool = True, rankings_out: Optional[str] = None) -> dict:
+    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
+    ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
+    scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction)."""
     g_ids, g_lab = [], []
     for b in iter_batches(gallery, 1 << 18, with_labels=True):
         if np.any(np.diff(b.labels.indptr) != 1):
@@ -276,23 +276,32 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     K = max(max(ks), majority_k)
     nl, ql, sc = [], [], []
     bar = _progress(num_rows(queries), "identification", progress)
-    for b in iter_batches(queries, batch_rows, with_labels=True):
-        D, I = index.search(b.emb, K)
-        pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
-        unknown = (I >= 0) & (g_ids[pos] != I)
-        if unknown.any():
-            r, c = np.argwhere(unknown)[0]
-            raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
-                             f"row {int(b.offset + r)}; was the index built from this gallery file?")
-        nl.append(np.where(I >= 0, g_lab[pos], -1))
-        ql.append(b.labels.indices[b.labels.indptr[:-1]])
-        sc.append(D)
-        if bar is not None:
-            bar.update(len(b.ids))
+    with ranking_writer(rankings_out, K) as writer:
+        for b in iter_batches(queries, batch_rows, with_labels=True):
+            D, I = index.search(b.emb, K)
+            nl.append(_gallery_labels(I, g_ids, g_lab, gallery, b.offset))
+            ql.append(b.labels.indices[b.labels.indptr[:-1]])
+            sc.append(D)
+            if writer is not None:
+                writer.write(b.ids, nl[-1], D)
+            if bar is not None:
+                bar.update(len(b.ids))
     if bar is not None:
         bar.close()
     return identification_report(np.concatenate(nl), np.concatenate(ql), ks, majority_k,
                                  np.concatenate(sc))
+
+
+def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
+    """Neighbour ids ``I [b, K]`` (-1 pads) -> their gallery labels (-1 pads); an id the gallery
+    (sorted ``g_ids``) lacks is an error naming the query row."""
+    pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
+    unknown = (I >= 0) & (g_ids[pos] != I)
+    if unknown.any():
+        r, c = np.argwhere(unknown)[0]
+        raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
+                         f"row {int(offset + r)}; was the index built from this gallery file?")
+    return np.where(I >= 0, g_lab[pos], -1)
 
 
 __all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",

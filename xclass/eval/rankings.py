@@ -1,8 +1,11 @@
-"""XMC rankings as Parquet (``xclass evaluate --protocol xmc --rankings``): one row per query
-with its top-K label ids and scores, so a run can be rescored without re-searching."""
+"""Rankings as Parquet (``xclass evaluate --protocol xmc|ident --rankings``): one row per query
+with its top-K label ids and scores (XMC: the retrieved labels; identification: the labels of
+the K nearest gallery rows), so a run can be rescored or inspected without re-searching."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -19,6 +22,7 @@ class RankingWriter:
         self.schema = pa.schema([("id", pa.int64()), ("labels", pa.list_(pa.int64())),
                                  ("scores", pa.list_(pa.float32()))])
         d = os.path.dirname(os.path.abspath(path))
+        self.made_dir = None if os.path.isdir(d) else d
         os.makedirs(d, exist_ok=True)
         self.w = pq.ParquetWriter(path + ".tmp", self.schema)
 
@@ -36,6 +40,29 @@ class RankingWriter:
     def close(self) -> None:
         self.w.close()
         os.replace(self.path + ".tmp", self.path)
+
+    def abort(self) -> None:
+        """Close and remove the temp file (and the folder made for it, when left empty): nothing
+        is left at ``path``."""
+        self.w.close()
+        os.remove(self.path + ".tmp")
+        if self.made_dir is not None and not os.listdir(self.made_dir):
+            os.rmdir(self.made_dir)
+
+
+@contextmanager
+def ranking_writer(path: Optional[str], k: int) -> Iterator[Optional[RankingWriter]]:
+    """A :class:`RankingWriter` for ``path`` (None: no file), closed when the block ends and
+    aborted when it raises."""
+    w = RankingWriter(path, k) if path else None
+    try:
+        yield w
+    except BaseException:
+        if w is not None:
+            w.abort()
+        raise
+    if w is not None:
+        w.close()
 
 
 def write_rankings(path: str, ids: np.ndarray, topk: np.ndarray, scores: np.ndarray) -> None:
