@@ -1,4 +1,5 @@
-"""Evaluation protocols over embeddings: XMC retrieval, face/speaker verification, identification.
+"""Evaluation protocols over embeddings: XMC retrieval, face/speaker verification, identification
+(:mod:`xclass.eval.ident_eval`, re-exported here).
 
 Queries are streamed in chunks of ``batch_rows`` (bounded memory); per chunk the index returns
 top-K ids, and only the compact :class:`~xclass.eval.metrics.Ranking` (K bools + K gains per
@@ -7,27 +8,18 @@ row) is kept, never an n x L score matrix.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional, Sequence, Tuple
 
 
 import numpy as np
 
-from xclass.eval.identification import identification_report
-from xclass.eval.io import (ArraySource, Source, iter_batches, label_column, num_rows, read_all, read_columns,
-                             read_table)
+from xclass.eval.ident_eval import evaluate_identification
+from xclass.eval.io import (ArraySource, Source, iter_batches, label_column, num_rows, progress_bar, read_all,
+                             read_columns, read_table)
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
 from xclass.eval.rankings import ranking_writer
 from xclass.eval.scorenorm import as_norm_trials, unit_rows
 from xclass.eval.verification import verification_report
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, unit="q", disable=not enabled, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def propensity_from_train(train: Source, n_labels: int, a: float = 0.55, b: float = 1.5):
@@ -180,7 +172,7 @@ def evaluate_xmc(index, queries: Source, ks: Sequence[int] = (1, 3, 5), *,
         hi = max(index.manifest["shards"][-1]["id_max"] if hasattr(index, "manifest") else 0, 0)
         if len(inv_prop) <= hi:      # labels never seen in training: count 0
             raise ValueError(f"inverse propensities cover {len(inv_prop)} labels, index ids reach {hi}")
-    parts, bar = [], _progress(num_rows(queries), "xmc eval", progress)
+    parts, bar = [], progress_bar(num_rows(queries), "xmc eval", progress)
     check = _LabelSpace(index, queries) if check_labels else None
     with ranking_writer(rankings_out, K) as writer:
         for b in iter_batches(queries, batch_rows, with_labels=True):
@@ -256,52 +248,6 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
     a, b, t = read_columns(pairs, cols, ("int", "int", "bool"))
     s = pair_scores(emb, a, b, where=str(pairs), cohort=cohort, asnorm_top=asnorm_top)
     return verification_report(s, t, protocol), {"scores": s, "target": t}
-
-
-def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
-                            majority_k: int = 5, batch_rows: int = 4096,
-                            progress: bool = True, rankings_out: Optional[str] = None) -> dict:
-    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
-    ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
-    scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction)."""
-    g_ids, g_lab = [], []
-    for b in iter_batches(gallery, 1 << 18, with_labels=True):
-        if np.any(np.diff(b.labels.indptr) != 1):
-            raise ValueError(f"{gallery}: identification needs exactly one label per gallery row")
-        g_ids.append(b.ids)
-        g_lab.append(b.labels.indices)
-    g_ids, g_lab = np.concatenate(g_ids), np.concatenate(g_lab)
-    order = np.argsort(g_ids)
-    g_ids, g_lab = g_ids[order], g_lab[order]
-    K = max(max(ks), majority_k)
-    nl, ql, sc = [], [], []
-    bar = _progress(num_rows(queries), "identification", progress)
-    with ranking_writer(rankings_out, K) as writer:
-        for b in iter_batches(queries, batch_rows, with_labels=True):
-            D, I = index.search(b.emb, K)
-            nl.append(_gallery_labels(I, g_ids, g_lab, gallery, b.offset))
-            ql.append(b.labels.indices[b.labels.indptr[:-1]])
-            sc.append(D)
-            if writer is not None:
-                writer.write(b.ids, nl[-1], D)
-            if bar is not None:
-                bar.update(len(b.ids))
-    if bar is not None:
-        bar.close()
-    return identification_report(np.concatenate(nl), np.concatenate(ql), ks, majority_k,
-                                 np.concatenate(sc))
-
-
-def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
-    """Neighbour ids ``I [b, K]`` (-1 pads) -> their gallery labels (-1 pads); an id the gallery
-    (sorted ``g_ids``) lacks is an error naming the query row."""
-    pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
-    unknown = (I >= 0) & (g_ids[pos] != I)
-    if unknown.any():
-        r, c = np.argwhere(unknown)[0]
-        raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
-                         f"row {int(offset + r)}; was the index built from this gallery file?")
-    return np.where(I >= 0, g_lab[pos], -1)
 
 
 __all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",

@@ -8,6 +8,7 @@ arrays through :class:`ArraySource`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -222,3 +223,12 @@ def read_columns(path: str, cols: Sequence[str], kinds: Sequence[str]) -> List[n
         arr = col.to_numpy(zero_copy_only=False)
         out.append(arr.astype(bool) if kind == "bool" else arr.astype(np.int64))
     return out
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr over ``total`` queries (None without tqdm)."""
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit="q", disable=not enabled, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        return None

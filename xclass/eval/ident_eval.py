@@ -1,0 +1,58 @@
+"""Identification against an exported index (``xclass evaluate --protocol ident``): each query's
+K nearest indexed rows, labelled from the gallery file, scored by
+:func:`xclass.eval.identification.identification_report` (kNN accuracy, CMC, majority vote)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from xclass.eval.identification import identification_report
+from xclass.eval.io import Source, iter_batches, num_rows, progress_bar
+from xclass.eval.rankings import ranking_writer
+
+
+def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
+                            majority_k: int = 5, batch_rows: int = 4096,
+                            progress: bool = True, rankings_out: Optional[str] = None) -> dict:
+    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
+    ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
+    scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction)."""
+    g_ids, g_lab = [], []
+    for b in iter_batches(gallery, 1 << 18, with_labels=True):
+        if np.any(np.diff(b.labels.indptr) != 1):
+            raise ValueError(f"{gallery}: identification needs exactly one label per gallery row")
+        g_ids.append(b.ids)
+        g_lab.append(b.labels.indices)
+    g_ids, g_lab = np.concatenate(g_ids), np.concatenate(g_lab)
+    order = np.argsort(g_ids)
+    g_ids, g_lab = g_ids[order], g_lab[order]
+    K = max(max(ks), majority_k)
+    nl, ql, sc = [], [], []
+    bar = progress_bar(num_rows(queries), "identification", progress)
+    with ranking_writer(rankings_out, K) as writer:
+        for b in iter_batches(queries, batch_rows, with_labels=True):
+            D, I = index.search(b.emb, K)
+            nl.append(_gallery_labels(I, g_ids, g_lab, gallery, b.offset))
+            ql.append(b.labels.indices[b.labels.indptr[:-1]])
+            sc.append(D)
+            if writer is not None:
+                writer.write(b.ids, nl[-1], D)
+            if bar is not None:
+                bar.update(len(b.ids))
+    if bar is not None:
+        bar.close()
+    return identification_report(np.concatenate(nl), np.concatenate(ql), ks, majority_k,
+                                 np.concatenate(sc))
+
+
+def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
+    """Neighbour ids ``I [b, K]`` (-1 pads) -> their gallery labels (-1 pads); an id the gallery
+    (sorted ``g_ids``) lacks is an error naming the query row."""
+    pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
+    unknown = (I >= 0) & (g_ids[pos] != I)
+    if unknown.any():
+        r, c = np.argwhere(unknown)[0]
+        raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
+                         f"row {int(offset + r)}; was the index built from this gallery file?")
+    return np.where(I >= 0, g_lab[pos], -1)
