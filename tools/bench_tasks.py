@@ -23,11 +23,11 @@ Embedding 1-NN uses cosine similarity. Traffic rows give two metrics per method:
 (the first of equally near gallery rows) and ``1nn_tievote_acc`` (the majority label of all
 equally near rows: identical flows can carry different nDPI labels); the forest's closed-set
 accuracy is written under both names. Each row: task, data, config, overrides, seed,
-train_seconds, protocol, method, metric, value, n. Open-set rows with a ``subset`` key split the
-embeddings' ``1nn_acc`` into queries with nDPI host-name labels (``TLS.Apple``: see CARRIERS)
-and the others, and, when the data name each row's input file (``source_file``, as ``import
-pcap`` writes it), into queries with a gallery row of their label from their own file (capture)
-and the others.
+train_seconds, protocol, method, metric, value, n. Rows with a ``subset`` key split ``1nn_acc``
+(closed set: every method, the forest by its predicted class; open set: the embeddings) into
+queries with nDPI host-name labels (``TLS.Apple``: see CARRIERS) and the others, and in the open
+set, when the data name each row's input file (``source_file``, as ``import pcap`` writes it),
+into queries with a gallery row of their label from their own file (capture) and the others.
 """
 from __future__ import annotations
 
