@@ -159,17 +159,70 @@ def test_ndpi_labels_and_packet_counts(tmp_path):
     flows, _ = labelled_flows([write(tmp_path / "c.pcap", fr)], ndpi=True)
     names = {n for n, _ in flows}
     assert "DNS" in names and any(n.startswith("TLS") for n in names), names
+    import gzip                                                               # the same from a gzip capture
+
+    (tmp_path / "c.pcap.gz").write_bytes(gzip.compress(open(tmp_path / "c.pcap", "rb").read()))
+    flows_gz, _ = labelled_flows([str(tmp_path / "c.pcap.gz")], ndpi=True)
+    assert sorted(n for n, _ in flows_gz) == sorted(n for n, _ in flows)
 
 
 def test_unsupported_link_type_is_named(tmp_path):
-    path = tmp_path / "ppp.pcap"
+    path = tmp_path / "wifi.pcap"
     with open(path, "wb") as f:
-        w = dpkt.pcap.Writer(f, linktype=9)
-        w.writepkt(b"\xff\x03\x00\x21" + bytes(20), ts=1.0)
-    with pytest.raises(ImportError_, match=r"ppp\.pcap: link type 9 is not supported"):
+        w = dpkt.pcap.Writer(f, linktype=127)                       # 802.11 with radiotap: not read
+        w.writepkt(bytes(40), ts=1.0)
+    with pytest.raises(ImportError_, match=r"wifi\.pcap: link type 127 is not supported"):
         labelled_flows([str(path)], sni=True)
     flows, counts = labelled_flows([str(path), write(tmp_path / "c.pcap", capture())], sni=True, skip_bad=True)
-    assert len(flows) == 1 and len(counts["skipped_files"]) == 1 and "ppp.pcap" in counts["skipped_files"][0]
+    assert len(flows) == 1 and len(counts["skipped_files"]) == 1 and "wifi.pcap" in counts["skipped_files"][0]
+
+
+def _flow_tuples(path):
+    st = {}
+    flows = assemble_flows(read_packets(str(path), st), keep=30)
+    return st, [(f.proto, f.client, f.server, f.sizes, f.dirs, f.iat_ms, f.sni) for f in flows]
+
+
+@pytest.mark.parametrize("link,framing", [(9, "address/control + 2-byte protocol"), (9, "2-byte protocol"),
+                                          (9, "1-byte protocol"), (50, "address/control + 2-byte protocol"),
+                                          (104, "cisco hdlc")])
+def test_ppp_and_cisco_hdlc_frames_give_the_ethernet_flows(tmp_path, link, framing):
+    """The same IP packets behind PPP (address/control, 2-byte or compressed 1-byte protocol) or
+    Cisco HDLC read as the same flows as behind Ethernet; the ARP frame becomes a non-IP frame
+    (LCP, or an ARP type behind HDLC) and is skipped."""
+    frames = []
+    for ts, fr in capture():
+        ip, etype = bytes(fr.data), fr.type
+        if framing == "cisco hdlc":
+            frames.append((ts, b"\x0f\x00" + etype.to_bytes(2, "big") + ip))
+            continue
+        proto = {0x0800: 0x21, 0x86DD: 0x57}.get(etype, 0xC021)
+        pb = bytes([proto]) if framing == "1-byte protocol" and proto < 256 else proto.to_bytes(2, "big")
+        frames.append((ts, (b"\xff\x03" if framing.startswith("address") else b"") + pb + ip))
+    path = tmp_path / "l.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=link)
+        for ts, fr in frames:
+            w.writepkt(fr, ts=ts)
+    assert _flow_tuples(path) == _flow_tuples(write(tmp_path / "e.pcap", capture()))
+
+
+@pytest.mark.parametrize("ng", [False, True])
+def test_gzip_captures_read_as_the_plain_ones_and_damage_is_named(tmp_path, ng):
+    import gzip
+
+    plain = write(tmp_path / "c.cap", capture(), ng)
+    data = open(plain, "rb").read()
+    (tmp_path / "c.cap.gz").write_bytes(gzip.compress(data))
+    assert _flow_tuples(tmp_path / "c.cap.gz") == _flow_tuples(plain)
+    cut = gzip.compress(data)
+    (tmp_path / "cut.gz").write_bytes(cut[: len(cut) // 2])                    # truncated
+    bad = bytearray(cut)
+    bad[len(bad) // 2] ^= 0xFF                                                # damaged deflate data
+    (tmp_path / "bad.gz").write_bytes(bytes(bad))
+    for name in ("cut.gz", "bad.gz"):
+        with pytest.raises(ImportError_, match=rf"{name.replace('.', '[.]')}: packet \d+: cannot read the capture"):
+            _flow_tuples(tmp_path / name)
 
 
 def test_sizes_above_int16_are_capped_and_statistics_keep_true_bytes(tmp_path):

@@ -19,6 +19,7 @@ or by capture file (``test_regex``, see :func:`import_pcap`).
 from __future__ import annotations
 
 import csv
+import gzip
 import ipaddress
 import json
 import os
@@ -32,7 +33,7 @@ import numpy as np
 
 from xclass.importers.common import ImportError_, compile_option, ip_proto, text_lines
 from xclass.importers.flows import finish_stats, pack
-from xclass.importers.pcap_read import Flow, assemble_flows, read_packets
+from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 
 Key = Tuple[int, Tuple[bytes, int], Tuple[bytes, int]]
 
@@ -75,13 +76,19 @@ def read_label_file(path: str) -> Dict[Tuple[str, Key], str]:
 
 
 def ndpi_labels(path: str, level: str = "full") -> Dict[Key, str]:
-    """{flow key: nDPI protocol} of one capture from ``ndpiReader -q -i PATH -C CSV``."""
+    """{flow key: nDPI protocol} of one capture from ``ndpiReader -q -i PATH -C CSV`` (a gzip
+    capture is decompressed to a temporary file first: libpcap reads no gzip)."""
     exe = shutil.which("ndpiReader")
     if exe is None:
         raise ImportError_("--ndpi needs nDPI's ndpiReader on PATH (Debian: apt-get install libndpi-bin)")
     with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "flows.csv")
-        res = subprocess.run([exe, "-q", "-i", path, "-C", out], capture_output=True, text=True, timeout=3600)
+        out, src = os.path.join(d, "flows.csv"), path
+        with open_capture(path) as f:
+            if isinstance(f, gzip.GzipFile):
+                src = os.path.join(d, "capture")
+                with open(src, "wb") as plain:
+                    shutil.copyfileobj(f, plain)
+        res = subprocess.run([exe, "-q", "-i", src, "-C", out], capture_output=True, text=True, timeout=3600)
         if res.returncode != 0 or not os.path.exists(out):
             msg = (res.stderr or res.stdout).strip().splitlines()
             raise ImportError_(f"{path}: ndpiReader failed ({msg[-1] if msg else res.returncode})", file=path)

@@ -1,9 +1,10 @@
 """Packet captures -> bidirectional flows, for ``xclass import pcap``.
 
 The capture container is read here for pcap (µs or ns, either byte order; a record cut short
-is an error) and with ``dpkt`` for pcapng;
-link, IP and transport headers are parsed here: Ethernet (with 802.1Q / 802.1ad tags, PPPoE
-sessions, MPLS), Linux cooked v1/v2, BSD loopback/null and raw IP; IPv4 and IPv6 (extension headers skipped); TCP and
+is an error) and with ``dpkt`` for pcapng, either of them gzip-compressed (as Wireshark writes
+``.pcap.gz`` / ``.pcapng.gz``); link, IP and transport headers are parsed here: Ethernet (with
+802.1Q / 802.1ad tags, PPPoE sessions, MPLS), Linux cooked v1/v2, BSD loopback/null, raw IP,
+PPP (also in HDLC framing) and Cisco HDLC; IPv4 and IPv6 (extension headers skipped); TCP and
 UDP. Other packets (ARP, ICMP, non-first fragments, ...) are counted and skipped.
 
 A flow is the packets of one 5-tuple in either direction (client = source of its first packet,
@@ -16,7 +17,9 @@ client's first Initial packets, decrypted with their public initial keys
 """
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -26,8 +29,11 @@ from xclass.importers.quic_initial import InitialAssembler
 Endpoint = Tuple[bytes, int]
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-LINK_TYPES = {0: "BSD loopback", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "OpenBSD loopback",
-              113: "Linux cooked", 228: "raw IPv4", 229: "raw IPv6", 276: "Linux cooked v2"}
+GZIP_MAGIC = b"\x1f\x8b"
+LINK_TYPES = {0: "BSD loopback", 1: "Ethernet", 9: "PPP", 12: "raw IP", 14: "raw IP", 50: "PPP in HDLC framing",
+              101: "raw IP", 104: "Cisco HDLC", 108: "OpenBSD loopback", 113: "Linux cooked", 228: "raw IPv4",
+              229: "raw IPv6", 276: "Linux cooked v2"}
+PPP_IP = {0x21: 0x0800, 0x57: 0x86DD}  # PPP protocol numbers of IPv4 and IPv6
 
 
 @dataclass
@@ -67,7 +73,36 @@ def _ip_layer(link: int, buf: bytes) -> Optional[bytes]:
         return buf[4:] if fam in (2, 24, 28, 30) else None
     if link in (12, 14, 101, 228, 229):  # raw IP
         return buf
+    if link in (9, 50):
+        return _ppp(buf)
+    if link == 104:  # Cisco HDLC: address, control, then an Ethernet type
+        return buf[4:] if len(buf) >= 4 and struct.unpack_from("!H", buf, 2)[0] in (0x0800, 0x86DD) else None
     raise ValueError(f"link type {link} is not supported (Ethernet, Linux cooked, loopback, raw IP are)")
+
+
+def _ppp(buf: bytes) -> Optional[bytes]:
+    """The IP packet of a PPP frame: an optional address / control pair (0xff 0x03), then the
+    protocol, one byte when compressed (odd first byte) or two."""
+    off = 2 if buf[:2] == b"\xff\x03" else 0
+    if len(buf) <= off:
+        return None
+    if buf[off] & 1:
+        proto, off = buf[off], off + 1
+    elif len(buf) >= off + 2:
+        proto, off = struct.unpack_from("!H", buf, off)[0], off + 2
+    else:
+        return None
+    return buf[off:] if proto in PPP_IP else None
+
+
+def open_capture(path: str):
+    """A binary file object of the capture, decompressed on the fly when the file is gzip."""
+    f = open(path, "rb")
+    if f.read(2) == GZIP_MAGIC:
+        f.close()
+        return gzip.open(path, "rb")
+    f.seek(0)
+    return f
 
 
 def parse_ip(ts: float, ip: bytes) -> Optional[Packet]:
@@ -137,7 +172,7 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
         dpkt, dpkt_errors = None, ()
     n = 0
     try:
-        with open(path, "rb") as f:
+        with open_capture(path) as f:
             magic = f.read(4)
             f.seek(0)
             if magic == PCAPNG_MAGIC:
@@ -163,7 +198,7 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
                 yield p
     except ImportError_:
         raise
-    except (ValueError, struct.error, EOFError, OSError, *dpkt_errors) as exc:
+    except (ValueError, struct.error, EOFError, OSError, zlib.error, *dpkt_errors) as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise ImportError_(f"{path}: packet {n + 1}: cannot read the capture ({why})", file=path, row=n + 1) from None
 
