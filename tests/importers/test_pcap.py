@@ -290,3 +290,22 @@ def test_max_flows_caps_each_side_of_a_split_by_capture(tmp_path):
         test = pq.read_table(tmp_path / f"o{seed}" / "test.parquet").to_pydict()
         assert sorted(train["label"]) == [0, 1] and sorted(test["label"]) == [0, 1]
         assert meta["source"]["capped_flows"] == 2
+
+
+def test_a_folder_input_reads_the_captures_below_it(tmp_path, capsys):
+    import gzip
+
+    d = tmp_path / "caps"
+    (d / "sub").mkdir(parents=True)
+    write(d / "a.pcap", capture())
+    (d / "sub" / "b.pcapng.gz").write_bytes(gzip.compress(open(write(tmp_path / "b.pcapng", capture(), True),
+                                                               "rb").read()))
+    (d / "notes.txt").write_text("not a capture")
+    meta = import_pcap([str(d)], str(tmp_path / "o"), sni=True, show_progress=False)
+    assert [os.path.relpath(f, d) for f in meta["source"]["files"]] == ["a.pcap", os.path.join("sub", "b.pcapng.gz")]
+    t = pq.read_table(tmp_path / "o" / "train.parquet").to_pydict()
+    assert sorted(t["source_file"]) == [0, 1]                          # the TLS flow of each capture
+    (tmp_path / "empty").mkdir()
+    assert main(["pcap", "--input", str(tmp_path / "empty"), "--label-sni", "--out", str(tmp_path / "p")]) == 2
+    assert "empty: no capture file in this folder" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

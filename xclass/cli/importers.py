@@ -120,7 +120,9 @@ def _add_flows(sub) -> None:
 
 def _add_pcap(sub) -> None:
     p = sub.add_parser("pcap", help="packet captures (pcap/pcapng) -> bidirectional flows -> quic schema")
-    p.add_argument("--input", nargs="+", required=True, help="capture files (.pcap, .pcapng)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="capture files (pcap, pcapng, either gzip-compressed) or folders, read for "
+                        ".pcap / .pcapng / .cap files (and .gz) at any depth")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--labels", default=None, metavar="FILE",
                    help="CSV/JSONL flow labels: src_ip,src_port,dst_ip,dst_port,proto,label[,file]")
