@@ -254,3 +254,23 @@ def test_each_row_names_its_input_file(tmp_path):
     from xclass.data.validate import validate_file
 
     validate_file(str(tmp_path / "out" / "train.parquet"), "quic", 2)
+
+
+def test_a_folder_input_reads_the_flow_files_below_it(tmp_path, capsys):
+    d = tmp_path / "flows"
+    (d / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"label": ["a", "b"], "sizes": [[100, 60]] * 2, "dirs": [[1, -1]] * 2,
+                             "times": [[0.0, 1.0]] * 2}), d / "f0.parquet")
+    (d / "sub" / "f1.jsonl").write_text(json.dumps({"label": "c", "sizes": [101, 60], "dirs": [1, -1],
+                                                    "times": [0.0, 2.0]}) + "\n")
+    (d / "README.md").write_text("not flows")
+    meta = import_flows([str(d)], str(tmp_path / "out"), sizes_column="sizes", dirs_column="dirs",
+                        iat_column="times", num_packets=2, show_progress=False)
+    assert [os.path.relpath(f, d) for f in meta["source"]["files"]] == ["f0.parquet", os.path.join("sub", "f1.jsonl")]
+    assert meta["class_names"] == ["a", "b", "c"]
+    (tmp_path / "empty").mkdir()
+    from xclass.cli.importers import main
+
+    assert main(["flows", "--input", str(tmp_path / "empty"), "--sizes-column", "s", "--dirs-column", "d",
+                 "--iat-column", "i", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "empty: no flow file in this folder" in capsys.readouterr().err

@@ -82,7 +82,9 @@ def _add_audio(sub) -> None:
 def _add_flows(sub) -> None:
     p = sub.add_parser("flows", help="flow records (CSV/JSON lines/Parquet): one row per flow (CESNET-style PPI, list "
                                      "columns) or one row per packet (--flow-id-column)")
-    p.add_argument("--input", nargs="+", required=True, help="CSV (.csv, .csv.gz), JSON lines (.jsonl, .jsonl.gz, .ndjson) or Parquet files")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="CSV (.csv, .csv.gz), JSON lines (.jsonl, .jsonl.gz, .ndjson) or Parquet files, or folders "
+                        "read for such files at any depth")
     p.add_argument("--label-column", default="label", help="class column (per flow, or on every packet row)")
     g = p.add_argument_group("one row per flow")
     g.add_argument("--ppi-column", default=None, help="column with [[iat_ms], [dir], [size]] (CESNET 'PPI')")

@@ -283,3 +283,21 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterab
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="files", disable=not enabled)
+
+
+def expand_inputs(inputs: Sequence[str], suffixes: Tuple[str, ...], what: str) -> List[str]:
+    """Files as given; a folder is replaced by the files below it (any depth, sorted) whose names
+    end with one of ``suffixes``. A folder without such files, or no input at all, is an error."""
+    out: List[str] = []
+    for path in inputs:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
+                       if n.lower().endswith(suffixes))
+        if not found:
+            raise ImportError_(f"{path}: no {what} file in this folder ({', '.join(suffixes)})", file=path)
+        out += found
+    if not out:
+        raise ImportError_(f"no {what} files")
+    return out

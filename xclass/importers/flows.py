@@ -37,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from xclass.importers.common import ImportError_, ip_proto
+from xclass.importers.common import ImportError_, expand_inputs, ip_proto
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)
@@ -100,6 +100,8 @@ def _as_list(v: Any, where: str) -> List[Any]:
 
 
 JSON_LINES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+#: file names read from a folder given as --input
+FLOW_SUFFIXES = (".csv", ".csv.gz", ".parquet") + JSON_LINES
 
 
 class FlowSource:
@@ -192,8 +194,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
     protocol (6/tcp, 17/udp), stored as ``server_port`` / ``ip_proto`` (e.g. CESNET's DST_PORT
     and PROTOCOL). ``max_flows`` > 0: at most that many flows per class (a seeded sample spread
     over the input, taken before the split)."""
-    if not inputs:
-        raise ImportError_("no input files")
+    inputs = expand_inputs(inputs, FLOW_SUFFIXES, "flow")
     if not 0.0 <= test_fraction < 1.0:
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if (port_column or proto_column) and flow_id_column:

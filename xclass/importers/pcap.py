@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_, compile_option, ip_proto, text_lines
+from xclass.importers.common import ImportError_, compile_option, expand_inputs, ip_proto, text_lines
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 
@@ -179,24 +179,6 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
 
 
-def expand_captures(inputs: Sequence[str]) -> List[str]:
-    """Files as given; a folder is replaced by the capture files below it (CAPTURE_SUFFIXES, any
-    depth, sorted). No capture at all is an error naming the inputs."""
-    out: List[str] = []
-    for path in inputs:
-        if not os.path.isdir(path):
-            out.append(path)
-            continue
-        found = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
-                       if n.lower().endswith(CAPTURE_SUFFIXES))
-        if not found:
-            raise ImportError_(f"{path}: no capture file in this folder ({', '.join(CAPTURE_SUFFIXES)})", file=path)
-        out += found
-    if not out:
-        raise ImportError_("no capture files")
-    return out
-
-
 def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = None, ndpi: bool = False,
                 ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
@@ -211,7 +193,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
     a seeded sample spread over the captures, taken after ``min_flows``."""
     from xclass.importers.flow_writer import write_flows
 
-    captures = expand_captures(captures)
+    captures = expand_inputs(captures, CAPTURE_SUFFIXES, "capture")
     if not 0.0 <= test_fraction < 1.0:
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if test_regex is not None and (test_classes or test_fraction):
