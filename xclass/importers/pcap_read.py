@@ -55,7 +55,7 @@ def _ip_layer(link: int, buf: bytes) -> Optional[bytes]:
             etype, off = struct.unpack_from("!H", buf, off + 2)[0], off + 4
         if etype == 0x8864 and len(buf) >= off + 8:  # PPPoE session: 6-byte header, PPP protocol
             ppp = struct.unpack_from("!H", buf, off + 6)[0]
-            etype, off = {0x0021: 0x0800, 0x0057: 0x86DD}.get(ppp, 0), off + 8
+            etype, off = PPP_IP.get(ppp, 0), off + 8
         if etype == 0x8847:  # MPLS: skip labels up to the bottom of the stack
             while len(buf) >= off + 4 and not buf[off + 2] & 1:
                 off += 4
@@ -77,7 +77,12 @@ def _ip_layer(link: int, buf: bytes) -> Optional[bytes]:
         return _ppp(buf)
     if link == 104:  # Cisco HDLC: address, control, then an Ethernet type
         return buf[4:] if len(buf) >= 4 and struct.unpack_from("!H", buf, 2)[0] in (0x0800, 0x86DD) else None
-    raise ValueError(f"link type {link} is not supported (Ethernet, Linux cooked, loopback, raw IP are)")
+    raise ValueError(unsupported_link(link))
+
+
+def unsupported_link(link: int) -> str:
+    """The message for a capture whose link type is not in LINK_TYPES."""
+    return f"link type {link} is not supported (supported: {', '.join(sorted(set(LINK_TYPES.values())))})"
 
 
 def _ppp(buf: bytes) -> Optional[bytes]:
@@ -186,8 +191,7 @@ def read_packets(path: str, stats: Dict[str, int]) -> Iterator[Packet]:
                 raise ImportError_(f"{path}: not a pcap or pcapng file (starts with {magic.hex() or 'nothing'})",
                                    file=path)
             if link not in LINK_TYPES:
-                raise ImportError_(f"{path}: link type {link} is not supported (supported: "
-                                   f"{', '.join(sorted(set(LINK_TYPES.values())))})", file=path)
+                raise ImportError_(f"{path}: {unsupported_link(link)}", file=path)
             for n, (ts, buf) in enumerate(records, start=1):
                 stats["packets"] = stats.get("packets", 0) + 1
                 ip = _ip_layer(link, bytes(buf))
