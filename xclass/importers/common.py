@@ -285,6 +285,15 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterab
     return tqdm(iterable, total=total, desc=desc, unit="files", disable=not enabled)
 
 
+def first_positions(paths: Sequence[str]) -> Dict[str, int]:
+    """{path: its first position in ``paths``}: what a row's ``source_file`` holds (an index into
+    meta.json ``source.files``, which lists ``paths`` in order)."""
+    out: Dict[str, int] = {}
+    for i, p in enumerate(paths):
+        out.setdefault(p, i)
+    return out
+
+
 def expand_inputs(inputs: Sequence[str], suffixes: Tuple[str, ...], what: str) -> List[str]:
     """Files as given; a folder is replaced by the files below it (any depth, sorted) whose names
     end with one of ``suffixes``. A folder without such files, or no input at all, is an error."""

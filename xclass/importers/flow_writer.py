@@ -91,7 +91,7 @@ class FlowWriters:
                              "flow_stats": fixed_list(st("stats"), pa.float32()),
                              "server_port": pa.array([r[2]["port"] for r in rows], pa.int32()),
                              "ip_proto": pa.array([r[2]["proto"] for r in rows], pa.int8()),
-                             "source_file": pa.array([r[2].get("source", -1) for r in rows], pa.int32())})
+                             "source_file": pa.array([r[2]["source"] for r in rows], pa.int32())})
         self.ports_known |= any(r[2]["port"] > 0 for r in rows)
         self.buf[split] = []
 

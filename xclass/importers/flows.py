@@ -37,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from xclass.importers.common import ImportError_, expand_inputs, ip_proto
+from xclass.importers.common import ImportError_, expand_inputs, first_positions, ip_proto
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)
@@ -235,7 +235,7 @@ def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[st
     extra = [c for c in port_cols if c]
     rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]), desc="import flows",
                 unit="flows", disable=not show_progress)
-    index = {p: i for i, p in reversed(list(enumerate(inputs)))}
+    index = first_positions(inputs)
     return dict(counts), ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols,
                                                             index[path]))
                           for rec, path, row in rows)

@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_, compile_option, expand_inputs, ip_proto, text_lines
+from xclass.importers.common import (ImportError_, compile_option, expand_inputs, first_positions, ip_proto,
+                                     text_lines)
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 
@@ -208,7 +209,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
         raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
     per = Counter(n for n, _ in flows)
     names = sorted(per)
-    index = {p: i for i, p in reversed(list(enumerate(captures)))}  # a flow's capture -> meta source.files
+    index = first_positions(captures)  # a flow's capture -> meta source.files
     source = {"importer": "pcap", "files": [os.path.abspath(p) for p in captures],
               "labels": "ndpi:" + ndpi_level if ndpi else "sni" if sni else os.path.abspath(str(labels)),
               "idle_timeout_s": idle_timeout, "min_packets": min_packets, "min_flows": min_flows, **counts}
