@@ -274,3 +274,13 @@ def test_a_folder_input_reads_the_flow_files_below_it(tmp_path, capsys):
     assert main(["flows", "--input", str(tmp_path / "empty"), "--sizes-column", "s", "--dirs-column", "d",
                  "--iat-column", "i", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "empty: no flow file in this folder" in capsys.readouterr().err
+
+
+def test_upper_case_suffixes_pick_the_same_reader_as_the_folder_match(tmp_path):
+    d = tmp_path / "flows"
+    d.mkdir()
+    pq.write_table(pa.table({"label": ["a", "b"], "sizes": [[100, 60]] * 2, "dirs": [[1, -1]] * 2,
+                             "times": [[0.0, 1.0]] * 2}), d / "F0.PARQUET")
+    meta = import_flows([str(d)], str(tmp_path / "out"), sizes_column="sizes", dirs_column="dirs",
+                        iat_column="times", num_packets=2, show_progress=False)
+    assert meta["class_names"] == ["a", "b"]

@@ -132,12 +132,13 @@ class FlowSource:
             raise ImportError_(f"{path}: cannot read flows (bytes that are not UTF-8 text)", file=path) from None
 
     def _read(self, path: str) -> Iterator[pa.RecordBatch]:
-        if path.endswith(".parquet"):
+        name = path.lower()  # as expand_inputs matches the names of a folder's files
+        if name.endswith(".parquet"):
             pf = pq.ParquetFile(path)
             if any(c not in pf.schema_arrow.names for c in self.columns):
                 raise self._missing(path, pf.schema_arrow.names)
             yield from pf.iter_batches(batch_size=8192, columns=self.columns)
-        elif path.endswith(JSON_LINES):
+        elif name.endswith(JSON_LINES):
             yield from self._json_batches(path)
         else:
             types = {c: pa.string() for c in self.columns} if self.as_strings else None
