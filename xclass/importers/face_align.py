@@ -13,7 +13,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from xclass.importers.common import ImportError_, text_lines
+from xclass.importers.common import ImportError_
+from xclass.importers.inputs import text_lines
 
 #: The standard 112 x 112 ArcFace / insightface 5-point template (x, y).
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],

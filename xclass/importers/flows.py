@@ -37,7 +37,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from xclass.importers.common import ImportError_, expand_inputs, first_positions, ip_proto
+from xclass.importers.common import ImportError_, ip_proto
+from xclass.importers.inputs import expand_inputs, first_positions
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)

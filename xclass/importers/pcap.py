@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xclass.importers.common import (ImportError_, compile_option, expand_inputs, first_positions, ip_proto,
-                                     text_lines)
+from xclass.importers.common import ImportError_, compile_option, ip_proto
+from xclass.importers.inputs import expand_inputs, first_positions, text_lines
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from xclass.data.schema import DataError
 from xclass.errors import one_line
-from xclass.importers.common import text_lines
+from xclass.importers.inputs import text_lines
 from xclass.importers.xmc_dataset import write_xmc_dataset
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
