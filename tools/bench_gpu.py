@@ -255,10 +255,13 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--recipe-steps", type=int, default=None, help="steps of each xclass train run")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new measurement after this many seconds (the rest become 'skipped' rows)")
-    ap.add_argument("--out", default=None, help="JSONL path (default tools/results/gpu_<UTC date>.jsonl)")
+    ap.add_argument("--out", default=None, help="JSONL path (default tools/results/gpu_<UTC date>.jsonl; with "
+                    "--device cpu runs/bench_gpu_cpu_<UTC date>.jsonl, so a rehearsal leaves the results alone)")
     a = ap.parse_args(argv)
     day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
-    a.out = a.out or os.path.join(ROOT, "tools", "results", f"gpu_{day}.jsonl")
+    rehearsal = a.device == "cpu"
+    a.out = a.out or os.path.join(ROOT, *(("runs", f"bench_gpu_cpu_{day}.jsonl") if rehearsal else
+                                          ("tools", "results", f"gpu_{day}.jsonl")))
     a.impl = [s for s in a.impl.split(",") if s]
     a.only = [s for s in a.only.split(",") if s]
     q = a.quick
