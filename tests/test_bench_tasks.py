@@ -1,4 +1,5 @@
-"""tools/bench_tasks.py scoring helpers on hand-made cases (the benchmark itself trains)."""
+"""tools/bench_tasks.py and bench_traffic.py scoring helpers on hand-made cases (the benchmark itself
+trains)."""
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import bench_tasks  # noqa: E402
+import bench_traffic  # noqa: E402
 
 
 def test_tie_vote_takes_the_majority_of_the_tied_nearest_rows():
@@ -18,7 +20,7 @@ def test_tie_vote_takes_the_majority_of_the_tied_nearest_rows():
                     [0.1, 0.2, 0.3, 0.95, 0.3],     # no tie -> 5
                     [0.5, 0.5, 0.1, 0.5, 0.1],      # tie {7, 3, 5}, one each -> first in gallery order: 7
                     [0.4, 0.1, 0.1, 0.4 - 1e-9, 0.0]])  # within tolerance: {7, 5} -> 7
-    np.testing.assert_array_equal(bench_tasks.tie_vote(sim, g_lab), [3, 5, 7, 7])
+    np.testing.assert_array_equal(bench_traffic.tie_vote(sim, g_lab), [3, 5, 7, 7])
 
 
 def test_nn1_plain_and_tie_voted_on_duplicate_gallery_rows():
@@ -26,13 +28,13 @@ def test_nn1_plain_and_tie_voted_on_duplicate_gallery_rows():
     g_lab = np.array([1, 2, 2, 4])
     queries = np.array([[0.0, 1.0], [1.0, 0.0]])
     for cosine in (True, False):
-        res = bench_tasks.nn1(gallery, g_lab, queries, np.array([2, 4]), cosine)
+        res = bench_traffic.nn1(gallery, g_lab, queries, np.array([2, 4]), cosine)
         assert res == {"1nn_acc": 0.5, "1nn_tievote_acc": 1.0}
 
 
 def test_nn1_with_groups_looks_in_the_query_group_first():
     gallery = np.array([[0.0, 1.0], [0.1, 1.0]])
-    res = bench_tasks.nn1(gallery, np.array([1, 2]), np.array([[0.0, 1.0]]), np.array([2]), False,
+    res = bench_traffic.nn1(gallery, np.array([1, 2]), np.array([[0.0, 1.0]]), np.array([2]), False,
                           (np.array([53, 443]), np.array([443])))
     assert res["1nn_acc"] == 1.0                     # the nearer row has another port
 
@@ -85,18 +87,18 @@ def test_subset_rows_split_host_name_labels():
     meta = {"class_names": ["DNS", "TLS.Apple", "TLS.Microsoft", "NTP", "Skype_Teams.SkypeCall"]}
     truth = np.array([1, 1, 2, 0, 3, 3, 4])
     pred = np.array([1, 2, 2, 0, 0, 3, 4])
-    rows = bench_tasks.subset_rows(meta, "m", pred, truth)
+    rows = bench_traffic.subset_rows(meta, "m", pred, truth)
     assert [(r["subset"], r["value"], r["n"]) for r in rows] == [("host-name labels", 0.6667, 3),
                                                                  ("other labels", 0.75, 4)]
-    assert bench_tasks.subset_rows({"class_names": ["a", "b"]}, "m", pred[:2] % 2, truth[:2] % 2) == []
+    assert bench_traffic.subset_rows({"class_names": ["a", "b"]}, "m", pred[:2] % 2, truth[:2] % 2) == []
 
 
 def test_same_file_subsets():
     # gallery: label 1 from file 0, label 2 from files 0 and 1; queries: (1, 0) yes, (1, 1) no, (2, 1) yes, (3, 0) no
-    same = bench_tasks.same_file_gallery(np.array([1, 2, 2]), np.array([0, 0, 1]), np.array([1, 1, 2, 3]),
+    same = bench_traffic.same_file_gallery(np.array([1, 2, 2]), np.array([0, 0, 1]), np.array([1, 1, 2, 3]),
                                          np.array([0, 1, 1, 0]))
     assert same.tolist() == [True, False, True, False]
-    rows = bench_tasks.subset_rows({"class_names": ["a", "b", "c", "d"]}, "m", np.array([1, 2, 2, 3]),
+    rows = bench_traffic.subset_rows({"class_names": ["a", "b", "c", "d"]}, "m", np.array([1, 2, 2, 3]),
                                    np.array([1, 1, 2, 3]), same)
     assert [(r["subset"], r["value"], r["n"]) for r in rows] == [("same-file gallery", 1.0, 2),
                                                                  ("no same-file gallery", 0.5, 2)]
@@ -143,3 +145,59 @@ def test_plot_tasks_margins_of_a_lower_is_better_metric(tmp_path, capsys):
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["trained_margin_per_seed"] for r in out if r["method"] == "logmel_mean_std"] == [[15.0]]
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def _flows(path, ids, labels, rng):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(ids)
+    pq.write_table(pa.table({
+        "id": ids, "label": labels, "flow_stats": rng.exponential(500.0, (n, 8)).tolist(),
+        "pkt_sizes": rng.integers(40, 1500, (n, 30)).tolist(), "pkt_dirs": rng.choice([-1, 1], (n, 30)).tolist(),
+        "pkt_iat": rng.exponential(20.0, (n, 30)).tolist(), "server_port": rng.choice([53, 443], n),
+        "ip_proto": np.full(n, 17), "source_file": rng.integers(0, 2, n)}), path)
+    return pq.read_table(path).to_pydict()
+
+
+def test_traffic_knn_baselines_match_brute_force(tmp_path):
+    """knn_stats_packets (and with the port) in both protocols against a brute-force nearest flow
+    on the features written out by hand: signed log statistics standardised on the training
+    split, the first 10 signed sizes / 300, log1p inter-arrival times."""
+    from xclass.eval.split import query_mask
+
+    rng = np.random.default_rng(0)
+    tr = _flows(tmp_path / "train.parquet", np.arange(60), rng.integers(0, 3, 60), rng)
+    te = _flows(tmp_path / "test.parquet", np.arange(60, 90), np.r_[rng.integers(0, 3, 16), np.repeat([3, 4], 7)], rng)
+    meta = {"task": "quic", "num_classes": 3, "class_names": ["TLS.A", "DNS", "TLS.B", "TLS.C", "X"]}
+    rows = {(r["protocol"], r["method"]): r["value"] for r in
+            bench_traffic.traffic_rows(str(tmp_path), meta, {}, 30, 0) if r["metric"] == "1nn_acc" and "subset" not in r}
+
+    def feats(t):
+        st = np.asarray(t["flow_stats"])
+        x = np.asarray(t["pkt_sizes"])[:, :10] * np.asarray(t["pkt_dirs"])[:, :10] / 300.0
+        return np.sign(st) * np.log1p(np.abs(st)), np.c_[x, np.log1p(np.asarray(t["pkt_iat"])[:, :10])]
+
+    (s_tr, p_tr), (s_te, p_te) = feats(tr), feats(te)
+    mu, sd = s_tr.mean(0), s_tr.std(0)
+    x_tr, x_te = np.c_[(s_tr - mu) / sd, p_tr], np.c_[(s_te - mu) / sd, p_te]
+    port_tr, port_te = np.asarray(tr["server_port"]), np.asarray(te["server_port"])
+    y_tr, y_te = np.asarray(tr["label"]), np.asarray(te["label"])
+
+    def acc(xg, yg, pg, xq, yq, pq_, by_port):
+        hits = 0
+        for x, y, p in zip(xq, yq, pq_):
+            d = ((xg - x) ** 2).sum(1) + (1e6 * (pg != p) if by_port else 0)  # other ports: after every same-port row
+            hits += int(yg[np.argmin(d)] == y)
+        return round(hits / len(yq), 4)
+
+    c = y_te < 3
+    isq = query_mask(np.asarray(te["id"])[~c], y_te[~c], 0.5, 0)
+    xo, yo, po = x_te[~c], y_te[~c], port_te[~c]
+    for tag, by_port in (("", False), ("_port", True)):
+        assert rows[("closed", "knn_stats_packets" + tag)] == acc(x_tr, y_tr, port_tr, x_te[c], y_te[c], port_te[c], by_port)
+        assert rows[("open", "knn_stats_packets" + tag)] == acc(xo[~isq], yo[~isq], po[~isq], xo[isq], yo[isq], po[isq],
+                                                                by_port)
+    assert {m for p, m in rows if p == "open"} == {"knn_stats", "knn_stats_packets", "knn_stats_port",
+                                                   "knn_stats_packets_port", "random_forest_proximity",
+                                                   "random_forest_port_proximity"}
