@@ -8,11 +8,13 @@ seed), and scores every method on the same rows:
 
 - quic (traffic): closed set = test rows of training classes, 1-NN against the training split;
   open set = test rows of held-out classes, 1-NN of the queries against the gallery of
-  ``gallery_query.parquet`` (or a seeded half/half split). Baselines: kNN (k=1, standardised
-  signed-log flow statistics) and a random forest (300 trees) on the statistics + the first N
-  packets (signed size, log inter-arrival time); the forest classifies closed-set rows and, for
-  the open set, gives its leaf co-occurrence proximity for 1-NN. When the data carry the
-  service port (``import pcap``), both also run with it (``knn_stats_port``: the nearest row of
+  ``gallery_query.parquet`` (or a seeded half/half split). Baselines: kNN (k=1, Euclidean) on the
+  standardised signed-log flow statistics (``knn_stats``) and on those + the first 10 packets
+  (``knn_stats_packets``: signed size / 300, log inter-arrival time), and a random forest (300
+  trees) on the statistics + the first N packets (signed size, log inter-arrival time); the
+  forest classifies closed-set rows and, for the open set, gives its leaf co-occurrence
+  proximity for 1-NN. When the data carry the
+  service port (``import pcap``), all also run with it (``knn_stats_port``: the nearest row of
   the same port and protocol first; ``random_forest_port``: port and protocol as two more
   features), so a model that reads the port is compared with baselines that read it too.
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
