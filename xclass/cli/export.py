@@ -13,6 +13,9 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     """``export-index``: the index options plus ``--run`` (encode a split, or ``--head``)."""
     p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
+    p.add_argument("--data", default=None,
+                   help="with --run: encode this dataset directory instead of the run's own (same task; its "
+                        "inputs, e.g. image size or mel bins, must match the run's training data)")
     p.add_argument("--head", action="store_true",
                    help="with --run: export the classifier head's class vectors as the label index")
     p.add_argument("--encode-batch-rows", type=int, default=512,
@@ -36,6 +39,10 @@ def run_export_cli(args: argparse.Namespace) -> int:
 
     if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
+    if getattr(args, "data", None) and (not getattr(args, "run", None) or args.head):
+        from xclass.config_types import ConfigError
+
+        raise ConfigError("--data names the dataset a run encodes: it needs --run and no --head")
     if getattr(args, "run", None):
         from xclass.eval.embed import embed_split, encode_device, export_head
 
@@ -48,7 +55,6 @@ def run_export_cli(args: argparse.Namespace) -> int:
         if args.head:
             args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
         else:
-            args.embeddings = [embed_split(args.run, args.split, emb,
-                                           batch_rows=args.encode_batch_rows, device=encode_device(args.gpu),
-                                           bf16=args.bf16)]
+            args.embeddings = [embed_split(args.run, args.split, emb, batch_rows=args.encode_batch_rows,
+                                           data_path=args.data, device=encode_device(args.gpu), bf16=args.bf16)]
     return int(run_export(args) or 0)

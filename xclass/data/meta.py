@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 from xclass.data.schema import DataError
 
@@ -39,3 +39,29 @@ def split_files(data_path: str, split: str) -> List[str]:
     if not parts:
         raise FileNotFoundError(f"{data_path}: no {split}.parquet or {split}/*.parquet")
     return parts
+
+
+def _dotted(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return _MISSING
+        d = d[part]
+    return d
+
+
+_MISSING = object()
+
+
+def check_same_inputs(keys: Sequence[str], trained: Dict[str, Any], data: Dict[str, Any], data_path: str) -> None:
+    """Refuse to encode the dataset ``data_path`` (meta ``data``) with a model trained on data
+    described by ``trained`` when a task's ``input_keys`` differ (or the task does): a DataError
+    naming the key and both values. Keys the training data's meta.json lacks are not checked."""
+    where = os.path.join(data_path, "meta.json")
+    if trained.get("task") != data.get("task"):
+        raise DataError(f"task {data.get('task')!r}, but the run was trained on task {trained.get('task')!r}",
+                        file=where)
+    for key in keys:
+        want, got = _dotted(trained.get("inputs", {}), key), _dotted(data.get("inputs", {}), key)
+        if want is not _MISSING and got != want:
+            shown = "missing" if got is _MISSING else repr(got)
+            raise DataError(f"inputs.{key} is {shown}, but the run was trained on data with {want!r}", file=where)

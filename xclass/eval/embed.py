@@ -24,7 +24,7 @@ from xclass.config import RunConfig, load_config
 from xclass.eval.io import write_parquet_atomic
 from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
-from xclass.data.meta import load_meta, split_files
+from xclass.data.meta import check_same_inputs, load_meta, split_files
 from xclass.train.setup import make_head
 
 
@@ -62,6 +62,24 @@ def encode_device(gpu: bool) -> torch.device:
     return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
+def dataset_meta(cfg: RunConfig, data_path: Optional[str]) -> Dict[str, Any]:
+    """meta.json of the dataset to encode: the run's own (``data_path`` None), or another one,
+    checked against the run's training data on the task's ``input_keys`` when that data is still
+    there (:func:`~xclass.data.meta.check_same_inputs`; otherwise a note, and a model whose
+    weights do not fit the inputs is refused when loaded)."""
+    if not data_path or os.path.abspath(data_path) == os.path.abspath(cfg.data.path):
+        return load_meta(cfg.data.path)
+    meta = load_meta(data_path)
+    if os.path.exists(os.path.join(cfg.data.path, "meta.json")):
+        from xclass.tasks import get_task
+
+        check_same_inputs(get_task(cfg.data.task).input_keys, load_meta(cfg.data.path), meta, data_path)
+    else:
+        print(f"[xclass export] the run's training data {cfg.data.path} is gone: {data_path}'s inputs are not "
+              "checked against it", file=sys.stderr)
+    return meta
+
+
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
                 data_path: Optional[str] = None, frame_budget: int = 1 << 18,
                 device: Optional[torch.device] = None, bf16: bool = False) -> str:
@@ -70,10 +88,11 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
     reader batch padded to its longest row, as before; see :func:`encode_batch`).
     ``device``: where the encoder runs (batches are decoded ahead on a background thread and
-    copied there); ``bf16``: bf16 autocast around the encoder."""
+    copied there); ``bf16``: bf16 autocast around the encoder. ``data_path``: a dataset other than
+    the run's (same task and inputs, :func:`dataset_meta`), e.g. a benchmark test set."""
     cfg = load_run(run_dir)
+    meta = dataset_meta(cfg, data_path)
     data_path = data_path or cfg.data.path
-    meta = load_meta(data_path)
     device = torch.device(device or "cpu")
     enc = load_encoder(run_dir, cfg, meta, device)
     decode_inputs = components.make_decoder(cfg.data.task, meta, cfg.model)

@@ -13,4 +13,5 @@ FACE = register_task(Task(
     pairs=PairFile("pairs.parquet", "pairs", ("a", "b", "same")),
     demo_args=("--num-classes", "300", "--rows-per-class", "20", "--test-classes", "60", "--opt", "image_size=16"),
     importers=("faces",),
+    input_keys=("image.height", "image.width", "image.channels"),
 ))

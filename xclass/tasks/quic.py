@@ -23,4 +23,5 @@ QUIC = register_task(Task(
     protocols=("ident",),
     demo_args=("--num-classes", "300", "--rows-per-class", "20", "--test-classes", "60"),
     importers=("flows", "pcap"),
+    input_keys=("flow_stats", "packets.num_packets", "packets.columns", "ports.columns"),
 ))

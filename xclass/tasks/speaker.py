@@ -16,4 +16,5 @@ SPEAKER = register_task(Task(
     demo_args=("--num-classes", "120", "--rows-per-class", "16", "--test-classes", "30",
                "--opt", "max_frames=80", "--opt", "min_frames=40"),
     importers=("audio",),
+    input_keys=("fbank.n_mels", "fbank.sample_rate"),
 ))

@@ -21,4 +21,5 @@ XMC = register_task(Task(
     side_tables=(("xmc_labels", LABEL_TABLE),),
     demo_args=("--num-classes", "2000", "--num-rows", "20000", "--num-test-rows", "2000"),
     importers=("wordnet", "xc", "text"),
+    input_keys=("tokens.vocab_size", "tokens.pad_id"),
 ))
