@@ -58,6 +58,10 @@ def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-pairs", type=int, default=6000, help="verification pairs from the test split (at most)")
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="impostor pairs per genuine pair (default 1: a balanced file, shuffled)")
+    p.add_argument("--pairs-file", default=None, metavar="TXT",
+                   help="a published protocol instead of drawn pairs: LFW pairs.txt (its folds kept) or lines "
+                        "'a b 1|0' (paths under --root); its files are the test split, their identities are "
+                        "held out of training")
     _common(p)
     _add_audio(sub)
     _add_flows(sub)
@@ -76,6 +80,10 @@ def _add_audio(sub) -> None:
     p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split (at most)")
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="non-target trials per target trial (default 1: a balanced file, shuffled)")
+    p.add_argument("--trials", default=None, metavar="TXT",
+                   help="a published trial list instead of drawn trials: VoxCeleb '1|0 a b' or Kaldi / WeSpeaker "
+                        "'a b target|nontarget' (paths under --root); its files are the test split, their "
+                        "speakers are held out of training")
     _common(p)
 
 
@@ -194,14 +202,16 @@ def _dispatch(a: argparse.Namespace) -> dict:
         return import_faces(a.root, a.out, size=a.size, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
                             show_progress=show, impostor_ratio=a.impostor_ratio, grayscale=a.grayscale,
-                            crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks)
+                            crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks,
+                            pairs_file=a.pairs_file)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
         return import_audio(a.root, a.out, sample_rate=a.sample_rate, n_mels=a.n_mels, max_frames=a.max_frames,
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
-                            overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio)
+                            overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio,
+                            trials_file=a.trials)
     if a.import_kind == "pcap":
         from xclass.importers.pcap import import_pcap
 

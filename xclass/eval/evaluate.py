@@ -14,12 +14,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from xclass.eval.ident_eval import evaluate_identification
-from xclass.eval.io import (ArraySource, Source, iter_batches, label_column, num_rows, progress_bar, read_all,
-                             read_columns, read_table)
+from xclass.eval.io import (ArraySource, Source, has_column, iter_batches, label_column, num_rows, progress_bar,
+                             read_all, read_columns, read_table)
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
 from xclass.eval.rankings import ranking_writer
 from xclass.eval.scorenorm import as_norm_trials, unit_rows
-from xclass.eval.verification import verification_report
+from xclass.eval.verification import check_folds, verification_report
 
 
 def propensity_from_train(train: Source, n_labels: int, a: float = 0.55, b: float = 1.5):
@@ -246,8 +246,14 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
 
     cols = pair_file(protocol).columns
     a, b, t = read_columns(pairs, cols, ("int", "int", "bool"))
+    folds = None
+    if protocol == "face" and has_column(pairs, "fold"):   # a published protocol's folds (LFW)
+        try:
+            folds = check_folds(read_columns(pairs, ("fold",), ("int",))[0], len(t))
+        except ValueError as exc:
+            raise ValueError(f"{pairs}: column 'fold': {exc}") from None
     s = pair_scores(emb, a, b, where=str(pairs), cohort=cohort, asnorm_top=asnorm_top)
-    return verification_report(s, t, protocol), {"scores": s, "target": t}
+    return verification_report(s, t, protocol, folds=folds), {"scores": s, "target": t}
 
 
 __all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",

@@ -205,6 +205,11 @@ def read_all(src: Source, with_labels: bool = False) -> Batch:
                  labels, 0)
 
 
+def has_column(path: str, name: str) -> bool:
+    """Whether the Parquet file ``path`` has a column ``name``."""
+    return name in _open(str(path)).schema_arrow.names
+
+
 def read_columns(path: str, cols: Sequence[str], kinds: Sequence[str]) -> List[np.ndarray]:
     """Read small scalar columns (pairs / trial lists), checking names and nulls.
     ``kinds``: 'int' or 'bool' per column."""

@@ -132,19 +132,34 @@ def _best_threshold(s: np.ndarray, t: np.ndarray, grid: np.ndarray) -> float:
     return float(grid[int(np.flatnonzero(acc == acc.max())[-1])])
 
 
+def check_folds(folds: np.ndarray, n: int) -> np.ndarray:
+    """``folds`` as int64 [n] when they number n pairs 0..K-1 with K >= 2 and every fold used;
+    a ValueError otherwise."""
+    fold = np.asarray(folds).ravel()
+    if len(fold) != n or not np.issubdtype(fold.dtype, np.integer) or not len(fold) or fold.min() < 0 \
+            or fold.max() < 1 or len(np.unique(fold)) != int(fold.max()) + 1:
+        raise ValueError(f"folds must number the {n} pairs 0..K-1 (K >= 2, every fold used)")
+    return fold.astype(np.int64)
+
+
 def kfold_accuracy(scores: np.ndarray, target: np.ndarray, n_folds: int = 10,
-                   thresholds: Optional[np.ndarray] = None, seed: int = 0):
+                   thresholds: Optional[np.ndarray] = None, seed: int = 0, folds: Optional[np.ndarray] = None):
     """Returns (mean accuracy, std accuracy, per-fold best thresholds [n_folds]).
 
     ``thresholds``: the grid to search (ascending). None = every midpoint between distinct
     training scores (exact best). insightface's grid on squared L2 distance of unit vectors
     ``0:0.01:4`` is ``thresholds = 1 - np.arange(0, 4, 0.01)[::-1] / 2`` on cosine scores.
-    ``seed``: the fold assignment's permutation (:func:`stratified_folds`).
+    ``seed``: the fold assignment's permutation (:func:`stratified_folds`). ``folds`` [n] int:
+    a protocol's own folds 0..K-1 (LFW View 2's ten sets) instead; then ``n_folds`` = K.
     """
     s, t = _validate(scores, target)
-    if len(s) < n_folds:
+    if folds is not None:
+        fold = check_folds(folds, len(s))
+        n_folds = int(fold.max()) + 1
+    elif len(s) < n_folds:
         raise ValueError(f"{len(s)} pairs cannot be split into {n_folds} folds")
-    fold = stratified_folds(s, t, n_folds, seed)
+    else:
+        fold = stratified_folds(s, t, n_folds, seed)
     accs, best = [], []
     for k in range(n_folds):
         test_idx = np.flatnonzero(fold == k)
@@ -163,13 +178,17 @@ def verif_acc_kfold(scores: np.ndarray, target: np.ndarray, n_folds: int = 10) -
 
 
 def verification_report(scores: np.ndarray, target: np.ndarray, protocol: str = "face",
-                        fars=(1e-1, 1e-2, 1e-3, 1e-4), p_targets=(0.01, 0.05)) -> dict:
+                        fars=(1e-1, 1e-2, 1e-3, 1e-4), p_targets=(0.01, 0.05),
+                        folds: Optional[np.ndarray] = None) -> dict:
     """All metrics of one protocol: ``face`` (10-fold acc, TAR@FAR, EER) or ``speaker``
-    (EER, minDCF at each P_target with C_miss = C_fa = 1)."""
+    (EER, minDCF at each P_target with C_miss = C_fa = 1). ``folds``: the pairs file's own folds
+    for the k-fold accuracy (``acc_10fold`` keeps its name; ``file_folds`` says how many there were)."""
     out = {"n_pairs": int(len(scores)), "n_target": int(np.sum(target)), "eer": eer(scores, target)}
     if protocol == "face":
-        mean, std, _ = kfold_accuracy(scores, target)
+        mean, std, _ = kfold_accuracy(scores, target, folds=folds)
         out["acc_10fold"], out["acc_10fold_std"] = mean, std
+        if folds is not None:
+            out["file_folds"] = int(np.max(folds)) + 1
         for far in fars:
             out[f"TAR@FAR={far:g}"] = tar_at_far(scores, target, far)
     elif protocol == "speaker":

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from xclass.data.writer import atomic_dir, var_list, with_task_meta
-from xclass.importers.common import ImportError_, SplitWriters, assign_splits, discover, finish, progress
+from xclass.importers.common import ImportError_, SplitWriters, discover, finish, progress
+from xclass.importers.protocols import plan_splits
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
 
@@ -146,16 +147,21 @@ def chunks(fb: np.ndarray, max_frames: int, segments: bool) -> List[np.ndarray]:
 def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int = 80, max_frames: int = 0,
                  segments: bool = False, test_classes: int = 0, test_regex: Optional[str] = None,
                  label_regex: Optional[str] = None, num_trials: int = 6000, seed: int = 0,
-                 overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0) -> Dict:
+                 overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0,
+                 trials_file: Optional[str] = None) -> Dict:
     """Import an audio folder into ``out`` (train.parquet, test.parquet + trials.parquet when a
-    test split is requested, meta.json). Returns the meta dict."""
-    items = discover(root, AUDIO_EXTS, label_regex)
-    train_names, test_names = assign_splits(items, test_classes=test_classes, test_regex=test_regex, seed=seed)
+    test split is requested, meta.json). Returns the meta dict. ``trials_file``: a published
+    trial list (VoxCeleb, Kaldi / WeSpeaker) as the test split and its trials
+    (:mod:`~xclass.importers.protocols`)."""
+    plan = plan_splits(discover(root, AUDIO_EXTS, label_regex), root, trials_file, "--trials",
+                       test_classes=test_classes, test_regex=test_regex, seed=seed)
+    items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, speaker_schema(n_mels), _to_arrow, chunk_rows=128)
-        row, frames = 0, []
-        for it in progress(items, len(items), "import audio", show_progress):
+        row, frames, row_of = 0, [], {}
+        for k, it in enumerate(progress(items, len(items), "import audio", show_progress)):
             fb = utterance_fbank(it.path, sample_rate, n_mels)
+            row_of[k] = row
             # held-out (test) utterances are kept whole: trials score complete recordings
             for c in (chunks(fb, max_frames, segments) if it.split == "train" else [fb]):
                 w.add(it.split, {"id": row, "label": it.label, "fbank": c})
@@ -164,6 +170,7 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
         inputs = {"fbank": {"n_mels": n_mels, "layout": "frame-major [T, n_mels] flattened",
                             "min_frames": int(min(frames)), "max_frames": int(max(frames)),
                             "sample_rate": sample_rate, "win_ms": 25.0, "hop_ms": 10.0}}
-        return finish(tmp, "speaker", w, train_names, test_names, inputs,
-                      {"importer": "audio", "root": os.path.abspath(root), "files": len(items)}, num_trials, seed,
-                      impostor_ratio)
+        source = {"importer": "audio", "root": os.path.abspath(root), "files": len(items),
+                  **({"protocol": plan.file} if plan.file else {})}
+        return finish(tmp, "speaker", w, plan.train_names, plan.test_names, inputs, source, num_trials, seed,
+                      impostor_ratio, plan.table(row_of))

@@ -181,8 +181,10 @@ class RowSplit:
 
 def write_pairs(path: str, pairs: Dict[str, np.ndarray], names: Tuple[str, str, str]) -> None:
     """A verification file with the task's three column ``names`` (face ``pairs.parquet``: a, b,
-    same; speaker ``trials.parquet``: enroll, test, target) from ``pairs`` a, b, same."""
-    pq.write_table(pa.table({names[0]: pairs["a"], names[1]: pairs["b"], names[2]: pairs["same"]}), path)
+    same; speaker ``trials.parquet``: enroll, test, target) from ``pairs`` a, b, same, and
+    ``fold`` when ``pairs`` has one (a published protocol's folds)."""
+    cols = {names[0]: pairs["a"], names[1]: pairs["b"], names[2]: pairs["same"]}
+    pq.write_table(pa.table({**cols, **({"fold": pairs["fold"]} if "fold" in pairs else {})}), path)
 
 
 @dataclass
@@ -241,10 +243,13 @@ def split_info(split: str, ids: np.ndarray, labels: np.ndarray) -> Dict:
 
 
 def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], test_names: List[str],
-           inputs: Dict, source: Dict, num_pairs: int, seed: int, impostor_ratio: float = 1.0) -> Dict:
-    """Close the writers, write pairs/trials for the test split and meta.json; returns meta."""
+           inputs: Dict, source: Dict, num_pairs: int, seed: int, impostor_ratio: float = 1.0,
+           protocol: Optional[Dict[str, np.ndarray]] = None) -> Dict:
+    """Close the writers, write pairs/trials for the test split and meta.json; returns meta.
+    ``protocol``: the pairs of a published protocol (a, b, same[, fold] in row ids) instead of
+    drawn ones; such a dataset may be a test set alone (no training split)."""
     splits = writers.close()
-    if "train" not in splits:
+    if "train" not in splits and protocol is None:
         raise ImportError_("no file went to the training split (check --test-regex / --test-classes)")
     meta: Dict = {"task": task, "schema_version": SCHEMA_VERSION, "seed": seed,
                   "num_classes": len(train_names), "test_classes": len(test_names),
@@ -252,11 +257,12 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
                   "source": source}
     spec = get_task(task).pairs
     if "test" in splits and spec is not None:
-        pairs = balanced_pairs(np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed,
-                               impostor_ratio)
+        pairs = protocol if protocol is not None else balanced_pairs(
+            np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed, impostor_ratio)
         fname = spec.file
         write_pairs(os.path.join(tmp, fname), pairs, spec.columns)
-        meta[spec.meta_key] = {"file": fname, "rows": int(len(pairs["a"])), "positives": int(pairs["same"].sum())}
+        meta[spec.meta_key] = {"file": fname, "rows": int(len(pairs["a"])), "positives": int(pairs["same"].sum()),
+                               **({"folds": int(pairs["fold"].max()) + 1} if "fold" in pairs else {})}
     write_json(os.path.join(tmp, "meta.json"), meta)
     return meta
 

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from xclass.data.writer import atomic_dir, fixed_list, with_task_meta
-from xclass.importers.common import ImportError_, SplitWriters, assign_splits, discover, finish, progress
+from xclass.importers.common import ImportError_, SplitWriters, discover, finish, progress
 from xclass.importers.face_align import align_5points, lookup, parse_box, read_point_csv, square_box
+from xclass.importers.protocols import plan_splits
 
 #: largest image accepted (pixels): far above any face photo, far below a decompression bomb
 MAX_PIXELS = 40_000_000
@@ -107,24 +108,29 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
                  test_regex: Optional[str] = None, label_regex: Optional[str] = None, num_pairs: int = 6000,
                  seed: int = 0, overwrite: bool = False, show_progress: bool = True,
                  impostor_ratio: float = 1.0, grayscale: bool = False, crop_box: Optional[str] = None,
-                 boxes_csv: Optional[str] = None, landmarks_csv: Optional[str] = None) -> Dict:
+                 boxes_csv: Optional[str] = None, landmarks_csv: Optional[str] = None,
+                 pairs_file: Optional[str] = None) -> Dict:
     """Import a face folder tree into ``out`` (train.parquet, test.parquet + pairs.parquet when
     a test split is requested, meta.json). Returns the meta dict. ``crop_box`` "x0,y0,x1,y1";
-    ``boxes_csv`` / ``landmarks_csv``: see :func:`~xclass.importers.face_align.read_point_csv`."""
+    ``boxes_csv`` / ``landmarks_csv``: see :func:`~xclass.importers.face_align.read_point_csv`.
+    ``pairs_file``: a published protocol (LFW ``pairs.txt``, a pair list) as the test split and
+    its pairs (:mod:`~xclass.importers.protocols`)."""
     if size < 4:
         raise ImportError_(f"--size must be >= 4, got {size}")
     geo = FaceGeometry.from_options(root, grayscale, crop_box, boxes_csv, landmarks_csv)
-    items = discover(root, IMAGE_EXTS, label_regex)
-    train_names, test_names = assign_splits(items, test_classes=test_classes, test_regex=test_regex, seed=seed)
+    plan = plan_splits(discover(root, IMAGE_EXTS, label_regex), root, pairs_file, "--pairs-file",
+                       test_classes=test_classes, test_regex=test_regex, seed=seed)
+    items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, face_schema(size, geo.channels), _to_arrow)
         for i, it in enumerate(progress(items, len(items), "import faces", show_progress)):
             w.add(it.split, {"id": i, "label": it.label, "image": load_face(it.path, size, geo)})
         inputs = {"image": {"height": size, "width": size, "channels": geo.channels, "dtype": "uint8",
                             "layout": "HWC", "alignment": _alignment(geo)}}
-        return finish(tmp, "face", w, train_names, test_names, inputs,
-                      {"importer": "faces", "root": os.path.abspath(root), "files": len(items)}, num_pairs, seed,
-                      impostor_ratio)
+        source = {"importer": "faces", "root": os.path.abspath(root), "files": len(items),
+                  **({"protocol": plan.file} if plan.file else {})}
+        return finish(tmp, "face", w, plan.train_names, plan.test_names, inputs, source, num_pairs, seed,
+                      impostor_ratio, plan.table({i: i for i in range(len(items))}))
 
 
 def _alignment(geo: FaceGeometry) -> str:
