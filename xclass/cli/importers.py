@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _folder(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--root", required=True, help=f"folder with one sub-folder of {what} per class")
+    p.add_argument("--workers", type=int, default=1,
+                   help=f"processes decoding the {what} (default 1; the dataset is the same for any number)")
     p.add_argument("--label-regex", default=None,
                    help="take the class name from group 1 of this regex on the relative path instead of "
                         "the folder (e.g. '^\\d+_([a-z]+)_' for FSDD names)")
@@ -181,7 +183,7 @@ def run_import(args: argparse.Namespace) -> int:
 _BOUNDS = (("test_classes", 0, False), ("num_packets", 1, False), ("min_packets", 1, False),
            ("min_flows", 1, False), ("idle_timeout", 0, True), ("num_pairs", 0, False), ("num_trials", 0, False),
            ("impostor_ratio", 0, True), ("sample_rate", 1, False), ("n_mels", 1, False), ("max_frames", 0, False),
-           ("max_flows", 0, False))
+           ("max_flows", 0, False), ("workers", 1, False))
 
 
 def _check_bounds(a: argparse.Namespace) -> None:
@@ -203,7 +205,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
                             show_progress=show, impostor_ratio=a.impostor_ratio, grayscale=a.grayscale,
                             crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks,
-                            pairs_file=a.pairs_file)
+                            pairs_file=a.pairs_file, workers=a.workers)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
@@ -211,7 +213,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
                             overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio,
-                            trials_file=a.trials)
+                            trials_file=a.trials, workers=a.workers)
     if a.import_kind == "pcap":
         from xclass.importers.pcap import import_pcap
 

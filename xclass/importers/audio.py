@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import wave
+from functools import partial
 from math import gcd
 from typing import Dict, List, Optional, Tuple
 
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 from xclass.data.writer import atomic_dir, var_list, with_task_meta
 from xclass.importers.common import ImportError_, SplitWriters, discover, finish, progress
+from xclass.importers.inputs import decode_in_order
 from xclass.importers.protocols import plan_splits
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
@@ -148,19 +150,21 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                  segments: bool = False, test_classes: int = 0, test_regex: Optional[str] = None,
                  label_regex: Optional[str] = None, num_trials: int = 6000, seed: int = 0,
                  overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0,
-                 trials_file: Optional[str] = None) -> Dict:
+                 trials_file: Optional[str] = None, workers: int = 1) -> Dict:
     """Import an audio folder into ``out`` (train.parquet, test.parquet + trials.parquet when a
     test split is requested, meta.json). Returns the meta dict. ``trials_file``: a published
     trial list (VoxCeleb, Kaldi / WeSpeaker) as the test split and its trials
-    (:mod:`~xclass.importers.protocols`)."""
+    (:mod:`~xclass.importers.protocols`). ``workers``: processes computing filterbanks (rows come
+    out in the same order as with one)."""
     plan = plan_splits(discover(root, AUDIO_EXTS, label_regex), root, trials_file, "--trials",
                        test_classes=test_classes, test_regex=test_regex, seed=seed)
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, speaker_schema(n_mels), _to_arrow, chunk_rows=128)
         row, frames, row_of = 0, [], {}
-        for k, it in enumerate(progress(items, len(items), "import audio", show_progress)):
-            fb = utterance_fbank(it.path, sample_rate, n_mels)
+        fbanks = decode_in_order(partial(utterance_fbank, sample_rate=sample_rate, n_mels=n_mels),
+                                 [it.path for it in items], workers)
+        for k, (it, fb) in enumerate(progress(zip(items, fbanks), len(items), "import audio", show_progress)):
             row_of[k] = row
             # held-out (test) utterances are kept whole: trials score complete recordings
             for c in (chunks(fb, max_frames, segments) if it.split == "train" else [fb]):

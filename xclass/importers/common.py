@@ -29,6 +29,9 @@ class ImportError_(ValueError):
         super().__init__(message)
         self.file, self.row = file, row
 
+    def __reduce__(self):  # raised in a decoding worker process, re-raised whole in the importer
+        return type(self), (str(self), self.file, self.row)
+
 
 def compile_option(flag: str, pattern: Optional[str]) -> Optional["re.Pattern"]:
     """``pattern`` compiled (None stays None); one that is not a regular expression is an

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow as pa
 from xclass.data.writer import atomic_dir, fixed_list, with_task_meta
 from xclass.importers.common import ImportError_, SplitWriters, discover, finish, progress
 from xclass.importers.face_align import align_5points, lookup, parse_box, read_point_csv, square_box
+from xclass.importers.inputs import decode_in_order
 from xclass.importers.protocols import plan_splits
 
 #: largest image accepted (pixels): far above any face photo, far below a decompression bomb
@@ -109,12 +111,13 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
                  seed: int = 0, overwrite: bool = False, show_progress: bool = True,
                  impostor_ratio: float = 1.0, grayscale: bool = False, crop_box: Optional[str] = None,
                  boxes_csv: Optional[str] = None, landmarks_csv: Optional[str] = None,
-                 pairs_file: Optional[str] = None) -> Dict:
+                 pairs_file: Optional[str] = None, workers: int = 1) -> Dict:
     """Import a face folder tree into ``out`` (train.parquet, test.parquet + pairs.parquet when
     a test split is requested, meta.json). Returns the meta dict. ``crop_box`` "x0,y0,x1,y1";
     ``boxes_csv`` / ``landmarks_csv``: see :func:`~xclass.importers.face_align.read_point_csv`.
     ``pairs_file``: a published protocol (LFW ``pairs.txt``, a pair list) as the test split and
-    its pairs (:mod:`~xclass.importers.protocols`)."""
+    its pairs (:mod:`~xclass.importers.protocols`). ``workers``: processes decoding images (rows
+    come out in the same order as with one)."""
     if size < 4:
         raise ImportError_(f"--size must be >= 4, got {size}")
     geo = FaceGeometry.from_options(root, grayscale, crop_box, boxes_csv, landmarks_csv)
@@ -123,8 +126,9 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, face_schema(size, geo.channels), _to_arrow)
-        for i, it in enumerate(progress(items, len(items), "import faces", show_progress)):
-            w.add(it.split, {"id": i, "label": it.label, "image": load_face(it.path, size, geo)})
+        images = decode_in_order(partial(load_face, size=size, geo=geo), [it.path for it in items], workers)
+        for i, (it, image) in enumerate(progress(zip(items, images), len(items), "import faces", show_progress)):
+            w.add(it.split, {"id": i, "label": it.label, "image": image})
         inputs = {"image": {"height": size, "width": size, "channels": geo.channels, "dtype": "uint8",
                             "layout": "HWC", "alignment": _alignment(geo)}}
         source = {"importer": "faces", "root": os.path.abspath(root), "files": len(items),
