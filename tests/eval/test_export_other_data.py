@@ -65,7 +65,7 @@ def test_export_refuses_a_dataset_with_other_inputs(face_run, capsys):
 def test_export_data_needs_run_without_head(face_run, capsys):
     d, run, _, other, _ = face_run
     assert xclass(["export-index", "--run", run, "--head", "--data", other, "--out", str(d / "h")]) == 2
-    assert "--data" in capsys.readouterr().err
+    assert "--data is about the encoder" in capsys.readouterr().err
 
 
 def test_check_same_inputs_by_key():
@@ -82,3 +82,59 @@ def test_check_same_inputs_by_key():
             check_same_inputs(("fbank.n_mels", "fbank.sample_rate"), trained, bad, "d")
     # a key the training data does not describe (generated data have no sample rate) is not checked
     check_same_inputs(("fbank.sample_rate",), {"task": "speaker", "inputs": {"fbank": {}}}, ok, "d")
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(face_run):
+    d, _, own, _, _ = face_run
+    run = str(d / "run3")
+    assert xclass(["train", "--config", "configs/face/cpu.yaml", f"data.path={own}", f"train.out_dir={run}",
+                   "train.progress=false", "train.max_steps=3", "data.batch_size=16", "train.checkpoint_every=1",
+                   "train.keep_last=3"]) == 0
+    return d, run, own
+
+
+def test_average_last_is_the_mean_of_the_checkpoints(three_checkpoints):
+    from xclass.eval.embed import load_encoder, load_run
+    from xclass.train.checkpoint import list_checkpoints
+    from xclass.train.safe_io import safe_load
+
+    d, run, own = three_checkpoints
+    cfg, meta = load_run(run), json.load(open(os.path.join(own, "meta.json")))
+    states = [safe_load(os.path.join(p, "encoder.pt"))["module"] for p in list_checkpoints(run)]
+    assert len(states) == 3
+    got = load_encoder(run, cfg, meta, average_last=3).state_dict()
+    moved = 0
+    for k, v in got.items():
+        if torch.is_floating_point(v):
+            want = (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3
+            torch.testing.assert_close(v.double(), want, rtol=1e-6, atol=1e-7)
+            moved += int(not torch.equal(states[0][k], states[2][k]))
+        else:
+            assert torch.equal(v, states[2][k])                  # step counters: the newest
+    assert moved > 0                                              # the weights did change between checkpoints
+    newest = load_encoder(run, cfg, meta).state_dict()
+    assert all(torch.equal(newest[k], states[2][k]) for k in newest)
+
+
+def test_export_average_last_encodes_with_the_mean(three_checkpoints, capsys):
+    from xclass import components
+    from xclass.eval.embed import load_encoder, load_run
+
+    d, run, own = three_checkpoints
+    out = str(d / "idx_avg")
+    assert xclass(["export-index", "--run", run, "--average-last", "2", "--out", out]) == 0
+    got = pq.read_table(os.path.join(out, "test_embeddings.parquet"))
+    src = pq.read_table(os.path.join(own, "test.parquet"))
+    cfg, meta = load_run(run), json.load(open(os.path.join(own, "meta.json")))
+    enc = load_encoder(run, cfg, meta, average_last=2)
+    img = np.stack(src.column("image").to_numpy(zero_copy_only=False)).astype(np.uint8)
+    inputs, _ = components.make_decoder("face", meta, cfg.model)({"image": img, "label": np.asarray(src["label"])})
+    with torch.no_grad():
+        ref = enc(inputs).float().numpy()
+    np.testing.assert_allclose(np.stack(got.column("embedding").to_numpy(zero_copy_only=False)), ref,
+                               rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert xclass(["export-index", "--run", run, "--average-last", "4", "--out", str(d / "idx_avg4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the last 4 checkpoints, but the run keeps 3" in err[0]

@@ -20,6 +20,9 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
                    help="with --run: export the classifier head's class vectors as the label index")
     p.add_argument("--encode-batch-rows", type=int, default=512,
                    help="with --run: rows per encoder batch (default 512)")
+    p.add_argument("--average-last", type=int, default=1, metavar="N",
+                   help="with --run: encode with the mean weights of the run's last N checkpoints (default 1: the "
+                        "newest only; the run must keep N, see train.keep_last)")
     p.add_argument("--bf16", action="store_true",
                    help="with --run: bf16 autocast for the encoder (embeddings are written as float32)")
     add_export_args(p)
@@ -35,14 +38,15 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
 def run_export_cli(args: argparse.Namespace) -> int:
     """Run ``export-index``; embeddings come from ``--run`` (encoded here) or ``--embeddings``."""
     _check_positive(args, ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_bits", "nprobe",
-                           "train_size", "shard_rows", "batch_rows"))
+                           "train_size", "shard_rows", "batch_rows", "average_last"))
 
     if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
-    if getattr(args, "data", None) and (not getattr(args, "run", None) or args.head):
-        from xclass.config_types import ConfigError
+    for flag, given in (("--data", getattr(args, "data", None)), ("--average-last", args.average_last > 1)):
+        if given and (not getattr(args, "run", None) or args.head):
+            from xclass.config_types import ConfigError
 
-        raise ConfigError("--data names the dataset a run encodes: it needs --run and no --head")
+            raise ConfigError(f"{flag} is about the encoder a run encodes with: it needs --run and no --head")
     if getattr(args, "run", None):
         from xclass.eval.embed import embed_split, encode_device, export_head
 
@@ -56,5 +60,6 @@ def run_export_cli(args: argparse.Namespace) -> int:
             args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
         else:
             args.embeddings = [embed_split(args.run, args.split, emb, batch_rows=args.encode_batch_rows,
-                                           data_path=args.data, device=encode_device(args.gpu), bf16=args.bf16)]
+                                           data_path=args.data, device=encode_device(args.gpu), bf16=args.bf16,
+                                           average_last=args.average_last)]
     return int(run_export(args) or 0)

@@ -36,23 +36,55 @@ def load_run(run_dir: str) -> RunConfig:
 
 
 def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any],
-                 device: Optional[torch.device] = None) -> torch.nn.Module:
-    """The run's encoder with the newest checkpoint's weights, in eval mode, on ``device``."""
+                 device: Optional[torch.device] = None, average_last: int = 1) -> torch.nn.Module:
+    """The run's encoder with the newest checkpoint's weights, in eval mode, on ``device``.
+    ``average_last`` N > 1: the mean of the newest N checkpoints' weights instead (floating
+    parameters and buffers such as batch-norm statistics averaged, integer buffers from the newest),
+    as speaker recipes average their last epochs."""
     components.load_all()
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
+    found = ckpt.list_checkpoints(run_dir)
+    if not found:
         raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint under checkpoints/")
-    ckpt.read_manifest(path)  # a corrupt manifest is refused before any weight file is read
+    if average_last > len(found):
+        raise ckpt.CheckpointError(f"{run_dir}: averaging the last {average_last} checkpoints, but the run keeps "
+                                   f"{len(found)} (train.keep_last and train.checkpoint_every decide how many)")
+    paths = found[-max(1, average_last):]
+    for path in paths:
+        ckpt.read_manifest(path)  # a corrupt manifest is refused before any weight file is read
     enc = components.build_encoder(cfg.model, meta)
+    states = [_encoder_weights(p) for p in paths]
+    f = os.path.join(paths[-1], "encoder.pt")
+    try:
+        enc.load_state_dict(states[0] if len(states) == 1 else average_states(states, paths))
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
+    return enc.to(device or torch.device("cpu")).eval()
+
+
+def _encoder_weights(path: str) -> Dict[str, torch.Tensor]:
     from xclass.train.safe_io import safe_load
 
     f = os.path.join(path, "encoder.pt")
     state = safe_load(f, map_location="cpu")
-    try:
-        enc.load_state_dict(state["module"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
-    return enc.to(device or torch.device("cpu")).eval()
+    if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
+        raise ckpt.CheckpointError(f"{f}: not an encoder checkpoint (no 'module' state)")
+    return state["module"]
+
+
+def average_states(states: List[Dict[str, torch.Tensor]], paths: List[str]) -> Dict[str, torch.Tensor]:
+    """The mean of encoder state dicts (oldest first): floating tensors averaged in float64 and
+    cast back; other tensors (step counters) taken from the newest. States whose keys or shapes
+    differ are refused naming the checkpoint."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, last in states[-1].items():
+        for state, path in zip(states, paths):
+            if key not in state or state[key].shape != last.shape or len(state) != len(states[-1]):
+                raise ckpt.CheckpointError(f"{path}: its encoder differs from {paths[-1]} ({key}); cannot average")
+        if torch.is_floating_point(last):
+            out[key] = (sum(s[key].double() for s in states) / len(states)).to(last.dtype)
+        else:
+            out[key] = last
+    return out
 
 
 def encode_device(gpu: bool) -> torch.device:
@@ -82,19 +114,20 @@ def dataset_meta(cfg: RunConfig, data_path: Optional[str]) -> Dict[str, Any]:
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
                 data_path: Optional[str] = None, frame_budget: int = 1 << 18,
-                device: Optional[torch.device] = None, bf16: bool = False) -> str:
+                device: Optional[torch.device] = None, bf16: bool = False, average_last: int = 1) -> str:
     """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
     ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
     encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
     reader batch padded to its longest row, as before; see :func:`encode_batch`).
     ``device``: where the encoder runs (batches are decoded ahead on a background thread and
     copied there); ``bf16``: bf16 autocast around the encoder. ``data_path``: a dataset other than
-    the run's (same task and inputs, :func:`dataset_meta`), e.g. a benchmark test set."""
+    the run's (same task and inputs, :func:`dataset_meta`), e.g. a benchmark test set.
+    ``average_last``: encode with the mean of the last N checkpoints (:func:`load_encoder`)."""
     cfg = load_run(run_dir)
     meta = dataset_meta(cfg, data_path)
     data_path = data_path or cfg.data.path
     device = torch.device(device or "cpu")
-    enc = load_encoder(run_dir, cfg, meta, device)
+    enc = load_encoder(run_dir, cfg, meta, device, average_last)
     decode_inputs = components.make_decoder(cfg.data.task, meta, cfg.model)
     from xclass.data.prefetch import prefetch
     from xclass.data.reader import ParquetReader
