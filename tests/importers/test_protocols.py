@@ -49,7 +49,7 @@ def test_read_trial_lists(tmp_path):
 @pytest.mark.parametrize("text, where", [("2 2\nAnn 1 2\n", "header says 2 x .2 x 2. pairs, the file has 1"),
                                          ("1\nAnn 1 2\nAnn x Bob 1\n", "line 3"),
                                          ("a.wav b.wav maybe\n", "line 1"),
-                                         ("", "no pairs")])
+                                         ("", "no pairs"), ("0 0\n", "no pairs")])
 def test_malformed_protocols_name_the_line(tmp_path, text, where):
     (tmp_path / "p.txt").write_text(text)
     with pytest.raises(ImportError_, match=where):

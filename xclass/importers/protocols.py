@@ -47,8 +47,12 @@ def read_protocol(path: str) -> List[ProtocolPair]:
         raise ImportError_(f"{path}: no pairs in this file", file=path)
     head = lines[0][1]
     if 1 <= len(head) <= 2 and all(f.isdigit() for f in head):
-        return _lfw(path, lines)
-    return [_trial(path, n, f) for n, f in lines]
+        pairs = _lfw(path, lines)
+    else:
+        pairs = [_trial(path, n, f) for n, f in lines]
+    if not pairs:
+        raise ImportError_(f"{path}: no pairs in this file", file=path)
+    return pairs
 
 
 def _trial(path: str, n: int, f: List[str]) -> ProtocolPair:
