@@ -46,7 +46,7 @@ def read_protocol(path: str) -> List[ProtocolPair]:
     if not lines:
         raise ImportError_(f"{path}: no pairs in this file", file=path)
     head = lines[0][1]
-    if 1 <= len(head) <= 2 and all(f.isdigit() for f in head):
+    if 1 <= len(head) <= 2 and all(f.isascii() and f.isdigit() for f in head):
         pairs = _lfw(path, lines)
     else:
         pairs = [_trial(path, n, f) for n, f in lines]
