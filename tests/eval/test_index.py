@@ -230,3 +230,47 @@ def test_torch_flat_backend_equals_faiss(tmp_path, metric):
     assert t.backend == "torch"
     b = t.search(q, 15)
     assert same_neighbours(*a, *b, rtol=1e-4, atol=1e-4).all()
+
+
+@pytest.mark.parametrize("factory, floor", [("IVF16,Flat", 0.9), ("HNSW16,Flat", 0.95), ("PCA16,IVF16,Flat", 0.2)])
+def test_factory_string_round_trip_and_recall(tmp_path, factory, floor):
+    """--index-factory: faiss' own string; ids kept (IVF, or an IDMap around the rest), nprobe and
+    efSearch applied through pre-transforms, the file equals the in-memory index."""
+    from xclass.eval.export import _training_sample
+    from xclass.eval.index import set_search_params, train
+
+    x, _ = clustered(4000, 32, 40, seed=2)
+    ids = np.arange(4000, dtype=np.int64) * 5
+    spec = IndexSpec("factory", factory=factory, nprobe=8, train_size=4000, ef_search=64)
+    man = export_index([ArraySource(x, ids)], str(tmp_path / "i"), spec)
+    assert man["spec"]["factory"] == factory
+    q, _ = clustered(100, 32, 40, seed=2)
+    D, I = ShardedIndex.open(str(tmp_path / "i")).search(q, 10)
+    mem = new_index(32, spec)
+    train(mem, _training_sample([ArraySource(x, ids)], spec, 65536, 0), spec)
+    mem.add_with_ids(prepare(x, spec), ids)
+    set_search_params(mem, spec)
+    assert np.array_equal(mem.search(prepare(q, spec), 10)[1], I)
+    _, Ir = _exact_np(q, x, ids, 10)
+    assert np.mean([len(set(r) & set(e)) / 10 for r, e in zip(I, Ir)]) >= floor
+    assert set(I.ravel()) <= set(ids.tolist())                       # global ids come back
+    if factory.startswith("IVF"):                                     # nprobe = nlist: every list, exact
+        spec_all = IndexSpec("factory", factory=factory, nprobe=16, train_size=4000)
+        set_search_params(mem, spec_all)
+        assert np.array_equal(mem.search(prepare(q, spec), 10)[1], Ir)
+
+
+def test_bad_factory_strings_are_refused(tmp_path, capsys):
+    from xclass.cli.main import main as xclass
+
+    x, _ = clustered(300, 16, 5, seed=1)
+    f = write_embeddings(tmp_path / "e.parquet", np.arange(300), x)
+    with pytest.raises(ValueError, match="faiss cannot build it"):
+        export_index([ArraySource(x, np.arange(300))], str(tmp_path / "i"), IndexSpec("factory", factory="IVF16,Nope"))
+    with pytest.raises(ValueError, match="goes with kind 'factory'"):
+        IndexSpec("flat", factory="IVF16,Flat")
+    for bad, why in (("IVF16,Nope", "cannot build"), ("IVF1024,Flat", "training on 300 vectors failed")):
+        assert xclass(["export-index", "--embeddings", str(f), "--index-factory", bad, "--out",
+                       str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and not os.path.exists(tmp_path / "o")

@@ -32,6 +32,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
                    help="embedding Parquet file(s), directories or globs (id, embedding)")
     p.add_argument("--out", required=True, help="output index directory")
     p.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivfpq", "ivfflat"])
+    p.add_argument("--index-factory", default=None, metavar="STRING",
+                   help="any faiss index_factory string instead of --index-type (e.g. 'OPQ16_64,IVF4096,PQ16'); "
+                        "trained on --train-size vectors; --nprobe / --ef-search apply at search time")
     p.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=80)
@@ -50,10 +53,11 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def _spec(args):
     from xclass.eval.index import IndexSpec
-    return IndexSpec(kind=args.index_type, metric=args.metric, hnsw_m=args.hnsw_m,
+    factory = getattr(args, "index_factory", None) or ""
+    return IndexSpec(kind="factory" if factory else args.index_type, metric=args.metric, hnsw_m=args.hnsw_m,
                      ef_construction=args.ef_construction, ef_search=args.ef_search,
                      nlist=args.nlist, pq_m=args.pq_m, pq_bits=args.pq_bits, nprobe=args.nprobe,
-                     train_size=args.train_size)
+                     train_size=args.train_size, factory=factory)
 
 
 def _guard(fn, args) -> int:

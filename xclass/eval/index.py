@@ -30,12 +30,14 @@ except ImportError:          # pragma: no cover
 import faiss  # noqa: E402
 
 FORMAT = "xclass-index/1"
-KINDS = ("flat", "hnsw", "ivfpq", "ivfflat")
+KINDS = ("flat", "hnsw", "ivfpq", "ivfflat", "factory")
 
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """How to build and search an index. ``metric``: cosine | ip | l2."""
+    """How to build and search an index. ``metric``: cosine | ip | l2. ``kind`` "factory": any
+    index faiss' ``index_factory`` builds from the string ``factory`` (e.g. ``OPQ16_64,IVF4096,PQ16``
+    or ``HNSW32,Flat``); one that cannot hold ids itself is wrapped in an ``IndexIDMap``."""
 
     kind: str = "flat"
     metric: str = "cosine"
@@ -47,10 +49,13 @@ class IndexSpec:
     pq_bits: int = 8
     nprobe: int = 32
     train_size: int = 100_000
+    factory: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if (self.kind == "factory") != bool(self.factory):
+            raise ValueError("an index factory string goes with kind 'factory' (and only with it)")
         if self.metric not in ("cosine", "ip", "l2"):
             raise ValueError(f"unknown metric {self.metric!r}; use cosine, ip or l2")
 
@@ -68,7 +73,8 @@ class IndexSpec:
 
     @property
     def needs_training(self) -> bool:
-        return self.kind.startswith("ivf")
+        """IVF kinds; a factory index is trained too (a no-op for one that needs none)."""
+        return self.kind.startswith("ivf") or self.kind == "factory"
 
 
 def prepare(x: np.ndarray, spec: IndexSpec) -> np.ndarray:
@@ -82,6 +88,8 @@ def prepare(x: np.ndarray, spec: IndexSpec) -> np.ndarray:
 def new_index(d: int, spec: IndexSpec) -> faiss.Index:
     """Empty (possibly untrained) index with global-id support."""
     m = spec.faiss_metric
+    if spec.kind == "factory":
+        return _from_factory(d, spec.factory, m)
     if spec.kind == "flat":
         return faiss.IndexIDMap(faiss.IndexFlat(d, m))
     if spec.kind == "hnsw":
@@ -100,9 +108,28 @@ def new_index(d: int, spec: IndexSpec) -> faiss.Index:
     return idx
 
 
+def _from_factory(d: int, factory: str, metric: int) -> faiss.Index:
+    try:
+        idx = faiss.index_factory(d, factory, metric)
+    except RuntimeError as exc:
+        raise ValueError(f"index factory {factory!r} (d={d}): faiss cannot build it: "
+                         f"{str(exc).strip().splitlines()[-1][:200]}") from None
+    if faiss.try_extract_index_ivf(idx) is None and not isinstance(idx, faiss.IndexIDMap):
+        idx = faiss.IndexIDMap(idx)    # keeps a reference to the wrapped index, as for the flat kind
+    return idx
+
+
 def train(index: faiss.Index, sample: np.ndarray, spec: IndexSpec, use_gpu: bool = False) -> None:
-    """Train IVF indexes on ``sample`` [m, d] (already prepared); no-op for flat/HNSW."""
+    """Train IVF and factory indexes on ``sample`` [m, d] (already prepared); no-op for flat/HNSW."""
     if not spec.needs_training:
+        return
+    if spec.kind == "factory":                       # the CPU trains every stage (pre-transforms included)
+        if not index.is_trained:
+            try:
+                index.train(sample)
+            except RuntimeError as exc:
+                raise ValueError(f"index factory {spec.factory!r}: training on {len(sample)} vectors failed: "
+                                 f"{str(exc).strip().splitlines()[-1][:200]}") from None
         return
     if len(sample) < spec.nlist:
         raise ValueError(f"IVF with nlist={spec.nlist} needs at least that many training "

@@ -92,7 +92,7 @@ class ShardedIndex:
         if sum(s.ntotal for s in shards) != man["ntotal"]:
             _fail(path, "shard sizes do not add up to the manifest's ntotal")
         if check_norms and spec.normalize:
-            cls._check_norms(path, shards)
+            cls._check_norms(path, shards, exact=spec.kind in ("flat", "hnsw"))
         return cls(path, man, shards, spec, use_gpu, backend)
 
     @staticmethod
@@ -121,10 +121,11 @@ class ShardedIndex:
         return idx
 
     @staticmethod
-    def _check_norms(path: str, shards, n: int = 16) -> None:
-        """Refuse a cosine index whose stored vectors are not unit norm (flat / HNSW only;
-        PQ codes are lossy and cannot be checked this way)."""
-        for s in shards:
+    def _check_norms(path: str, shards, n: int = 16, exact: bool = True) -> None:
+        """Refuse a cosine index whose stored vectors are not unit norm (flat / HNSW only,
+        ``exact``: PQ codes, and what a factory string may build, are lossy and cannot be checked
+        this way)."""
+        for s in shards if exact else ():
             if not isinstance(s, faiss.IndexIDMap) or s.ntotal == 0:
                 continue
             inner = faiss.downcast_index(s.index)
