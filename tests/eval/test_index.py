@@ -274,3 +274,17 @@ def test_bad_factory_strings_are_refused(tmp_path, capsys):
                        str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0] and not os.path.exists(tmp_path / "o")
+
+
+def test_an_index_faiss_cannot_clone_to_the_gpu_stays_on_the_cpu(monkeypatch, capsys):
+    """No GPU here: the clone is made to fail as faiss' GPU build does for an unsupported type."""
+    import xclass.eval.index as xi
+
+    def refuse(res, device, index):
+        raise RuntimeError("Error in faiss::gpu::ToGpuCloner::clone_Index\\nunsupported index type")
+
+    monkeypatch.setattr(xi, "_gpu_res", lambda: None)
+    monkeypatch.setattr(xi.faiss, "index_cpu_to_gpu", refuse, raising=False)
+    idx = new_index(8, IndexSpec("factory", factory="PCA4,Flat"))
+    assert xi.to_gpu(idx) is idx
+    assert "no GPU form of this index" in capsys.readouterr().err

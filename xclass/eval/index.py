@@ -10,7 +10,8 @@ An exported index is a directory::
 
 Cosine = inner product on L2-normalised vectors (stored vectors normalised at export, queries
 at search). Kinds: ``flat`` (exact IP), ``hnsw`` (IndexHNSWFlat), ``ivfpq`` (IndexIVFPQ),
-``ivfflat``. torch is imported before faiss so both share one OpenMP runtime.
+``ivfflat``, ``factory`` (any faiss ``index_factory`` string). torch is imported before faiss so
+both share one OpenMP runtime.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -168,11 +170,17 @@ def _gpu_res():
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
-    """Clone a CPU index to GPU 0 (flat / IVF; HNSW has no faiss GPU form and stays on CPU)."""
+    """Clone a CPU index to GPU 0 (flat / IVF; HNSW, and what a factory string builds that faiss
+    cannot clone, has no GPU form and stays on the CPU, with a note)."""
     base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
     if isinstance(base, faiss.IndexHNSW):
         return index
-    return faiss.index_cpu_to_gpu(_gpu_res(), 0, index)
+    try:
+        return faiss.index_cpu_to_gpu(_gpu_res(), 0, index)
+    except RuntimeError as exc:
+        print(f"[xclass] faiss has no GPU form of this index ({str(exc).strip().splitlines()[-1][:160]}); "
+              "it is searched on the CPU", file=sys.stderr)
+        return index
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
