@@ -309,3 +309,22 @@ def test_a_folder_input_reads_the_captures_below_it(tmp_path, capsys):
     assert main(["pcap", "--input", str(tmp_path / "empty"), "--label-sni", "--out", str(tmp_path / "p")]) == 2
     assert "empty: no capture file in this folder" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_workers_give_the_dataset_of_one_process(tmp_path):
+    """import pcap --workers 2: captures read in two processes, a damaged one skipped in its
+    place (--skip-bad), the same dataset and counts as one process."""
+    caps = [write(tmp_path / f"{n}.pcap", capture()) for n in "abcd"]
+    good = open(caps[1], "rb").read()
+    (tmp_path / "b.pcap").write_bytes(good[:-7])                              # b is cut short
+    web, dns = "10.0.0.2,443,10.0.0.1,5555,tcp", "10.0.0.1,40000,10.0.0.2,53,17"
+    (tmp_path / "l.csv").write_text(f"src_ip,src_port,dst_ip,dst_port,proto,label\n{web},web\n{dns},dns\n")
+    metas = [import_pcap(caps, str(tmp_path / f"o{w}"), labels=str(tmp_path / "l.csv"), test_fraction=0.5,
+                         skip_bad=True, show_progress=False, workers=w) for w in (1, 2)]
+    assert metas[0]["source"] == metas[1]["source"] and len(metas[0]["source"]["skipped_files"]) == 1
+    assert "b.pcap" in metas[0]["source"]["skipped_files"][0]
+    for split in ("train", "test"):
+        assert pq.read_table(tmp_path / "o1" / f"{split}.parquet").equals(pq.read_table(tmp_path / "o2" / f"{split}.parquet"))
+    with pytest.raises(ImportError_, match=r"b\.pcap: packet 9"):
+        import_pcap(caps, str(tmp_path / "o3"), labels=str(tmp_path / "l.csv"), show_progress=False, workers=2)
+    assert not (tmp_path / "o3").exists()

@@ -154,6 +154,9 @@ def _add_pcap(sub) -> None:
                    help="split by capture: flows of captures whose path matches go to the test split; their "
                         "labels also met in other captures keep the training label (closed set), the others "
                         "are held out (open set)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes reading (and nDPI-labelling) the captures (default 1; the dataset is the same "
+                        "for any number)")
     _max_flows(p)
     _common(p)
 
@@ -221,7 +224,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                            num_packets=a.num_packets, min_packets=a.min_packets, min_flows=a.min_flows,
                            idle_timeout=a.idle_timeout, test_classes=a.test_classes,
                            test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
-                           skip_bad=a.skip_bad, test_regex=a.test_regex, max_flows=a.max_flows)
+                           skip_bad=a.skip_bad, test_regex=a.test_regex, max_flows=a.max_flows, workers=a.workers)
     from xclass.importers.flows import import_flows
 
     return import_flows(a.input, a.out, label_column=a.label_column, ppi_column=a.ppi_column,

@@ -27,12 +27,13 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from xclass.importers.common import ImportError_, compile_option, ip_proto
-from xclass.importers.inputs import expand_inputs, first_positions, text_lines
+from xclass.importers.inputs import decode_in_order, expand_inputs, first_positions, text_lines
 from xclass.importers.flows import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 
@@ -132,30 +133,42 @@ def flow_packets(fl: Flow, num_packets: int, source: int = -1) -> Dict[str, np.n
                 proto=fl.proto, source=source)
 
 
+def read_capture(path: str, *, num_packets: int, idle_timeout: float, ndpi: bool, ndpi_level: str,
+                 skip_bad: bool) -> Tuple[List[Flow], Dict[str, int], Dict[Key, str], str]:
+    """One capture's flows (first-packet order), packet counts and nDPI labels (when ``ndpi``);
+    with ``skip_bad`` a capture that cannot be read gives no flows and its error as the last item
+    (otherwise the ImportError_ is raised). Runs in an import worker process with ``--workers``."""
+    if not os.path.isfile(path):
+        raise ImportError_(f"{path}: {'not a file' if os.path.exists(path) else 'capture not found'}", file=path)
+    stats: Dict[str, int] = {}
+    try:
+        flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)
+        return flows, stats, (ndpi_labels(path, ndpi_level) if ndpi else {}), ""
+    except ImportError_ as exc:
+        if not skip_bad:
+            raise
+        return [], {}, {}, str(exc)
+
+
 def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndpi: bool = False,
                    ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                    min_flows: int = 1, idle_timeout: float = 120.0,
-                   skip_bad: bool = False) -> Tuple[List[Tuple[str, Flow]], Dict]:
+                   skip_bad: bool = False, workers: int = 1) -> Tuple[List[Tuple[str, Flow]], Dict]:
     """[(label, flow)] over all captures (capture order, then first-packet order) and counts.
     ``skip_bad``: a capture that cannot be read is left out (named in counts["skipped_files"])
-    instead of stopping the import."""
+    instead of stopping the import. ``workers``: captures read (and labelled by nDPI) in that
+    many processes; the flows come out in the same order."""
     if sum([labels is not None, ndpi, sni]) != 1:
         raise ImportError_("give exactly one label source: --labels FILE, --ndpi or --label-sni")
     table = read_label_file(labels) if labels else {}
     counts: Counter = Counter()
     out: List[Tuple[str, Flow]] = []
     bad: List[str] = []
-    for path in captures:
-        if not os.path.isfile(path):
-            raise ImportError_(f"{path}: {'not a file' if os.path.exists(path) else 'capture not found'}", file=path)
-        stats: Dict[str, int] = {}
-        try:
-            flows = assemble_flows(read_packets(path, stats), num_packets, idle_timeout)
-            nd = ndpi_labels(path, ndpi_level) if ndpi else {}
-        except ImportError_ as exc:
-            if not skip_bad:
-                raise
-            bad.append(str(exc))
+    read = partial(read_capture, num_packets=num_packets, idle_timeout=idle_timeout, ndpi=ndpi,
+                   ndpi_level=ndpi_level, skip_bad=skip_bad)
+    for path, (flows, stats, nd, error) in zip(captures, decode_in_order(read, captures, workers, chunksize=1)):
+        if error:
+            bad.append(error)
             continue
         counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
         base = os.path.basename(path)
@@ -184,14 +197,15 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
                 ndpi_level: str = "full", sni: bool = False, num_packets: int = 30, min_packets: int = 1,
                 min_flows: int = 1, idle_timeout: float = 120.0, test_classes: int = 0, test_fraction: float = 0.0,
                 seed: int = 0, overwrite: bool = False, show_progress: bool = True, skip_bad: bool = False,
-                test_regex: Optional[str] = None, max_flows: int = 0) -> Dict:
+                test_regex: Optional[str] = None, max_flows: int = 0, workers: int = 1) -> Dict:
     """Import captures into ``out`` exactly as ``import flows`` writes a dataset; returns meta.
 
     ``test_regex``: the flows of captures whose path matches go to the test split (a split by
     capture): labels also met in the other captures keep their training label (closed-set
     queries), labels met only in matching captures are held out (open set, labels >= C).
     ``max_flows`` > 0: at most that many flows per label (per label and side with ``test_regex``),
-    a seeded sample spread over the captures, taken after ``min_flows``."""
+    a seeded sample spread over the captures, taken after ``min_flows``. ``workers``: captures
+    read in that many processes (:func:`labelled_flows`); the dataset is the same."""
     from xclass.importers.flow_writer import write_flows
 
     captures = expand_inputs(captures, CAPTURE_SUFFIXES, "capture")
@@ -204,7 +218,7 @@ def import_pcap(captures: Sequence[str], out: str, *, labels: Optional[str] = No
         raise ImportError_(f"{out} exists; pass --overwrite to replace it", file=out)
     flows, counts = labelled_flows(captures, labels=labels, ndpi=ndpi, ndpi_level=ndpi_level, sni=sni,
                                    num_packets=num_packets, min_packets=min_packets, min_flows=min_flows,
-                                   idle_timeout=idle_timeout, skip_bad=skip_bad)
+                                   idle_timeout=idle_timeout, skip_bad=skip_bad, workers=workers)
     if not flows:
         raise ImportError_(f"no labelled flow in {len(captures)} capture(s) ({counts})")
     per = Counter(n for n, _ in flows)
