@@ -49,6 +49,8 @@ class DataConfig:
     """Check the training split in one streaming pass before step 1 (labels, finite values, unique ids)."""
     prefetch: int = 2
     """Batches read and decoded ahead on a background thread (0 = synchronous, at most 64)."""
+    hflip: float = 0.0
+    """Training only, face data: probability that an image is mirrored left-right (arcface_torch uses 0.5; 0 = off)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.prefetch <= 64:

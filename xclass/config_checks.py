@@ -25,7 +25,7 @@ _FLOAT_RANGES = [
     ("optim.lr", 0.0, None), ("optim.momentum", 0.0, 1.0), ("optim.weight_decay", 0.0, None),
     ("optim.head_lr", 0.0, None), ("optim.grad_clip", 0.0, None), ("head.sample_rate", 0.0, 1.0),
     ("head.label_smoothing", 0.0, 1.0), ("eval.propensity_a", 0.0, None), ("eval.propensity_b", 0.0, None),
-    ("data.balance_power", 0.0, 1.0),
+    ("data.balance_power", 0.0, 1.0), ("data.hflip", 0.0, 1.0),
 ]
 _CHOICES = [
     ("data.task", TASKS), ("data.shard_mode", ("rows", "global_batch")),
@@ -85,6 +85,8 @@ def check_ranges(cfg: Any) -> None:
         _fail("train.epochs", "must be >= 1 when train.max_steps is 0")
     _check_ks(cfg.eval.ks)
     _check_sparse(cfg)
+    if cfg.data.hflip > 0 and cfg.data.task != "face":
+        _fail("data.hflip", f"mirrors face images: it needs data.task face, got {cfg.data.task!r}")
 
 
 def _check_sparse(cfg: Any) -> None:

@@ -23,6 +23,9 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--average-last", type=int, default=1, metavar="N",
                    help="with --run: encode with the mean weights of the run's last N checkpoints (default 1: the "
                         "newest only; the run must keep N, see train.keep_last)")
+    p.add_argument("--flip-test", action="store_true",
+                   help="with --run, face: each embedding is the sum of the image's and its mirror's (insightface's "
+                        "flip test)")
     p.add_argument("--bf16", action="store_true",
                    help="with --run: bf16 autocast for the encoder (embeddings are written as float32)")
     add_export_args(p)
@@ -42,7 +45,8 @@ def run_export_cli(args: argparse.Namespace) -> int:
 
     if not getattr(args, "run", None) and not getattr(args, "embeddings", None):
         raise FileNotFoundError("export-index needs --run RUN_DIR or --embeddings FILES")
-    for flag, given in (("--data", getattr(args, "data", None)), ("--average-last", args.average_last > 1)):
+    for flag, given in (("--data", getattr(args, "data", None)), ("--average-last", args.average_last > 1),
+                        ("--flip-test", args.flip_test)):
         if given and (not getattr(args, "run", None) or args.head):
             from xclass.config_types import ConfigError
 
@@ -61,5 +65,5 @@ def run_export_cli(args: argparse.Namespace) -> int:
         else:
             args.embeddings = [embed_split(args.run, args.split, emb, batch_rows=args.encode_batch_rows,
                                            data_path=args.data, device=encode_device(args.gpu), bf16=args.bf16,
-                                           average_last=args.average_last)]
+                                           average_last=args.average_last, flip_test=args.flip_test)]
     return int(run_export(args) or 0)

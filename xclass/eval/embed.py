@@ -24,6 +24,8 @@ from xclass.config import RunConfig, load_config
 from xclass.eval.io import write_parquet_atomic
 from xclass.parallel import ParallelContext
 from xclass.train import checkpoint as ckpt
+from xclass.config_types import ConfigError
+from xclass.data.augment import mirrored
 from xclass.data.meta import check_same_inputs, load_meta, split_files
 from xclass.train.setup import make_head
 
@@ -114,7 +116,8 @@ def dataset_meta(cfg: RunConfig, data_path: Optional[str]) -> Dict[str, Any]:
 
 def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
                 data_path: Optional[str] = None, frame_budget: int = 1 << 18,
-                device: Optional[torch.device] = None, bf16: bool = False, average_last: int = 1) -> str:
+                device: Optional[torch.device] = None, bf16: bool = False, average_last: int = 1,
+                flip_test: bool = False) -> str:
     """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
     ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
     encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
@@ -122,8 +125,11 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     ``device``: where the encoder runs (batches are decoded ahead on a background thread and
     copied there); ``bf16``: bf16 autocast around the encoder. ``data_path``: a dataset other than
     the run's (same task and inputs, :func:`dataset_meta`), e.g. a benchmark test set.
-    ``average_last``: encode with the mean of the last N checkpoints (:func:`load_encoder`)."""
+    ``average_last``: encode with the mean of the last N checkpoints (:func:`load_encoder`).
+    ``flip_test`` (face): each embedding is the sum of the image's and its mirror's."""
     cfg = load_run(run_dir)
+    if flip_test and cfg.data.task != "face":
+        raise ConfigError(f"--flip-test mirrors face images; the run's task is {cfg.data.task!r}")
     meta = dataset_meta(cfg, data_path)
     data_path = data_path or cfg.data.path
     device = torch.device(device or "cpu")
@@ -146,7 +152,8 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     with torch.no_grad():
         for inputs, (batch_ids, batch_labels) in prefetch(reader, decode, 2, device):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                embs.append(encode_batch(enc, inputs, frame_budget))
+                e = encode_batch(enc, inputs, frame_budget)
+                embs.append(e + encode_batch(enc, mirrored(inputs), frame_budget) if flip_test else e)
             ids.append(batch_ids)
             labels.append(batch_labels)
             n += len(ids[-1])

@@ -94,7 +94,7 @@ def _finish(s: Setup, ctx: ParallelContext, runlog: RunLog, log: Any, run_dir: s
 def _micro_step(s: Setup, inputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
     """Forward and backward of one micro-batch already on the run's device; returns the head's
     output (``loss`` and ``metrics`` stay device tensors: no host sync here)."""
-    emb = s.engine(inputs)
+    emb = s.engine(s.augment(inputs))
     out = s.head(emb, labels)
     s.engine.backward(out.loss)
     return out

@@ -21,6 +21,7 @@ from xclass.parallel import ParallelContext
 from xclass.heads.base import HEADS, head_lr, set_lr
 from xclass.heads.partition import class_range
 from xclass.train import checkpoint as ckpt
+from xclass.data.augment import make_augment
 from xclass.train.engine import build_engine
 from xclass.train.report import get_logger
 from xclass.train.schedule import schedule_warning
@@ -42,6 +43,7 @@ class Setup:
     head_peak_lr: float
     uses_deepspeed: bool
     device: torch.device = torch.device("cpu")
+    augment: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]] = lambda inputs: inputs
 
     def set_head_lr(self, lr: float) -> None:
         set_lr(self.head_opt, lr)
@@ -95,7 +97,7 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     decode = components.make_decoder(cfg.data.task, meta, cfg.model)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
-                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device)
+                 head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device, make_augment(cfg.data))
 
 
 def _preflight(cfg: RunConfig, meta: Dict[str, Any], num_classes: int, files: List[str],
