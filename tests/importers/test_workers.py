@@ -62,3 +62,33 @@ def test_audio_with_two_workers_equal_one(tmp_path):
         import_audio(str(tmp_path / "a"), str(tmp_path / f"o{w}"), sample_rate=16000, n_mels=20, test_classes=2,
                      num_trials=6, show_progress=False, workers=w)
     assert _tables(tmp_path / "o1") == _tables(tmp_path / "o2")
+
+
+def _flow_csv(path, n, bad_row=None):
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        f.write("APP,PPI,DST_PORT\n")
+        for i in range(n):
+            k = int(rng.integers(3, 12))
+            dirs = rng.choice([1, -1], k).tolist()
+            if i == bad_row:
+                dirs[0] = 3
+            ppi = [[0] + rng.integers(0, 90, k - 1).tolist(), dirs, rng.integers(40, 1500, k).tolist()]
+            f.write(f'app{int(rng.integers(0, 6))},"{ppi}",{443 if i % 3 else 53}\n')
+
+
+def test_flows_with_two_workers_equal_one(tmp_path):
+    """Record batches (8,192 rows) converted in 2 processes: 20,000 rows, 3 batches, the same dataset;
+    a bad row in the last batch stops the import naming its file and row."""
+    from xclass.importers.flows import import_flows
+
+    _flow_csv(tmp_path / "f.csv", 20000)
+    for w in (1, 2):
+        import_flows([str(tmp_path / "f.csv")], str(tmp_path / f"o{w}"), label_column="APP", ppi_column="PPI",
+                     port_column="DST_PORT", test_classes=2, show_progress=False, workers=w)
+    assert _tables(tmp_path / "o1") == _tables(tmp_path / "o2")
+    _flow_csv(tmp_path / "bad.csv", 20000, bad_row=19000)
+    with pytest.raises(ImportError_, match=r"bad\.csv: row 19000: directions must be"):
+        import_flows([str(tmp_path / "bad.csv")], str(tmp_path / "o3"), label_column="APP", ppi_column="PPI",
+                     test_classes=2, show_progress=False, workers=2)
+    assert not os.path.exists(tmp_path / "o3")

@@ -95,6 +95,9 @@ def _add_flows(sub) -> None:
     p.add_argument("--input", nargs="+", required=True,
                    help="CSV (.csv, .csv.gz), JSON lines (.jsonl, .jsonl.gz, .ndjson) or Parquet files, or folders "
                         "read for such files at any depth")
+    p.add_argument("--workers", type=int, default=1,
+                   help="one row per flow: processes converting the rows (default 1; the dataset is the same for any "
+                        "number)")
     p.add_argument("--label-column", default="label", help="class column (per flow, or on every packet row)")
     g = p.add_argument_group("one row per flow")
     g.add_argument("--ppi-column", default=None, help="column with [[iat_ms], [dir], [size]] (CESNET 'PPI')")
@@ -233,7 +236,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
                         time_unit=a.time_unit, size_column=a.size_column, direction_column=a.direction_column,
                         src_column=a.src_column, bidirectional=a.bidirectional, num_packets=a.num_packets, test_classes=a.test_classes,
                         test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite, show_progress=show,
-                        port_column=a.port_column, proto_column=a.proto_column, max_flows=a.max_flows)
+                        port_column=a.port_column, proto_column=a.proto_column, max_flows=a.max_flows,
+                        workers=a.workers)
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 from collections import Counter
+from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +39,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from xclass.importers.common import ImportError_, ip_proto
-from xclass.importers.inputs import expand_inputs, first_positions
+from xclass.importers.inputs import decode_in_order, expand_inputs, first_positions
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)
@@ -186,7 +187,7 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
                  src_column: Optional[str] = None, bidirectional: Optional[str] = None, num_packets: int = 30,
                  test_classes: int = 0, seed: int = 0, test_fraction: float = 0.0,
                  overwrite: bool = False, show_progress: bool = True, port_column: Optional[str] = None,
-                 proto_column: Optional[str] = None, max_flows: int = 0) -> Dict:
+                 proto_column: Optional[str] = None, max_flows: int = 0, workers: int = 1) -> Dict:
     """Import flow files into ``out`` (train.parquet, test.parquet + gallery_query.parquet when
     ``test_classes`` > 0 or ``test_fraction`` > 0, meta.json). One row per flow (two passes: class
     names, then rows), or one row per packet when ``flow_id_column`` is given (one pass, then the
@@ -195,7 +196,8 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
     ``port_column`` / ``proto_column`` (one row per flow): the flow's service port and IP
     protocol (6/tcp, 17/udp), stored as ``server_port`` / ``ip_proto`` (e.g. CESNET's DST_PORT
     and PROTOCOL). ``max_flows`` > 0: at most that many flows per class (a seeded sample spread
-    over the input, taken before the split)."""
+    over the input, taken before the split). ``workers``: one row per flow, record batches
+    converted in that many processes (the dataset is the same)."""
     inputs = expand_inputs(inputs, FLOW_SUFFIXES, "flow")
     if not 0.0 <= test_fraction < 1.0:
         raise ImportError_(f"--test-fraction must be in [0, 1), got {test_fraction}")
@@ -221,26 +223,36 @@ def import_flows(inputs: Sequence[str], out: str, *, label_column: str = "label"
         raise ImportError_("give --ppi-column, or all of --sizes-column, --dirs-column, --iat-column")
     smap = parse_stats_map(stats_map)
     read = lambda: _flow_rows(inputs, label_column, ppi_column, [sizes_column, dirs_column, iat_column],  # noqa: E731
-                              smap, num_packets, show_progress, (port_column, proto_column))
+                              smap, num_packets, show_progress, (port_column, proto_column), workers)
     return write_flows(out, read, source, num_packets, test_classes, seed, overwrite, test_fraction, max_flows=max_flows)
 
 
 def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[str], list_columns: List[str],
                smap: Dict[str, str], n: int, show_progress: bool,
-               port_cols: Tuple[Optional[str], Optional[str]] = (None, None)) -> Rows:
+               port_cols: Tuple[Optional[str], Optional[str]] = (None, None), workers: int = 1) -> Rows:
     """One row per flow: flows per class name (first pass), then ``(class, packets)`` per row (second
-    pass); a row's ``source`` is its file's position in ``inputs``."""
+    pass, record batches converted in ``workers`` processes, rows in file order); a row's
+    ``source`` is its file's position in ``inputs``."""
     from tqdm import tqdm
 
     pkt_cols = [ppi_column] if ppi_column else list_columns
     counts = Counter(str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column]))
     extra = [c for c in port_cols if c]
-    rows = tqdm(FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]), desc="import flows",
-                unit="flows", disable=not show_progress)
-    index = first_positions(inputs)
-    return dict(counts), ((str(rec[label_column]), _packets(rec, path, row, ppi_column, pkt_cols, n, smap, port_cols,
-                                                            index[path]))
-                          for rec, path, row in rows)
+    convert = partial(_batch_flows, label_column=label_column, ppi_column=ppi_column, pkt_cols=pkt_cols, n=n,
+                      smap=smap, port_cols=port_cols, index=first_positions(inputs))
+    batches = FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]).batches()
+    rows = (r for part in decode_in_order(convert, batches, workers, chunksize=1) for r in part)
+    return dict(counts), iter(tqdm(rows, desc="import flows", unit="flows", disable=not show_progress))
+
+
+def _batch_flows(job: Tuple[pa.RecordBatch, str, int], *, label_column: str, ppi_column: Optional[str],
+                 pkt_cols: List[str], n: int, smap: Dict[str, str], port_cols: Tuple[Optional[str], Optional[str]],
+                 index: Dict[str, int]) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+    """``(class, packets)`` of every row of one record batch (``job``: batch, file, first row)."""
+    batch, path, row = job
+    return [(str(rec[label_column]), _packets(rec, path, row + i, ppi_column, pkt_cols, n, smap, port_cols,
+                                              index[path]))
+            for i, rec in enumerate(batch.to_pylist())]
 
 
 def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: str, row: int) -> Tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from itertools import islice
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 from xclass.data.schema import DataError
@@ -95,4 +96,9 @@ def decode_in_order(fn: Callable[[Any], Any], args: Iterable[Any], workers: int 
             else:
                 os.environ[k] = v
     with pool:
-        yield from pool.imap(_decode, args, chunksize)
+        todo = iter(args)
+        while True:       # a window at a time: imap alone would read every input ahead into its queue
+            window = list(islice(todo, 4 * workers * chunksize))
+            if not window:
+                return
+            yield from pool.imap(_decode, window, chunksize)
