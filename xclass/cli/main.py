@@ -1,4 +1,4 @@
-"""``xclass`` command line: make-data, train, export-index, evaluate, demo.
+"""``xclass`` command line: make-data, train, export-index, export-model, evaluate, demo.
 
 Thin: parses arguments, loads the config, calls the library. Heavy imports happen inside
 each subcommand so ``xclass --help`` is fast.
@@ -68,6 +68,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # [B, 3 C, T]); glibc maps and page-faults each of them afresh (xclass/perf.py).
     tune_malloc()
     return int(run_export_cli(args) or 0)
+
+
+def _add_export_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="trained run directory")
+    p.add_argument("--out", required=True, help="ONNX file to write (OUT.json beside it describes the inputs)")
+    p.add_argument("--data", default=None, help="dataset whose rows serve as the example and check batches "
+                                                "(default: the run's own)")
+    p.add_argument("--average-last", type=int, default=1, metavar="N",
+                   help="export the mean weights of the run's last N checkpoints (default 1: the newest)")
+    p.add_argument("--rows", type=int, default=8, help="rows of the example batch (default 8)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest onnxruntime - torch difference accepted, relative to the largest embedding value")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from xclass.config_types import ConfigError
+    from xclass.eval.onnx_export import export_model
+
+    for name in ("average_last", "rows"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.tolerance > 0:
+        raise ConfigError(f"--tolerance must be > 0, got {args.tolerance}")
+    spec = export_model(args.run, args.out, data_path=args.data, average_last=args.average_last, rows=args.rows,
+                        tol=args.tolerance, overwrite=args.overwrite)
+    print(f"wrote {args.out} ({spec['encoder']}, inputs {', '.join(i['name'] for i in spec['inputs'])}; "
+          f"onnxruntime within {spec['max_abs_diff']:.2g} of torch) and {args.out}.json")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -146,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
              "embed items/labels from a run and write a FAISS index",
              "Encode a split with a trained run (or take an embedding Parquet) and write embeddings + "
              "a FAISS index with an id map.")
+    _command(sub, "export-model", _add_export_model_args, _cmd_export_model,
+             "write a run's encoder as an ONNX model (checked with onnxruntime)",
+             "Export the encoder of a trained run to ONNX (dynamic batch and length axes) with a JSON "
+             "description of its inputs; the file is run with onnxruntime and compared with the encoder.")
     from xclass.eval.split import add_split_args, run_split
 
     _command(sub, "split-gallery", add_split_args, run_split,

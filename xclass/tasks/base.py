@@ -87,6 +87,8 @@ class Task:
     demo_args: the ``make-data`` arguments of the demo dataset (small: minutes on 2 CPU cores);
     importers: the ``xclass import`` kinds that write this task's schema;
     decoder: the ``DECODERS`` key of its decoder when it reuses another task's (default: name);
+    sequence_inputs: decoded inputs whose axis 1 is a length that varies between batches (speaker
+    frames, XMC tokens): dynamic in an exported ONNX model;
     input_keys: dotted keys of meta.json ``inputs`` that a trained encoder depends on (image
     size, filterbank bins, ...): a run encodes another dataset (``export-index --data``) only
     when the dataset agrees with the run's training data on each key the latter has;
@@ -105,6 +107,7 @@ class Task:
     side_tables: Tuple[Tuple[str, Table], ...] = ()
     decoder: str = ""
     input_keys: Tuple[str, ...] = ()
+    sequence_inputs: Tuple[str, ...] = ()
 
     @property
     def configs(self) -> str:

@@ -17,4 +17,5 @@ SPEAKER = register_task(Task(
                "--opt", "max_frames=80", "--opt", "min_frames=40"),
     importers=("audio",),
     input_keys=("fbank.n_mels", "fbank.sample_rate"),
+    sequence_inputs=("fbank",),
 ))

@@ -22,4 +22,5 @@ XMC = register_task(Task(
     demo_args=("--num-classes", "2000", "--num-rows", "20000", "--num-test-rows", "2000"),
     importers=("wordnet", "xc", "text"),
     input_keys=("tokens.vocab_size", "tokens.pad_id"),
+    sequence_inputs=("tokens", "token_weights", "input_ids", "attention_mask"),
 ))
