@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import wave
+from contextlib import closing
 from functools import partial
 from math import gcd
 from typing import Dict, List, Optional, Tuple
@@ -162,15 +163,15 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, speaker_schema(n_mels), _to_arrow, chunk_rows=128)
         row, frames, row_of = 0, [], {}
-        fbanks = decode_in_order(partial(utterance_fbank, sample_rate=sample_rate, n_mels=n_mels),
-                                 [it.path for it in items], workers)
-        for k, (it, fb) in enumerate(progress(zip(items, fbanks), len(items), "import audio", show_progress)):
-            row_of[k] = row
-            # held-out (test) utterances are kept whole: trials score complete recordings
-            for c in (chunks(fb, max_frames, segments) if it.split == "train" else [fb]):
-                w.add(it.split, {"id": row, "label": it.label, "fbank": c})
-                frames.append(c.shape[0])
-                row += 1
+        with closing(decode_in_order(partial(utterance_fbank, sample_rate=sample_rate, n_mels=n_mels),
+                                     [it.path for it in items], workers)) as fbanks:   # the pool ends here
+            for k, (it, fb) in enumerate(progress(zip(items, fbanks), len(items), "import audio", show_progress)):
+                row_of[k] = row
+                # held-out (test) utterances are kept whole: trials score complete recordings
+                for c in (chunks(fb, max_frames, segments) if it.split == "train" else [fb]):
+                    w.add(it.split, {"id": row, "label": it.label, "fbank": c})
+                    frames.append(c.shape[0])
+                    row += 1
         inputs = {"fbank": {"n_mels": n_mels, "layout": "frame-major [T, n_mels] flattened",
                             "min_frames": int(min(frames)), "max_frames": int(max(frames)),
                             "sample_rate": sample_rate, "win_ms": 25.0, "hop_ms": 10.0}}

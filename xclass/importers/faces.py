@@ -14,6 +14,7 @@ order of precedence (:mod:`xclass.importers.face_align`):
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import Dict, List, Optional
@@ -126,9 +127,10 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, face_schema(size, geo.channels), _to_arrow)
-        images = decode_in_order(partial(load_face, size=size, geo=geo), [it.path for it in items], workers)
-        for i, (it, image) in enumerate(progress(zip(items, images), len(items), "import faces", show_progress)):
-            w.add(it.split, {"id": i, "label": it.label, "image": image})
+        with closing(decode_in_order(partial(load_face, size=size, geo=geo), [it.path for it in items],
+                                     workers)) as images:          # closing: the worker pool ends here
+            for i, (it, image) in enumerate(progress(zip(items, images), len(items), "import faces", show_progress)):
+                w.add(it.split, {"id": i, "label": it.label, "image": image})
         inputs = {"image": {"height": size, "width": size, "channels": geo.channels, "dtype": "uint8",
                             "layout": "HWC", "alignment": _alignment(geo)}}
         source = {"importer": "faces", "root": os.path.abspath(root), "files": len(items),

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from contextlib import closing
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -166,23 +167,24 @@ def labelled_flows(captures: Sequence[str], *, labels: Optional[str] = None, ndp
     bad: List[str] = []
     read = partial(read_capture, num_packets=num_packets, idle_timeout=idle_timeout, ndpi=ndpi,
                    ndpi_level=ndpi_level, skip_bad=skip_bad)
-    for path, (flows, stats, nd, error) in zip(captures, decode_in_order(read, captures, workers, chunksize=1)):
-        if error:
-            bad.append(error)
-            continue
-        counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
-        base = os.path.basename(path)
-        for fl in flows:
-            fl.capture = path
-            key = flow_key(fl.proto, fl.client, fl.server)
-            name = (fl.sni if sni else nd.get(key) if ndpi
-                    else table.get((base, key), table.get(("", key))))
-            if name is None:
-                counts["unlabelled_flows"] += 1
-            elif fl.n < min_packets:
-                counts["short_flows"] += 1
-            else:
-                out.append((name, fl))
+    with closing(decode_in_order(read, captures, workers, chunksize=1)) as results:   # the pool ends here
+        for path, (flows, stats, nd, error) in zip(captures, results):
+            if error:
+                bad.append(error)
+                continue
+            counts.update(packets=stats.get("packets", 0), skipped_packets=stats.get("skipped", 0), flows=len(flows))
+            base = os.path.basename(path)
+            for fl in flows:
+                fl.capture = path
+                key = flow_key(fl.proto, fl.client, fl.server)
+                name = (fl.sni if sni else nd.get(key) if ndpi
+                        else table.get((base, key), table.get(("", key))))
+                if name is None:
+                    counts["unlabelled_flows"] += 1
+                elif fl.n < min_packets:
+                    counts["short_flows"] += 1
+                else:
+                    out.append((name, fl))
     per = Counter(n for n, _ in out)
     rare = {n for n, c in per.items() if c < min_flows}
     counts["rare_label_flows"] = sum(per[n] for n in rare)
