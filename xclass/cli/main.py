@@ -77,7 +77,7 @@ def _add_export_model_args(p: argparse.ArgumentParser) -> None:
                                                 "(default: the run's own)")
     p.add_argument("--average-last", type=int, default=1, metavar="N",
                    help="export the mean weights of the run's last N checkpoints (default 1: the newest)")
-    p.add_argument("--rows", type=int, default=8, help="rows of the example batch (default 8)")
+    p.add_argument("--rows", type=int, default=8, help="rows of the example batch (default 8, at least 2)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest onnxruntime - torch difference accepted, relative to the largest embedding value")
     p.add_argument("--overwrite", action="store_true")
@@ -87,9 +87,9 @@ def _cmd_export_model(args: argparse.Namespace) -> int:
     from xclass.config_types import ConfigError
     from xclass.eval.onnx_export import export_model
 
-    for name in ("average_last", "rows"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name, low in (("average_last", 1), ("rows", 2)):   # a batch of 1 would fix the batch axis at 1
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not args.tolerance > 0:
         raise ConfigError(f"--tolerance must be > 0, got {args.tolerance}")
     spec = export_model(args.run, args.out, data_path=args.data, average_last=args.average_last, rows=args.rows,

@@ -56,7 +56,7 @@ def _batches(cfg: Any, meta: Dict[str, Any], data_path: str, rows: int) -> List[
     except FileNotFoundError:
         files = split_files(data_path, "train")
     out = []
-    for size in (rows, max(1, rows - 3)):
+    for size in (rows, max(2, rows - 3)):
         reader = ParquetReader(files, components.input_columns(cfg.data.task, cfg.model.encoder, meta), rank=0,
                                world_size=1, batch_rows=size, seed=len(out), shuffle=bool(out))
         reader.set_epoch(0)
