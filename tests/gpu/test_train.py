@@ -117,6 +117,33 @@ def test_steady_step_has_no_host_sync(device, tmp_path, monkeypatch, extra):
     assert np.isfinite(losses(cfg.train.out_dir)).all()
 
 
+def test_hflip_steady_step_has_no_host_sync(device, tiny_data, tmp_path, monkeypatch):
+    """data.hflip draws its mask on the run's device inside the step: still no host sync."""
+    from xclass import components
+    from xclass.config import load_config
+    from xclass.train.loop import train
+
+    windows = []
+    make_reader = components.make_reader
+
+    def wrapped(*a, **kw):
+        windows.append(_SyncWindow(make_reader(*a, **kw), device, on=4, off=10))
+        return windows[-1]
+
+    monkeypatch.setattr(components, "make_reader", wrapped)
+    gpu = ["cluster.use_gpu=true"] if device.type == "cuda" else []
+    cfg = load_config("configs/face/cpu.yaml", [f"data.path={tiny_data}", f"train.out_dir={tmp_path / 'run'}",
+                                                "train.max_steps=12", "train.log_every=100", "data.prefetch=0",
+                                                "train.progress=false", "data.hflip=0.5", "data.batch_size=32", *gpu])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train(cfg, device_ctx(device))
+    bad = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+                  and not _allowed_sync(w.filename, w.lineno)})
+    assert not bad, f"host syncs in steady steps: {bad}"
+    assert out["step"] == 12 and windows and windows[0].steady == 6
+
+
 # ---- xclass train --gpu vs the CPU ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
