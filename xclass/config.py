@@ -51,6 +51,12 @@ class DataConfig:
     """Batches read and decoded ahead on a background thread (0 = synchronous, at most 64)."""
     hflip: float = 0.0
     """Training only, face data: probability that an image is mirrored left-right (arcface_torch uses 0.5; 0 = off)."""
+    spec_mask: float = 0.0
+    """Training only, speaker data: probability that a row's filterbank gets one time and one frequency mask (SpecAugment as WeSpeaker applies it, 0.6 there; 0 = off)."""
+    spec_mask_frames: int = 10
+    """With spec_mask: the time mask's width is drawn from 0..spec_mask_frames frames."""
+    spec_mask_bins: int = 8
+    """With spec_mask: the frequency mask's width is drawn from 0..spec_mask_bins mel bins."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.prefetch <= 64:

@@ -16,6 +16,7 @@ _FLAGS = {"cluster.workers": " (--workers)", "cluster.address": " (--address)"}
 #: (key, minimum, maximum or None); the value must lie in [min, max]
 _INT_RANGES = [
     ("data.batch_size", 1, None), ("data.num_classes", 0, None), ("model.embedding_dim", 1, None),
+    ("data.spec_mask_frames", 0, None), ("data.spec_mask_bins", 0, None),
     ("optim.warmup_steps", 0, None), ("train.epochs", 0, None), ("train.max_steps", 0, None),
     ("train.log_every", 1, None), ("train.checkpoint_every", 0, None), ("train.keep_last", 0, None),
     ("train.grad_accum", 1, None), ("train.max_nonfinite_steps", 1, None), ("eval.batch_size", 1, None),
@@ -25,7 +26,7 @@ _FLOAT_RANGES = [
     ("optim.lr", 0.0, None), ("optim.momentum", 0.0, 1.0), ("optim.weight_decay", 0.0, None),
     ("optim.head_lr", 0.0, None), ("optim.grad_clip", 0.0, None), ("head.sample_rate", 0.0, 1.0),
     ("head.label_smoothing", 0.0, 1.0), ("eval.propensity_a", 0.0, None), ("eval.propensity_b", 0.0, None),
-    ("data.balance_power", 0.0, 1.0), ("data.hflip", 0.0, 1.0),
+    ("data.balance_power", 0.0, 1.0), ("data.hflip", 0.0, 1.0), ("data.spec_mask", 0.0, 1.0),
 ]
 _CHOICES = [
     ("data.task", TASKS), ("data.shard_mode", ("rows", "global_batch")),
@@ -87,6 +88,8 @@ def check_ranges(cfg: Any) -> None:
     _check_sparse(cfg)
     if cfg.data.hflip > 0 and cfg.data.task != "face":
         _fail("data.hflip", f"mirrors face images: it needs data.task face, got {cfg.data.task!r}")
+    if cfg.data.spec_mask > 0 and cfg.data.task != "speaker":
+        _fail("data.spec_mask", f"masks filterbanks: it needs data.task speaker, got {cfg.data.task!r}")
 
 
 def _check_sparse(cfg: Any) -> None:

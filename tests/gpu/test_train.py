@@ -117,11 +117,19 @@ def test_steady_step_has_no_host_sync(device, tmp_path, monkeypatch, extra):
     assert np.isfinite(losses(cfg.train.out_dir)).all()
 
 
-def test_hflip_steady_step_has_no_host_sync(device, tiny_data, tmp_path, monkeypatch):
-    """data.hflip draws its mask on the run's device inside the step: still no host sync."""
+@pytest.mark.parametrize("task", ["face", "speaker"])
+def test_augmented_steady_step_has_no_host_sync(device, tiny_data, tmp_path, monkeypatch, task):
+    """data.hflip (face) / data.spec_mask (speaker) draw their masks on the run's device inside the
+    step: still no host sync."""
     from xclass import components
     from xclass.config import load_config
+    from xclass.data import make_data
     from xclass.train.loop import train
+
+    data, extra = tiny_data, ["data.hflip=0.5"]
+    if task == "speaker":
+        data, extra = str(tmp_path / "speaker"), ["data.spec_mask=0.6"]
+        make_data("speaker", data, 40, rows_per_class=12, seed=0, progress=False, max_frames=60, min_frames=30)
 
     windows = []
     make_reader = components.make_reader
@@ -132,9 +140,9 @@ def test_hflip_steady_step_has_no_host_sync(device, tiny_data, tmp_path, monkeyp
 
     monkeypatch.setattr(components, "make_reader", wrapped)
     gpu = ["cluster.use_gpu=true"] if device.type == "cuda" else []
-    cfg = load_config("configs/face/cpu.yaml", [f"data.path={tiny_data}", f"train.out_dir={tmp_path / 'run'}",
-                                                "train.max_steps=12", "train.log_every=100", "data.prefetch=0",
-                                                "train.progress=false", "data.hflip=0.5", "data.batch_size=32", *gpu])
+    cfg = load_config(f"configs/{task}/cpu.yaml", [f"data.path={data}", f"train.out_dir={tmp_path / 'run'}",
+                                                   "train.max_steps=12", "train.log_every=100", "data.prefetch=0",
+                                                   "train.progress=false", "data.batch_size=32", *extra, *gpu])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = train(cfg, device_ctx(device))

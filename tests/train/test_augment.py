@@ -97,3 +97,55 @@ def test_export_flip_test_sums_the_image_and_its_mirror(tmp_path, capsys):
     save_config(load_config(None, ["data.task=quic", f"train.out_dir={quic}"]), os.path.join(quic, "config.yaml"))
     with pytest.raises(ConfigError, match="--flip-test mirrors face images"):
         embed_split(quic, "test", str(tmp_path / "e.parquet"), flip_test=True)
+
+
+def test_spec_mask_bands_by_hand():
+    """p=1: in each row exactly the cells of one time band (<= max frames, inside the valid frames)
+    and one mel band (<= max bins, valid frames only) take the row's mean over its valid frames;
+    everything else, padding included, is unchanged."""
+    from xclass.data.augment import spec_mask
+
+    torch.manual_seed(3)
+    b, t, f = 64, 30, 12
+    lengths = torch.randint(5, t + 1, (b,))
+    x = torch.randn(b, t, f)
+    x[torch.arange(t)[None] >= lengths[:, None]] = 0.0                      # padding
+    out = spec_mask({"fbank": x, "lengths": lengths}, 1.0, 6, 4)["fbank"]
+    for i in range(b):
+        n = int(lengths[i])
+        mean = x[i, :n].mean()
+        changed = out[i] != x[i]
+        assert torch.allclose(out[i][changed], mean.expand(int(changed.sum())), atol=1e-6) and not changed[n:].any()
+        rows, cols = changed[:n].all(1).nonzero().ravel(), changed[:n].all(0).nonzero().ravel()
+        assert len(rows) <= 6 and len(cols) <= 4
+        if len(rows):
+            assert rows.max() - rows.min() + 1 == len(rows)                  # one contiguous band
+        if len(cols):
+            assert cols.max() - cols.min() + 1 == len(cols)
+        band = torch.zeros(n, f, dtype=torch.bool)
+        band[rows] = True
+        band[:, cols] = True
+        assert torch.equal(changed[:n], band)                                 # and nothing outside them
+    assert torch.equal(spec_mask({"fbank": x, "lengths": lengths}, 0.0, 6, 4)["fbank"], x)
+    some = (spec_mask({"fbank": x, "lengths": lengths}, 0.5, 6, 4)["fbank"] != x).flatten(1).any(1).float().mean()
+    assert 0.25 < float(some) < 0.75
+
+
+def test_spec_mask_config_and_training(tmp_path):
+    from xclass.data.augment import make_augment
+
+    with pytest.raises(ConfigError, match="data.spec_mask.*data.task speaker"):
+        load_config(None, ["data.task=face", "data.spec_mask=0.5"])
+    with pytest.raises(ConfigError, match="data.spec_mask_frames"):
+        load_config(None, ["data.task=speaker", "data.spec_mask_frames=-1"])
+    cfg = load_config(None, ["data.task=speaker", "data.spec_mask=1.0", "data.spec_mask_frames=3",
+                             "data.spec_mask_bins=2"])
+    x = torch.randn(4, 20, 8)
+    out = make_augment(cfg.data)({"fbank": x, "lengths": torch.full((4,), 20)})["fbank"]
+    assert not torch.equal(out, x)
+    data, run = str(tmp_path / "d"), str(tmp_path / "run")
+    from xclass.tasks import get_task
+
+    assert xclass(["make-data", "--task", "speaker", *get_task("speaker").demo_args, "--out", data]) == 0
+    assert xclass(["train", "--config", "configs/speaker/cpu.yaml", f"data.path={data}", f"train.out_dir={run}",
+                   "train.progress=false", "train.max_steps=3", "data.spec_mask=0.6"]) == 0
