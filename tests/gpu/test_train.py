@@ -83,6 +83,29 @@ def _allowed_sync(filename: str, lineno: int) -> bool:
     return False
 
 
+def _train_watching_syncs(cfg, device, monkeypatch) -> None:
+    """Train ``cfg`` on ``device`` with steps 4-9 under sync debug mode; fail on any host sync
+    outside the allow-list."""
+    from xclass import components
+    from xclass.train.loop import train
+
+    windows = []
+    make_reader = components.make_reader
+
+    def wrapped(*a, **kw):
+        windows.append(_SyncWindow(make_reader(*a, **kw), device, on=4, off=10))
+        return windows[-1]
+
+    monkeypatch.setattr(components, "make_reader", wrapped)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train(cfg, device_ctx(device))
+    bad = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+                  and not _allowed_sync(w.filename, w.lineno)})
+    assert not bad, f"host syncs in steady steps: {bad}"
+    assert out["step"] == 12 and windows and windows[0].steady == 6
+
+
 @pytest.mark.parametrize("extra", [("head.margin=arcface", "optim.grad_clip=1.0"),
                                    ("head.sample_rate=0.5",),
                                    ("head.sample_rate=0.5", "train.grad_accum=2", "data.batch_size=12"),
@@ -92,28 +115,11 @@ def _allowed_sync(filename: str, lineno: int) -> bool:
                          ids=["arcface-clip", "partial-fc", "partial-fc-accum", "zloss-efficient", "angproto",
                               "margin-angproto"])
 def test_steady_step_has_no_host_sync(device, tmp_path, monkeypatch, extra):
-    from xclass import components
-    from xclass.train.loop import train
-
     data = write_features_data(str(tmp_path / "data"))
-    windows = []
-    make_reader = components.make_reader
-
-    def wrapped(*a, **kw):
-        windows.append(_SyncWindow(make_reader(*a, **kw), device, on=4, off=10))
-        return windows[-1]
-
-    monkeypatch.setattr(components, "make_reader", wrapped)
     gpu = ["cluster.use_gpu=true"] if device.type == "cuda" else []
     cfg = features_config(data, str(tmp_path / "run"), "train.max_steps=12", "train.log_every=100",
                           "data.prefetch=0", "data.shard_mode=rows", "train.progress=false", *gpu, *extra)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = train(cfg, device_ctx(device))
-    bad = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
-                  and not _allowed_sync(w.filename, w.lineno)})
-    assert not bad, f"host syncs in steady steps: {bad}"
-    assert out["step"] == 12 and windows and windows[0].steady == 6
+    _train_watching_syncs(cfg, device, monkeypatch)
     assert np.isfinite(losses(cfg.train.out_dir)).all()
 
 
@@ -121,35 +127,18 @@ def test_steady_step_has_no_host_sync(device, tmp_path, monkeypatch, extra):
 def test_augmented_steady_step_has_no_host_sync(device, tiny_data, tmp_path, monkeypatch, task):
     """data.hflip (face) / data.spec_mask (speaker) draw their masks on the run's device inside the
     step: still no host sync."""
-    from xclass import components
     from xclass.config import load_config
     from xclass.data import make_data
-    from xclass.train.loop import train
 
     data, extra = tiny_data, ["data.hflip=0.5"]
     if task == "speaker":
         data, extra = str(tmp_path / "speaker"), ["data.spec_mask=0.6"]
         make_data("speaker", data, 40, rows_per_class=12, seed=0, progress=False, max_frames=60, min_frames=30)
-
-    windows = []
-    make_reader = components.make_reader
-
-    def wrapped(*a, **kw):
-        windows.append(_SyncWindow(make_reader(*a, **kw), device, on=4, off=10))
-        return windows[-1]
-
-    monkeypatch.setattr(components, "make_reader", wrapped)
     gpu = ["cluster.use_gpu=true"] if device.type == "cuda" else []
     cfg = load_config(f"configs/{task}/cpu.yaml", [f"data.path={data}", f"train.out_dir={tmp_path / 'run'}",
                                                    "train.max_steps=12", "train.log_every=100", "data.prefetch=0",
                                                    "train.progress=false", "data.batch_size=32", *extra, *gpu])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = train(cfg, device_ctx(device))
-    bad = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
-                  and not _allowed_sync(w.filename, w.lineno)})
-    assert not bad, f"host syncs in steady steps: {bad}"
-    assert out["step"] == 12 and windows and windows[0].steady == 6
+    _train_watching_syncs(cfg, device, monkeypatch)
 
 
 # ---- xclass train --gpu vs the CPU ---------------------------------------------------------
