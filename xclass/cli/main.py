@@ -84,13 +84,16 @@ def _add_export_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export_model(args: argparse.Namespace) -> int:
+    from xclass.config_checks import below
     from xclass.config_types import ConfigError
     from xclass.eval.onnx_export import export_model
 
-    for name, low in (("average_last", 1), ("rows", 2)):   # a batch of 1 would fix the batch axis at 1
-        if getattr(args, name) < low:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
-    if not args.tolerance > 0:
+    # a batch of 1 would fix the batch axis at 1
+    for name, low in (("average_last", 1), ("rows", 2)):
+        why = below(getattr(args, name), low)
+        if why:
+            raise ConfigError(f"--{name.replace('_', '-')} {why}")
+    if not args.tolerance > 0:     # NaN too
         raise ConfigError(f"--tolerance must be > 0, got {args.tolerance}")
     spec = export_model(args.run, args.out, data_path=args.data, average_last=args.average_last, rows=args.rows,
                         tol=args.tolerance, overwrite=args.overwrite)

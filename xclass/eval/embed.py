@@ -77,11 +77,13 @@ def average_states(states: List[Dict[str, torch.Tensor]], paths: List[str]) -> D
     """The mean of encoder state dicts (oldest first): floating tensors averaged in float64 and
     cast back; other tensors (step counters) taken from the newest. States whose keys or shapes
     differ are refused naming the checkpoint."""
+    newest = states[-1]
+    for state, path in zip(states, paths):
+        odd = sorted(set(state) ^ set(newest)) or [k for k in newest if state[k].shape != newest[k].shape]
+        if odd:
+            raise ckpt.CheckpointError(f"{path}: its encoder differs from {paths[-1]} ({odd[0]}); cannot average")
     out: Dict[str, torch.Tensor] = {}
-    for key, last in states[-1].items():
-        for state, path in zip(states, paths):
-            if key not in state or state[key].shape != last.shape or len(state) != len(states[-1]):
-                raise ckpt.CheckpointError(f"{path}: its encoder differs from {paths[-1]} ({key}); cannot average")
+    for key, last in newest.items():
         if torch.is_floating_point(last):
             out[key] = (sum(s[key].double() for s in states) / len(states)).to(last.dtype)
         else:
