@@ -1,6 +1,8 @@
 """The README and docs/ stay true to the code: the two set-up commands come first, every CLI
 subcommand is in the README, the configuration reference is the generated one (so every key is
-documented), every config file and every docs page they name exists, and the README stays short."""
+documented), every config file and every docs page they name exists, every command line they show uses
+flags its command has, and the README stays short."""
+import argparse
 import glob
 import os
 import re
@@ -102,3 +104,67 @@ def test_section_links_exist():
             target = open(os.path.join(os.path.dirname(src), page)).read()
             anchors = {_slug(h) for h in re.findall(r"(?m)^#+ (.+)$", target)}
             assert anchor in anchors, (src, page, anchor)
+
+
+#: every place that shows commands: config comments, README, docs, tool docstrings
+COMMAND_SOURCES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)) + [
+    os.path.join(ROOT, "README.md"), *DOCS, *sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")))]
+FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
+
+
+def _command_text(path: str) -> str:
+    """The file with ``\\``-continued lines joined (a YAML comment's ``#`` dropped first)."""
+    text = open(path).read()
+    if path.endswith(".yaml"):
+        text = "\n".join(l.lstrip()[1:] for l in text.splitlines() if l.lstrip().startswith("#"))
+    return re.sub(r"\\\n\s*", " ", text)
+
+
+def _subparsers(parser):
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _subcommand(top, words):
+    """The parser of ``xclass WORDS`` (``["import", "flows"]``; a second word that is not a nested
+    subcommand is an argument), or None when the first word is no subcommand (prose)."""
+    parser = _subparsers(top).get(words[0])
+    if parser is not None and len(words) > 1:
+        parser = _subparsers(parser).get(words[1], parser)
+    return parser
+
+
+def test_xclass_commands_in_docs_use_existing_flags():
+    """Every ``--flag`` of an ``xclass SUBCOMMAND ...`` line in config comments, the README, docs/
+    and the tools' docstrings is an option of that subcommand (a renamed flag fails here)."""
+    top = build_parser()
+    bad, seen = [], 0
+    for path in COMMAND_SOURCES:
+        for m in re.finditer(r"(?:^|[\s`(])xclass ([a-z][\w-]*(?: [a-z][\w-]*)?)([^`|;#\n]*)", _command_text(path)):
+            parser = _subcommand(top, m.group(1).split())
+            if parser is None:  # prose ("xclass trains ...")
+                continue
+            seen += 1
+            opts = {o for a in parser._actions for o in a.option_strings}
+            bad += [(os.path.relpath(path, ROOT), m.group(1), f) for f in FLAG.findall(m.group(2)) if f not in opts]
+    assert seen > 150 and not bad, (seen, bad)
+
+
+def test_tool_commands_in_docs_use_existing_flags():
+    """The same for ``tools/X.py [SUB] ...``, ``python -m xclass.cli.xmc SUB ...`` and ``python -m
+    tests.tasks.pipeline ...`` lines, against each one's ``--help``."""
+    pattern = re.compile(r"(tools/\w+\.py(?: [a-z][\w-]*(?= ))?|-m xclass\.cli\.xmc(?: [\w-]+)?|"
+                         r"-m tests\.tasks\.pipeline)([^\n`;|]*)")
+    wanted = {}
+    for path in COMMAND_SOURCES:
+        for m in pattern.finditer(_command_text(path)):
+            for flag in FLAG.findall(m.group(2)):
+                wanted.setdefault(m.group(1), set()).add((flag, os.path.relpath(path, ROOT)))
+    bad = []
+    for command, flags in sorted(wanted.items()):
+        argv = command.split() if command.startswith("-m") else [os.path.join(ROOT, w) if i == 0 else w
+                                                                   for i, w in enumerate(command.split())]
+        r = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": ROOT})
+        bad += [(command, f, src) for f, src in sorted(flags)
+                if not re.search(r"(?<![\w-])" + re.escape(f) + r"(?![\w-])", r.stdout)]
+    assert len(wanted) > 15 and not bad, bad
