@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xclass.importers.common import ImportError_
-from xclass.importers.flows import FlowSource, Rows, finish_stats, pack
+from xclass.importers.flow_writer import finish_stats, pack
+from xclass.importers.flows import FlowSource, Rows
 from xclass.importers.packet_columns import (NUMBERS, ONE, PER_SECOND, UP, WORDS, CellAt, PacketColumns,
                                              canonical_key, first_true, numeric_column)
 

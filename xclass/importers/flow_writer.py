@@ -2,6 +2,7 @@
 ``gallery_query.parquet`` (shared by ``import flows`` and ``import pcap``)."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -14,6 +15,38 @@ from xclass.data.writer import PartWriter, atomic_dir, fixed_list, with_task_met
 from xclass.importers.common import ImportError_, RowSplit, split_info
 
 STATS = ("duration_s", "bytes_up", "bytes_down", "packets_up", "packets_down", "mean_size", "std_size", "mean_iat_ms")
+
+
+def finish_stats(n: int, n_up: int, bytes_up: float, bytes_down: float, size_sq: float, span_ms: float) -> np.ndarray:
+    """The 8 statistics (float32) from sums over ALL of a flow's ``n`` packets, for both input layouts:
+    ``n_up`` client -> server packets, bytes per direction, the sum of squared sizes, and ``span_ms``
+    = last - first packet time = the sum of the IATs of packets 1.. . With integer (Python int) sums
+    the variance ``(n * sq - total^2) / n^2`` is exact."""
+    tot = bytes_up + bytes_down
+    var = max(n * size_sq - tot * tot, 0) / (n * n)
+    return np.array([span_ms / 1000.0, bytes_up, bytes_down, n_up, n - n_up, tot / n, math.sqrt(var),
+                     span_ms / (n - 1) if n > 1 else 0.0], np.float32)
+
+
+def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarray:
+    """The 8 statistics (float32) of one flow's recorded packets (all packets, not padded)."""
+    s = np.asarray(sizes, np.float64)
+    if (s == np.round(s)).all():  # integer sizes: exact integer sums
+        s = s.astype(np.int64)
+    up = dirs > 0
+    return finish_stats(len(s), int(up.sum()), s[up].sum().item(), s[~up].sum().item(), (s * s).sum().item(),
+                        float(iat[1:].sum()))
+
+
+def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int,
+         port: int = 0, proto: int = 0, source: int = -1) -> Dict[str, np.ndarray]:
+    """One flow as the writer takes it: its first ``n`` packets, zero-padded, its statistics,
+    the server's port and IP protocol (0 = unknown) and its input file (``source``, an index
+    into the import's file list; -1 = unknown)."""
+    m = min(n, len(sizes))
+    pad = lambda a, dt: np.concatenate([np.asarray(a, np.float64)[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
+    return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
+            "num": np.int32(m), "stats": stats, "port": int(port), "proto": int(proto), "source": int(source)}
 
 
 def write_flows(out: str, read: Callable[[], tuple], source: Dict, n: int, test_classes: int, seed: int,

@@ -19,14 +19,12 @@ ONE ROW PER FLOW, as CESNET-QUIC22 publishes it:
 ONE ROW PER PACKET (``--flow-id-column`` given; see :mod:`xclass.importers.flow_packets`): packets
 grouped by flow id, ordered by ``--time-column``, with ``--size-column`` and a direction from
 ``--direction-column`` or ``--src-column``. The statistics are the same computation over ALL the
-flow's packets (:func:`finish_stats`), while only the first N are stored.
+flow's packets (:func:`~xclass.importers.flow_writer.finish_stats`), while only the first N are stored.
 
 The first ``num_packets`` (30) packets are kept, the rest of the row is zero-padded.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections import Counter
 from functools import partial
@@ -38,8 +36,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from xclass.importers.common import ImportError_, ip_proto
+from xclass.importers.common import ImportError_
 from xclass.importers.inputs import decode_in_order, expand_inputs, first_positions
+from xclass.importers.flow_rows import convert_batch
 from xclass.importers.flow_writer import STATS, write_flows
 
 Rows = Tuple[Dict[str, int], Iterator[Tuple[str, Dict[str, np.ndarray]]]]  # (flows per class, (class, packets) per flow)
@@ -56,49 +55,6 @@ def parse_stats_map(text: Optional[str]) -> Dict[str, str]:
             raise ImportError_(f"--stats-map: unknown statistic {k!r} (known: {', '.join(STATS)})")
         out[k] = v
     return out
-
-
-def finish_stats(n: int, n_up: int, bytes_up: float, bytes_down: float, size_sq: float, span_ms: float) -> np.ndarray:
-    """The 8 statistics (float32) from sums over ALL of a flow's ``n`` packets, for both input layouts:
-    ``n_up`` client -> server packets, bytes per direction, the sum of squared sizes, and ``span_ms``
-    = last - first packet time = the sum of the IATs of packets 1.. . With integer (Python int) sums
-    the variance ``(n * sq - total^2) / n^2`` is exact."""
-    tot = bytes_up + bytes_down
-    var = max(n * size_sq - tot * tot, 0) / (n * n)
-    return np.array([span_ms / 1000.0, bytes_up, bytes_down, n_up, n - n_up, tot / n, math.sqrt(var),
-                     span_ms / (n - 1) if n > 1 else 0.0], np.float32)
-
-
-def flow_stats(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray) -> np.ndarray:
-    """The 8 statistics (float32) of one flow's recorded packets (all packets, not padded)."""
-    s = np.asarray(sizes, np.float64)
-    if (s == np.round(s)).all():  # integer sizes: exact integer sums
-        s = s.astype(np.int64)
-    up = dirs > 0
-    return finish_stats(len(s), int(up.sum()), s[up].sum().item(), s[~up].sum().item(), (s * s).sum().item(),
-                        float(iat[1:].sum()))
-
-
-def pack(sizes: np.ndarray, dirs: np.ndarray, iat: np.ndarray, stats: np.ndarray, n: int,
-         port: int = 0, proto: int = 0, source: int = -1) -> Dict[str, np.ndarray]:
-    """One flow as the writer takes it: its first ``n`` packets, zero-padded, its statistics,
-    the server's port and IP protocol (0 = unknown) and its input file (``source``, an index
-    into the import's file list; -1 = unknown)."""
-    m = min(n, len(sizes))
-    pad = lambda a, dt: np.concatenate([np.asarray(a, np.float64)[:m], np.zeros(n - m)]).astype(dt)  # noqa: E731
-    return {"sizes": pad(sizes, np.int16), "dirs": pad(dirs, np.int8), "iat": pad(iat, np.float32),
-            "num": np.int32(m), "stats": stats, "port": int(port), "proto": int(proto), "source": int(source)}
-
-
-def _as_list(v: Any, where: str) -> List[Any]:
-    if isinstance(v, str):
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError as exc:
-            raise ImportError_(f"{where}: not a JSON list ({exc})") from None
-    if not isinstance(v, (list, tuple, np.ndarray)):
-        raise ImportError_(f"{where}: expected a list, got {type(v).__name__}")
-    return list(v)
 
 
 JSON_LINES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -238,69 +194,10 @@ def _flow_rows(inputs: Sequence[str], label_column: str, ppi_column: Optional[st
     pkt_cols = [ppi_column] if ppi_column else list_columns
     counts = Counter(str(r[label_column]) for r, _, _ in FlowSource(inputs, [label_column]))
     extra = [c for c in port_cols if c]
-    convert = partial(_batch_flows, label_column=label_column, ppi_column=ppi_column, pkt_cols=pkt_cols, n=n,
+    convert = partial(convert_batch, label_column=label_column, ppi_column=ppi_column, pkt_cols=pkt_cols, n=n,
                       smap=smap, port_cols=port_cols, index=first_positions(inputs))
     batches = FlowSource(inputs, [label_column, *pkt_cols, *smap.values(), *extra]).batches()
     rows = (r for part in decode_in_order(convert, batches, workers, chunksize=1) for r in part)
     return dict(counts), iter(tqdm(rows, desc="import flows", unit="flows", disable=not show_progress))
 
 
-def _batch_flows(job: Tuple[pa.RecordBatch, str, int], *, label_column: str, ppi_column: Optional[str],
-                 pkt_cols: List[str], n: int, smap: Dict[str, str], port_cols: Tuple[Optional[str], Optional[str]],
-                 index: Dict[str, int]) -> List[Tuple[str, Dict[str, np.ndarray]]]:
-    """``(class, packets)`` of every row of one record batch (``job``: batch, file, first row)."""
-    batch, path, row = job
-    return [(str(rec[label_column]), _packets(rec, path, row + i, ppi_column, pkt_cols, n, smap, port_cols,
-                                              index[path]))
-            for i, rec in enumerate(batch.to_pylist())]
-
-
-def _port(rec: Dict[str, Any], cols: Tuple[Optional[str], Optional[str]], path: str, row: int) -> Tuple[int, int]:
-    """(service port, IP protocol) of a flow row; 0 where no column was given."""
-    port = proto = 0
-    if cols[0]:
-        v = rec.get(cols[0])
-        try:
-            port = int(float(v))
-            ok = float(v) == port and 0 <= port <= 65535
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ImportError_(f"{path}: row {row}, column {cols[0]}: a port must be an integer in [0, 65535], "
-                               f"got {v!r}", file=path, row=row)
-    if cols[1]:
-        v = rec.get(cols[1])
-        v = int(v) if isinstance(v, float) and v.is_integer() else v  # a numeric Parquet/CSV column
-        proto = ip_proto(v, f"{path}: row {row}, column {cols[1]}", file=path, row=row)
-    return port, proto
-
-
-def _packets(rec: Dict[str, Any], path: str, row: int, ppi_column: Optional[str], cols: List[str],
-             n: int, smap: Dict[str, str],
-             port_cols: Tuple[Optional[str], Optional[str]] = (None, None), source: int = -1) -> Dict[str, np.ndarray]:
-    where = f"{path}: row {row}"
-    if ppi_column:
-        ppi = _as_list(rec[ppi_column], f"{where}, column {ppi_column}")
-        if len(ppi) != 3:
-            raise ImportError_(f"{where}, column {ppi_column}: expected [[iat], [dir], [size]], got {len(ppi)} lists",
-                               file=path, row=row)
-        iat, dirs, sizes = (np.asarray(_as_list(v, f"{where}, column {ppi_column}"), np.float64) for v in ppi)
-    else:
-        sizes, dirs, iat = (np.asarray(_as_list(rec[c], f"{where}, column {c}"), np.float64) for c in cols)
-    if not (len(sizes) == len(dirs) == len(iat)) or len(sizes) == 0:
-        raise ImportError_(f"{where}: packet lists must be non-empty and equally long "
-                           f"(sizes {len(sizes)}, dirs {len(dirs)}, iat {len(iat)})", file=path, row=row)
-    if not np.isin(dirs, (-1, 1)).all():
-        raise ImportError_(f"{where}: directions must be +1 / -1, got {sorted(set(dirs.tolist()))}", file=path, row=row)
-    if (sizes < 0).any() or (sizes > 32767).any() or (iat < 0).any() or not np.isfinite(iat).all():
-        raise ImportError_(f"{where}: packet sizes must be in [0, 32767] and IATs finite and >= 0", file=path, row=row)
-    iat = iat.copy()
-    iat[0] = 0.0
-    stats = flow_stats(sizes, dirs, iat)
-    for k, c in smap.items():
-        v = rec.get(c)
-        if v is None or not np.isfinite(float(v)):
-            raise ImportError_(f"{where}, column {c}: missing or non-finite flow statistic", file=path, row=row)
-        stats[STATS.index(k)] = float(v)
-    port, proto = _port(rec, port_cols, path, row)
-    return pack(sizes, dirs, iat, stats, n, port=port, proto=proto, source=source)

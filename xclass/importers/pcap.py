@@ -35,7 +35,7 @@ import numpy as np
 
 from xclass.importers.common import ImportError_, compile_option, ip_proto
 from xclass.importers.inputs import decode_in_order, expand_inputs, first_positions, text_lines
-from xclass.importers.flows import finish_stats, pack
+from xclass.importers.flow_writer import finish_stats, pack
 from xclass.importers.pcap_read import Flow, assemble_flows, open_capture, read_packets
 
 Key = Tuple[int, Tuple[bytes, int], Tuple[bytes, int]]
