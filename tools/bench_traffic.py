@@ -109,29 +109,46 @@ def knn_inputs(f: Dict[str, np.ndarray], scaler: Any) -> Dict[str, np.ndarray]:
     return {"knn_stats": st, "knn_stats_packets": np.c_[st, f["packets"]]}
 
 
+def _nearest(g: Dict, q: Dict, tags: List[str], embs: Dict[str, tuple]) -> tuple:
+    """1-NN of every kNN input (Euclidean; with tag "_port" within the query's port first) and
+    every embedding (cosine). ``g`` / ``q``: {"x": {input name: rows}, "label", "port_key"};
+    ``embs``: {method: (gallery embeddings, gallery labels, query embeddings)}. Returns
+    ({method: metrics}, {method: predicted labels})."""
+    res, preds = {}, {}
+    for tag in tags:  # "" (statistics), "_port" (statistics + port, when the data have ports)
+        groups = (g["port_key"], q["port_key"]) if tag else None
+        for name in g["x"]:
+            pred: List[np.ndarray] = []
+            res[name + tag] = nn1(g["x"][name], g["label"], q["x"][name], q["label"], False, groups, pred=pred)
+            preds[name + tag] = np.concatenate(pred)
+    for name, (g_emb, g_lab, q_emb) in embs.items():
+        pred = []
+        res[name] = nn1(g_emb, g_lab, q_emb, q["label"], True, pred=pred)
+        preds[name] = np.concatenate(pred)
+    return res, preds
+
+
+def _side(f: Dict, rows: np.ndarray, x: Dict[str, np.ndarray]) -> Dict:
+    """The rows ``rows`` of flow features ``f`` with their kNN inputs ``x`` (all rows of ``f``)."""
+    out = {"x": {k: v[rows] for k, v in x.items()}, "label": f["label"][rows]}
+    return {**out, "port_key": f["port_key"][rows]} if "port_key" in f else out
+
+
 def _closed_rows(meta: Dict, tr: Dict, te: Dict, closed: np.ndarray, scaler: Any, forests: Dict,
                  embs: Dict[str, Dict]) -> List[Dict]:
     """Closed set: test rows against the training rows (1-NN) and the forests' predictions; rows
     per method, then per method on the host-name / other subsets."""
-    q = te["label"][closed]
-    g_x, q_x = knn_inputs(tr, scaler), knn_inputs(te, scaler)
-    res, preds = {}, {}
-    for tag in forests:  # "" (statistics), "_port" (statistics + port, when the data have ports)
-        groups = (tr["port_key"], te["port_key"][closed]) if tag else None
-        for name in g_x:
-            pred: List[np.ndarray] = []
-            res[name + tag] = nn1(g_x[name], tr["label"], q_x[name][closed], q, False, groups, pred=pred)
-            preds[name + tag] = np.concatenate(pred)
+    every = np.ones(len(tr["label"]), bool)
+    g, q = _side(tr, every, knn_inputs(tr, scaler)), _side(te, closed, knn_inputs(te, scaler))
+    pos = lambda e: np.searchsorted(e["test"]["id"], te["id"][closed])  # noqa: E731
+    res, preds = _nearest(g, q, list(forests), {name: (e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos(e)])
+                                               for name, e in embs.items()})
+    for tag in forests:
         preds["random_forest" + tag] = forests[tag].predict(te["rf" + tag][closed])
-        res["random_forest" + tag] = {"accuracy": float((preds["random_forest" + tag] == q).mean())}
-    for name, e in embs.items():
-        pos = np.searchsorted(e["test"]["id"], te["id"][closed])
-        pred = []
-        res[name] = nn1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], q, True, pred=pred)
-        preds[name] = np.concatenate(pred)
+        res["random_forest" + tag] = {"accuracy": float((preds["random_forest" + tag] == q["label"]).mean())}
     rows = _rows("closed", res, int(closed.sum()))
     for name, p in preds.items():
-        rows += subset_rows(meta, name, p, q, protocol="closed")
+        rows += subset_rows(meta, name, p, q["label"], protocol="closed")
     return rows
 
 
@@ -140,26 +157,21 @@ def _open_rows(data: str, meta: Dict, te: Dict, opn: np.ndarray, scaler: Any, fo
     """Open set: the held-out labels' queries against their gallery (1-NN, forest proximity);
     the 1-NN of the embeddings and the kNN baselines also per subset (host-name labels, same-file
     gallery)."""
-    ids, lab = te["id"][opn], te["label"][opn]
+    idx = np.flatnonzero(opn)
+    ids, lab = te["id"][idx], te["label"][idx]
     isq = open_split(data, ids, lab)
-    g, q = ~isq, isq
-    same = same_file_gallery(lab[g], te["source"][opn][g], lab[q], te["source"][opn][q]) if "source" in te else None
-    x = {name: v[opn] for name, v in knn_inputs(te, scaler).items()}
-    res: Dict[str, Dict[str, float]] = {}
+    x = knn_inputs(te, scaler)
+    g, q = _side(te, idx[~isq], x), _side(te, idx[isq], x)
+    same = same_file_gallery(g["label"], te["source"][idx[~isq]], q["label"], te["source"][idx[isq]]) \
+        if "source" in te else None
+    em = {name: e["test"]["emb"][np.searchsorted(e["test"]["id"], ids)] for name, e in embs.items()}
+    res, preds = _nearest(g, q, list(forests), {name: (v[~isq], lab[~isq], v[isq]) for name, v in em.items()})
     rows: List[Dict] = []
+    for name, p in preds.items():
+        rows += subset_rows(meta, name, p, q["label"], same)
     for tag in forests:
-        groups = (te["port_key"][opn][g], te["port_key"][opn][q]) if tag else None
-        for name, v in x.items():
-            pred: List[np.ndarray] = []
-            res[name + tag] = nn1(v[g], lab[g], v[q], lab[q], False, groups, pred=pred)
-            rows += subset_rows(meta, name + tag, np.concatenate(pred), lab[q], same)
-        res["random_forest" + tag + "_proximity"] = proximity_nn1(forests[tag], te["rf" + tag][opn], lab, g, q)
-    for name, e in embs.items():
-        em = e["test"]["emb"][np.searchsorted(e["test"]["id"], ids)]
-        pred = []
-        res[name] = nn1(em[g], lab[g], em[q], lab[q], True, pred=pred)
-        rows += subset_rows(meta, name, np.concatenate(pred), lab[q], same)
-    return rows + _rows("open", res, int(q.sum()))
+        res["random_forest" + tag + "_proximity"] = proximity_nn1(forests[tag], te["rf" + tag][opn], lab, ~isq, isq)
+    return rows + _rows("open", res, int(isq.sum()))
 
 
 #: nDPI protocols whose flows it names by the application found in a host name of the payload
