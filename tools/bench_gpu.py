@@ -282,7 +282,7 @@ sys.modules.setdefault("bench_gpu", sys.modules[__name__])  # one module (and de
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gpu_recipe import bench_recipe  # noqa: E402  (face GPU recipe: harness vs xclass train)
 from bench_gpu_zloss import bench_zloss  # noqa: E402  (Z-loss efficient vs log-softmax)
-from bench_heads import head_params  # noqa: E402  (impl labels -> head.params, fused_update included)
+from heads_rank import head_params  # noqa: E402  (impl labels -> head.params, fused_update included)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
