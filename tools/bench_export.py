@@ -58,47 +58,53 @@ def run(out: str, rows: int, threads: int) -> None:
     print(json.dumps({"bench": "export_speaker", "max_abs_embedding_diff": diff}), flush=True)
 
 
+def _child(cmd, env) -> tuple:
+    """(wall, CPU seconds) of a subprocess."""
+    import resource
+    import subprocess
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def _cli_rows(run_dir: str, split: str, out: str, threads: int, base: dict) -> None:
+    """The whole ``export-index`` command (glibc malloc / heap setting, interleaved), then the
+    interpreter and imports alone."""
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    for malloc in ("system", "heap", "system", "heap"):  # before (glibc default) / after, interleaved
+        wall, cpu = _child([sys.executable, "-m", "xclass.cli", "export-index", "--run", run_dir, "--split", split,
+                            "--out", os.path.join(out, "index"), "--overwrite"], dict(env, XCLASS_MALLOC=malloc))
+        print(json.dumps({**base, "phase": "end_to_end_cli", "malloc": malloc, "seconds": round(wall, 2),
+                          "cpu_seconds": round(cpu, 2), "rows_per_s": round(base["rows"] / wall, 1)}), flush=True)
+    wall, cpu = _child([sys.executable, "-c", "import xclass.cli.main, xclass.cli.export, xclass.eval.embed, torch"],
+                       env)
+    print(json.dumps({**base, "phase": "python_and_imports", "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}),
+          flush=True)
+
+
 def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
     """The whole ``export-index`` command on a trained run (subprocess, wall and CPU), then its
     phases in this process: interpreter + imports, encoder load, read + decode, encoder forward
     per frame budget, Parquet write."""
-    import resource
-    import subprocess
-    import sys
-
     from xclass import components
-    from xclass.data.meta import load_meta
+    from xclass.data.meta import load_meta, split_files
     from xclass.data.reader import ParquetReader
     from xclass.eval.embed import load_encoder, load_run
     from xclass.eval.io import write_parquet_atomic
-    from xclass.data.meta import split_files
-
-    os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-
-    def child(cmd, **extra_env):
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=dict(env, **extra_env), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-
-    cfg = load_run(run_dir)
-    n = pq.read_metadata(split_files(cfg.data.path, split)[0]).num_rows if len(split_files(cfg.data.path, split)) == 1 \
-        else sum(pq.read_metadata(f).num_rows for f in split_files(cfg.data.path, split))
-    base = {"bench": "export_speaker_run", "run": run_dir, "split": split, "rows": n, "threads": threads}
-    for malloc in ("system", "heap", "system", "heap"):  # before (glibc default) / after, interleaved
-        wall, cpu = child([sys.executable, "-m", "xclass.cli", "export-index", "--run", run_dir, "--split", split,
-                           "--out", os.path.join(out, "index"), "--overwrite"], XCLASS_MALLOC=malloc)
-        print(json.dumps({**base, "phase": "end_to_end_cli", "malloc": malloc, "seconds": round(wall, 2),
-                          "cpu_seconds": round(cpu, 2), "rows_per_s": round(n / wall, 1)}), flush=True)
-    wall, cpu = child([sys.executable, "-c", "import xclass.cli.main, xclass.cli.export, xclass.eval.embed, torch"])
-    print(json.dumps({**base, "phase": "python_and_imports", "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}),
-          flush=True)
-    torch.set_num_threads(threads)
     from xclass.perf import tune_malloc
 
+    os.makedirs(out, exist_ok=True)
+    cfg = load_run(run_dir)
+    files = split_files(cfg.data.path, split)
+    n = sum(pq.read_metadata(f).num_rows for f in files)
+    base = {"bench": "export_speaker_run", "run": run_dir, "split": split, "rows": n, "threads": threads}
+    _cli_rows(run_dir, split, out, threads, base)
+    torch.set_num_threads(threads)
     tune_malloc()  # as the CLI does (XCLASS_MALLOC=system in the environment turns it off here too)
 
     def timed(name, fn, **extra):
@@ -112,15 +118,9 @@ def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
     meta = load_meta(cfg.data.path)
     enc = timed("load_encoder", lambda: load_encoder(run_dir, cfg, meta))
     decode = components.make_decoder(cfg.data.task, meta, cfg.model)
-
-    def read_decode():
-        reader = ParquetReader(split_files(cfg.data.path, split),
-                               components.input_columns(cfg.data.task, cfg.model.encoder, meta),
-                               rank=0, world_size=1, batch_rows=512, seed=0, shuffle=False)
-        reader.set_epoch(0)
-        return [decode(b)[0] for b in reader]
-
-    batches = timed("read_decode", read_decode)
+    columns = components.input_columns(cfg.data.task, cfg.model.encoder, meta)
+    reader = lambda: ParquetReader(files, columns, rank=0, world_size=1, batch_rows=512, seed=0, shuffle=False)  # noqa: E731
+    batches = timed("read_decode", lambda: [decode(b)[0] for b in _epoch0(reader())])
     frames = torch.cat([b["lengths"] for b in batches]).double()
     base["frames_mean"], base["frames_max"] = round(float(frames.mean()), 1), int(frames.max())
     embs = {}
@@ -133,6 +133,11 @@ def run_real(run_dir: str, split: str, out: str, threads: int, budgets) -> None:
     timed("write_parquet", lambda: write_parquet_atomic(table, os.path.join(out, "emb.parquet")))
     print(json.dumps({**base, "max_abs_embedding_diff_vs_budget_%d" % budgets[0]:
                       max(float(np.abs(e - ref).max()) for e in embs.values())}), flush=True)
+
+
+def _epoch0(reader):
+    reader.set_epoch(0)
+    return reader
 
 
 if __name__ == "__main__":
