@@ -196,7 +196,8 @@ def flowcnn(meta: Dict[str, Any], embedding_dim: int, *,
     n_pkts = int(meta_get(meta, "num_packets", "encoder 'flowcnn'", "packets")) if flat_hidden else 0
     if (port_embed > 0 or port_out > 0) and "ports" not in (meta.get("inputs") or {}):
         raise ValueError("flowcnn: port_embed / port_out > 0 need data with the service port and protocol "
-                         "(meta.json inputs.ports, as `xclass import pcap` writes)")
+                         "(meta.json inputs.ports: `xclass import pcap`, or `xclass import flows --port-column "
+                         "--proto-column`); set model.params.port_embed and port_out to 0 for data without them")
     return FlowCNN(_num_stats(meta), embedding_dim, tuple(channels), tuple(kernels),
                    stats_hidden, hidden, dropout, size_scale, gem_p, size_embed, size_bin, max_size,
                    flat_hidden, n_pkts, stats_embed, stats_bin, stats_bins, port_embed, port_buckets, port_out)
