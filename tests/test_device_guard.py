@@ -1,7 +1,7 @@
 """CPU guards that catch device bugs without a GPU.
 
 1. Every tensor factory call (``torch.zeros``, ``ones``, ``empty``, ``full``, ``eye``, ``arange``,
-   ``tensor``, ``rand*``, ``linspace``...) in the training-path packages names its ``device=``: a
+   ``tensor``, ``rand*``, ``linspace``...) in the package names its ``device=``: a
    factory without one makes a CPU tensor, which on a GPU run meets CUDA tensors and crashes (or,
    handed to NCCL, hangs). ``*_like`` and ``Tensor.new_*`` follow their input and are fine.
    Module constructors are no exception: their small parameters and buffers follow the class rows
@@ -23,9 +23,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: packages (and single modules) on the training path
-TRAINING_PATH = ["xclass/heads", "xclass/losses", "xclass/parallel", "xclass/train", "xclass/models",
-                 "xclass/data/reader.py", "xclass/data/grouping.py", "xclass/components.py"]
+#: scanned: the whole package (the training path, and evaluation / export, which run on the
+#: GPU too with --gpu)
+TRAINING_PATH = ["xclass"]
 
 FACTORIES = {"zeros", "ones", "empty", "full", "eye", "arange", "tensor", "as_tensor", "rand", "randn",
              "randint", "randperm", "linspace", "logspace", "empty_strided", "tril_indices", "triu_indices",
