@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import bench_tasks  # noqa: E402
+import task_splits  # noqa: E402
 import bench_traffic  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def test_validation_data_holds_out_training_rows_only(tmp_path):
     pq.write_table(pa.table({"id": np.arange(30, 35), "label": np.full(5, 3)}), data / "test.parquet")
     (data / "meta.json").write_text(json.dumps({"task": "quic", "num_classes": 3, "test_classes": 1,
                                                 "class_names": list("abcd"), "splits": {}}))
-    path = bench_tasks.validation_data(str(data), 0.3, 0, str(tmp_path / "out"))
+    path = task_splits.validation_data(str(data), 0.3, 0, str(tmp_path / "out"))
     tr, te = (pq.read_table(f"{path}/{s}.parquet").to_pydict() for s in ("train", "test"))
     assert sorted(tr["id"] + te["id"]) == list(range(30))            # the real test rows are not used
     assert np.bincount(te["label"]).tolist() == [3, 3, 3]             # 30 % of each class
@@ -72,7 +72,7 @@ def test_open_validation_holds_out_whole_training_classes(tmp_path):
     pq.write_table(pa.table({"id": np.arange(20), "label": labels}), data / "train.parquet")
     (data / "meta.json").write_text(json.dumps({"task": "quic", "num_classes": 4, "test_classes": 1,
                                                 "class_names": list("abcde"), "splits": {}}))
-    path = bench_tasks.validation_data(str(data), 0.0, 0, str(tmp_path / "out"), classes=2)
+    path = task_splits.validation_data(str(data), 0.0, 0, str(tmp_path / "out"), classes=2)
     tr, te = (pq.read_table(f"{path}/{s}.parquet").to_pydict() for s in ("train", "test"))
     meta = json.load(open(f"{path}/meta.json"))
     assert meta["num_classes"] == 2 and meta["test_classes"] == 2
@@ -201,3 +201,37 @@ def test_traffic_knn_baselines_match_brute_force(tmp_path):
     assert {m for p, m in rows if p == "open"} == {"knn_stats", "knn_stats_packets", "knn_stats_port",
                                                    "knn_stats_packets_port", "random_forest_proximity",
                                                    "random_forest_port_proximity"}
+
+
+def test_fewer_labels_keeps_n_training_classes_and_every_open_class(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d"
+    data.mkdir()
+    # 5 training classes (a-e) with 4 training rows and 1 closed-set test row each; 2 open classes (f, g)
+    tr_lab = np.repeat(np.arange(5), 4)
+    te_lab = np.r_[np.arange(5), [5, 5, 6, 6]]
+    pq.write_table(pa.table({"id": np.arange(20), "label": tr_lab}), data / "train.parquet")
+    pq.write_table(pa.table({"id": np.arange(20, 29), "label": te_lab}), data / "test.parquet")
+    pq.write_table(pa.table({"id": np.arange(20, 29), "is_query": [False] * 5 + [False, True, False, True]}),
+                   data / "gallery_query.parquet")
+    (data / "meta.json").write_text(json.dumps({"task": "quic", "num_classes": 5, "test_classes": 2,
+                                                "class_names": list("abcdefg"), "splits": {"train": {}, "test": {}},
+                                                "gallery_query": {"file": "gallery_query.parquet", "rows": 9,
+                                                                  "queries": 2}}))
+    path = task_splits.fewer_labels(str(data), 2, 0, str(tmp_path / "out"))
+    meta = json.load(open(f"{path}/meta.json"))
+    tr, te = (pq.read_table(f"{path}/{s}.parquet").to_pydict() for s in ("train", "test"))
+    kept = sorted({"abcdefg"[i // 4] for i in tr["id"]})
+    assert len(kept) == 2 and meta["num_classes"] == 2 and meta["test_classes"] == 2
+    assert meta["class_names"] == kept + ["f", "g"]
+    old_name = dict(zip(range(29), ["abcdefg"[c] for c in np.r_[tr_lab, te_lab]]))
+    for ids, labels in ((tr["id"], tr["label"]), (te["id"], te["label"])):   # every row keeps its class name
+        assert all(meta["class_names"][lab] == old_name[i] for i, lab in zip(ids, labels))
+    assert len(tr["id"]) == 8 and sorted(te["label"]) == [0, 1, 2, 2, 3, 3]  # kept closed rows + all open rows
+    gq = pq.read_table(f"{path}/gallery_query.parquet").to_pydict()
+    assert sorted(gq["id"]) == sorted(te["id"]) and meta["gallery_query"]["rows"] == 6
+    assert meta["splits"]["train"]["rows"] == 8 and meta["splits"]["test"]["label_range"] == [0, 4]
+    with pytest.raises(ValueError, match="--train-labels must be in"):
+        task_splits.fewer_labels(str(data), 6, 0, str(tmp_path / "out"))

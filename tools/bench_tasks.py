@@ -1,6 +1,12 @@
 """Train and evaluate xclass on a dataset directory next to same-run baselines; JSON lines.
 
     PYTHONPATH=. python tools/bench_tasks.py --data DIR --config CONFIG [--out runs/bench_tasks] [KEY=VALUE ...]
+    ... [--validation F | --validation-classes K] [--train-labels N]
+
+``--validation`` / ``--validation-classes`` score a closed / open split of the training rows
+instead of the test split (for choosing a recipe); ``--train-labels N`` trains on N of the
+training classes (a learning curve over labels). Both derive a dataset under ``--out``
+(tools/task_splits.py).
 
 Trains ``CONFIG`` on ``DIR`` (extra ``KEY=VALUE`` overrides go to ``xclass train``), then embeds
 the splits with the trained encoder and with the same encoder at random initialisation (same
@@ -41,7 +47,6 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -53,6 +58,7 @@ from xclass.eval.embed import encode_batch, load_encoder
 from xclass.data.meta import load_meta, split_files
 
 from bench_traffic import traffic_rows  # noqa: E402 (tools/ is on the path when run as a script)
+from task_splits import fewer_labels, validation_data  # noqa: E402
 
 
 def embed(enc: torch.nn.Module, cfg: Any, meta: Dict, data: str, split: str) -> Dict[str, np.ndarray]:
@@ -127,47 +133,6 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
-def validation_data(data: str, fraction: float, seed: int, out: str, classes: int = 0) -> str:
-    """A dataset made of the TRAINING split only, so recipe choices never see the real test rows.
-    Closed set (``classes`` = 0): ``fraction`` of each class's training rows (seeded, stratified)
-    become its test split. Open set (``classes`` = K > 0): the rows of K seeded training classes
-    become the test split, relabelled after the remaining classes (which are renumbered 0..C'-1),
-    and are split half/half into gallery and queries by the benchmark. Written under ``out``."""
-    import shutil
-    from xclass.eval.split import query_mask
-    from xclass.importers.common import split_info
-
-    meta = load_meta(data)
-    t = pq.read_table(split_files(data, "train")[0])
-    ids, labels = np.asarray(t["id"]), np.asarray(t["label"])
-    names = meta["class_names"][:int(meta["num_classes"])]
-    if classes:
-        held = np.random.default_rng(seed).permutation(np.unique(labels))[:classes]
-        is_test = np.isin(labels, held)
-        order = [c for c in range(len(names)) if c not in set(held.tolist())] + sorted(held.tolist())
-        new_id = np.empty(len(names), np.int64)
-        new_id[order] = np.arange(len(order))
-        t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(new_id[labels], pa.int64()))
-        names, meta["num_classes"], meta["test_classes"] = [names[c] for c in order], len(names) - classes, classes
-    else:
-        is_test = query_mask(ids, labels, fraction, seed)
-        meta["test_classes"] = 0
-    path = os.path.join(out, "validation_data")
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
-    meta["splits"], meta["class_names"] = {}, names
-    meta.pop("gallery_query", None)
-    for split, keep in (("train", ~is_test), ("test", is_test)):
-        part = t.filter(pa.array(keep))
-        pq.write_table(part, os.path.join(path, f"{split}.parquet"))
-        meta["splits"][split] = split_info(split, np.asarray(part["id"]), np.asarray(part["label"]))
-    meta["source"] = {**meta.get("source", {}), "validation_of": os.path.abspath(data),
-                      "validation_fraction": fraction, "validation_classes": classes, "validation_seed": seed}
-    with open(os.path.join(path, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    return path
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -182,12 +147,17 @@ def main() -> int:
     ap.add_argument("--validation-classes", type=int, default=0, metavar="K",
                     help="open-set check on the training split only: K training classes (seeded) are held "
                          "out as gallery + queries, the test split is not read")
+    ap.add_argument("--train-labels", type=int, default=0, metavar="N",
+                    help="train on N of the training classes only (seeded by --seed; their closed-set test rows "
+                         "go too, the open-set classes stay): how the result grows with the labels trained on")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run_dir = os.path.join(a.out, "run")
     if a.validation or a.validation_classes:
         a.data = validation_data(a.data, a.validation, a.seed, a.out, a.validation_classes)
+    if a.train_labels:
+        a.data = fewer_labels(a.data, a.train_labels, a.seed, a.out)
     t0 = time.perf_counter()
     rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={run_dir}",
                  "train.progress=false", f"train.seed={a.seed}", *a.overrides])
