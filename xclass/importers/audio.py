@@ -169,7 +169,7 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                 row_of[k] = row
                 # held-out (test) utterances are kept whole: trials score complete recordings
                 for c in (chunks(fb, max_frames, segments) if it.split == "train" else [fb]):
-                    w.add(it.split, {"id": row, "label": it.label, "fbank": c})
+                    w.add(it.split, {"id": row, "label": it.label, "fbank": c}, source=it.relative(root))
                     frames.append(c.shape[0])
                     row += 1
         inputs = {"fbank": {"n_mels": n_mels, "layout": "frame-major [T, n_mels] flattened",

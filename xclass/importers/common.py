@@ -51,6 +51,10 @@ class Item:
     split: str = "train"
     label: int = -1
 
+    def relative(self, root: str) -> str:
+        """The file's path below ``root``, ``/``-separated."""
+        return os.path.relpath(self.path, root).replace(os.sep, "/")
+
 
 def discover(root: str, exts: Sequence[str], label_regex: Optional[str] = None) -> List[Item]:
     """Files under ``root`` with one of ``exts`` (case-insensitive), sorted by relative path.
@@ -202,8 +206,13 @@ class SplitWriters:
     buffers: Dict[str, List[dict]] = field(default_factory=dict)
     ids: Dict[str, List[int]] = field(default_factory=dict)
     labels: Dict[str, List[int]] = field(default_factory=dict)
+    #: (id, split, label, input file relative to the root) of every row added with a ``source``
+    sources: List[tuple] = field(default_factory=list)
 
-    def add(self, split: str, row: dict) -> None:
+    def add(self, split: str, row: dict, source: Optional[str] = None) -> None:
+        """Buffer one row of ``split``; ``source``: the input file it came from (for files.parquet)."""
+        if source is not None:
+            self.sources.append((int(row["id"]), split, int(row["label"]), source))
         if split not in self.writers:
             self.writers[split] = PartWriter(os.path.join(self.tmp, f"{split}.parquet"), self.schema,
                                              row_group_rows=4096)
@@ -258,6 +267,8 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
                   "num_classes": len(train_names), "test_classes": len(test_names),
                   "class_names": train_names + test_names, "inputs": inputs, "splits": splits,
                   "source": source}
+    if writers.sources:
+        meta["file_map"] = write_file_map(os.path.join(tmp, FILE_MAP), writers.sources)
     spec = get_task(task).pairs
     if "test" in splits and spec is not None:
         pairs = protocol if protocol is not None else balanced_pairs(
@@ -268,6 +279,19 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
                                **({"folds": int(pairs["fold"].max()) + 1} if "fold" in pairs else {})}
     write_json(os.path.join(tmp, "meta.json"), meta)
     return meta
+
+
+#: the file of a folder import that maps every row id to its input file
+FILE_MAP = "files.parquet"
+
+
+def write_file_map(path: str, sources: List[tuple]) -> Dict:
+    """files.parquet: ``id`` int64, ``split``, ``label`` int64 and ``path`` (the input file relative
+    to the import's root, ``/``-separated) of every row, in id order; meta.json's entry for it."""
+    ids, splits, labels, paths = (list(x) for x in zip(*sorted(sources)))
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "split": pa.array(splits, pa.string()),
+                             "label": pa.array(labels, pa.int64()), "path": pa.array(paths, pa.string())}), path)
+    return {"file": os.path.basename(path), "rows": len(ids), "columns": ["id", "split", "label", "path"]}
 
 
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:

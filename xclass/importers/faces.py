@@ -130,7 +130,7 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
         with closing(decode_in_order(partial(load_face, size=size, geo=geo), [it.path for it in items],
                                      workers)) as images:          # closing: the worker pool ends here
             for i, (it, image) in enumerate(progress(zip(items, images), len(items), "import faces", show_progress)):
-                w.add(it.split, {"id": i, "label": it.label, "image": image})
+                w.add(it.split, {"id": i, "label": it.label, "image": image}, source=it.relative(root))
         inputs = {"image": {"height": size, "width": size, "channels": geo.channels, "dtype": "uint8",
                             "layout": "HWC", "alignment": _alignment(geo)}}
         source = {"importer": "faces", "root": os.path.abspath(root), "files": len(items),
