@@ -124,6 +124,12 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", help="speaker/face: cohort embedding Parquet (id, embedding) for AS-norm")
     p.add_argument("--asnorm-top", type=int, default=300,
                    help="AS-norm: cohort scores kept per side (top-N), default 300")
+    p.add_argument("--file-map", default=None,
+                   help="face/speaker: the dataset's files.parquet (id -> input file) for the hardest pairs "
+                        "in the report; default: the one beside --pairs, when there is one")
+    p.add_argument("--hardest", type=int, default=20,
+                   help="face/speaker: the N highest-scoring impostor and N lowest-scoring genuine pairs go to "
+                        "OUT/hardest_pairs.csv (0: none)")
     p.add_argument("--majority-k", type=int, default=5)
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
@@ -160,6 +166,30 @@ def _open_index(args):
                              nprobe=args.nprobe)
 
 
+def _verification(args, header: dict):
+    """(metrics, curves) of a face / speaker run; ``header`` gets its inputs. The hardest pairs
+    (with files when a file map is found) go into the curves for the report."""
+    from xclass.eval import evaluate as ev
+    from xclass.eval.hardest import file_map_beside, hardest_pairs, read_file_map
+
+    _need(args, "embeddings", "pairs")
+    hardest = getattr(args, "hardest", 20)
+    if hardest < 0:
+        raise ValueError(f"--hardest must be >= 0, got {hardest}")
+    cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
+    metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
+                                               cohort=cohort, asnorm_top=top)
+    fmap = file_map_beside(args.pairs, getattr(args, "file_map", None))
+    if args.out and hardest:
+        curves["hardest"] = hardest_pairs(curves["a"], curves["b"], curves["scores"], curves["target"],
+                                          hardest, read_file_map(fmap) if fmap else None)
+    header.update({"embeddings": args.embeddings, "pairs": args.pairs, "file_map": fmap,
+                   "score": f"AS-norm(top {top}) cosine" if cohort else "cosine",
+                   "cohort": cohort,
+                   "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})
+    return metrics, curves
+
+
 def _run_evaluate(args) -> int:
     from xclass.eval import VERIFICATION_PROTOCOLS, evaluate as ev
     from xclass.eval.report import print_table, write_report
@@ -188,14 +218,7 @@ def _run_evaluate(args) -> int:
                        "label_counts": getattr(args, "label_counts", None), "rankings": rankings,
                        "filter_file": args.filter_file, "empty_rows": args.empty_rows})
     elif args.protocol in VERIFICATION_PROTOCOLS:
-        _need(args, "embeddings", "pairs")
-        cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
-        metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
-                                                   cohort=cohort, asnorm_top=top)
-        header.update({"embeddings": args.embeddings, "pairs": args.pairs,
-                       "score": f"AS-norm(top {top}) cosine" if cohort else "cosine",
-                       "cohort": cohort,
-                       "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})
+        metrics, curves = _verification(args, header)
     else:
         _need(args, "index", "queries", "gallery")
         metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries,

@@ -241,7 +241,8 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
                           asnorm_top: int = 300) -> Tuple[dict, dict]:
     """Face (pairs file ``a, b, same``) or speaker (trials ``enroll, test, target``).
     ``cohort``: embedding file for AS-norm (scores then are AS-normalised cosines).
-    Returns (metrics, curves) where curves holds the raw ``scores`` and ``target``."""
+    Returns (metrics, curves) where curves holds the raw ``scores`` and ``target`` and the pairs'
+    row ids ``a`` and ``b``."""
     from xclass.tasks.base import pair_file
 
     cols = pair_file(protocol).columns
@@ -253,7 +254,7 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
         except ValueError as exc:
             raise ValueError(f"{pairs}: column 'fold': {exc}") from None
     s = pair_scores(emb, a, b, where=str(pairs), cohort=cohort, asnorm_top=asnorm_top)
-    return verification_report(s, t, protocol, folds=folds), {"scores": s, "target": t}
+    return verification_report(s, t, protocol, folds=folds), {"scores": s, "target": t, "a": a, "b": b}
 
 
 __all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",

@@ -108,7 +108,8 @@ def _plot_verification(scores: np.ndarray, target: np.ndarray, out_dir: str):
 def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, object],
                  curves: Optional[Dict[str, np.ndarray]] = None, plots: bool = True) -> dict:
     """Write ``metrics.json`` ({"header", "metrics"}), ``summary.md`` and PNG plots.
-    ``curves``: {"scores", "target"} for verification protocols. Returns the file paths."""
+    ``curves``: {"scores", "target"[, "hardest"]} for verification protocols (``hardest``: rows of
+    :func:`xclass.eval.hardest.hardest_pairs`, written to hardest_pairs.csv). Returns the file paths."""
     os.makedirs(out_dir, exist_ok=True)
     files = {"json": os.path.join(out_dir, "metrics.json"),
              "markdown": os.path.join(out_dir, "summary.md"), "plots": []}
@@ -122,5 +123,11 @@ def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, obje
     md = ["# xclass evaluation", ""] + [f"- **{k}**: {v}" for k, v in header.items()]
     md += ["", "```", format_table(clean), "```", ""]
     md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in files["plots"]]
+    if curves is not None and curves.get("hardest"):
+        from xclass.eval.hardest import to_csv, to_markdown
+
+        files["hardest"] = os.path.join(out_dir, "hardest_pairs.csv")
+        _atomic_write(files["hardest"], to_csv(curves["hardest"]))
+        md += [""] + to_markdown(curves["hardest"])
     _atomic_write(files["markdown"], "\n".join(md) + "\n")
     return files
