@@ -1,6 +1,7 @@
 """Identification against an exported index (``xclass evaluate --protocol ident``): each query's
 K nearest indexed rows, labelled from the gallery file, scored by
-:func:`xclass.eval.identification.identification_report` (kNN accuracy, CMC, majority vote)."""
+:func:`xclass.eval.identification.identification_report` (kNN accuracy, CMC, majority vote) and,
+when some queries belong to no gallery class, :func:`xclass.eval.open_set.open_set_report`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from xclass.eval.identification import identification_report
+from xclass.eval.open_set import open_set_report
 from xclass.eval.io import Source, iter_batches, num_rows, progress_bar
 from xclass.eval.rankings import ranking_writer
 
@@ -42,8 +44,11 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
                 bar.update(len(b.ids))
     if bar is not None:
         bar.close()
-    return identification_report(np.concatenate(nl), np.concatenate(ql), ks, majority_k,
-                                 np.concatenate(sc))
+    nl, ql, sc = (np.concatenate(x) for x in (nl, ql, sc))
+    out = identification_report(nl, ql, ks, majority_k, sc)
+    top1 = -sc[:, 0] if getattr(getattr(index, "spec", None), "metric", "cosine") == "l2" else sc[:, 0]
+    out.update(open_set_report(nl[:, 0], top1, ql, np.isin(ql, g_lab)))   # queries of no gallery class
+    return out
 
 
 def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:

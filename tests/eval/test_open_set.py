@@ -1,0 +1,71 @@
+"""Open-set identification metrics (xclass/eval/open_set.py): by hand, against scikit-learn's
+AUROC, and end to end through ``xclass evaluate --protocol ident`` with queries of classes the
+gallery lacks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from xclass.eval.open_set import dir_at_fpir, open_set_report, unknown_auroc
+
+
+def test_dir_at_fpir_by_hand():
+    # 10 non-mated top-1 scores 0.0 .. 0.9; at FPIR 0.1 one of them may pass: threshold 0.8
+    nonmated = np.arange(10) / 10
+    mated = np.array([0.95, 0.85, 0.81, 0.8, 0.5])
+    correct = np.array([True, True, False, True, True])
+    assert dir_at_fpir(correct, mated, nonmated, 0.1) == pytest.approx(2 / 5)   # 0.95, 0.85 (0.81 wrong label)
+    assert dir_at_fpir(correct, mated, nonmated, 0.2) == pytest.approx(3 / 5)   # threshold 0.7: + 0.8
+    assert dir_at_fpir(correct, mated, nonmated, 1.0) == pytest.approx(4 / 5)   # every correct one
+
+
+def test_fpir_never_exceeds_its_target_under_ties():
+    nonmated = np.array([0.9, 0.9, 0.9, 0.1])                   # three tied at the top
+    assert dir_at_fpir(np.array([True]), np.array([0.9]), nonmated, 0.5) == 0.0  # 0.9 is not above 0.9
+
+
+def test_unknown_auroc_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    m = np.round(rng.normal(1, 1, 200), 1)                       # rounding makes ties
+    n = np.round(rng.normal(0, 1, 300), 1)
+    ref = roc_auc_score(np.r_[np.ones(200), np.zeros(300)], np.r_[m, n])
+    assert unknown_auroc(m, n) == pytest.approx(ref, abs=1e-12)
+
+
+def test_report_is_empty_for_a_closed_set_and_counts_otherwise():
+    lab = np.array([0, 1, 2, 3])
+    assert open_set_report(lab, np.ones(4), lab, np.ones(4, bool)) == {}
+    out = open_set_report(np.array([0, 1, 5, 5]), np.array([0.9, 0.2, 0.8, 0.1]), lab,
+                          np.array([True, True, False, False]), fpirs=(0.5,))
+    assert out["n_mated"] == 2 and out["n_nonmated"] == 2 and out["knn_acc_mated"] == 1.0
+    assert out["unknown_auroc"] == pytest.approx(0.75)           # 0.9 beats both, 0.2 beats 0.1
+    assert out["dir@fpir=0.5"] == pytest.approx(1.0)             # threshold 0.1: 0.9 and 0.2 pass
+    assert "dir@fpir=0.1" not in open_set_report(np.array([0, 1, 5, 5]), np.ones(4), lab,
+                                                 np.array([True, True, False, False]), fpirs=(0.1,))
+
+
+def test_ident_with_unknown_queries_end_to_end(tmp_path):
+    from tests.eval.conftest import clustered, write_embeddings
+    from tests.eval.test_cli import _args, _export
+    from xclass.cli.evaluate import add_evaluate_args, run_evaluate
+
+    x, lab = clustered(400, 8, 20, seed=5, noise=0.7)
+    g = lab < 12                                                  # classes 12-19: no gallery row
+    gal = np.flatnonzero(g)[::2]
+    qry = np.setdiff1d(np.arange(400), gal)
+    gf = write_embeddings(tmp_path / "gallery.parquet", gal, x[gal], label=lab[gal])
+    qf = write_embeddings(tmp_path / "query.parquet", qry, x[qry], label=lab[qry])
+    out = _export(tmp_path, [gf])
+    assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gf,
+                                                  "--queries", qf, "--out", str(tmp_path / "rep"), "--quiet"])) == 0
+    got = json.load(open(tmp_path / "rep" / "metrics.json"))["metrics"]
+    S = x[qry] @ x[gal].T                                         # brute force
+    top = np.argmax(S, axis=1)
+    ref = open_set_report(lab[gal][top], S.max(1), lab[qry], np.isin(lab[qry], lab[gal]))
+    assert ref["n_nonmated"] == int((lab[qry] >= 12).sum()) > 100
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-6), key
+    assert "dir@fpir=0.01" in got and 0 < got["unknown_auroc"] <= 1
