@@ -235,3 +235,35 @@ def test_fewer_labels_keeps_n_training_classes_and_every_open_class(tmp_path):
     assert meta["splits"]["train"]["rows"] == 8 and meta["splits"]["test"]["label_range"] == [0, 4]
     with pytest.raises(ValueError, match="--train-labels must be in"):
         task_splits.fewer_labels(str(data), 6, 0, str(tmp_path / "out"))
+
+
+def test_detection_rows_match_brute_force_open_set_metrics():
+    from sklearn.ensemble import RandomForestClassifier
+
+    import bench_detect
+    from xclass.eval.open_set import open_set_report
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 4)) * 3
+    tr_lab, te_lab = np.repeat(np.arange(4), 10), np.repeat(np.arange(6), 5)   # test labels 4, 5: unknown
+    x_tr = {"knn_stats": centres[tr_lab] + rng.normal(size=(40, 4))}
+    x_te = {"knn_stats": centres[te_lab] + rng.normal(size=(30, 4))}
+    tr = {"label": tr_lab, "rf": x_tr["knn_stats"]}
+    te = {"label": te_lab, "rf": x_te["knn_stats"], "id": np.arange(30)}
+    forests = {"": RandomForestClassifier(20, random_state=0).fit(tr["rf"], tr_lab)}
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    embs = {"xclass_trained": {"train": {"emb": unit(x_tr["knn_stats"]), "label": tr_lab},
+                               "test": {"emb": unit(x_te["knn_stats"]), "id": np.arange(30)}}}
+    closed = te_lab < 4
+    rows = bench_detect.detection_rows(tr, te, closed, x_tr, x_te, forests, embs)
+    got = {(r["method"], r["metric"]): r["value"] for r in rows}
+    d = np.sqrt(((x_te["knn_stats"][:, None] - x_tr["knn_stats"][None]) ** 2).sum(-1))   # brute force
+    ref = open_set_report(tr_lab[d.argmin(1)], -d.min(1), te_lab, closed, fpirs=(0.1,))
+    assert got[("knn_stats", "unknown_auroc")] == pytest.approx(ref["unknown_auroc"], abs=1e-4)
+    assert got[("knn_stats", "dir@fpir=0.1")] == pytest.approx(ref["dir@fpir=0.1"], abs=1e-4)
+    cos = unit(x_te["knn_stats"]) @ unit(x_tr["knn_stats"]).T
+    ref = open_set_report(tr_lab[cos.argmax(1)], cos.max(1), te_lab, closed)
+    assert got[("xclass_trained", "knn_acc_mated")] == pytest.approx(ref["knn_acc_mated"], abs=1e-4)
+    p = forests[""].predict_proba(te["rf"])
+    ref = open_set_report(p.argmax(1), p.max(1), te_lab, closed)
+    assert got[("random_forest", "unknown_auroc")] == pytest.approx(ref["unknown_auroc"], abs=1e-4)

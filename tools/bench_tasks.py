@@ -23,6 +23,9 @@ seed), and scores every method on the same rows:
   service port (``import pcap``), all also run with it (``knn_stats_port``: the nearest row of
   the same port and protocol first; ``random_forest_port``: port and protocol as two more
   features), so a model that reads the port is compared with baselines that read it too.
+  When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
+  rows also say how well each method's top-1 score over the training rows tells the held-out
+  labels from the known ones (tools/bench_detect.py).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.

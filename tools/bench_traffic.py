@@ -98,6 +98,10 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
         rows += _closed_rows(meta, tr, te, closed, scaler, forests, embs)
     if (~closed).any():
         rows += _open_rows(data, meta, te, ~closed, scaler, forests, embs)
+    if closed.any() and (~closed).any():  # known and unknown labels in one test split
+        from bench_detect import detection_rows
+
+        rows += detection_rows(tr, te, closed, knn_inputs(tr, scaler), knn_inputs(te, scaler), forests, embs)
     return rows
 
 

@@ -1,0 +1,55 @@
+"""Known / unknown detection for ``tools/bench_traffic.py``: when a dataset's test split holds both
+rows of training labels (closed set) and rows of held-out labels, every test row searches the
+training rows, and the open-set identification metrics of ``xclass.eval.open_set`` say how well
+each method's top-1 score tells the unknown applications apart while naming the known ones
+(unknown_auroc, dir@fpir=0.01 / 0.1, knn_acc_mated). Scores: cosine for embeddings, minus the
+Euclidean distance for the kNN inputs (within the port first for the ``_port`` variants: a row of
+another port scores lower than any row of the query's own), the largest class probability for
+the forests."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from xclass.eval.open_set import open_set_report
+
+METRICS = ("unknown_auroc", "dir@fpir=0.01", "dir@fpir=0.1", "knn_acc_mated")
+
+
+def top1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, cosine: bool,
+         groups: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(label, score) of each query's nearest gallery row (cosine on unit rows, else minus the
+    Euclidean distance; ``groups``: rows of the query's group first, scored 1e9 lower outside it)."""
+    labels, scores = [], []
+    for s in range(0, len(queries), 2048):
+        q = queries[s:s + 2048]
+        sim = q @ gallery.T if cosine else -np.sqrt(np.maximum(((q[:, None, :] - gallery[None]) ** 2).sum(-1), 0))
+        if groups is not None:
+            sim = sim - 1e9 * (groups[1][s:s + 2048, None] != groups[0][None])
+        best = np.argmax(sim, axis=1)
+        labels.append(g_lab[best])
+        scores.append(sim[np.arange(len(q)), best])
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.ndarray], x_te: Dict[str, np.ndarray],
+                   forests: Dict[str, Any], embs: Dict[str, Dict]) -> List[Dict]:
+    """Rows (protocol "detection") of every method; ``closed`` [n_test] marks the known-label rows,
+    ``x_tr`` / ``x_te`` the kNN inputs of the training and test rows."""
+    found: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for tag in forests:
+        groups = (tr["port_key"], te["port_key"]) if tag else None
+        for name in x_tr:
+            found[name + tag] = top1(x_tr[name], tr["label"], x_te[name], False, groups)
+        p = forests[tag].predict_proba(te["rf" + tag])
+        found["random_forest" + tag] = (forests[tag].classes_[np.argmax(p, 1)], p.max(1))
+    for name, e in embs.items():
+        pos = np.searchsorted(e["test"]["id"], te["id"])
+        found[name] = top1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], True)
+    rows = []
+    for method, (lab, score) in found.items():
+        rep = open_set_report(lab, score, te["label"], closed)
+        rows += [{"protocol": "detection", "method": method, "metric": m, "value": round(float(rep[m]), 4),
+                  "n": int(len(closed))} for m in METRICS if m in rep]
+    return rows
