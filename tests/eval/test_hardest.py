@@ -73,3 +73,13 @@ def test_no_hardest_pairs_with_zero_and_a_bad_file_map_is_one_line(tmp_path, cap
     assert len(err) == 1 and "bad.parquet: not a file map with columns id, path" in err[0]
     with pytest.raises(SystemExit):
         xclass(["evaluate", "--protocol", "face", "--hardest", "x"])
+
+
+def test_markdown_cells_escape_table_breaking_paths():
+    from xclass.eval.hardest import to_markdown
+
+    md = to_markdown([{"kind": "genuine, low score", "rank": 1, "score": 0.5, "a": 3, "b": 4,
+                       "a_path": "odd|name\nx.png", "b_path": ""}])
+    row = md[-2]
+    assert row == "| genuine, low score | 1 | 0.5000 | odd\\|name x.png | 4 |"
+    assert row.replace("\\|", "").count("|") == 6   # five cells

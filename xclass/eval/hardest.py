@@ -61,8 +61,9 @@ def to_markdown(rows: List[dict], show: int = 5) -> List[str]:
     """The first ``show`` rows of each kind as a Markdown table (paths when known, else ids)."""
     out = ["## Hardest pairs", "", "Full list: `hardest_pairs.csv`.", "",
            "| kind | rank | score | a | b |", "|---|---|---|---|---|"]
+    cell = lambda path, i: (str(path) or str(i)).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     for r in rows:
         if r["rank"] <= show:
-            out.append(f"| {r['kind']} | {r['rank']} | {r['score']:.4f} | {r['a_path'] or r['a']} | "
-                       f"{r['b_path'] or r['b']} |")
+            out.append(f"| {r['kind']} | {r['rank']} | {r['score']:.4f} | {cell(r['a_path'], r['a'])} | "
+                       f"{cell(r['b_path'], r['b'])} |")
     return out + [""]
