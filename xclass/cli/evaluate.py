@@ -124,6 +124,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", help="speaker/face: cohort embedding Parquet (id, embedding) for AS-norm")
     p.add_argument("--asnorm-top", type=int, default=300,
                    help="AS-norm: cohort scores kept per side (top-N), default 300")
+    p.add_argument("--templates", default=None, metavar="TXT",
+                   help="face: template verification (IJB-B / IJB-C): lines 'image template [media]'; --pairs is "
+                        "then the template pair list 'a b 1|0' and --file-map the image dataset's files.parquet")
     p.add_argument("--file-map", default=None,
                    help="face/speaker: the dataset's files.parquet (id -> input file) for the hardest pairs "
                         "in the report; default: the one beside --pairs, when there is one")
@@ -177,13 +180,22 @@ def _verification(args, header: dict):
     if hardest < 0:
         raise ValueError(f"--hardest must be >= 0, got {hardest}")
     cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
-    metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
-                                               cohort=cohort, asnorm_top=top)
-    fmap = file_map_beside(args.pairs, getattr(args, "file_map", None))
+    templates = getattr(args, "templates", None)
+    if templates:
+        if args.protocol != "face" or cohort or not getattr(args, "file_map", None):
+            raise ValueError("--templates is for --protocol face, needs --file-map (the image dataset's "
+                             "files.parquet) and takes no --cohort")
+        metrics, curves = ev.evaluate_templates(args.embeddings, templates, args.pairs, args.file_map)
+        fmap = None                                  # the pairs name templates, not files
+    else:
+        metrics, curves = ev.evaluate_verification(args.embeddings, args.pairs, args.protocol,
+                                                   cohort=cohort, asnorm_top=top)
+        fmap = file_map_beside(args.pairs, getattr(args, "file_map", None))
     if args.out and hardest:
         curves["hardest"] = hardest_pairs(curves["a"], curves["b"], curves["scores"], curves["target"],
                                           hardest, read_file_map(fmap) if fmap else None)
-    header.update({"embeddings": args.embeddings, "pairs": args.pairs, "file_map": fmap,
+    header.update({"embeddings": args.embeddings, "pairs": args.pairs, "templates": templates,
+                   "file_map": getattr(args, "file_map", None) if templates else fmap,
                    "score": f"AS-norm(top {top}) cosine" if cohort else "cosine",
                    "cohort": cohort,
                    "dcf": "C_miss=C_fa=1" if args.protocol == "speaker" else None})

@@ -257,5 +257,23 @@ def evaluate_verification(emb: Source, pairs: str, protocol: str = "face", *,
     return verification_report(s, t, protocol, folds=folds), {"scores": s, "target": t, "a": a, "b": b}
 
 
-__all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_identification",
+def evaluate_templates(emb: Source, templates: str, pairs: str, file_map: str) -> Tuple[dict, dict]:
+    """Template verification (IJB-B / IJB-C; :mod:`xclass.eval.templates`): image embeddings named
+    through the dataset's ``file_map`` (files.parquet), pooled per template, pairs of templates
+    scored by cosine. Returns (metrics, curves) as :func:`evaluate_verification` (``a``, ``b``:
+    template ids)."""
+    from xclass.eval.hardest import read_file_map
+    from xclass.eval.templates import (image_rows, read_template_pairs, read_templates, template_embeddings,
+                                       template_scores)
+
+    names, tids, mids = read_templates(templates)
+    a, b, same = read_template_pairs(pairs)
+    by_path = {p: i for i, p in read_file_map(file_map).items()}
+    data = read_all(emb)
+    t_ids, feats = template_embeddings(data.emb[image_rows(names, by_path, data.ids, templates)], tids, mids)
+    s = template_scores(t_ids, feats, a, b, pairs)
+    return verification_report(s, same, "face"), {"scores": s, "target": same, "a": a, "b": b}
+
+
+__all__ = ["evaluate_xmc", "evaluate_verification", "evaluate_templates", "evaluate_identification",
            "propensity_from_train", "read_filter", "pair_scores", "label_column"]

@@ -68,7 +68,7 @@ def _plot_xmc(metrics: Dict[str, float], out_dir: str) -> Optional[str]:
 def _plot_verification(scores: np.ndarray, target: np.ndarray, out_dir: str):
     from statistics import NormalDist
     from xclass.eval.verification import det_curve, roc
-    probit = np.vectorize(NormalDist().inv_cdf)      # DET axes are normal deviates
+    probit = np.vectorize(NormalDist().inv_cdf, otypes=[float])   # DET axes are normal deviates (empty: no line)
     plt = _plt()
     paths = []
     fpr, tpr, _ = roc(scores, target)

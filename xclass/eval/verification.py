@@ -180,10 +180,13 @@ def verif_acc_kfold(scores: np.ndarray, target: np.ndarray, n_folds: int = 10) -
 def verification_report(scores: np.ndarray, target: np.ndarray, protocol: str = "face",
                         fars=(1e-1, 1e-2, 1e-3, 1e-4), p_targets=(0.01, 0.05),
                         folds: Optional[np.ndarray] = None) -> dict:
-    """All metrics of one protocol: ``face`` (10-fold acc, TAR@FAR, EER) or ``speaker``
+    """All metrics of one protocol: ``face`` (10-fold acc, TAR@FAR, EER; FAR 1e-5 and 1e-6 too when
+    there are enough impostor pairs to measure them, as on IJB-B / IJB-C) or ``speaker``
     (EER, minDCF at each P_target with C_miss = C_fa = 1). ``folds``: the pairs file's own folds
     for the k-fold accuracy (``acc_10fold`` keeps its name; ``file_folds`` says how many there were)."""
     out = {"n_pairs": int(len(scores)), "n_target": int(np.sum(target)), "eer": eer(scores, target)}
+    n_impostor = len(scores) - out["n_target"]
+    fars = tuple(fars) + tuple(f for f in (1e-5, 1e-6) if f < min(fars) and n_impostor * f >= 1)
     if protocol == "face":
         mean, std, _ = kfold_accuracy(scores, target, folds=folds)
         out["acc_10fold"], out["acc_10fold_std"] = mean, std
