@@ -86,3 +86,14 @@ def test_speaker_cli_with_cohort(tmp_path, capsys):
     bad = write_embeddings(tmp_path / "c3.parquet", [0, 1], np.ones((2, 3)))
     with pytest.raises(ValueError, match="c3.parquet: cohort embedding dimension 3"):
         evaluate_verification(ef, str(tmp_path / "trials.parquet"), "speaker", cohort=bad)
+
+
+def test_pair_dots_in_chunks_equal_one_product():
+    from xclass.eval.scorenorm import pair_dots
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 7)).astype(np.float32)
+    ra, rb = rng.integers(0, 50, 1001), rng.integers(0, 50, 1001)
+    whole = np.einsum("ij,ij->i", x[ra], x[rb]).astype(np.float64)
+    np.testing.assert_array_equal(pair_dots(x, ra, rb, chunk=64), whole)
+    assert pair_dots(x, ra[:0], rb[:0]).shape == (0,)

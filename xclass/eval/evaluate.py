@@ -18,7 +18,7 @@ from xclass.eval.io import (ArraySource, Source, has_column, iter_batches, label
                              read_all, read_columns, read_table)
 from xclass.eval.metrics import Ranking, inverse_propensity, remove_pairs, xmc_metrics
 from xclass.eval.rankings import ranking_writer
-from xclass.eval.scorenorm import as_norm_trials, unit_rows
+from xclass.eval.scorenorm import as_norm_trials, pair_dots, unit_rows
 from xclass.eval.verification import check_folds, verification_report
 
 
@@ -225,7 +225,7 @@ def pair_scores(emb: Source, a: np.ndarray, b: np.ndarray, where: str = "pairs",
     ra = _rows_of(data.ids, np.asarray(a, np.int64), "column 'a'/'enroll'", where)
     rb = _rows_of(data.ids, np.asarray(b, np.int64), "column 'b'/'test'", where)
     if cohort is None:
-        return np.einsum("ij,ij->i", x[ra], x[rb]).astype(np.float64)
+        return pair_dots(x, ra, rb)
     c = read_all(cohort).emb
     if c.shape[1] != x.shape[1]:
         raise ValueError(f"{_name(cohort)}: cohort embedding dimension {c.shape[1]} != "

@@ -67,18 +67,18 @@ def read_template_pairs(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def template_embeddings(x: np.ndarray, tids: np.ndarray, mids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Image embeddings ``x`` [n, d] (row i: the image of template ``tids[i]``, media ``mids[i]``)
-    -> (template ids [T] sorted, unit template embeddings [T, d]): per media the mean of its unit
-    image rows, per template the sum of its media rows, normalised."""
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    keys, media_of = np.unique(np.stack([tids, mids], 1), axis=0, return_inverse=True)
-    media_of = media_of.reshape(-1)
-    sums = np.zeros((len(keys), x.shape[1]))
-    np.add.at(sums, media_of, x)
-    media = sums / np.bincount(media_of, minlength=len(keys))[:, None]
-    t_ids, t_of = np.unique(keys[:, 0], return_inverse=True)
-    tmpl = np.zeros((len(t_ids), x.shape[1]))
-    np.add.at(tmpl, t_of.reshape(-1), media)
-    return t_ids, tmpl / np.maximum(np.linalg.norm(tmpl, axis=1, keepdims=True), 1e-12)
+    -> (template ids [T] sorted, unit template embeddings [T, d] float64): per media the mean of
+    its unit image rows, per template the sum of its media rows, normalised."""
+    order = np.lexsort((mids, tids))                      # by template, then media
+    t, m = tids[order], mids[order]
+    x = np.asarray(x, np.float64)[order]
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (m[1:] != m[:-1])])
+    media = np.add.reduceat(x, starts) / np.diff(np.r_[starts, len(t)])[:, None]
+    t_of_media = t[starts]
+    t_starts = np.flatnonzero(np.r_[True, t_of_media[1:] != t_of_media[:-1]])
+    tmpl = np.add.reduceat(media, t_starts)
+    return t_of_media[t_starts], tmpl / np.maximum(np.linalg.norm(tmpl, axis=1, keepdims=True), 1e-12)
 
 
 def image_rows(names: List[str], file_map: Dict[str, int], ids: np.ndarray, where: str) -> np.ndarray:
@@ -104,4 +104,6 @@ def template_scores(t_ids: np.ndarray, feats: np.ndarray, a: np.ndarray, b: np.n
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{where}: pair {k + 1} names template {int(t[k])}, which has no image in the template file")
-    return np.einsum("ij,ij->i", feats[pa_], feats[pb_]).astype(np.float64)
+    from xclass.eval.scorenorm import pair_dots
+
+    return pair_dots(feats, pa_, pb_)
