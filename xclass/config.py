@@ -57,6 +57,8 @@ class DataConfig:
     """With spec_mask: the time mask's width is drawn from 0..spec_mask_frames frames."""
     spec_mask_bins: int = 8
     """With spec_mask: the frequency mask's width is drawn from 0..spec_mask_bins mel bins."""
+    crop_frames: int = 0
+    """Training only, speaker data: each utterance longer than this many frames is cut to a random window of it, drawn anew every epoch (WeSpeaker trains on 200-frame chunks; 0 = whole utterances)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.prefetch <= 64:

@@ -16,7 +16,7 @@ _FLAGS = {"cluster.workers": " (--workers)", "cluster.address": " (--address)"}
 #: (key, minimum, maximum or None); the value must lie in [min, max]
 _INT_RANGES = [
     ("data.batch_size", 1, None), ("data.num_classes", 0, None), ("model.embedding_dim", 1, None),
-    ("data.spec_mask_frames", 0, None), ("data.spec_mask_bins", 0, None),
+    ("data.spec_mask_frames", 0, None), ("data.spec_mask_bins", 0, None), ("data.crop_frames", 0, None),
     ("optim.warmup_steps", 0, None), ("train.epochs", 0, None), ("train.max_steps", 0, None),
     ("train.log_every", 1, None), ("train.checkpoint_every", 0, None), ("train.keep_last", 0, None),
     ("train.grad_accum", 1, None), ("train.max_nonfinite_steps", 1, None), ("eval.batch_size", 1, None),
@@ -88,8 +88,9 @@ def check_ranges(cfg: Any) -> None:
     _check_sparse(cfg)
     if cfg.data.hflip > 0 and cfg.data.task != "face":
         _fail("data.hflip", f"mirrors face images: it needs data.task face, got {cfg.data.task!r}")
-    if cfg.data.spec_mask > 0 and cfg.data.task != "speaker":
-        _fail("data.spec_mask", f"masks filterbanks: it needs data.task speaker, got {cfg.data.task!r}")
+    for key, what in (("spec_mask", "masks filterbanks"), ("crop_frames", "crops utterances")):
+        if getattr(cfg.data, key) > 0 and cfg.data.task != "speaker":
+            _fail(f"data.{key}", f"{what}: it needs data.task speaker, got {cfg.data.task!r}")
 
 
 def _check_sparse(cfg: Any) -> None:

@@ -44,6 +44,8 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
     t_last, n_last, step_last = time.perf_counter(), 0, step
     while step < total:
         s.reader.set_epoch(epoch)
+        if hasattr(s.decode, "set_epoch"):  # data.crop_frames: new windows every epoch
+            s.decode.set_epoch(epoch)
         if batch_in_epoch:
             s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
         batches = prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)

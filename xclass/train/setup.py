@@ -95,6 +95,10 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     if warn and ctx.is_main:
         get_logger(ctx).warning(warn)
     decode = components.make_decoder(cfg.data.task, meta, cfg.model)
+    if cfg.data.crop_frames:  # speaker: random windows of long utterances, per (seed, epoch, row)
+        from xclass.data.crop import RandomCrop
+
+        decode = RandomCrop(decode, cfg.data.crop_frames, cfg.data.seed)
     ranges = _shard_ranges(num_classes, ctx)
     return Setup(reader, decode, engine, head, head_opt, num_classes, total, ranges,
                  head_lr(cfg.optim), bool(cfg.deepspeed.enabled), ctx.device, make_augment(cfg.data))
