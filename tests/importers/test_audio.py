@@ -137,3 +137,35 @@ def test_cli_exit_code_and_message(tmp_path, capsys):
 
     rc = main(["audio", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2 and "missing: not a directory" in capsys.readouterr().err
+
+
+def test_float16_filterbanks_match_float32_and_train(tmp_path):
+    """--fbank-dtype float16 stores the same log-mel values to half precision; the decoder reads
+    them as float32 and training runs on them."""
+    import json
+
+    import pyarrow as pa
+
+    from xclass.cli.main import main as xclass
+
+    root = tmp_path / "spk"
+    for s, f0 in (("alice", 300.0), ("bob", 1000.0), ("carl", 2000.0)):
+        os.makedirs(root / s)
+        for i in range(4):
+            _write_wav(root / s / f"u{i}.wav", 0.4 * np.sin(2 * np.pi * (f0 + 30 * i) * np.arange(6000) / 8000), 8000)
+    out = {}
+    for dtype in ("float32", "float16"):
+        out[dtype] = str(tmp_path / dtype)
+        import_audio(str(root), out[dtype], test_regex=r"u3\.wav$", num_trials=10, show_progress=False,
+                     fbank_dtype=dtype)
+    t32, t16 = (pq.read_table(os.path.join(out[d], "train.parquet")) for d in ("float32", "float16"))
+    assert t16.schema.field("fbank").type == pa.list_(pa.float16())
+    a = np.concatenate(t32.column("fbank").to_pylist()).astype(np.float32)
+    b = np.concatenate(t16.column("fbank").to_pylist()).astype(np.float32)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-2)            # half precision of the same values
+    assert json.load(open(os.path.join(out["float16"], "meta.json")))["inputs"]["fbank"]["dtype"] == "float16"
+    assert xclass(["train", "--config", "configs/speaker/cpu.yaml", f"data.path={out['float16']}",
+                   f"train.out_dir={tmp_path / 'run'}", "train.progress=false", "train.max_steps=2",
+                   "data.batch_size=4", "optim.warmup_steps=0"]) == 0
+    with pytest.raises(ImportError_, match="--fbank-dtype must be one of"):
+        import_audio(str(root), str(tmp_path / "bad"), fbank_dtype="int8", show_progress=False)

@@ -79,6 +79,8 @@ def _add_audio(sub) -> None:
     p.add_argument("--max-frames", type=int, default=0, help="crop training utterances to this many frames")
     p.add_argument("--segments", action="store_true",
                    help="with --max-frames: cut training utterances into consecutive chunks instead")
+    p.add_argument("--fbank-dtype", default="float32", choices=["float32", "float16"],
+                   help="stored filterbank values: float16 halves the dataset (about three significant digits)")
     p.add_argument("--num-trials", type=int, default=6000, help="trials from the test split (at most)")
     p.add_argument("--impostor-ratio", type=float, default=1.0,
                    help="non-target trials per target trial (default 1: a balanced file, shuffled)")
@@ -219,7 +221,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
                             overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio,
-                            trials_file=a.trials, workers=a.workers)
+                            trials_file=a.trials, workers=a.workers, fbank_dtype=a.fbank_dtype)
     if a.import_kind == "pcap":
         from xclass.importers.pcap import import_pcap
 

@@ -122,17 +122,23 @@ def utterance_fbank(path: str, sample_rate: int, n_mels: int) -> np.ndarray:
         raise ImportError_(f"{path}: {exc}", file=path) from None
 
 
-def speaker_schema(n_mels: int) -> pa.Schema:
-    schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("fbank", pa.list_(pa.float32())),
+#: stored filterbank value types (``--fbank-dtype``): float16 halves the dataset
+FBANK_TYPES = {"float32": (pa.float32(), np.float32), "float16": (pa.float16(), np.float16)}
+
+
+def speaker_schema(n_mels: int, fbank_dtype: str = "float32") -> pa.Schema:
+    schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("fbank", pa.list_(FBANK_TYPES[fbank_dtype][0])),
                         ("num_frames", pa.int32())])
     return with_task_meta(schema, "speaker", n_mels=n_mels)
 
 
-def _to_arrow(rows: List[dict]) -> Dict[str, pa.Array]:
+def _to_arrow(rows: List[dict], fbank_dtype: str = "float32") -> Dict[str, pa.Array]:
+    arrow_type, np_type = FBANK_TYPES[fbank_dtype]
     offsets = np.cumsum([0] + [r["fbank"].size for r in rows])
+    values = np.concatenate([r["fbank"].reshape(-1) for r in rows]).astype(np_type, copy=False)
     return {"id": pa.array([r["id"] for r in rows], pa.int64()),
             "label": pa.array([r["label"] for r in rows], pa.int64()),
-            "fbank": var_list(np.concatenate([r["fbank"].reshape(-1) for r in rows]), offsets, pa.float32()),
+            "fbank": var_list(values, offsets, arrow_type),
             "num_frames": pa.array([r["fbank"].shape[0] for r in rows], pa.int32())}
 
 
@@ -151,17 +157,21 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                  segments: bool = False, test_classes: int = 0, test_regex: Optional[str] = None,
                  label_regex: Optional[str] = None, num_trials: int = 6000, seed: int = 0,
                  overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0,
-                 trials_file: Optional[str] = None, workers: int = 1) -> Dict:
+                 trials_file: Optional[str] = None, workers: int = 1, fbank_dtype: str = "float32") -> Dict:
     """Import an audio folder into ``out`` (train.parquet, test.parquet + trials.parquet when a
     test split is requested, meta.json). Returns the meta dict. ``trials_file``: a published
     trial list (VoxCeleb, Kaldi / WeSpeaker) as the test split and its trials
     (:mod:`~xclass.importers.protocols`). ``workers``: processes computing filterbanks (rows come
-    out in the same order as with one)."""
+    out in the same order as with one). ``fbank_dtype``: float32, or float16 (half the size; log-mel
+    values keep about three significant digits)."""
+    if fbank_dtype not in FBANK_TYPES:
+        raise ImportError_(f"--fbank-dtype must be one of {sorted(FBANK_TYPES)}, got {fbank_dtype!r}")
     plan = plan_splits(discover(root, AUDIO_EXTS, label_regex), root, trials_file, "--trials",
                        test_classes=test_classes, test_regex=test_regex, seed=seed)
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        w = SplitWriters(tmp, speaker_schema(n_mels), _to_arrow, chunk_rows=128)
+        w = SplitWriters(tmp, speaker_schema(n_mels, fbank_dtype), partial(_to_arrow, fbank_dtype=fbank_dtype),
+                         chunk_rows=128)
         row, frames, row_of = 0, [], {}
         with closing(decode_in_order(partial(utterance_fbank, sample_rate=sample_rate, n_mels=n_mels),
                                      [it.path for it in items], workers)) as fbanks:   # the pool ends here
@@ -174,7 +184,7 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                     row += 1
         inputs = {"fbank": {"n_mels": n_mels, "layout": "frame-major [T, n_mels] flattened",
                             "min_frames": int(min(frames)), "max_frames": int(max(frames)),
-                            "sample_rate": sample_rate, "win_ms": 25.0, "hop_ms": 10.0}}
+                            "sample_rate": sample_rate, "win_ms": 25.0, "hop_ms": 10.0, "dtype": fbank_dtype}}
         source = {"importer": "audio", "root": os.path.abspath(root), "files": len(items),
                   **({"protocol": plan.file} if plan.file else {})}
         return finish(tmp, "speaker", w, plan.train_names, plan.test_names, inputs, source, num_trials, seed,
