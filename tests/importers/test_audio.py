@@ -169,3 +169,15 @@ def test_float16_filterbanks_match_float32_and_train(tmp_path):
                    "data.batch_size=4", "optim.warmup_steps=0"]) == 0
     with pytest.raises(ImportError_, match="--fbank-dtype must be one of"):
         import_audio(str(root), str(tmp_path / "bad"), fbank_dtype="int8", show_progress=False)
+
+
+def test_test_only_audio_import_draws_trials_from_every_file(tmp_path):
+    root = tmp_path / "spk"
+    for s, f0 in (("alice", 300.0), ("bob", 1000.0)):
+        os.makedirs(root / s)
+        for i in range(3):
+            _write_wav(root / s / f"u{i}.wav", 0.4 * np.sin(2 * np.pi * f0 * np.arange(4000) / 8000), 8000)
+    meta = import_audio(str(root), str(tmp_path / "out"), test_only=True, num_trials=8, show_progress=False)
+    assert meta["num_classes"] == 0 and meta["test_classes"] == 2 and meta["splits"]["test"]["rows"] == 6
+    trials = pq.read_table(tmp_path / "out" / "trials.parquet").to_pydict()
+    assert len(trials["target"]) == 8 and any(trials["target"]) and not all(trials["target"])

@@ -112,3 +112,34 @@ def test_file_at_root_needs_label_regex(tmp_path):
         with pytest.raises(ImportError_, match=f"{flag} '.*' is not a regular expression"):  # was a re.error traceback
             import_faces(str(tmp_path / "flat"), str(tmp_path / "o2"), size=8, show_progress=False, **kw)
     assert not os.path.exists(tmp_path / "o2")
+
+
+def test_test_only_import_holds_every_file_out(tmp_path, capsys):
+    """--test-only: a benchmark imported only to be encoded by a model trained elsewhere."""
+    import json
+
+    from xclass.cli.main import main as xclass
+
+    _tree(tmp_path / "faces", n_ids=3, per_id=4)
+    meta = import_faces(str(tmp_path / "faces"), str(tmp_path / "out"), size=8, test_only=True, num_pairs=20,
+                        show_progress=False)
+    assert meta["num_classes"] == 0 and meta["test_classes"] == 3 and list(meta["splits"]) == ["test"]
+    te = pq.read_table(tmp_path / "out" / "test.parquet").to_pydict()
+    assert sorted(set(te["label"])) == [0, 1, 2] and len(te["id"]) == 12
+    pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pydict()
+    assert set(pairs["a"]) | set(pairs["b"]) <= set(te["id"]) and any(pairs["same"])
+    # one class (a flat folder of crops) and no pairs wanted: no pairs file, still a dataset
+    flat = tmp_path / "flat"
+    os.makedirs(flat)
+    for j in range(3):
+        Image.fromarray(np.full((10, 10, 3), 50 * j, np.uint8)).save(flat / f"{j}.png")
+    meta = import_faces(str(flat), str(tmp_path / "one"), size=8, test_only=True, num_pairs=0,
+                        label_regex=r"^()", show_progress=False)
+    assert meta["test_classes"] == 1 and not (tmp_path / "one" / "pairs.parquet").exists()
+    with pytest.raises(ImportError_, match="--test-only puts every file in the test split"):
+        import_faces(str(flat), str(tmp_path / "x"), test_only=True, test_classes=1, label_regex=r"^()",
+                     show_progress=False)
+    assert xclass(["train", "--config", "configs/face/cpu.yaml", f"data.path={tmp_path / 'out'}",
+                   f"train.out_dir={tmp_path / 'run'}", "train.progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_classes is 0" in err[0] and json.load(open(tmp_path / "out" / "meta.json"))

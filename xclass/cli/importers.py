@@ -42,6 +42,9 @@ def _folder(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--test-regex", default=None,
                    help="files whose path matches go to the test split with their (training) class: "
                         "held-out recordings of known classes")
+    p.add_argument("--test-only", action="store_true",
+                   help="every file goes to the test split (a benchmark to encode with a model trained "
+                        "elsewhere: export-index --data); no training classes")
 
 
 def add_import_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -213,7 +216,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             label_regex=a.label_regex, num_pairs=a.num_pairs, seed=a.seed, overwrite=a.overwrite,
                             show_progress=show, impostor_ratio=a.impostor_ratio, grayscale=a.grayscale,
                             crop_box=a.crop_box, boxes_csv=a.boxes, landmarks_csv=a.landmarks,
-                            pairs_file=a.pairs_file, workers=a.workers)
+                            pairs_file=a.pairs_file, workers=a.workers, test_only=a.test_only)
     if a.import_kind == "audio":
         from xclass.importers.audio import import_audio
 
@@ -221,7 +224,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
                             segments=a.segments, test_classes=a.test_classes, test_regex=a.test_regex,
                             label_regex=a.label_regex, num_trials=a.num_trials, seed=a.seed,
                             overwrite=a.overwrite, show_progress=show, impostor_ratio=a.impostor_ratio,
-                            trials_file=a.trials, workers=a.workers, fbank_dtype=a.fbank_dtype)
+                            trials_file=a.trials, workers=a.workers, fbank_dtype=a.fbank_dtype,
+                            test_only=a.test_only)
     if a.import_kind == "pcap":
         from xclass.importers.pcap import import_pcap
 

@@ -157,17 +157,19 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
                  segments: bool = False, test_classes: int = 0, test_regex: Optional[str] = None,
                  label_regex: Optional[str] = None, num_trials: int = 6000, seed: int = 0,
                  overwrite: bool = False, show_progress: bool = True, impostor_ratio: float = 1.0,
-                 trials_file: Optional[str] = None, workers: int = 1, fbank_dtype: str = "float32") -> Dict:
+                 trials_file: Optional[str] = None, workers: int = 1, fbank_dtype: str = "float32",
+                 test_only: bool = False) -> Dict:
     """Import an audio folder into ``out`` (train.parquet, test.parquet + trials.parquet when a
     test split is requested, meta.json). Returns the meta dict. ``trials_file``: a published
     trial list (VoxCeleb, Kaldi / WeSpeaker) as the test split and its trials
     (:mod:`~xclass.importers.protocols`). ``workers``: processes computing filterbanks (rows come
     out in the same order as with one). ``fbank_dtype``: float32, or float16 (half the size; log-mel
-    values keep about three significant digits)."""
+    values keep about three significant digits). ``test_only``: every file in the test split (no
+    training classes; trials only with --num-trials > 0 and two speakers or more)."""
     if fbank_dtype not in FBANK_TYPES:
         raise ImportError_(f"--fbank-dtype must be one of {sorted(FBANK_TYPES)}, got {fbank_dtype!r}")
     plan = plan_splits(discover(root, AUDIO_EXTS, label_regex), root, trials_file, "--trials",
-                       test_classes=test_classes, test_regex=test_regex, seed=seed)
+                       test_classes=test_classes, test_regex=test_regex, seed=seed, test_only=test_only)
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, speaker_schema(n_mels, fbank_dtype), partial(_to_arrow, fbank_dtype=fbank_dtype),
@@ -188,4 +190,4 @@ def import_audio(root: str, out: str, *, sample_rate: int = 16000, n_mels: int =
         source = {"importer": "audio", "root": os.path.abspath(root), "files": len(items),
                   **({"protocol": plan.file} if plan.file else {})}
         return finish(tmp, "speaker", w, plan.train_names, plan.test_names, inputs, source, num_trials, seed,
-                      impostor_ratio, plan.table(row_of))
+                      impostor_ratio, plan.table(row_of), test_only=test_only)

@@ -93,15 +93,18 @@ def discover(root: str, exts: Sequence[str], label_regex: Optional[str] = None) 
 
 
 def assign_splits(items: List[Item], *, test_classes: int = 0, test_regex: Optional[str] = None,
-                  seed: int = 0) -> Tuple[List[str], List[str]]:
+                  seed: int = 0, test_only: bool = False) -> Tuple[List[str], List[str]]:
     """Set each item's split and integer label. Returns (train class names, test class names).
 
     ``test_regex``: items whose path matches go to test with the SAME label space as train
     (held-out recordings of known classes). ``test_classes``: that many classes (seeded choice)
     go entirely to test with labels ``[C, C + T)`` (open set, as make-data). Train labels are the
-    sorted class names' indices."""
+    sorted class names' indices. ``test_only``: every class is held out (a benchmark imported to
+    be encoded by a model trained elsewhere)."""
     names = sorted({it.label_name for it in items})
-    held: set = set()
+    held: set = set(names) if test_only else set()
+    if test_only and (test_classes or test_regex):
+        raise ImportError_("--test-only puts every file in the test split: leave out --test-classes and --test-regex")
     if test_classes:
         if test_classes >= len(names):
             raise ImportError_(f"--test-classes {test_classes} leaves no training class ({len(names)} classes)")
@@ -256,12 +259,12 @@ def split_info(split: str, ids: np.ndarray, labels: np.ndarray) -> Dict:
 
 def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], test_names: List[str],
            inputs: Dict, source: Dict, num_pairs: int, seed: int, impostor_ratio: float = 1.0,
-           protocol: Optional[Dict[str, np.ndarray]] = None) -> Dict:
+           protocol: Optional[Dict[str, np.ndarray]] = None, test_only: bool = False) -> Dict:
     """Close the writers, write pairs/trials for the test split and meta.json; returns meta.
     ``protocol``: the pairs of a published protocol (a, b, same[, fold] in row ids) instead of
     drawn ones; such a dataset may be a test set alone (no training split)."""
     splits = writers.close()
-    if "train" not in splits and protocol is None:
+    if "train" not in splits and protocol is None and not test_only:
         raise ImportError_("no file went to the training split (check --test-regex / --test-classes)")
     meta: Dict = {"task": task, "schema_version": SCHEMA_VERSION, "seed": seed,
                   "num_classes": len(train_names), "test_classes": len(test_names),
@@ -270,7 +273,8 @@ def finish(tmp: str, task: str, writers: SplitWriters, train_names: List[str], t
     if writers.sources:
         meta["file_map"] = write_file_map(os.path.join(tmp, FILE_MAP), writers.sources)
     spec = get_task(task).pairs
-    if "test" in splits and spec is not None:
+    drawn = not (test_only and (num_pairs == 0 or len(test_names) < 2))  # a test-only set may have no pairs
+    if "test" in splits and spec is not None and (protocol is not None or drawn):
         pairs = protocol if protocol is not None else balanced_pairs(
             np.array(writers.ids["test"]), np.array(writers.labels["test"]), num_pairs, seed, impostor_ratio)
         fname = spec.file

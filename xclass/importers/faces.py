@@ -112,18 +112,19 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
                  seed: int = 0, overwrite: bool = False, show_progress: bool = True,
                  impostor_ratio: float = 1.0, grayscale: bool = False, crop_box: Optional[str] = None,
                  boxes_csv: Optional[str] = None, landmarks_csv: Optional[str] = None,
-                 pairs_file: Optional[str] = None, workers: int = 1) -> Dict:
+                 pairs_file: Optional[str] = None, workers: int = 1, test_only: bool = False) -> Dict:
     """Import a face folder tree into ``out`` (train.parquet, test.parquet + pairs.parquet when
     a test split is requested, meta.json). Returns the meta dict. ``crop_box`` "x0,y0,x1,y1";
     ``boxes_csv`` / ``landmarks_csv``: see :func:`~xclass.importers.face_align.read_point_csv`.
     ``pairs_file``: a published protocol (LFW ``pairs.txt``, a pair list) as the test split and
     its pairs (:mod:`~xclass.importers.protocols`). ``workers``: processes decoding images (rows
-    come out in the same order as with one)."""
+    come out in the same order as with one). ``test_only``: every file in the test split (no
+    training classes; pairs only with --num-pairs > 0 and two classes or more)."""
     if size < 4:
         raise ImportError_(f"--size must be >= 4, got {size}")
     geo = FaceGeometry.from_options(root, grayscale, crop_box, boxes_csv, landmarks_csv)
     plan = plan_splits(discover(root, IMAGE_EXTS, label_regex), root, pairs_file, "--pairs-file",
-                       test_classes=test_classes, test_regex=test_regex, seed=seed)
+                       test_classes=test_classes, test_regex=test_regex, seed=seed, test_only=test_only)
     items = plan.items
     with atomic_dir(out, overwrite=overwrite) as tmp:
         w = SplitWriters(tmp, face_schema(size, geo.channels), _to_arrow)
@@ -136,7 +137,7 @@ def import_faces(root: str, out: str, *, size: int = 112, test_classes: int = 0,
         source = {"importer": "faces", "root": os.path.abspath(root), "files": len(items),
                   **({"protocol": plan.file} if plan.file else {})}
         return finish(tmp, "face", w, plan.train_names, plan.test_names, inputs, source, num_pairs, seed,
-                      impostor_ratio, plan.table({i: i for i in range(len(items))}))
+                      impostor_ratio, plan.table({i: i for i in range(len(items))}), test_only=test_only)
 
 
 def _alignment(geo: FaceGeometry) -> str:

@@ -176,15 +176,16 @@ class SplitPlan:
 
 
 def plan_splits(items: List[Item], root: str, protocol_file: Optional[str], flag: str, *, test_classes: int = 0,
-                test_regex: Optional[str] = None, seed: int = 0) -> SplitPlan:
+                test_regex: Optional[str] = None, seed: int = 0, test_only: bool = False) -> SplitPlan:
     """The splits of an import: from ``protocol_file`` (``flag`` names its option in errors; it
     sets the test split, so --test-classes / --test-regex are refused with it), else
     :func:`~xclass.importers.common.assign_splits`."""
     if not protocol_file:
-        train, test = assign_splits(items, test_classes=test_classes, test_regex=test_regex, seed=seed)
+        train, test = assign_splits(items, test_classes=test_classes, test_regex=test_regex, seed=seed,
+                                    test_only=test_only)
         return SplitPlan(train, test, items)
-    if test_classes or test_regex:
-        raise ImportError_(f"{flag} sets the test split: leave out --test-classes and --test-regex")
+    if test_classes or test_regex or test_only:
+        raise ImportError_(f"{flag} sets the test split: leave out --test-classes, --test-regex and --test-only")
     pairs = read_protocol(protocol_file)
     train, test, keep, positions = protocol_splits(items, pairs, resolve(pairs, items, root, protocol_file),
                                                    protocol_file)
