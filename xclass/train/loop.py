@@ -43,12 +43,7 @@ def train(cfg: RunConfig, ctx: Optional[ParallelContext] = None,
     last: Dict[str, Any] = {}
     t_last, n_last, step_last = time.perf_counter(), 0, step
     while step < total:
-        s.reader.set_epoch(epoch)
-        if hasattr(s.decode, "set_epoch"):  # data.crop_frames: new windows every epoch
-            s.decode.set_epoch(epoch)
-        if batch_in_epoch:
-            s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
-        batches = prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)
+        batches = _epoch_batches(s, cfg, epoch, batch_in_epoch)
         for micro, (inputs, labels) in enumerate(batches):
             if s.head_opt_updates_in_backward:  # the head steps in its backward: its LR first
                 s.set_head_lr(lr_at(step, total, s.head_peak_lr, cfg.optim.schedule, cfg.optim.warmup_steps))
@@ -91,6 +86,16 @@ def _finish(s: Setup, ctx: ParallelContext, runlog: RunLog, log: Any, run_dir: s
         plot_training(run_dir)
     log.info(f"step {step}: done; run directory {os.path.abspath(run_dir)}")
     return {"step": step, **last}
+
+
+def _epoch_batches(s: Setup, cfg: RunConfig, epoch: int, batch_in_epoch: int) -> Any:
+    """The prefetched (inputs, labels) of ``epoch``, from batch ``batch_in_epoch`` on (a resume)."""
+    s.reader.set_epoch(epoch)
+    if hasattr(s.decode, "set_epoch"):  # data.crop_frames: new windows every epoch
+        s.decode.set_epoch(epoch)
+    if batch_in_epoch:
+        s.reader.load_state_dict({"epoch": epoch, "batch": batch_in_epoch})
+    return prefetch(s.reader, s.decode, cfg.data.prefetch, s.device)
 
 
 def _micro_step(s: Setup, inputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
