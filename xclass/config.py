@@ -123,6 +123,8 @@ class TrainConfig:
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png."""
     seed: int = 0
     """Seed of model initialisation."""
+    init_from: str = ""
+    """Run directory whose newest checkpoint's ENCODER weights start this run (fine-tuning: the head, optimizer and schedule start fresh; a resume of this run takes precedence). "" = random init."""
     log_every: int = 10
     """Steps between metric lines."""
     checkpoint_every: int = 0

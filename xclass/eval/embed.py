@@ -54,23 +54,13 @@ def load_encoder(run_dir: str, cfg: RunConfig, meta: Dict[str, Any],
     for path in paths:
         ckpt.read_manifest(path)  # a corrupt manifest is refused before any weight file is read
     enc = components.build_encoder(cfg.model, meta)
-    states = [_encoder_weights(p) for p in paths]
+    states = [ckpt.encoder_weights(p) for p in paths]
     f = os.path.join(paths[-1], "encoder.pt")
     try:
         enc.load_state_dict(states[0] if len(states) == 1 else average_states(states, paths))
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ckpt.CheckpointError(f"{f}: does not match the run's encoder: {str(exc).splitlines()[0]}") from None
     return enc.to(device or torch.device("cpu")).eval()
-
-
-def _encoder_weights(path: str) -> Dict[str, torch.Tensor]:
-    from xclass.train.safe_io import safe_load
-
-    f = os.path.join(path, "encoder.pt")
-    state = safe_load(f, map_location="cpu")
-    if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
-        raise ckpt.CheckpointError(f"{f}: not an encoder checkpoint (no 'module' state)")
-    return state["module"]
 
 
 def average_states(states: List[Dict[str, torch.Tensor]], paths: List[str]) -> Dict[str, torch.Tensor]:

@@ -168,3 +168,30 @@ def restore_rng(state: Dict[str, Any], device: Any) -> None:
     dev = torch.device(device)
     if dev.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+
+
+def encoder_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The encoder state dict of checkpoint directory ``path`` (read without unpickling code)."""
+    from xclass.train.safe_io import safe_load
+
+    f = os.path.join(path, "encoder.pt")
+    state = safe_load(f, map_location="cpu")
+    if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
+        raise CheckpointError(f"{f}: not an encoder checkpoint (no 'module' state)")
+    return state["module"]
+
+
+def init_encoder(encoder: torch.nn.Module, run_dir: str) -> str:
+    """``train.init_from``: load the encoder weights of ``run_dir``'s newest checkpoint into
+    ``encoder`` (same architecture; the head, optimizer and schedule start fresh). Returns the
+    checkpoint directory; a run without one, or weights that do not fit, stop in one line."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"train.init_from={run_dir}: no complete checkpoint under checkpoints/")
+    read_manifest(found[-1])
+    try:
+        encoder.load_state_dict(encoder_weights(found[-1]))
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"train.init_from: {os.path.join(found[-1], 'encoder.pt')} does not fit this "
+                              f"run's encoder: {str(exc).splitlines()[0]}") from None
+    return found[-1]

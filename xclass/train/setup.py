@@ -73,7 +73,10 @@ def build_setup(cfg: RunConfig, ctx: ParallelContext) -> Setup:
     torch.manual_seed(cfg.train.seed)
     # built on the host (the same seeded values on every device), then moved once, before any
     # optimizer exists: optimizer states are created from the moved parameters
-    encoder = components.build_encoder(cfg.model, meta).to(ctx.device)
+    encoder = components.build_encoder(cfg.model, meta)
+    if cfg.train.init_from:  # fine-tuning: another run's encoder weights (a resume overwrites them later)
+        ckpt.init_encoder(encoder, cfg.train.init_from)
+    encoder = encoder.to(ctx.device)
     head = make_head(cfg, num_classes, cfg.model.embedding_dim, ctx).to(ctx.device)
     engine = build_engine(encoder, cfg, ctx)
     try:
