@@ -68,3 +68,22 @@ def test_first_half_mask_by_hand():
 
     labels = np.array([1, 0, 1, 0, 1, 1, 0])
     assert first_half_mask(labels).tolist() == [False, False, False, True, True, True, True]
+
+
+def test_unenrolled_classes_become_non_mated_queries(tmp_path, capsys):
+    labels = np.repeat(np.arange(8), 6)
+    _emb(tmp_path / "e.parquet", labels)
+    assert main(["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "plain")]) == 0
+    assert main(["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "open"),
+                 "--unenrolled-classes", "3"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    g, q = (pq.read_table(tmp_path / "open" / f"{n}.parquet").to_pydict() for n in ("gallery", "queries"))
+    plain_q = pq.read_table(tmp_path / "plain" / "queries.parquet").to_pydict()
+    out = set(labels) - set(g["label"])
+    assert len(out) == 3 and info["unenrolled_classes"] == 3
+    assert sum(lab in out for lab in q["label"]) == 18                     # every row of those classes
+    kept = [i for i, lab in zip(q["id"], q["label"]) if lab not in out]
+    assert sorted(kept) == sorted(i for i, lab in zip(plain_q["id"], plain_q["label"]) if lab not in out)
+    assert main(["split-gallery", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "x"),
+                 "--unenrolled-classes", "8"]) == 2
+    assert "--unenrolled-classes must be in [0, 7]" in capsys.readouterr().err

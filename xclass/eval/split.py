@@ -61,12 +61,24 @@ def _mask_from_file(path: str, ids: np.ndarray, emb_path: str) -> np.ndarray:
     return np.array([bool(is_q[i]) for i in ids.tolist()])
 
 
+def unenrolled(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """bool [n]: the rows of ``k`` seeded classes, to become queries with no gallery row (open-set
+    identification's non-mated probes)."""
+    classes = np.unique(labels)
+    if not 0 <= k < len(classes):
+        raise ValueError(f"--unenrolled-classes must be in [0, {len(classes) - 1}] (classes - 1), got {k}")
+    chosen = np.random.default_rng([seed, 7919]).permutation(classes)[:k]
+    return np.isin(labels, chosen)
+
+
 def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = None, query_fraction: float = 0.5,
-                  seed: int = 0, overwrite: bool = False, first_half: bool = False) -> Dict[str, object]:
+                  seed: int = 0, overwrite: bool = False, first_half: bool = False,
+                  unenrolled_classes: int = 0) -> Dict[str, object]:
     """Write ``out_dir/gallery.parquet`` and ``out_dir/queries.parquet`` (all columns of ``path``).
     Without ``gallery_query``, ``first_half`` picks :func:`first_half_mask` instead of the seeded
-    :func:`query_mask`. Checks everything before writing; each file is written to a temp path and
-    renamed."""
+    :func:`query_mask`. ``unenrolled_classes`` K: the rows of K seeded classes all become queries
+    (:func:`unenrolled`). Checks everything before writing; each file is written to a temp path
+    and renamed."""
     out = {"gallery": os.path.join(out_dir, "gallery.parquet"), "queries": os.path.join(out_dir, "queries.parquet")}
     if not overwrite:
         for p in out.values():
@@ -85,11 +97,13 @@ def split_gallery(path: str, out_dir: str, *, gallery_query: Optional[str] = Non
         mask = first_half_mask(labels)
     else:
         mask = query_mask(ids, labels, query_fraction, seed)
+    if unenrolled_classes:
+        mask = mask | unenrolled(labels, unenrolled_classes, seed)
     os.makedirs(out_dir, exist_ok=True)
     for name, keep in (("gallery", ~mask), ("queries", mask)):
         write_parquet_atomic(t.filter(pa.array(keep)), out[name])
     return {**out, "gallery_rows": int((~mask).sum()), "query_rows": int(mask.sum()),
-            "classes": int(len(np.unique(labels)))}
+            "classes": int(len(np.unique(labels))), "unenrolled_classes": int(unenrolled_classes)}
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -101,6 +115,9 @@ def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-fraction", type=float, default=0.5,
                    help="without --gallery-query: share of each class's rows that become queries "
                         "(seeded; at least one gallery row per class)")
+    p.add_argument("--unenrolled-classes", type=int, default=0, metavar="K",
+                   help="all rows of K seeded classes become queries with no gallery row: non-mated probes "
+                        "for open-set identification (evaluate --protocol ident then reports DIR@FPIR)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
@@ -113,8 +130,8 @@ def run_split(a: argparse.Namespace) -> int:
         return 2
     try:
         info = split_gallery(a.input, a.out, gallery_query=a.gallery_query, query_fraction=a.query_fraction,
-                             seed=a.seed, overwrite=a.overwrite)
-    except (DataError, FileExistsError, FileNotFoundError, pa.ArrowInvalid) as exc:
+                             seed=a.seed, overwrite=a.overwrite, unenrolled_classes=a.unenrolled_classes)
+    except (DataError, FileExistsError, FileNotFoundError, pa.ArrowInvalid, ValueError) as exc:
         if os.environ.get("XCLASS_DEBUG"):
             raise
         print(f"xclass split-gallery: error: {one_line(exc)}", file=sys.stderr)
