@@ -83,3 +83,29 @@ def test_markdown_cells_escape_table_breaking_paths():
     row = md[-2]
     assert row == "| genuine, low score | 1 | 0.5000 | odd\\|name x.png | 4 |"
     assert row.replace("\\|", "").count("|") == 6   # five cells
+
+
+def test_identification_lists_its_most_confident_mistakes_with_files(tmp_path):
+    from tests.eval.conftest import clustered, write_embeddings
+    from tests.eval.test_cli import _args, _export
+    from xclass.cli.evaluate import add_evaluate_args, run_evaluate
+
+    x, lab = clustered(300, 8, 15, seed=2, noise=1.2)                       # noisy: many mistakes
+    gal, qry = np.arange(0, 300, 2), np.arange(1, 300, 2)
+    gf = write_embeddings(tmp_path / "gallery.parquet", gal, x[gal], label=lab[gal])
+    qf = write_embeddings(tmp_path / "query.parquet", qry, x[qry], label=lab[qry])
+    pq.write_table(pa.table({"id": np.arange(300), "split": ["test"] * 300, "label": lab.astype(np.int64),
+                             "path": [f"c{c}/{i}.wav" for i, c in enumerate(lab)]}), tmp_path / "files.parquet")
+    out = _export(tmp_path, [gf])
+    assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gf, "--queries",
+                                                  qf, "--out", str(tmp_path / "rep"), "--quiet", "--hardest", "7",
+                                                  "--file-map", str(tmp_path / "files.parquet")])) == 0
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "hardest_queries.csv")))
+    S = x[qry] @ x[gal].T                                                   # brute force
+    best = S.argmax(1)
+    wrong = np.flatnonzero(lab[gal][best] != lab[qry])
+    wrong = wrong[np.argsort(-S.max(1)[wrong], kind="stable")][:7]
+    assert len(rows) == 7 and [int(r["query"]) for r in rows] == qry[wrong].tolist()
+    assert [int(r["nearest"]) for r in rows] == gal[best[wrong]].tolist()
+    np.testing.assert_allclose([float(r["score"]) for r in rows], S.max(1)[wrong], atol=1e-5)
+    assert all(r["query_path"] == f"c{lab[int(r['query'])]}/{r['query']}.wav" for r in rows)

@@ -128,11 +128,12 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="face: template verification (IJB-B / IJB-C): lines 'image template [media]'; --pairs is "
                         "then the template pair list 'a b 1|0' and --file-map the image dataset's files.parquet")
     p.add_argument("--file-map", default=None,
-                   help="face/speaker: the dataset's files.parquet (id -> input file) for the hardest pairs "
-                        "in the report; default: the one beside --pairs, when there is one")
+                   help="the dataset's files.parquet (id -> input file) for the hardest pairs / queries in the "
+                        "report; face/speaker default: the one beside --pairs, when there is one")
     p.add_argument("--hardest", type=int, default=20,
                    help="face/speaker: the N highest-scoring impostor and N lowest-scoring genuine pairs go to "
-                        "OUT/hardest_pairs.csv (0: none)")
+                        "OUT/hardest_pairs.csv; ident: the N most confident wrong 1-NN answers to "
+                        "OUT/hardest_queries.csv (0: none)")
     p.add_argument("--majority-k", type=int, default=5)
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
@@ -210,7 +211,7 @@ def _run_evaluate(args) -> int:
         if not 0 <= getattr(args, name, 0) < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
     header = {"protocol": args.protocol}
-    curves = None
+    curves, errors = None, []
     rankings = _rankings_path(args) if args.protocol in ("xmc", "ident") else None
     if args.protocol == "xmc":
         _need(args, "index", "queries")
@@ -232,17 +233,37 @@ def _run_evaluate(args) -> int:
     elif args.protocol in VERIFICATION_PROTOCOLS:
         metrics, curves = _verification(args, header)
     else:
-        _need(args, "index", "queries", "gallery")
-        metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries,
-                                             args.ks, args.majority_k, args.batch_rows,
-                                             progress=not args.quiet, rankings_out=rankings)
-        header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries,
-                       "rankings": rankings})
+        metrics, errors = _identification(args, header, rankings)
     print_table(metrics, f"{args.protocol} metrics")
     if args.out:
         files = write_report(args.out, metrics, header, curves, plots=not args.no_plots)
+        if errors:
+            from xclass.eval.hardest import write_query_errors
+
+            write_query_errors(os.path.join(args.out, "hardest_queries.csv"), errors)
         print(f"report written to {os.path.abspath(args.out)} ({len(files['plots'])} plots)")
     return 0
+
+
+def _identification(args, header: dict, rankings):
+    """(metrics, the most confident wrong 1-NN answers with their files when --file-map is given)."""
+    from xclass.eval import evaluate as ev
+    from xclass.eval.hardest import read_file_map
+
+    _need(args, "index", "queries", "gallery")
+    n = getattr(args, "hardest", 20)
+    if n < 0:
+        raise ValueError(f"--hardest must be >= 0, got {n}")
+    fmap = read_file_map(args.file_map) if getattr(args, "file_map", None) else {}
+    errors: list = []
+    metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,
+                                         args.batch_rows, progress=not args.quiet, rankings_out=rankings,
+                                         errors_out=errors if args.out and n else None, n_errors=n)
+    for e in errors:
+        e["query_path"], e["nearest_path"] = fmap.get(e["query"], ""), fmap.get(e["nearest"], "")
+    header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries, "rankings": rankings,
+                   "file_map": getattr(args, "file_map", None)})
+    return metrics, errors
 
 
 def main(argv=None) -> int:

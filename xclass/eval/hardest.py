@@ -1,6 +1,7 @@
-"""The hardest pairs of a verification run, to look at: the impostor (non-target) pairs that score
-highest and the genuine (target) pairs that score lowest, with the input files of both sides when
-the dataset has a file map (``files.parquet``, written by ``import faces`` / ``import audio``)."""
+"""The hardest cases of an evaluation, to look at: for verification the impostor (non-target) pairs
+that score highest and the genuine (target) pairs that score lowest; for identification the most
+confident wrong 1-NN answers. Each with the input files when the dataset has a file map
+(``files.parquet``, written by ``import faces`` / ``import audio``)."""
 from __future__ import annotations
 
 import csv
@@ -67,3 +68,18 @@ def to_markdown(rows: List[dict], show: int = 5) -> List[str]:
             out.append(f"| {r['kind']} | {r['rank']} | {r['score']:.4f} | {cell(r['a_path'], r['a'])} | "
                        f"{cell(r['b_path'], r['b'])} |")
     return out + [""]
+
+
+#: columns of hardest_queries.csv (identification)
+QUERY_COLUMNS = ("rank", "score", "query", "query_label", "nearest", "nearest_label", "query_path", "nearest_path")
+
+
+def write_query_errors(path: str, rows: List[dict]) -> None:
+    """hardest_queries.csv (QUERY_COLUMNS), written to a temporary file and renamed."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=QUERY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    with open(path + ".tmp", "w") as f:
+        f.write(buf.getvalue())
+    os.replace(path + ".tmp", path)

@@ -4,7 +4,7 @@ K nearest indexed rows, labelled from the gallery file, scored by
 when some queries belong to no gallery class, :func:`xclass.eval.open_set.open_set_report`."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -16,10 +16,13 @@ from xclass.eval.rankings import ranking_writer
 
 def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
                             majority_k: int = 5, batch_rows: int = 4096,
-                            progress: bool = True, rankings_out: Optional[str] = None) -> dict:
+                            progress: bool = True, rankings_out: Optional[str] = None,
+                            errors_out: Optional[list] = None, n_errors: int = 20) -> dict:
     """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
     ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
-    scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction)."""
+    scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction). ``errors_out``: a
+    list that receives the ``n_errors`` highest-scoring wrong 1-NN answers (query id and label,
+    the nearest gallery row's id and label, its score)."""
     g_ids, g_lab = [], []
     for b in iter_batches(gallery, 1 << 18, with_labels=True):
         if np.any(np.diff(b.labels.indptr) != 1):
@@ -30,7 +33,7 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     order = np.argsort(g_ids)
     g_ids, g_lab = g_ids[order], g_lab[order]
     K = max(max(ks), majority_k)
-    nl, ql, sc = [], [], []
+    nl, ql, sc, qid, nid = [], [], [], [], []
     bar = progress_bar(num_rows(queries), "identification", progress)
     with ranking_writer(rankings_out, K) as writer:
         for b in iter_batches(queries, batch_rows, with_labels=True):
@@ -38,6 +41,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
             nl.append(_gallery_labels(I, g_ids, g_lab, gallery, b.offset))
             ql.append(b.labels.indices[b.labels.indptr[:-1]])
             sc.append(D)
+            qid.append(b.ids)
+            nid.append(I[:, 0])
             if writer is not None:
                 writer.write(b.ids, nl[-1], D)
             if bar is not None:
@@ -48,7 +53,17 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     out = identification_report(nl, ql, ks, majority_k, sc)
     top1 = -sc[:, 0] if getattr(getattr(index, "spec", None), "metric", "cosine") == "l2" else sc[:, 0]
     out.update(open_set_report(nl[:, 0], top1, ql, np.isin(ql, g_lab)))   # queries of no gallery class
+    if errors_out is not None:
+        errors_out += _worst(np.concatenate(qid), ql, np.concatenate(nid), nl[:, 0], top1, n_errors)
     return out
+
+
+def _worst(q_ids, q_lab, n_ids, n_lab, score, n: int) -> List[dict]:
+    """The ``n`` wrong 1-NN answers with the highest score (the most confident mistakes)."""
+    wrong = np.flatnonzero(n_lab != q_lab)
+    wrong = wrong[np.argsort(-score[wrong], kind="stable")][:n]
+    return [{"rank": r + 1, "score": round(float(score[i]), 6), "query": int(q_ids[i]), "query_label": int(q_lab[i]),
+             "nearest": int(n_ids[i]), "nearest_label": int(n_lab[i])} for r, i in enumerate(wrong)]
 
 
 def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
