@@ -178,8 +178,6 @@ def _verification(args, header: dict):
 
     _need(args, "embeddings", "pairs")
     hardest = getattr(args, "hardest", 20)
-    if hardest < 0:
-        raise ValueError(f"--hardest must be >= 0, got {hardest}")
     cohort, top = getattr(args, "cohort", None), getattr(args, "asnorm_top", 300)
     templates = getattr(args, "templates", None)
     if templates:
@@ -207,6 +205,8 @@ def _run_evaluate(args) -> int:
     from xclass.eval import VERIFICATION_PROTOCOLS, evaluate as ev
     from xclass.eval.report import print_table, write_report
     _check_positive(args, ("batch_rows", "ef_search", "nprobe", "majority_k", "asnorm_top"))
+    if getattr(args, "hardest", 0) < 0:
+        raise ValueError(f"--hardest must be >= 0, got {args.hardest}")
     for name in ("prop_a", "prop_b"):
         if not 0 <= getattr(args, name, 0) < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
@@ -236,11 +236,7 @@ def _run_evaluate(args) -> int:
         metrics, errors = _identification(args, header, rankings)
     print_table(metrics, f"{args.protocol} metrics")
     if args.out:
-        files = write_report(args.out, metrics, header, curves, plots=not args.no_plots)
-        if errors:
-            from xclass.eval.hardest import write_query_errors
-
-            write_query_errors(os.path.join(args.out, "hardest_queries.csv"), errors)
+        files = write_report(args.out, metrics, header, curves, plots=not args.no_plots, query_errors=errors)
         print(f"report written to {os.path.abspath(args.out)} ({len(files['plots'])} plots)")
     return 0
 
@@ -252,8 +248,6 @@ def _identification(args, header: dict, rankings):
 
     _need(args, "index", "queries", "gallery")
     n = getattr(args, "hardest", 20)
-    if n < 0:
-        raise ValueError(f"--hardest must be >= 0, got {n}")
     fmap = read_file_map(args.file_map) if getattr(args, "file_map", None) else {}
     errors: list = []
     metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -50,9 +50,10 @@ def hardest_pairs(a: np.ndarray, b: np.ndarray, scores: np.ndarray, target: np.n
     return rows
 
 
-def to_csv(rows: List[dict]) -> str:
+def to_csv(rows: List[dict], columns: Sequence[str] = COLUMNS) -> str:
+    """CSV text of ``rows`` (hardest_pairs.csv's COLUMNS, or QUERY_COLUMNS)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
@@ -72,14 +73,3 @@ def to_markdown(rows: List[dict], show: int = 5) -> List[str]:
 
 #: columns of hardest_queries.csv (identification)
 QUERY_COLUMNS = ("rank", "score", "query", "query_label", "nearest", "nearest_label", "query_path", "nearest_path")
-
-
-def write_query_errors(path: str, rows: List[dict]) -> None:
-    """hardest_queries.csv (QUERY_COLUMNS), written to a temporary file and renamed."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=QUERY_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    with open(path + ".tmp", "w") as f:
-        f.write(buf.getvalue())
-    os.replace(path + ".tmp", path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -106,10 +106,13 @@ def _plot_verification(scores: np.ndarray, target: np.ndarray, out_dir: str):
 
 
 def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, object],
-                 curves: Optional[Dict[str, np.ndarray]] = None, plots: bool = True) -> dict:
+                 curves: Optional[Dict[str, np.ndarray]] = None, plots: bool = True,
+                 query_errors: Optional[List[dict]] = None) -> dict:
     """Write ``metrics.json`` ({"header", "metrics"}), ``summary.md`` and PNG plots.
     ``curves``: {"scores", "target"[, "hardest"]} for verification protocols (``hardest``: rows of
-    :func:`xclass.eval.hardest.hardest_pairs`, written to hardest_pairs.csv). Returns the file paths."""
+    :func:`xclass.eval.hardest.hardest_pairs`, written to hardest_pairs.csv). ``query_errors``:
+    identification's most confident wrong answers, written to hardest_queries.csv. Returns the
+    file paths."""
     os.makedirs(out_dir, exist_ok=True)
     files = {"json": os.path.join(out_dir, "metrics.json"),
              "markdown": os.path.join(out_dir, "summary.md"), "plots": []}
@@ -129,5 +132,10 @@ def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, obje
         files["hardest"] = os.path.join(out_dir, "hardest_pairs.csv")
         _atomic_write(files["hardest"], to_csv(curves["hardest"]))
         md += [""] + to_markdown(curves["hardest"])
+    if query_errors:
+        from xclass.eval.hardest import QUERY_COLUMNS, to_csv
+
+        files["hardest_queries"] = os.path.join(out_dir, "hardest_queries.csv")
+        _atomic_write(files["hardest_queries"], to_csv(query_errors, QUERY_COLUMNS))
     _atomic_write(files["markdown"], "\n".join(md) + "\n")
     return files
