@@ -27,7 +27,8 @@ class Refused(Exception):
 
 
 def _lists(values: Sequence[Any]) -> List[Any]:
-    """Each value a list: JSON text parsed, lists and tuples kept; anything else refused."""
+    """Each value a list: JSON text parsed, lists and tuples kept; anything else refused. The batch
+    twin of :func:`_as_list`, which names the row but copies every list (8 % slower here)."""
     out = []
     for v in values:
         if isinstance(v, str):
