@@ -3,7 +3,7 @@ rows of training labels (closed set) and rows of held-out labels, every test row
 training rows, and the open-set identification metrics of ``xclass.eval.open_set`` say how well
 each method's top-1 score tells the unknown applications apart while naming the known ones
 (unknown_auroc, dir@fpir=0.01 / 0.1, knn_acc_mated). Scores: cosine for embeddings, minus the
-Euclidean distance for the kNN inputs (within the port first for the ``_port`` variants: a row of
+squared Euclidean distance for the kNN inputs (within the port first for the ``_port`` variants: a row of
 another port scores lower than any row of the query's own), the largest class probability for
 the forests."""
 from __future__ import annotations
@@ -19,17 +19,16 @@ METRICS = ("unknown_auroc", "dir@fpir=0.01", "dir@fpir=0.1", "knn_acc_mated")
 
 def top1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, cosine: bool,
          groups: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """(label, score) of each query's nearest gallery row (cosine on unit rows, else minus the
-    Euclidean distance; ``groups``: rows of the query's group first, scored 1e9 lower outside it)."""
+    """(label, score) of each query's nearest gallery row (:func:`bench_traffic.similarity`:
+    cosine, or minus the squared Euclidean distance; ``groups``: the query's group first)."""
+    from bench_traffic import similarity
+
     labels, scores = [], []
     for s in range(0, len(queries), 2048):
-        q = queries[s:s + 2048]
-        sim = q @ gallery.T if cosine else -np.sqrt(np.maximum(((q[:, None, :] - gallery[None]) ** 2).sum(-1), 0))
-        if groups is not None:
-            sim = sim - 1e9 * (groups[1][s:s + 2048, None] != groups[0][None])
+        sim = similarity(queries[s:s + 2048], gallery, cosine, groups, s)
         best = np.argmax(sim, axis=1)
         labels.append(g_lab[best])
-        scores.append(sim[np.arange(len(q)), best])
+        scores.append(sim[np.arange(len(best)), best])
     return np.concatenate(labels), np.concatenate(scores)
 
 

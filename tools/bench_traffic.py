@@ -22,10 +22,7 @@ def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.n
     ``pred``: a list that receives the 1-NN labels, one array per chunk."""
     hits = votes = 0
     for s in range(0, len(queries), 2048):
-        q = queries[s:s + 2048]
-        sim = q @ gallery.T if cosine else -((q[:, None, :] - gallery[None]) ** 2).sum(-1)
-        if groups is not None:
-            sim = sim - 1e9 * (groups[1][s:s + 2048, None] != groups[0][None])
+        sim = similarity(queries[s:s + 2048], gallery, cosine, groups, s)
         first = g_lab[np.argmax(sim, axis=1)]
         if pred is not None:
             pred.append(first)
@@ -33,6 +30,16 @@ def nn1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.n
         votes += int((tie_vote(sim, g_lab) == q_lab[s:s + 2048]).sum())
     n = max(1, len(queries))
     return {"1nn_acc": hits / n, "1nn_tievote_acc": votes / n}
+
+
+def similarity(q: np.ndarray, gallery: np.ndarray, cosine: bool, groups: Any = None, start: int = 0) -> np.ndarray:
+    """[len(q), len(gallery)]: cosine (unit rows) or minus the squared Euclidean distance; with
+    ``groups = (gallery keys, query keys)`` (``q`` = the queries from ``start`` on), the rows of
+    another group score 1e9 lower, so the query's own group comes first."""
+    sim = q @ gallery.T if cosine else -((q[:, None, :] - gallery[None]) ** 2).sum(-1)
+    if groups is not None:
+        sim = sim - 1e9 * (groups[1][start:start + len(q), None] != groups[0][None])
+    return sim
 
 
 def tie_vote(sim: np.ndarray, g_lab: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
