@@ -267,3 +267,43 @@ def test_detection_rows_match_brute_force_open_set_metrics():
     p = forests[""].predict_proba(te["rf"])
     ref = open_set_report(p.argmax(1), p.max(1), te_lab, closed)
     assert got[("random_forest", "unknown_auroc")] == pytest.approx(ref["unknown_auroc"], abs=1e-4)
+
+
+def test_head_scores_by_hand_and_against_softmax():
+    """Class vectors scored as a classifier: a sub-centre class scores by its nearest row; the
+    probability is the softmax of scale * cosine over the classes (scipy's)."""
+    from scipy.special import softmax
+
+    import bench_detect
+
+    emb = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    head = {"ids": np.array([3, 7, 7]), "vectors": np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), "scale": 4.0}
+    out = bench_detect.head_scores(emb, head)
+    lab, cos = out["xclass_trained_head_cos"]
+    assert lab.tolist()[:2] == [3, 7]
+    np.testing.assert_allclose(cos, [1.0, 1.0, np.sqrt(0.5)])
+    per_class = np.array([[1.0, 0.0], [0.0, 1.0], [np.sqrt(0.5), np.sqrt(0.5)]])  # class 7: its best row
+    np.testing.assert_allclose(out["xclass_trained_head_msp"][1], softmax(4.0 * per_class, axis=1).max(1))
+    assert "xclass_trained_head_msp" not in bench_detect.head_scores(emb, {**head, "scale": None})
+
+
+def test_detection_rows_with_the_head():
+    import bench_detect
+    from xclass.eval.open_set import open_set_report
+
+    rng = np.random.default_rng(1)
+    tr_lab, te_lab = np.repeat(np.arange(3), 4), np.repeat(np.arange(4), 3)   # label 3 unknown
+    emb_te = rng.normal(size=(12, 5))
+    vectors = rng.normal(size=(3, 5))
+    te = {"label": te_lab, "id": np.arange(12)}
+    embs = {"xclass_trained": {"train": {"emb": rng.normal(size=(12, 5)), "label": tr_lab},
+                               "test": {"emb": emb_te, "id": np.arange(12)}}}
+    rows = bench_detect.detection_rows({"label": tr_lab}, te, te_lab < 3, {}, {}, {}, embs,
+                                       {"ids": np.arange(3), "vectors": vectors, "scale": 8.0})
+    got = {(r["method"], r["metric"]): r["value"] for r in rows}
+    cos = (emb_te / np.linalg.norm(emb_te, axis=1, keepdims=True)) @ (
+        vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    p = np.exp(8 * cos) / np.exp(8 * cos).sum(1, keepdims=True)
+    ref = open_set_report(cos.argmax(1), p.max(1), te_lab, te_lab < 3)
+    for m in ("unknown_auroc", "knn_acc_mated"):
+        assert got[("xclass_trained_head_msp", m)] == pytest.approx(ref[m], abs=1e-4)

@@ -32,10 +32,32 @@ def top1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, cosine: bo
     return np.concatenate(labels), np.concatenate(scores)
 
 
+def head_scores(emb: np.ndarray, head: Dict[str, Any]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """(class, score) per row of ``emb`` [n, d] against the head's class vectors ``head["vectors"]``
+    [R, d] with class ids ``head["ids"]`` [R] (sub-centre heads: several rows per class, a class
+    scores by its most similar row): the maximum cosine, and with ``head["scale"]`` the largest
+    softmax probability of ``scale * cosine`` over the classes."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    classes, inverse = np.unique(head["ids"], return_inverse=True)
+    cos_rows = unit(emb.astype(np.float64)) @ unit(head["vectors"].astype(np.float64)).T
+    cos = np.full((len(emb), len(classes)), -np.inf)
+    for j in range(len(head["ids"])):  # the class's best row
+        cos[:, inverse[j]] = np.maximum(cos[:, inverse[j]], cos_rows[:, j])
+    best = np.argmax(cos, axis=1)
+    out = {"xclass_trained_head_cos": (classes[best], cos.max(axis=1))}
+    if head.get("scale"):
+        z = head["scale"] * (cos - cos.max(axis=1, keepdims=True))
+        out["xclass_trained_head_msp"] = (classes[best], 1.0 / np.exp(z).sum(axis=1))
+    return out
+
+
 def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.ndarray], x_te: Dict[str, np.ndarray],
-                   forests: Dict[str, Any], embs: Dict[str, Dict]) -> List[Dict]:
+                   forests: Dict[str, Any], embs: Dict[str, Dict], head: Optional[Dict[str, Any]] = None) -> List[Dict]:
     """Rows (protocol "detection") of every method; ``closed`` [n_test] marks the known-label rows,
-    ``x_tr`` / ``x_te`` the kNN inputs of the training and test rows."""
+    ``x_tr`` / ``x_te`` the kNN inputs of the training and test rows; ``head``: the trained run's
+    class vectors (:func:`head_scores`), or None."""
     found: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     for tag in forests:
         groups = (tr["port_key"], te["port_key"]) if tag else None
@@ -46,6 +68,8 @@ def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.nd
     for name, e in embs.items():
         pos = np.searchsorted(e["test"]["id"], te["id"])
         found[name] = top1(e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos], True)
+        if name == "xclass_trained" and head is not None:
+            found.update(head_scores(e["test"]["emb"][pos], head))
     rows = []
     for method, (lab, score) in found.items():
         rep = open_set_report(lab, score, te["label"], closed)

@@ -25,7 +25,8 @@ seed), and scores every method on the same rows:
   features), so a model that reads the port is compared with baselines that read it too.
   When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
   rows also say how well each method's top-1 score over the training rows tells the held-out
-  labels from the known ones (tools/bench_detect.py).
+  labels from the known ones, and the trained head's class vectors are scored as a classifier
+  too (tools/bench_detect.py).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
@@ -57,7 +58,7 @@ from xclass import components
 from xclass.cli import main as xclass
 from xclass.config import load_config
 from xclass.data.reader import ParquetReader
-from xclass.eval.embed import encode_batch, load_encoder
+from xclass.eval.embed import encode_batch, export_head, load_encoder
 from xclass.data.meta import load_meta, split_files
 
 from bench_traffic import traffic_rows  # noqa: E402 (tools/ is on the path when run as a script)
@@ -136,6 +137,18 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
+def head_vectors(run_dir: str, cfg: Any, out: str) -> Dict[str, Any]:
+    """The trained head's class vectors (``export-index --head``: ``ids`` [R], ``vectors`` [R, d])
+    and the scale of its margin (``scale``: ``s``, None for a margin without one)."""
+    from xclass.losses import MARGINS
+
+    tables = [pq.read_table(f) for f in export_head(run_dir, os.path.join(out, "head"))]
+    ids = np.concatenate([t.column("id").to_numpy() for t in tables])
+    vectors = np.concatenate([np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in tables])
+    scale = getattr(MARGINS.build(cfg.head.margin, **cfg.head.margin_params), "s", None)
+    return {"ids": ids, "vectors": vectors.astype(np.float32), "scale": float(scale) if scale else None}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -175,7 +188,8 @@ def main() -> int:
     embs = {name: {s: embed(enc, cfg, meta, a.data, s) for s in ("train", "test")}
             for name, enc in (("xclass_trained", load_encoder(run_dir, cfg, meta)), ("xclass_random_init", random_enc))}
     if meta["task"] == "quic":
-        rows = traffic_rows(a.data, meta, embs, a.packets, a.seed)
+        head = head_vectors(run_dir, cfg, a.out) if cfg.head.name == "margin" else None
+        rows = traffic_rows(a.data, meta, embs, a.packets, a.seed, head)
     else:
         rows = verification_rows(a.data, meta, embs)
     for r in rows:

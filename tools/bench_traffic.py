@@ -90,7 +90,8 @@ def open_split(data: str, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return query_mask(ids, labels, 0.5, 0)
 
 
-def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed: int) -> List[Dict]:
+def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed: int,
+                 head: Optional[Dict[str, Any]] = None) -> List[Dict]:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.preprocessing import StandardScaler
 
@@ -108,7 +109,7 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
     if closed.any() and (~closed).any():  # known and unknown labels in one test split
         from bench_detect import detection_rows
 
-        rows += detection_rows(tr, te, closed, knn_inputs(tr, scaler), knn_inputs(te, scaler), forests, embs)
+        rows += detection_rows(tr, te, closed, knn_inputs(tr, scaler), knn_inputs(te, scaler), forests, embs, head)
     return rows
 
 
