@@ -69,3 +69,43 @@ def test_ident_with_unknown_queries_end_to_end(tmp_path):
     for key, val in ref.items():
         assert got[key] == pytest.approx(val, abs=1e-6), key
     assert "dir@fpir=0.01" in got and 0 < got["unknown_auroc"] <= 1
+
+
+def test_softmax_share_by_hand():
+    from xclass.eval.ident_eval import softmax_share
+
+    scores = np.array([[0.9, 0.8, 0.1], [0.5, 0.5, -1e30]])
+    labels = np.array([[2, 2, 7], [4, 1, -1]])      # -1: no row
+    w = np.exp(2.0 * (scores[0] - 0.9))
+    np.testing.assert_allclose(softmax_share(scores, labels, 2.0), [(w[0] + w[1]) / w.sum(), 0.5])
+
+
+def test_ident_open_set_softmax_over_class_vectors_equals_the_classifier_probability(tmp_path):
+    """A gallery of one vector per class (as ``export-index --head`` writes) and K >= the classes:
+    the open-set score is the softmax classifier's largest probability (scipy's softmax)."""
+    from scipy.special import softmax
+
+    from tests.eval.conftest import clustered, write_embeddings
+    from tests.eval.test_cli import _args, _export
+    from xclass.cli.evaluate import add_evaluate_args, run_evaluate
+
+    x, lab = clustered(300, 8, 15, seed=3, noise=0.8)
+    centres = np.stack([x[lab == c].mean(0) for c in range(10)])    # classes 10-14: unknown
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    gf = write_embeddings(tmp_path / "classes.parquet", np.arange(10), centres, label=np.arange(10))
+    qf = write_embeddings(tmp_path / "query.parquet", np.arange(300), x, label=lab)
+    out = _export(tmp_path, [gf])
+    rep = tmp_path / "rep"
+    assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gf,
+                                                  "--queries", qf, "--ks", "1,10", "--open-set-softmax", "8",
+                                                  "--out", str(rep), "--quiet"])) == 0
+    got = json.load(open(rep / "metrics.json"))["metrics"]
+    cos = x @ centres.T
+    ref = open_set_report(cos.argmax(1), softmax(8 * cos, axis=1).max(1), lab, lab < 10)
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-5), key
+    plain = open_set_report(cos.argmax(1), cos.max(1), lab, lab < 10)
+    assert plain["unknown_auroc"] != pytest.approx(ref["unknown_auroc"], abs=1e-4)   # the score changed
+    for bad in (["--open-set-softmax", "0"], ["--open-set-softmax", "nan"]):
+        assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gf,
+                                                      "--queries", qf, "--quiet", *bad])) == 2

@@ -124,3 +124,4 @@ def test_subcenter_manifest_ranges_and_head_export(data, tmp_path):
     (f,) = export_head(run, str(tmp_path / "labels"))
     ids = pq.read_table(f).column("id").to_pylist()
     assert ids == [c for c in range(24) for _ in range(3)]
+    assert pq.read_table(f).column("label").to_pylist() == ids   # the file is an ident gallery too

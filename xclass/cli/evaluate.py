@@ -134,6 +134,11 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="face/speaker: the N highest-scoring impostor and N lowest-scoring genuine pairs go to "
                         "OUT/hardest_pairs.csv; ident: the N most confident wrong 1-NN answers to "
                         "OUT/hardest_queries.csv (0: none)")
+    p.add_argument("--open-set-softmax", type=float, default=None, metavar="S",
+                   help="ident: score each query for the open-set metrics by the share of the softmax weights "
+                        "exp(S * similarity) of its K nearest gallery rows that falls on the 1-NN's label, instead "
+                        "of the 1-NN similarity; with the head's class vectors as the gallery (export-index --run "
+                        "--head) and S the head's scale, the classifier's largest class probability")
     p.add_argument("--majority-k", type=int, default=5)
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
@@ -207,6 +212,10 @@ def _run_evaluate(args) -> int:
     _check_positive(args, ("batch_rows", "ef_search", "nprobe", "majority_k", "asnorm_top"))
     if getattr(args, "hardest", 0) < 0:
         raise ValueError(f"--hardest must be >= 0, got {args.hardest}")
+    soft = getattr(args, "open_set_softmax", None)
+    if soft is not None and (args.protocol != "ident" or not 0 < soft < float("inf")):
+        raise ValueError(f"--open-set-softmax is a finite scale > 0 for --protocol ident, got {soft} with "
+                         f"--protocol {args.protocol}")
     for name in ("prop_a", "prop_b"):
         if not 0 <= getattr(args, name, 0) < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
@@ -252,10 +261,13 @@ def _identification(args, header: dict, rankings):
     errors: list = []
     metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,
                                          args.batch_rows, progress=not args.quiet, rankings_out=rankings,
-                                         errors_out=errors if args.out and n else None, n_errors=n)
+                                         errors_out=errors if args.out and n else None, n_errors=n,
+                                         softmax_scale=getattr(args, "open_set_softmax", None))
     for e in errors:
         e["query_path"], e["nearest_path"] = fmap.get(e["query"], ""), fmap.get(e["nearest"], "")
     header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries, "rankings": rankings,
+                   "open_set_score": (f"softmax share, scale {args.open_set_softmax}"
+                                      if getattr(args, "open_set_softmax", None) else "1-NN similarity"),
                    "file_map": getattr(args, "file_map", None)})
     return metrics, errors
 

@@ -5,7 +5,8 @@
 read and decoded ahead on a background thread; progress on stderr) and writes ``id``,
 ``label``/``labels`` and ``embedding``; ``export_head`` writes
 the classifier head's class vectors as label embeddings, one Parquet file per saved shard
-(never all shards in memory at once). ``xclass export-index --run`` (:mod:`xclass.cli.export`)
+(never all shards in memory at once), ``id`` and ``label`` both the class id, so a file is also
+a gallery for ``evaluate --protocol ident`` (classification by the nearest class vector). ``xclass export-index --run`` (:mod:`xclass.cli.export`)
 hands those files to the index export.
 """
 from __future__ import annotations
@@ -214,9 +215,9 @@ def _label_column(parts: List[Any]) -> Dict[str, pa.Array]:
 
 
 def export_head(run_dir: str, out_dir: str) -> List[str]:
-    """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard.
-    Sub-centre heads export all K vectors of a class under the class id (a search returns the
-    class through its nearest sub-centre)."""
+    """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard (``id``
+    and ``label`` = class id, ``embedding``). Sub-centre heads export all K vectors of a class
+    under the class id (a search returns the class through its nearest sub-centre)."""
     cfg = load_run(run_dir)
     components.load_all()
     path = ckpt.latest_checkpoint(run_dir)
@@ -235,7 +236,7 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
         n_cls = int(m["shard_ranges"][r][1]) - start
         k = w.shape[0] // max(1, n_cls)  # sub-centre heads: K class-major rows per class, all exported
         ids = np.repeat(np.arange(start, start + n_cls, dtype=np.int64), k)
-        table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
+        table = pa.table({"id": ids, "label": ids, "embedding": pa.FixedSizeListArray.from_arrays(
             pa.array(w.reshape(-1)), w.shape[1])})
         f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
         write_parquet_atomic(table, f)

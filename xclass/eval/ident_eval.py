@@ -1,7 +1,8 @@
 """Identification against an exported index (``xclass evaluate --protocol ident``): each query's
 K nearest indexed rows, labelled from the gallery file, scored by
 :func:`xclass.eval.identification.identification_report` (kNN accuracy, CMC, majority vote) and,
-when some queries belong to no gallery class, :func:`xclass.eval.open_set.open_set_report`."""
+when some queries belong to no gallery class, :func:`xclass.eval.open_set.open_set_report`, with
+the 1-NN similarity or (``softmax_scale``) :func:`softmax_share` as the open-set score."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -17,12 +18,15 @@ from xclass.eval.rankings import ranking_writer
 def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 10),
                             majority_k: int = 5, batch_rows: int = 4096,
                             progress: bool = True, rankings_out: Optional[str] = None,
-                            errors_out: Optional[list] = None, n_errors: int = 20) -> dict:
+                            errors_out: Optional[list] = None, n_errors: int = 20,
+                            softmax_scale: Optional[float] = None) -> dict:
     """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
     ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
     scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction). ``errors_out``: a
     list that receives the ``n_errors`` highest-scoring wrong 1-NN answers (query id and label,
-    the nearest gallery row's id and label, its score)."""
+    the nearest gallery row's id and label, its score). ``softmax_scale``: the open-set metrics
+    score a query by :func:`softmax_share` of its K nearest rows instead of its 1-NN similarity
+    (cosine and inner-product indexes only)."""
     g_ids, g_lab = [], []
     for b in iter_batches(gallery, 1 << 18, with_labels=True):
         if np.any(np.diff(b.labels.indptr) != 1):
@@ -51,11 +55,28 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
         bar.close()
     nl, ql, sc = (np.concatenate(x) for x in (nl, ql, sc))
     out = identification_report(nl, ql, ks, majority_k, sc)
-    top1 = -sc[:, 0] if getattr(getattr(index, "spec", None), "metric", "cosine") == "l2" else sc[:, 0]
-    out.update(open_set_report(nl[:, 0], top1, ql, np.isin(ql, g_lab)))   # queries of no gallery class
+    l2 = getattr(getattr(index, "spec", None), "metric", "cosine") == "l2"
+    top1 = -sc[:, 0] if l2 else sc[:, 0]
+    if softmax_scale is not None and l2:
+        raise ValueError(f"{gallery}: the softmax open-set score needs a cosine or inner-product index, not l2")
+    known = softmax_share(sc, nl, softmax_scale) if softmax_scale is not None else top1
+    out.update(open_set_report(nl[:, 0], known, ql, np.isin(ql, g_lab)))   # queries of no gallery class
     if errors_out is not None:
         errors_out += _worst(np.concatenate(qid), ql, np.concatenate(nid), nl[:, 0], top1, n_errors)
     return out
+
+
+def softmax_share(scores: np.ndarray, labels: np.ndarray, scale: float) -> np.ndarray:
+    """``scores`` [n, K] similarities of each query's K nearest rows (best first) and their
+    ``labels`` [n, K] (-1: no row) -> [n]: the share of the weights ``exp(scale * score)`` of those
+    rows that falls on the 1-NN's label. With a gallery of a classifier head's class vectors
+    (``export-index --head``) and K at least the number of classes, this is the classifier's
+    largest softmax probability at its scale; with fewer, the softmax over the K nearest classes
+    (the rest would add to the denominator, so it can only be smaller). Low for a query that
+    sits between labels: an open-set score that a plain 1-NN similarity is not."""
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        w = np.where(labels >= 0, np.exp(scale * (scores.astype(np.float64) - scores[:, :1])), 0.0)
+    return (w * (labels == labels[:, :1])).sum(1) / np.maximum(w.sum(1), 1e-300)
 
 
 def _worst(q_ids, q_lab, n_ids, n_lab, score, n: int) -> List[dict]:
