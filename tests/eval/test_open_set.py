@@ -109,3 +109,27 @@ def test_ident_open_set_softmax_over_class_vectors_equals_the_classifier_probabi
     for bad in (["--open-set-softmax", "0"], ["--open-set-softmax", "nan"]):
         assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gf,
                                                       "--queries", qf, "--quiet", *bad])) == 2
+
+
+def test_ident_gallery_directory_of_files_equals_one_file(tmp_path):
+    """A head saved on two ranks: --gallery takes the directory of its files."""
+    from tests.eval.conftest import clustered, write_embeddings
+    from tests.eval.test_cli import _args, _export
+    from xclass.cli.evaluate import add_evaluate_args, run_evaluate
+
+    x, lab = clustered(200, 8, 10, seed=4, noise=0.8)
+    centres = np.stack([x[lab == c].mean(0) for c in range(8)])
+    one = write_embeddings(tmp_path / "one.parquet", np.arange(8), centres, label=np.arange(8))
+    (tmp_path / "ranks").mkdir()
+    write_embeddings(tmp_path / "ranks" / "labels-00000.parquet", np.arange(5), centres[:5], label=np.arange(5))
+    write_embeddings(tmp_path / "ranks" / "labels-00001.parquet", np.arange(5, 8), centres[5:], label=np.arange(5, 8))
+    qf = write_embeddings(tmp_path / "query.parquet", np.arange(200), x, label=lab)
+    out = _export(tmp_path, [one])
+    got = []
+    for gallery in (one, str(tmp_path / "ranks")):
+        rep = tmp_path / f"rep{len(got)}"
+        assert run_evaluate(_args(add_evaluate_args, ["--protocol", "ident", "--index", out, "--gallery", gallery,
+                                                      "--queries", qf, "--open-set-softmax", "8", "--out", str(rep),
+                                                      "--quiet"])) == 0
+        got.append(json.load(open(rep / "metrics.json"))["metrics"])
+    assert got[0] == got[1] and got[0]["n_nonmated"] > 0

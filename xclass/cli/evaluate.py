@@ -101,7 +101,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", help="query embedding Parquet with label/labels (xmc, ident)")
     p.add_argument("--embeddings", help="embedding Parquet for face/speaker pairs")
     p.add_argument("--pairs", help="face pairs Parquet (a, b, same) or speaker trials (enroll, test, target)")
-    p.add_argument("--gallery", help="gallery embedding Parquet with 'label' (ident)")
+    p.add_argument("--gallery", help="gallery embedding Parquet with 'label' (ident); a directory or glob of them "
+                                     "too, e.g. the label_embeddings/ of export-index --head (a file per rank)")
     p.add_argument("--out", default=None, help="report directory (metrics.json, summary.md, PNGs)")
     p.add_argument("--ks", type=_ints, default=(1, 3, 5), help="e.g. 1,3,5,10,100")
     p.add_argument("--train-labels", help="training Parquet (labels) for propensities (PSP)")

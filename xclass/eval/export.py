@@ -20,30 +20,7 @@ import numpy as np
 
 from xclass.data.writer import staging_dir
 from xclass.eval import index as xi
-from xclass.eval.io import Source, iter_batches, num_rows
-
-
-def expand_sources(paths: Sequence) -> List[Source]:
-    """Paths, directories (all ``*.parquet`` inside, sorted) or globs -> ordered sources."""
-    out: List[Source] = []
-    for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            out.append(p)
-        elif os.path.isdir(p):
-            found = sorted(glob.glob(os.path.join(p, "*.parquet")))
-            if not found:
-                raise FileNotFoundError(f"{p}: directory holds no *.parquet files")
-            out.extend(found)
-        elif any(ch in str(p) for ch in "*?["):
-            found = sorted(glob.glob(str(p)))
-            if not found:
-                raise FileNotFoundError(f"{p}: pattern matches no file")
-            out.extend(found)
-        else:
-            out.append(p)
-    if not out:
-        raise ValueError("no embedding sources given")
-    return out
+from xclass.eval.io import Source, expand_sources, iter_batches, num_rows
 
 
 def _name(src: Source) -> str:

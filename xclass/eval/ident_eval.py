@@ -11,7 +11,7 @@ import numpy as np
 
 from xclass.eval.identification import identification_report
 from xclass.eval.open_set import open_set_report
-from xclass.eval.io import Source, iter_batches, num_rows, progress_bar
+from xclass.eval.io import Source, expand_sources, iter_batches, num_rows, progress_bar
 from xclass.eval.rankings import ranking_writer
 
 
@@ -20,7 +20,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
                             progress: bool = True, rankings_out: Optional[str] = None,
                             errors_out: Optional[list] = None, n_errors: int = 20,
                             softmax_scale: Optional[float] = None) -> dict:
-    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``.
+    """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``
+    (``gallery``: a file, or a directory or glob of files, as ``export-index --head`` writes one per rank).
     ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
     scores (:mod:`xclass.eval.rankings`; ``labels[0]`` is the 1-NN prediction). ``errors_out``: a
     list that receives the ``n_errors`` highest-scoring wrong 1-NN answers (query id and label,
@@ -28,11 +29,12 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     score a query by :func:`softmax_share` of its K nearest rows instead of its 1-NN similarity
     (cosine and inner-product indexes only)."""
     g_ids, g_lab = [], []
-    for b in iter_batches(gallery, 1 << 18, with_labels=True):
-        if np.any(np.diff(b.labels.indptr) != 1):
-            raise ValueError(f"{gallery}: identification needs exactly one label per gallery row")
-        g_ids.append(b.ids)
-        g_lab.append(b.labels.indices)
+    for src in expand_sources([gallery]):       # a file, or a directory / glob of them (a head per rank)
+        for b in iter_batches(src, 1 << 18, with_labels=True):
+            if np.any(np.diff(b.labels.indptr) != 1):
+                raise ValueError(f"{src}: identification needs exactly one label per gallery row")
+            g_ids.append(b.ids)
+            g_lab.append(b.labels.indices)
     g_ids, g_lab = np.concatenate(g_ids), np.concatenate(g_lab)
     order = np.argsort(g_ids)
     g_ids, g_lab = g_ids[order], g_lab[order]

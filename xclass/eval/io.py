@@ -7,6 +7,7 @@ arrays through :class:`ArraySource`.
 """
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from dataclasses import dataclass
@@ -50,6 +51,29 @@ class ArraySource:
 
 
 Source = Union[str, os.PathLike, ArraySource]
+
+
+def expand_sources(paths: Sequence) -> List[Source]:
+    """Paths, directories (all ``*.parquet`` inside, sorted) or globs -> ordered sources."""
+    out: List[Source] = []
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            out.append(p)
+        elif os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(p, "*.parquet")))
+            if not found:
+                raise FileNotFoundError(f"{p}: directory holds no *.parquet files")
+            out.extend(found)
+        elif any(ch in str(p) for ch in "*?["):
+            found = sorted(glob.glob(str(p)))
+            if not found:
+                raise FileNotFoundError(f"{p}: pattern matches no file")
+            out.extend(found)
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError("no embedding sources given")
+    return out
 
 
 def _open(path: str) -> pq.ParquetFile:
