@@ -11,7 +11,7 @@ import pytest
 from tests.eval.conftest import clustered, write_embeddings
 from xclass.cli.evaluate import add_evaluate_args, add_export_args, run_evaluate, run_export
 from xclass.eval.identification import identification_report
-from xclass.eval.metrics import LabelSets, Ranking, inverse_propensity, remove_pairs, xmc_metrics
+from xclass.eval.metrics import LabelSets, Ranking, inverse_propensity, xmc_metrics
 from xclass.eval.verification import verification_report
 
 

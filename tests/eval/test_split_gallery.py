@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from xclass.cli import main
 from xclass.eval.split import query_mask
