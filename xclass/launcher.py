@@ -10,7 +10,9 @@ on storage every node can reach).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import sys
 import threading
@@ -18,13 +20,16 @@ import time
 from typing import Any, Dict, Optional
 
 from xclass.config import RunConfig
+from xclass.config_types import ConfigError
+
+log = logging.getLogger("xclass")
 
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
     """Train ``cfg``; returns the final metrics row of rank 0."""
     from xclass.train.rundir import prepare_run_dir
 
-    prepare_run_dir(cfg)
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
+        prepare_run_dir(cfg)
         _cpu_env(cfg)
         from xclass.parallel.netbind import bind_stores_to_host
         from xclass.parallel import ParallelContext
@@ -73,10 +78,45 @@ def ray_init(cfg: RunConfig) -> None:
     ray.init(num_cpus=ncpu, object_store_memory=200 * 2**20, **common)
 
 
+def check_ray_resources(cfg: RunConfig, have: Dict[str, float]) -> RunConfig:
+    """Ray Train waits until the cluster has ``cluster.cpus_per_worker`` CPUs (and one GPU with
+    ``cluster.use_gpu``) for every worker, and says nothing here (Ray logs errors only). ``have``:
+    ``ray.cluster_resources()``. A local Ray (no ``cluster.address``) never grows, so a request it
+    cannot meet is a ConfigError naming what is missing, or, GPUs missing with
+    ``cluster.allow_cpu_fallback``, the run goes on CPU workers over gloo with a warning. A
+    cluster may grow (an autoscaler adds nodes): a warning says what the run waits for."""
+    c = cfg.cluster
+    short = []
+    if have.get("CPU", 0) < c.workers * c.cpus_per_worker:
+        short.append(f"{c.workers * c.cpus_per_worker} CPUs (cluster.cpus_per_worker={c.cpus_per_worker} each), "
+                     f"it has {have.get('CPU', 0):g}")
+    gpu_short = c.use_gpu and have.get("GPU", 0) < c.workers
+    if gpu_short:
+        short.append(f"{c.workers} GPUs (cluster.use_gpu: one each), it has {have.get('GPU', 0):g}")
+    if not short:
+        return cfg
+    where = f"the Ray cluster at {c.address}" if c.address else "the local Ray (no cluster.address)"
+    why = f"cluster.workers={c.workers} needs {' and '.join(short)} in {where}"
+    if c.address:
+        log.warning(f"{why}: waiting until it has them (an autoscaler may add nodes)")
+        return cfg
+    if gpu_short and len(short) == 1 and c.allow_cpu_fallback:
+        log.warning(f"{why}; training on CPU workers over gloo (cluster.allow_cpu_fallback=true)")
+        return dataclasses.replace(cfg, cluster=dataclasses.replace(c, use_gpu=False, backend="gloo"))
+    raise ConfigError(f"{why}; lower cluster.workers (--workers), or join a cluster (cluster.address)")
+
+
 def run_on_ray(cfg: RunConfig) -> Dict[str, Any]:
-    """Run :func:`worker_main` on ``cluster.workers`` Ray Train workers."""
+    """Run :func:`worker_main` on ``cluster.workers`` Ray Train workers (after
+    :func:`check_ray_resources` and the run-directory rules of ``prepare_run_dir``)."""
     _cpu_env(cfg)
     ray_init(cfg)
+    import ray
+
+    from xclass.train.rundir import prepare_run_dir
+
+    cfg = check_ray_resources(cfg, ray.cluster_resources())
+    prepare_run_dir(cfg)   # after the check: a run refused here leaves an old run where it was
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -100,3 +100,20 @@ def test_a_worker_user_error_reaches_the_driver_as_itself(local_ray, data, tmp_p
     cfg = features_config(data, str(tmp_path / "bad"), "cluster.workers=2", "model.params.bogus=1")
     with pytest.raises(ConfigError, match="unknown key 'model.params.bogus'"):
         run_on_ray(cfg)
+
+
+def test_gpu_workers_on_a_local_ray_without_gpus(local_ray, data, tmp_path):
+    """Ray Train would wait for GPUs the local Ray never gets: one error line at once instead, or
+    with cluster.allow_cpu_fallback the workers train on the CPU over gloo."""
+    from xclass.config_types import ConfigError
+    from xclass.launcher import run_on_ray
+
+    t0 = time.monotonic()
+    cfg = features_config(data, str(tmp_path / "gpu"), "cluster.workers=2", "cluster.use_gpu=true",
+                          "cluster.backend=nccl")
+    with pytest.raises(ConfigError, match="cluster.workers=2 needs 2 GPUs"):
+        run_on_ray(cfg)
+    assert time.monotonic() - t0 < 30
+    cfg = features_config(data, str(tmp_path / "fallback"), "cluster.workers=2", "cluster.use_gpu=true",
+                          "cluster.backend=nccl", "cluster.allow_cpu_fallback=true")
+    assert run_on_ray(cfg)["step"] == 6
