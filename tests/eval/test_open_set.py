@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from xclass.eval.open_set import dir_at_fpir, open_set_report, unknown_auroc
+from xclass.eval.open_set import dir_at_fpir, dir_fpir_curve, open_set_report, unknown_auroc
 
 
 def test_dir_at_fpir_by_hand():
@@ -69,6 +69,7 @@ def test_ident_with_unknown_queries_end_to_end(tmp_path):
     for key, val in ref.items():
         assert got[key] == pytest.approx(val, abs=1e-6), key
     assert "dir@fpir=0.01" in got and 0 < got["unknown_auroc"] <= 1
+    assert (tmp_path / "rep" / "open_set.png").stat().st_size > 0      # the DIR / FPIR curve
 
 
 def test_softmax_share_by_hand():
@@ -133,3 +134,17 @@ def test_ident_gallery_directory_of_files_equals_one_file(tmp_path):
                                                       "--quiet"])) == 0
         got.append(json.load(open(rep / "metrics.json"))["metrics"])
     assert got[0] == got[1] and got[0]["n_nonmated"] > 0
+
+
+def test_dir_fpir_curve_against_brute_force_and_dir_at_fpir():
+    rng = np.random.default_rng(7)
+    nonmated = np.round(rng.normal(size=300), 1)          # many ties
+    mated = np.round(rng.normal(1.0, 1.0, size=200), 1)
+    correct = rng.random(200) < 0.8
+    fpir, dir_ = dir_fpir_curve(correct, mated, nonmated)
+    thresholds = np.r_[np.unique(nonmated)[::-1], -np.inf]
+    np.testing.assert_allclose(fpir, [(nonmated > t).mean() for t in thresholds])
+    np.testing.assert_allclose(dir_, [(correct & (mated > t)).mean() for t in thresholds])
+    assert fpir[0] == 0 and fpir[-1] == 1 and np.all(np.diff(fpir) > 0) and np.all(np.diff(dir_) >= 0)
+    for f in (0.01, 0.05, 0.1, 0.5):                      # the metric is the curve's best point within f
+        assert dir_at_fpir(correct, mated, nonmated, f) == pytest.approx(dir_[fpir <= f + 1e-12].max())

@@ -243,7 +243,7 @@ def _run_evaluate(args) -> int:
     elif args.protocol in VERIFICATION_PROTOCOLS:
         metrics, curves = _verification(args, header)
     else:
-        metrics, errors = _identification(args, header, rankings)
+        metrics, errors, curves = _identification(args, header, rankings)
     print_table(metrics, f"{args.protocol} metrics")
     if args.out:
         files = write_report(args.out, metrics, header, curves, plots=not args.no_plots, query_errors=errors)
@@ -252,7 +252,8 @@ def _run_evaluate(args) -> int:
 
 
 def _identification(args, header: dict, rankings):
-    """(metrics, the most confident wrong 1-NN answers with their files when --file-map is given)."""
+    """(metrics, the most confident wrong 1-NN answers with their files when --file-map is given,
+    {"open_set": curve} for the report's plot when some queries have no gallery class, else None)."""
     from xclass.eval import evaluate as ev
     from xclass.eval.hardest import read_file_map
 
@@ -260,17 +261,18 @@ def _identification(args, header: dict, rankings):
     n = getattr(args, "hardest", 20)
     fmap = read_file_map(args.file_map) if getattr(args, "file_map", None) else {}
     errors: list = []
+    curve: dict = {}
     metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,
                                          args.batch_rows, progress=not args.quiet, rankings_out=rankings,
                                          errors_out=errors if args.out and n else None, n_errors=n,
-                                         softmax_scale=getattr(args, "open_set_softmax", None))
+                                         softmax_scale=getattr(args, "open_set_softmax", None), curve_out=curve)
     for e in errors:
         e["query_path"], e["nearest_path"] = fmap.get(e["query"], ""), fmap.get(e["nearest"], "")
     header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries, "rankings": rankings,
                    "open_set_score": (f"softmax share, scale {args.open_set_softmax}"
                                       if getattr(args, "open_set_softmax", None) else "1-NN similarity"),
                    "file_map": getattr(args, "file_map", None)})
-    return metrics, errors
+    return metrics, errors, ({"open_set": curve} if curve else None)
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 
 from xclass.eval.identification import identification_report
-from xclass.eval.open_set import open_set_report
+from xclass.eval.open_set import dir_fpir_curve, open_set_report
 from xclass.eval.io import Source, expand_sources, iter_batches, num_rows, progress_bar
 from xclass.eval.rankings import ranking_writer
 
@@ -19,7 +19,7 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
                             majority_k: int = 5, batch_rows: int = 4096,
                             progress: bool = True, rankings_out: Optional[str] = None,
                             errors_out: Optional[list] = None, n_errors: int = 20,
-                            softmax_scale: Optional[float] = None) -> dict:
+                            softmax_scale: Optional[float] = None, curve_out: Optional[dict] = None) -> dict:
     """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``
     (``gallery``: a file, or a directory or glob of files, as ``export-index --head`` writes one per rank).
     ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
@@ -27,7 +27,9 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     list that receives the ``n_errors`` highest-scoring wrong 1-NN answers (query id and label,
     the nearest gallery row's id and label, its score). ``softmax_scale``: the open-set metrics
     score a query by :func:`softmax_share` of its K nearest rows instead of its 1-NN similarity
-    (cosine and inner-product indexes only)."""
+    (cosine and inner-product indexes only). ``curve_out``: a dict that receives the open-set
+    curve (``fpir``, ``dir``: :func:`xclass.eval.open_set.dir_fpir_curve`) when some queries are
+    non-mated and some mated."""
     g_ids, g_lab = [], []
     for src in expand_sources([gallery]):       # a file, or a directory / glob of them (a head per rank)
         for b in iter_batches(src, 1 << 18, with_labels=True):
@@ -62,7 +64,10 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     if softmax_scale is not None and l2:
         raise ValueError(f"{gallery}: the softmax open-set score needs a cosine or inner-product index, not l2")
     known = softmax_share(sc, nl, softmax_scale) if softmax_scale is not None else top1
-    out.update(open_set_report(nl[:, 0], known, ql, np.isin(ql, g_lab)))   # queries of no gallery class
+    mated = np.isin(ql, g_lab)
+    out.update(open_set_report(nl[:, 0], known, ql, mated))   # queries of no gallery class
+    if curve_out is not None and mated.any() and not mated.all():
+        curve_out["fpir"], curve_out["dir"] = dir_fpir_curve((nl[:, 0] == ql)[mated], known[mated], known[~mated])
     if errors_out is not None:
         errors_out += _worst(np.concatenate(qid), ql, np.concatenate(nid), nl[:, 0], top1, n_errors)
     return out

@@ -18,7 +18,7 @@ higher = closer), its true label, and ``mated`` (its label is in the gallery).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -33,6 +33,20 @@ def dir_at_fpir(correct: np.ndarray, mated_scores: np.ndarray, nonmated_scores: 
     k = int(np.floor(fpir * len(nm) + 1e-9))
     t = nm[k] if k < len(nm) else -np.inf
     return float(np.mean(np.asarray(correct) & (np.asarray(mated_scores) > t)))
+
+
+def dir_fpir_curve(correct: np.ndarray, mated_scores: np.ndarray,
+                   nonmated_scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(FPIR [k], DIR [k]) with a threshold at every distinct non-mated score, highest first, and
+    a last one below every score (FPIR 1): the open-set identification curve (NIST plots FNIR =
+    1 - DIR against FPIR). Scores strictly above a threshold are accepted, as in
+    :func:`dir_at_fpir`; ``correct`` [M] and ``mated_scores`` [M] as there."""
+    nm = np.sort(np.asarray(nonmated_scores, np.float64))
+    ok = np.sort(np.asarray(mated_scores, np.float64)[np.asarray(correct, bool)])
+    t = np.r_[np.unique(nm)[::-1], -np.inf]
+    fpir = (len(nm) - np.searchsorted(nm, t, side="right")) / max(1, len(nm))
+    dir_ = (len(ok) - np.searchsorted(ok, t, side="right")) / max(1, len(mated_scores))
+    return fpir, dir_
 
 
 def unknown_auroc(mated_scores: np.ndarray, nonmated_scores: np.ndarray) -> float:

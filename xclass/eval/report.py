@@ -105,12 +105,29 @@ def _plot_verification(scores: np.ndarray, target: np.ndarray, out_dir: str):
     return paths
 
 
+def _plot_open_set(fpir: np.ndarray, dir_: np.ndarray, out_dir: str) -> str:
+    """open_set.png: DIR against FPIR (log axis), the open-set identification curve."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ok = fpir > 0
+    ax.semilogx(fpir[ok], 100 * dir_[ok], drawstyle="steps-post")
+    ax.set(xlabel="FPIR (unknown queries accepted)", ylabel="DIR (known queries accepted and named, %)",
+           title="open-set identification", xlim=(max(1e-4, float(fpir[ok].min(initial=1.0))), 1), ylim=(0, 100))
+    ax.grid(True, which="both", alpha=0.3)
+    path = os.path.join(out_dir, "open_set.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, object],
                  curves: Optional[Dict[str, np.ndarray]] = None, plots: bool = True,
                  query_errors: Optional[List[dict]] = None) -> dict:
     """Write ``metrics.json`` ({"header", "metrics"}), ``summary.md`` and PNG plots.
     ``curves``: {"scores", "target"[, "hardest"]} for verification protocols (``hardest``: rows of
-    :func:`xclass.eval.hardest.hardest_pairs`, written to hardest_pairs.csv). ``query_errors``:
+    :func:`xclass.eval.hardest.hardest_pairs`, written to hardest_pairs.csv), or {"open_set":
+    {"fpir", "dir"}} for open-set identification (open_set.png). ``query_errors``:
     identification's most confident wrong answers, written to hardest_queries.csv. Returns the
     file paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -121,8 +138,10 @@ def write_report(out_dir: str, metrics: Dict[str, float], header: Dict[str, obje
                                             default=str))
     if plots:
         files["plots"] += [p for p in [_plot_xmc(clean, out_dir)] if p]
-        if curves is not None:
+        if curves is not None and "scores" in curves:
             files["plots"] += _plot_verification(curves["scores"], curves["target"], out_dir)
+        if curves is not None and "open_set" in curves:
+            files["plots"].append(_plot_open_set(curves["open_set"]["fpir"], curves["open_set"]["dir"], out_dir))
     md = ["# xclass evaluation", ""] + [f"- **{k}**: {v}" for k, v in header.items()]
     md += ["", "```", format_table(clean), "```", ""]
     md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in files["plots"]]
