@@ -24,6 +24,7 @@ from xclass.config_types import ConfigError
 
 log = logging.getLogger("xclass")
 
+
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
     """Train ``cfg``; returns the final metrics row of rank 0."""
     from xclass.train.rundir import prepare_run_dir
