@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("rows", nargs="+", help="JSON lines written by tools/bench_tasks.py")
     ap.add_argument("--metric", default="1nn_acc",
-                    help="traffic: 1nn_acc (the issue's) or 1nn_tievote_acc; face / speaker: eer, acc_10fold")
+                    help="traffic: 1nn_acc (the issue's) or 1nn_tievote_acc, detection rows: unknown_auroc, "
+                         "dir@fpir=0.1, dir@fpir=0.01, knn_acc_mated; face / speaker: eer, acc_10fold")
     ap.add_argument("--out", default=None, help="PNG path (none: print the summary only)")
     a = ap.parse_args(argv)
     for p in a.rows:
