@@ -79,7 +79,9 @@ def softmax_share(scores: np.ndarray, labels: np.ndarray, scale: float) -> np.nd
     rows that falls on the 1-NN's label. With a gallery of a classifier head's class vectors
     (``export-index --head``) and K at least the number of classes, this is the classifier's
     largest softmax probability at its scale; with fewer, the softmax over the K nearest classes
-    (the rest would add to the denominator, so it can only be smaller). Low for a query that
+    (the rest would add to the denominator, so it can only be smaller). Sub-centre heads export K
+    rows per class: their weights add up (a sum over sub-centres where the head's logit takes the
+    most similar one). Low for a query that
     sits between labels: an open-set score that a plain 1-NN similarity is not."""
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):
         w = np.where(labels >= 0, np.exp(scale * (scores.astype(np.float64) - scores[:, :1])), 0.0)
