@@ -100,16 +100,17 @@ def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed
     scaler = StandardScaler().fit(tr["stats"])
     forest = lambda x: RandomForestClassifier(300, n_jobs=2, random_state=seed).fit(x, tr["label"])  # noqa: E731
     forests = {"": forest(tr["rf"]), **({"_port": forest(tr["rf_port"])} if "rf_port" in tr else {})}
+    x_tr, x_te = knn_inputs(tr, scaler), knn_inputs(te, scaler)
     closed = te["label"] < int(meta["num_classes"])
     rows: List[Dict] = []
     if closed.any():
-        rows += _closed_rows(meta, tr, te, closed, scaler, forests, embs)
+        rows += _closed_rows(meta, tr, te, closed, x_tr, x_te, forests, embs)
     if (~closed).any():
-        rows += _open_rows(data, meta, te, ~closed, scaler, forests, embs)
+        rows += _open_rows(data, meta, te, ~closed, x_te, forests, embs)
     if closed.any() and (~closed).any():  # known and unknown labels in one test split
         from bench_detect import detection_rows
 
-        rows += detection_rows(tr, te, closed, knn_inputs(tr, scaler), knn_inputs(te, scaler), forests, embs, head)
+        rows += detection_rows(tr, te, closed, x_tr, x_te, forests, embs, head)
     return rows
 
 
@@ -146,12 +147,13 @@ def _side(f: Dict, rows: np.ndarray, x: Dict[str, np.ndarray]) -> Dict:
     return {**out, "port_key": f["port_key"][rows]} if "port_key" in f else out
 
 
-def _closed_rows(meta: Dict, tr: Dict, te: Dict, closed: np.ndarray, scaler: Any, forests: Dict,
-                 embs: Dict[str, Dict]) -> List[Dict]:
+def _closed_rows(meta: Dict, tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.ndarray],
+                 x_te: Dict[str, np.ndarray], forests: Dict, embs: Dict[str, Dict]) -> List[Dict]:
     """Closed set: test rows against the training rows (1-NN) and the forests' predictions; rows
-    per method, then per method on the host-name / other subsets."""
+    per method, then per method on the host-name / other subsets. ``x_tr`` / ``x_te``: the kNN
+    inputs (:func:`knn_inputs`) of every training / test row."""
     every = np.ones(len(tr["label"]), bool)
-    g, q = _side(tr, every, knn_inputs(tr, scaler)), _side(te, closed, knn_inputs(te, scaler))
+    g, q = _side(tr, every, x_tr), _side(te, closed, x_te)
     pos = lambda e: np.searchsorted(e["test"]["id"], te["id"][closed])  # noqa: E731
     res, preds = _nearest(g, q, list(forests), {name: (e["train"]["emb"], e["train"]["label"], e["test"]["emb"][pos(e)])
                                                for name, e in embs.items()})
@@ -164,16 +166,15 @@ def _closed_rows(meta: Dict, tr: Dict, te: Dict, closed: np.ndarray, scaler: Any
     return rows
 
 
-def _open_rows(data: str, meta: Dict, te: Dict, opn: np.ndarray, scaler: Any, forests: Dict,
+def _open_rows(data: str, meta: Dict, te: Dict, opn: np.ndarray, x_te: Dict[str, np.ndarray], forests: Dict,
                embs: Dict[str, Dict]) -> List[Dict]:
     """Open set: the held-out labels' queries against their gallery (1-NN, forest proximity);
     the 1-NN of the embeddings and the kNN baselines also per subset (host-name labels, same-file
-    gallery)."""
+    gallery). ``x_te``: the kNN inputs of every test row."""
     idx = np.flatnonzero(opn)
     ids, lab = te["id"][idx], te["label"][idx]
     isq = open_split(data, ids, lab)
-    x = knn_inputs(te, scaler)
-    g, q = _side(te, idx[~isq], x), _side(te, idx[isq], x)
+    g, q = _side(te, idx[~isq], x_te), _side(te, idx[isq], x_te)
     same = same_file_gallery(g["label"], te["source"][idx[~isq]], q["label"], te["source"][idx[isq]]) \
         if "source" in te else None
     em = {name: e["test"]["emb"][np.searchsorted(e["test"]["id"], ids)] for name, e in embs.items()}
