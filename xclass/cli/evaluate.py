@@ -258,19 +258,18 @@ def _identification(args, header: dict, rankings):
     from xclass.eval.hardest import read_file_map
 
     _need(args, "index", "queries", "gallery")
-    n = getattr(args, "hardest", 20)
+    n, soft = getattr(args, "hardest", 20), getattr(args, "open_set_softmax", None)
     fmap = read_file_map(args.file_map) if getattr(args, "file_map", None) else {}
     errors: list = []
     curve: dict = {}
     metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,
                                          args.batch_rows, progress=not args.quiet, rankings_out=rankings,
                                          errors_out=errors if args.out and n else None, n_errors=n,
-                                         softmax_scale=getattr(args, "open_set_softmax", None), curve_out=curve)
+                                         softmax_scale=soft, curve_out=curve)
     for e in errors:
         e["query_path"], e["nearest_path"] = fmap.get(e["query"], ""), fmap.get(e["nearest"], "")
     header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries, "rankings": rankings,
-                   "open_set_score": (f"softmax share, scale {args.open_set_softmax}"
-                                      if getattr(args, "open_set_softmax", None) else "1-NN similarity"),
+                   "open_set_score": f"softmax share, scale {soft}" if soft else "1-NN similarity",
                    "file_map": getattr(args, "file_map", None)})
     return metrics, errors, ({"open_set": curve} if curve else None)
 
