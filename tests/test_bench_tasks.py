@@ -307,3 +307,32 @@ def test_detection_rows_with_the_head():
     ref = open_set_report(cos.argmax(1), p.max(1), te_lab, te_lab < 3)
     for m in ("unknown_auroc", "knn_acc_mated"):
         assert got[("xclass_trained_head_msp", m)] == pytest.approx(ref[m], abs=1e-4)
+
+
+def test_embed_runs_fuses_the_runs_and_their_initial_networks(tmp_path):
+    """``bench_tasks --ensemble K``: the trained and the random-init embeddings of K runs are the
+    fusion of each run's own (mean cosine), and one run's are its own unchanged."""
+    import bench_tasks
+    from xclass.cli.main import main as xclass
+    from xclass.data import make_data
+    from xclass.data.meta import load_meta
+    from xclass.eval.ensemble import fuse_embeddings
+
+    data = str(tmp_path / "data")
+    make_data("quic", data, 8, rows_per_class=6, test_classes=3, seed=0, progress=False)
+    runs = []
+    for k in range(2):
+        runs.append(str(tmp_path / f"run{k}"))
+        assert xclass(["train", "--config", "configs/quic/cpu.yaml", f"data.path={data}", f"train.out_dir={runs[-1]}",
+                       "train.progress=false", "train.max_steps=2", "data.batch_size=16", f"train.seed={k}"]) == 0
+    meta = load_meta(data)
+    one = [bench_tasks.embed_runs([r], meta, data) for r in runs]
+    both = bench_tasks.embed_runs(runs, meta, data)
+    for name in ("xclass_trained", "xclass_random_init"):
+        for split in ("train", "test"):
+            a, b = one[0][name][split], one[1][name][split]
+            assert not np.allclose(a["emb"], b["emb"], atol=1e-3)         # the two runs differ
+            np.testing.assert_array_equal(both[name][split]["id"], a["id"])
+            np.testing.assert_array_equal(both[name][split]["label"], a["label"])
+            np.testing.assert_allclose(both[name][split]["emb"], fuse_embeddings([a["emb"], b["emb"]]), rtol=1e-6)
+    assert not np.allclose(one[0]["xclass_trained"]["test"]["emb"], one[0]["xclass_random_init"]["test"]["emb"])

@@ -1,8 +1,10 @@
 """Train and evaluate xclass on a dataset directory next to same-run baselines; JSON lines.
 
     PYTHONPATH=. python tools/bench_tasks.py --data DIR --config CONFIG [--out runs/bench_tasks] [KEY=VALUE ...]
-    ... [--validation F | --validation-classes K] [--train-labels N]
+    ... [--validation F | --validation-classes K] [--train-labels N] [--ensemble K]
 
+``--ensemble K`` trains K runs (seeds ``seed + 1000 k``) and scores their fused embeddings
+(``export-index --run A --run B ...``; the random init fused from the K initial networks).
 ``--validation`` / ``--validation-classes`` score a closed / open split of the training rows
 instead of the test split (for choosing a recipe); ``--train-labels N`` trains on N of the
 training classes (a learning curve over labels). Both derive a dataset under ``--out``
@@ -26,7 +28,7 @@ seed), and scores every method on the same rows:
   When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
   rows also say how well each method's top-1 score over the training rows tells the held-out
   labels from the known ones, and the trained head's class vectors are scored as a classifier
-  too (tools/bench_detect.py).
+  too (tools/bench_detect.py; with ``--ensemble`` the first run's head).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
@@ -59,6 +61,7 @@ from xclass.cli import main as xclass
 from xclass.config import load_config
 from xclass.data.reader import ParquetReader
 from xclass.eval.embed import encode_batch, export_head, load_encoder
+from xclass.eval.ensemble import fuse_embeddings
 from xclass.data.meta import load_meta, split_files
 
 from bench_traffic import traffic_rows  # noqa: E402 (tools/ is on the path when run as a script)
@@ -137,6 +140,24 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
+def embed_runs(runs: List[str], meta: Dict, data: str) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
+    """{"xclass_trained" / "xclass_random_init": {split: embed()}} of the train and test splits;
+    several runs are fused as ``export-index`` fuses them (:func:`xclass.eval.ensemble.fuse_embeddings`),
+    the random init likewise from each run's own initial network (its seed)."""
+    components.load_all()
+    parts: Dict[str, List[Dict]] = {"xclass_trained": [], "xclass_random_init": []}
+    for rd in runs:
+        cfg = load_config(os.path.join(rd, "config.yaml"))
+        torch.manual_seed(cfg.train.seed)
+        random_enc = components.build_encoder(cfg.model, meta).eval()
+        for name, enc in (("xclass_trained", load_encoder(rd, cfg, meta)), ("xclass_random_init", random_enc)):
+            parts[name].append({s: embed(enc, cfg, meta, data, s) for s in ("train", "test")})
+    if len(runs) == 1:
+        return {name: ps[0] for name, ps in parts.items()}
+    return {name: {s: dict(ps[0][s], emb=fuse_embeddings([p[s]["emb"] for p in ps])) for s in ("train", "test")}
+            for name, ps in parts.items()}
+
+
 def head_vectors(run_dir: str, cfg: Any, out: str) -> Dict[str, Any]:
     """The trained head's class vectors (``export-index --head``: ``ids`` [R], ``vectors`` [R, d])
     and the scale of its margin (``scale``: ``s``, None for a margin without one)."""
@@ -166,6 +187,9 @@ def main() -> int:
     ap.add_argument("--train-labels", type=int, default=0, metavar="N",
                     help="train on N of the training classes only (seeded by --seed; their closed-set test rows "
                          "go too, the open-set classes stay): how the result grows with the labels trained on")
+    ap.add_argument("--ensemble", type=int, default=1, metavar="K",
+                    help="train K runs (train.seed = seed + 1000 k) and score their fused embeddings, as "
+                         "export-index --run A --run B ... writes them (the random init: K initial networks, fused)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -175,18 +199,16 @@ def main() -> int:
     if a.train_labels:
         a.data = fewer_labels(a.data, a.train_labels, a.seed, a.out)
     t0 = time.perf_counter()
-    rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={run_dir}",
-                 "train.progress=false", f"train.seed={a.seed}", *a.overrides])
-    if rc:
-        return rc
+    runs = [run_dir if k == 0 else f"{run_dir}_{k}" for k in range(a.ensemble)]
+    for k, rd in enumerate(runs):
+        rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={rd}",
+                     "train.progress=false", f"train.seed={a.seed + 1000 * k}", *a.overrides])
+        if rc:
+            return rc
     train_s = time.perf_counter() - t0
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     meta = load_meta(a.data)
-    components.load_all()
-    torch.manual_seed(cfg.train.seed)
-    random_enc = components.build_encoder(cfg.model, meta).eval()
-    embs = {name: {s: embed(enc, cfg, meta, a.data, s) for s in ("train", "test")}
-            for name, enc in (("xclass_trained", load_encoder(run_dir, cfg, meta)), ("xclass_random_init", random_enc))}
+    embs = embed_runs(runs, meta, a.data)
     if meta["task"] == "quic":
         head = head_vectors(run_dir, cfg, a.out) if cfg.head.name == "margin" else None
         rows = traffic_rows(a.data, meta, embs, a.packets, a.seed, head)
@@ -194,7 +216,8 @@ def main() -> int:
         rows = verification_rows(a.data, meta, embs)
     for r in rows:
         print(json.dumps({"task": meta["task"], "data": os.path.abspath(a.data), "config": a.config,
-                          "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1), **r}),
+                          "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1),
+                          **({"ensemble": a.ensemble} if a.ensemble > 1 else {}), **r}),
               flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """CLI glue of ``xclass export-index``: embeddings from a trained run (``--run``: encode a split
-with its encoder, or ``--head``: the classifier's class vectors) or from embedding files, then a
-FAISS index directory. The work is done by :mod:`xclass.eval.embed` and :mod:`xclass.eval.export`."""
+with its encoder, or ``--head``: the classifier's class vectors; several ``--run``: their fused
+embeddings) or from embedding files, then a FAISS index directory. The work is done by
+:mod:`xclass.eval.embed`, :mod:`xclass.eval.ensemble` and :mod:`xclass.eval.export`."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,10 @@ from xclass.cli.evaluate import _check_positive, add_export_args, run_export
 
 def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     """``export-index``: the index options plus ``--run`` (encode a split, or ``--head``)."""
-    p.add_argument("--run", help="trained run directory: encode --split with its encoder first")
+    p.add_argument("--run", action="append", metavar="RUN",
+                   help="trained run directory: encode --split with its encoder first; give it again for an "
+                        "ensemble (each run's rows normalised and concatenated / sqrt(K): cosines are the mean "
+                        "of the runs' cosines)")
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
     p.add_argument("--data", default=None,
                    help="with --run: encode this dataset directory instead of the run's own (same task; its "
@@ -51,7 +55,12 @@ def run_export_cli(args: argparse.Namespace) -> int:
             from xclass.config_types import ConfigError
 
             raise ConfigError(f"{flag} is about the encoder a run encodes with: it needs --run and no --head")
-    if getattr(args, "run", None):
+    runs = getattr(args, "run", None) or []
+    if len(runs) > 1 and args.head:
+        from xclass.config_types import ConfigError
+
+        raise ConfigError("--head exports one run's class vectors; give one --run with it")
+    if runs:
         from xclass.eval.embed import embed_split, encode_device, export_head
 
         out = os.path.abspath(args.out)
@@ -59,11 +68,19 @@ def run_export_cli(args: argparse.Namespace) -> int:
         if not args.overwrite and (os.path.exists(os.path.join(out, "manifest.json")) or
                                    (not args.head and os.path.exists(emb))):
             raise FileExistsError(f"{out}: already holds an index or embeddings; pass --overwrite to replace them")
+        if len(runs) > 1:
+            from xclass.eval.ensemble import check_same_data
+
+            check_same_data(runs, args.data)
         os.makedirs(out, exist_ok=True)
+        kw = dict(batch_rows=args.encode_batch_rows, data_path=args.data, device=encode_device(args.gpu),
+                  bf16=args.bf16, average_last=args.average_last, flip_test=args.flip_test)
         if args.head:
-            args.embeddings = export_head(args.run, os.path.join(out, "label_embeddings"))
+            args.embeddings = export_head(runs[0], os.path.join(out, "label_embeddings"))
+        elif len(runs) == 1:
+            args.embeddings = [embed_split(runs[0], args.split, emb, **kw)]
         else:
-            args.embeddings = [embed_split(args.run, args.split, emb, batch_rows=args.encode_batch_rows,
-                                           data_path=args.data, device=encode_device(args.gpu), bf16=args.bf16,
-                                           average_last=args.average_last, flip_test=args.flip_test)]
+            from xclass.eval.ensemble import embed_ensemble
+
+            args.embeddings = [embed_ensemble(runs, args.split, emb, **kw)]
     return int(run_export(args) or 0)

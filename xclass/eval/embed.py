@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -111,7 +111,32 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
                 data_path: Optional[str] = None, frame_budget: int = 1 << 18,
                 device: Optional[torch.device] = None, bf16: bool = False, average_last: int = 1,
                 flip_test: bool = False) -> str:
-    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32).
+    """Encode every row of ``split`` (train/test/...) and write an embedding Parquet (float32):
+    ``id``, ``label`` / ``labels`` when the split has them, ``embedding`` [n, d] as the encoder
+    gives it (not normalised). The options are those of :func:`encode_split`."""
+    ids, emb, labels = encode_split(run_dir, split, batch_rows, data_path, frame_budget, device, bf16,
+                                    average_last, flip_test)
+    return write_embeddings(out_path, ids, emb, labels)
+
+
+def write_embeddings(out_path: str, ids: np.ndarray, emb: np.ndarray, labels: List[Any]) -> str:
+    """``id`` [n], ``embedding`` [n, d] float32 and the label column of ``labels`` (the per-batch
+    parts :func:`encode_split` returns) to ``out_path``, atomically."""
+    cols: Dict[str, pa.Array] = {
+        "id": pa.array(ids),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+    }
+    cols.update(_label_column(labels))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    write_parquet_atomic(pa.table(cols), out_path)
+    return out_path
+
+
+def encode_split(run_dir: str, split: str, batch_rows: int = 512, data_path: Optional[str] = None,
+                 frame_budget: int = 1 << 18, device: Optional[torch.device] = None, bf16: bool = False,
+                 average_last: int = 1, flip_test: bool = False) -> Tuple[np.ndarray, np.ndarray, List[Any]]:
+    """Every row of ``split`` through the run's encoder: ``ids`` [n] int64, embeddings [n, d]
+    float32 (file order), and the label parts per batch (for :func:`write_embeddings`).
     ``frame_budget``: for variable-length inputs (a ``lengths`` tensor, e.g. speaker fbank) the
     encoder sees length-sorted sub-batches of at most this many padded frames (0 = the whole
     reader batch padded to its longest row, as before; see :func:`encode_batch`).
@@ -154,14 +179,7 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
                   end="", file=sys.stderr)
     print(file=sys.stderr)
     emb = np.concatenate(embs) if embs else np.zeros((0, cfg.model.embedding_dim), np.float32)
-    cols: Dict[str, pa.Array] = {
-        "id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
-    }
-    cols.update(_label_column(labels))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    write_parquet_atomic(pa.table(cols), out_path)
-    return out_path
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), emb, labels
 
 
 def encode_batch(enc: torch.nn.Module, inputs: Dict[str, torch.Tensor], frame_budget: int = 1 << 18) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Embeddings of several trained runs fused into one (``export-index --run A --run B ...``).
+
+Each run encodes the same split; every run's rows are L2-normalised, the K parts are
+concatenated and divided by sqrt(K). The fused rows are unit vectors and the cosine of two fused
+rows is the **mean of the K runs' cosines**: score-level fusion with equal weights, which the
+index, the 1-NN protocols and verification then use unchanged. Runs trained with different
+seeds (or encoders) err in different places, so the mean cosine ranks neighbours better than
+any one run; on new classes (open-set identification) this is where an ensemble pays most.
+
+Shapes: each run's embeddings ``[n, d_k]`` (the runs may differ in ``d_k`` and encoder); the
+fused ``[n, sum d_k]`` float32, rows in file order.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from xclass.config_types import ConfigError
+
+
+def fuse_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``parts``: K arrays ``[n, d_k]`` of the same rows -> ``[n, sum d_k]`` float32, each part
+    row-normalised (a zero row stays zero) and the whole divided by sqrt(K), so
+    ``fused_i . fused_j = mean_k cos_k(i, j)`` for rows without zero parts."""
+    if not parts:
+        raise ValueError("fuse_embeddings needs at least one part")
+    n = parts[0].shape[0]
+    if any(p.ndim != 2 or p.shape[0] != n for p in parts):
+        raise ValueError(f"fuse_embeddings: parts of shapes {[p.shape for p in parts]}; every part must be [n, d]")
+    unit = [p.astype(np.float32) / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12).astype(np.float32)
+            for p in parts]
+    return (np.concatenate(unit, axis=1) / np.float32(np.sqrt(len(parts)))).astype(np.float32)
+
+
+def check_same_data(run_dirs: Sequence[str], data_path: Optional[str]) -> None:
+    """Without ``data_path`` every run encodes its own training data, so all must name the same
+    dataset directory (else one error naming two runs and their data); all runs share a task."""
+    from xclass.eval.embed import load_run
+
+    cfgs = [load_run(r) for r in run_dirs]
+    for run, cfg in zip(run_dirs[1:], cfgs[1:]):
+        if cfg.data.task != cfgs[0].data.task:
+            raise ConfigError(f"--run {run} is a {cfg.data.task} run and --run {run_dirs[0]} a "
+                              f"{cfgs[0].data.task} run: an ensemble fuses runs of one task")
+        if data_path is None and os.path.abspath(cfg.data.path) != os.path.abspath(cfgs[0].data.path):
+            raise ConfigError(f"--run {run} was trained on {cfg.data.path} and --run {run_dirs[0]} on "
+                              f"{cfgs[0].data.path}: pass --data DIR to encode one dataset with every run")
+
+
+def embed_ensemble(run_dirs: Sequence[str], split: str, out_path: str, data_path: Optional[str] = None,
+                   **encode_kw: Any) -> str:
+    """Encode ``split`` with every run (:func:`xclass.eval.embed.encode_split`, the same
+    ``encode_kw`` for each), fuse (:func:`fuse_embeddings`) and write one embedding Parquet with
+    the first run's ``id`` and label columns. Runs are checked first (:func:`check_same_data`);
+    rows must come back with the same ids in the same order."""
+    from xclass.eval.embed import encode_split, write_embeddings
+
+    check_same_data(run_dirs, data_path)
+    ids, first, labels = encode_split(run_dirs[0], split, data_path=data_path, **encode_kw)
+    parts = [first]
+    for run in run_dirs[1:]:
+        other_ids, emb, _ = encode_split(run, split, data_path=data_path, **encode_kw)
+        if not np.array_equal(other_ids, ids):
+            raise ConfigError(f"--run {run}: its {split} rows differ from --run {run_dirs[0]}'s")
+        parts.append(emb)
+    return write_embeddings(out_path, ids, fuse_embeddings(parts), labels)
