@@ -278,13 +278,35 @@ def test_head_scores_by_hand_and_against_softmax():
 
     emb = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     head = {"ids": np.array([3, 7, 7]), "vectors": np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), "scale": 4.0}
-    out = bench_detect.head_scores(emb, head)
+    out = bench_detect.head_scores([(emb, head)])
     lab, cos = out["xclass_trained_head_cos"]
     assert lab.tolist()[:2] == [3, 7]
     np.testing.assert_allclose(cos, [1.0, 1.0, np.sqrt(0.5)])
     per_class = np.array([[1.0, 0.0], [0.0, 1.0], [np.sqrt(0.5), np.sqrt(0.5)]])  # class 7: its best row
     np.testing.assert_allclose(out["xclass_trained_head_msp"][1], softmax(4.0 * per_class, axis=1).max(1))
-    assert "xclass_trained_head_msp" not in bench_detect.head_scores(emb, {**head, "scale": None})
+    assert "xclass_trained_head_msp" not in bench_detect.head_scores([(emb, {**head, "scale": None})])
+
+
+def test_head_scores_of_an_ensemble_average_the_probabilities():
+    """Several runs' heads (each scoring its own run's embeddings): the mean softmax probability
+    and the mean cosine per class (scipy's softmax, by hand)."""
+    from scipy.special import softmax
+
+    import bench_detect
+
+    rng = np.random.default_rng(2)
+    members = [(rng.normal(size=(6, d)), {"ids": np.arange(4), "vectors": rng.normal(size=(4, d)), "scale": 5.0})
+               for d in (3, 5)]
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    cos = [unit(e) @ unit(h["vectors"]).T for e, h in members]
+    prob = (softmax(5.0 * cos[0], axis=1) + softmax(5.0 * cos[1], axis=1)) / 2
+    out = bench_detect.head_scores(members)
+    np.testing.assert_array_equal(out["xclass_trained_head_msp"][0], prob.argmax(1))
+    np.testing.assert_allclose(out["xclass_trained_head_msp"][1], prob.max(1), rtol=1e-12)
+    np.testing.assert_allclose(out["xclass_trained_head_cos"][1], ((cos[0] + cos[1]) / 2).max(1), rtol=1e-12)
+    other = (members[0][0], dict(members[1][1], ids=np.arange(1, 5), vectors=members[1][1]["vectors"][:, :3]))
+    with pytest.raises(ValueError, match="class ids differ"):
+        bench_detect.head_scores([members[0], other])
 
 
 def test_detection_rows_with_the_head():
@@ -326,8 +348,9 @@ def test_embed_runs_fuses_the_runs_and_their_initial_networks(tmp_path):
         assert xclass(["train", "--config", "configs/quic/cpu.yaml", f"data.path={data}", f"train.out_dir={runs[-1]}",
                        "train.progress=false", "train.max_steps=2", "data.batch_size=16", f"train.seed={k}"]) == 0
     meta = load_meta(data)
-    one = [bench_tasks.embed_runs([r], meta, data) for r in runs]
-    both = bench_tasks.embed_runs(runs, meta, data)
+    one = [bench_tasks.embed_runs([r], meta, data)[0] for r in runs]
+    both, own = bench_tasks.embed_runs(runs, meta, data)
+    assert [o["test"]["emb"].tolist() for o in own] == [o["xclass_trained"]["test"]["emb"].tolist() for o in one]
     for name in ("xclass_trained", "xclass_random_init"):
         for split in ("train", "test"):
             a, b = one[0][name][split], one[1][name][split]

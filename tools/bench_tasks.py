@@ -28,7 +28,7 @@ seed), and scores every method on the same rows:
   When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
   rows also say how well each method's top-1 score over the training rows tells the held-out
   labels from the known ones, and the trained head's class vectors are scored as a classifier
-  too (tools/bench_detect.py; with ``--ensemble`` the first run's head).
+  too (tools/bench_detect.py; with ``--ensemble`` the mean of the K heads' probabilities).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
@@ -50,7 +50,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -140,10 +140,11 @@ def verification_rows(data: str, meta: Dict, embs: Dict[str, Dict]) -> List[Dict
     return rows
 
 
-def embed_runs(runs: List[str], meta: Dict, data: str) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
-    """{"xclass_trained" / "xclass_random_init": {split: embed()}} of the train and test splits;
-    several runs are fused as ``export-index`` fuses them (:func:`xclass.eval.ensemble.fuse_embeddings`),
-    the random init likewise from each run's own initial network (its seed)."""
+def embed_runs(runs: List[str], meta: Dict, data: str) -> Tuple[Dict[str, Dict[str, Dict]], List[Dict[str, Dict]]]:
+    """({"xclass_trained" / "xclass_random_init": {split: embed()}} of the train and test splits,
+    [each run's own trained {split: embed()}]); several runs are fused as ``export-index`` fuses
+    them (:func:`xclass.eval.ensemble.fuse_embeddings`), the random init likewise from each run's
+    own initial network (its seed)."""
     components.load_all()
     parts: Dict[str, List[Dict]] = {"xclass_trained": [], "xclass_random_init": []}
     for rd in runs:
@@ -153,9 +154,9 @@ def embed_runs(runs: List[str], meta: Dict, data: str) -> Dict[str, Dict[str, Di
         for name, enc in (("xclass_trained", load_encoder(rd, cfg, meta)), ("xclass_random_init", random_enc)):
             parts[name].append({s: embed(enc, cfg, meta, data, s) for s in ("train", "test")})
     if len(runs) == 1:
-        return {name: ps[0] for name, ps in parts.items()}
-    return {name: {s: dict(ps[0][s], emb=fuse_embeddings([p[s]["emb"] for p in ps])) for s in ("train", "test")}
-            for name, ps in parts.items()}
+        return {name: ps[0] for name, ps in parts.items()}, parts["xclass_trained"]
+    return ({name: {s: dict(ps[0][s], emb=fuse_embeddings([p[s]["emb"] for p in ps])) for s in ("train", "test")}
+             for name, ps in parts.items()}, parts["xclass_trained"])
 
 
 def head_vectors(run_dir: str, cfg: Any, out: str) -> Dict[str, Any]:
@@ -208,10 +209,11 @@ def main() -> int:
     train_s = time.perf_counter() - t0
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     meta = load_meta(a.data)
-    embs = embed_runs(runs, meta, a.data)
+    embs, own = embed_runs(runs, meta, a.data)
     if meta["task"] == "quic":
-        head = head_vectors(run_dir, cfg, a.out) if cfg.head.name == "margin" else None
-        rows = traffic_rows(a.data, meta, embs, a.packets, a.seed, head)
+        heads = [dict(head_vectors(rd, cfg, os.path.join(a.out, f"heads/{k}")), test=own[k]["test"])
+                 for k, rd in enumerate(runs)] if cfg.head.name == "margin" else None
+        rows = traffic_rows(a.data, meta, embs, a.packets, a.seed, heads)
     else:
         rows = verification_rows(a.data, meta, embs)
     for r in rows:

@@ -91,7 +91,7 @@ def open_split(data: str, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def traffic_rows(data: str, meta: Dict, embs: Dict[str, Dict], n_pkts: int, seed: int,
-                 head: Optional[Dict[str, Any]] = None) -> List[Dict]:
+                 head: Any = None) -> List[Dict]:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.preprocessing import StandardScaler
 
