@@ -287,9 +287,9 @@ def test_head_scores_by_hand_and_against_softmax():
     assert "xclass_trained_head_msp" not in bench_detect.head_scores([(emb, {**head, "scale": None})])
 
 
-def test_head_scores_of_an_ensemble_average_the_probabilities():
-    """Several runs' heads (each scoring its own run's embeddings): the mean softmax probability
-    and the mean cosine per class (scipy's softmax, by hand)."""
+def test_head_scores_of_an_ensemble_average_the_cosines():
+    """Several runs' heads (each scoring its own run's embeddings): the mean class cosine, and the
+    softmax of scale * mean cosine (scipy's softmax, by hand)."""
     from scipy.special import softmax
 
     import bench_detect
@@ -298,12 +298,11 @@ def test_head_scores_of_an_ensemble_average_the_probabilities():
     members = [(rng.normal(size=(6, d)), {"ids": np.arange(4), "vectors": rng.normal(size=(4, d)), "scale": 5.0})
                for d in (3, 5)]
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    cos = [unit(e) @ unit(h["vectors"]).T for e, h in members]
-    prob = (softmax(5.0 * cos[0], axis=1) + softmax(5.0 * cos[1], axis=1)) / 2
+    mean_cos = sum(unit(e) @ unit(h["vectors"]).T for e, h in members) / 2
     out = bench_detect.head_scores(members)
-    np.testing.assert_array_equal(out["xclass_trained_head_msp"][0], prob.argmax(1))
-    np.testing.assert_allclose(out["xclass_trained_head_msp"][1], prob.max(1), rtol=1e-12)
-    np.testing.assert_allclose(out["xclass_trained_head_cos"][1], ((cos[0] + cos[1]) / 2).max(1), rtol=1e-12)
+    np.testing.assert_array_equal(out["xclass_trained_head_msp"][0], mean_cos.argmax(1))
+    np.testing.assert_allclose(out["xclass_trained_head_msp"][1], softmax(5.0 * mean_cos, axis=1).max(1), rtol=1e-12)
+    np.testing.assert_allclose(out["xclass_trained_head_cos"][1], mean_cos.max(1), rtol=1e-12)
     other = (members[0][0], dict(members[1][1], ids=np.arange(1, 5), vectors=members[1][1]["vectors"][:, :3]))
     with pytest.raises(ValueError, match="class ids differ"):
         bench_detect.head_scores([members[0], other])

@@ -32,11 +32,10 @@ def top1(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, cosine: bo
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def class_scores(emb: np.ndarray, head: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def class_cosines(emb: np.ndarray, head: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     """``emb`` [n, d] against the head's class vectors ``head["vectors"]`` [R, d] with class ids
     ``head["ids"]`` [R] (sub-centre heads: several rows per class, a class scores by its most
-    similar row) -> (classes [C], cosine [n, C], softmax of ``head["scale"]`` * cosine over the
-    classes [n, C], or None without a scale)."""
+    similar row) -> (classes [C], cosine [n, C])."""
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -45,27 +44,27 @@ def class_scores(emb: np.ndarray, head: Dict[str, Any]) -> Tuple[np.ndarray, np.
     cos = np.full((len(emb), len(classes)), -np.inf)
     for j in range(len(head["ids"])):  # the class's best row
         cos[:, inverse[j]] = np.maximum(cos[:, inverse[j]], cos_rows[:, j])
-    if not head.get("scale"):
-        return classes, cos, None
-    z = np.exp(head["scale"] * (cos - cos.max(axis=1, keepdims=True)))
-    return classes, cos, z / z.sum(axis=1, keepdims=True)
+    return classes, cos
 
 
 def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """(class, score) per row from one trained head or an ensemble of them: ``members`` pairs each
-    run's embeddings of the same rows [n, d_k] with its head (:func:`class_scores`; the runs share
-    their class ids). Scores: the largest mean cosine (one run: the maximum cosine) and, when every
-    head has a scale, the largest mean softmax probability (one run: the classifier's largest
-    probability; several: a deep ensemble's)."""
-    parts = [class_scores(emb, head) for emb, head in members]
+    run's embeddings of the same rows [n, d_k] with its head (:func:`class_cosines`; the runs
+    share class ids and scale). The class cosines are averaged over the runs (what the fused
+    ``export-index --run A --run B --head`` vectors give a fused query); scores: the largest mean
+    cosine and, with ``head["scale"]``, the largest softmax probability of scale * mean cosine
+    (one run: the classifier's largest probability; several: the logit-averaged ensemble's)."""
+    parts = [class_cosines(emb, head) for emb, head in members]
     classes = parts[0][0]
-    if any(not np.array_equal(c, classes) for c, _, _ in parts):
+    if any(not np.array_equal(c, classes) for c, _ in parts):
         raise ValueError("head_scores: the heads' class ids differ")
-    cos = sum(c for _, c, _ in parts) / len(parts)
-    out = {"xclass_trained_head_cos": (classes[np.argmax(cos, axis=1)], cos.max(axis=1))}
-    if all(p is not None for _, _, p in parts):
-        prob = sum(p for _, _, p in parts) / len(parts)
-        out["xclass_trained_head_msp"] = (classes[np.argmax(prob, axis=1)], prob.max(axis=1))
+    cos = sum(c for _, c in parts) / len(parts)
+    best = np.argmax(cos, axis=1)
+    out = {"xclass_trained_head_cos": (classes[best], cos.max(axis=1))}
+    scale = members[0][1].get("scale")
+    if scale:
+        z = scale * (cos - cos.max(axis=1, keepdims=True))
+        out["xclass_trained_head_msp"] = (classes[best], 1.0 / np.exp(z).sum(axis=1))
     return out
 
 
@@ -73,7 +72,7 @@ def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.nd
                    forests: Dict[str, Any], embs: Dict[str, Dict], head: Optional[Dict[str, Any]] = None) -> List[Dict]:
     """Rows (protocol "detection") of every method; ``closed`` [n_test] marks the known-label rows,
     ``x_tr`` / ``x_te`` the kNN inputs of the training and test rows; ``head``: the trained run's
-    class vectors (:func:`class_scores`; they score the ``xclass_trained`` test rows), a list of
+    class vectors (:func:`class_cosines`; they score the ``xclass_trained`` test rows), a list of
     them for an ensemble, each with its own run's test embeddings under ``"test"`` (``id``,
     ``emb``), or None."""
     found: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}

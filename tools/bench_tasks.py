@@ -28,7 +28,8 @@ seed), and scores every method on the same rows:
   When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
   rows also say how well each method's top-1 score over the training rows tells the held-out
   labels from the known ones, and the trained head's class vectors are scored as a classifier
-  too (tools/bench_detect.py; with ``--ensemble`` the mean of the K heads' probabilities).
+  too (tools/bench_detect.py; with ``--ensemble`` the K heads' mean cosines, as the fused heads of
+  ``export-index --run A --run B --head`` give them).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.

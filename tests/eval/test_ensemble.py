@@ -92,7 +92,30 @@ def test_ensemble_of_runs_on_other_data_needs_data(two_runs, capsys):
     assert t.num_rows == pq.read_table(os.path.join(other, "test.parquet")).num_rows and fused.shape[1] > 0
 
 
-def test_head_takes_one_run(two_runs, capsys):
+def _head(out):
+    t = pq.read_table(os.path.join(out, "label_embeddings", "labels-00000.parquet"))
+    return t, np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
+
+
+def test_head_of_two_runs_fuses_the_class_vectors(two_runs):
+    """Fused queries against fused class vectors: each cosine is the mean of the two runs' own
+    query-to-class cosines (so the scale times it is the mean logit)."""
     d, (a, b, _), _, _ = two_runs
-    assert xclass(["export-index", "--run", a, "--run", b, "--head", "--out", str(d / "heads")]) == 2
-    assert "--head exports one run's class vectors" in capsys.readouterr().err
+    heads, queries = [], []
+    for i, run in enumerate((a, b)):
+        assert xclass(["export-index", "--run", run, "--head", "--out", str(d / f"head{i}")]) == 0
+        assert xclass(["export-index", "--run", run, "--out", str(d / f"q{i}")]) == 0
+        heads.append(_head(str(d / f"head{i}")))
+        queries.append(_emb(str(d / f"q{i}"))[1])
+    assert xclass(["export-index", "--run", a, "--run", b, "--head", "--out", str(d / "heads")]) == 0
+    assert xclass(["export-index", "--run", a, "--run", b, "--out", str(d / "q_both")]) == 0
+    t, fused = _head(str(d / "heads"))
+    assert t.column("id").to_pylist() == heads[0][0].column("id").to_pylist() == t.column("label").to_pylist()
+    q = _emb(str(d / "q_both"))[1]
+
+    def cos(x, y):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+
+    want = (cos(queries[0], heads[0][1]) + cos(queries[1], heads[1][1])) / 2
+    assert not np.allclose(cos(queries[0], heads[0][1]), want, atol=1e-3)
+    np.testing.assert_allclose(q @ fused.T, want, atol=1e-5)

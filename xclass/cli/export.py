@@ -15,7 +15,7 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", action="append", metavar="RUN",
                    help="trained run directory: encode --split with its encoder first; give it again for an "
                         "ensemble (each run's rows normalised and concatenated / sqrt(K): cosines are the mean "
-                        "of the runs' cosines)")
+                        "of the runs' cosines; with --head the runs' class vectors fused alike)")
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
     p.add_argument("--data", default=None,
                    help="with --run: encode this dataset directory instead of the run's own (same task; its "
@@ -56,10 +56,6 @@ def run_export_cli(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"{flag} is about the encoder a run encodes with: it needs --run and no --head")
     runs = getattr(args, "run", None) or []
-    if len(runs) > 1 and args.head:
-        from xclass.config_types import ConfigError
-
-        raise ConfigError("--head exports one run's class vectors; give one --run with it")
     if runs:
         from xclass.eval.embed import embed_split, encode_device, export_head
 
@@ -75,8 +71,12 @@ def run_export_cli(args: argparse.Namespace) -> int:
         os.makedirs(out, exist_ok=True)
         kw = dict(batch_rows=args.encode_batch_rows, data_path=args.data, device=encode_device(args.gpu),
                   bf16=args.bf16, average_last=args.average_last, flip_test=args.flip_test)
-        if args.head:
+        if args.head and len(runs) == 1:
             args.embeddings = export_head(runs[0], os.path.join(out, "label_embeddings"))
+        elif args.head:
+            from xclass.eval.ensemble import export_head_ensemble
+
+            args.embeddings = export_head_ensemble(runs, os.path.join(out, "label_embeddings"))
         elif len(runs) == 1:
             args.embeddings = [embed_split(runs[0], args.split, emb, **kw)]
         else:

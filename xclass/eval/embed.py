@@ -236,14 +236,25 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
     """The head's class vectors as label embeddings: ``labels-XXXXX.parquet`` per shard (``id``
     and ``label`` = class id, ``embedding``). Sub-centre heads export all K vectors of a class
     under the class id (a search returns the class through its nearest sub-centre)."""
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    for r, ids, w in head_shards(run_dir):
+        f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
+        write_parquet_atomic(_class_table(ids, w), f)
+        files.append(f)
+    return files
+
+
+def head_shards(run_dir: str):
+    """Yield ``(rank, ids [R_r], vectors [R_r, d] float32)`` of every saved head shard of the run's
+    newest checkpoint, one shard in memory at a time (``ids``: the class id of each row; K rows
+    per class for sub-centre heads)."""
     cfg = load_run(run_dir)
     components.load_all()
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
     m = ckpt.read_manifest(path)
-    os.makedirs(out_dir, exist_ok=True)
-    files = []
     for r in range(int(m["world_size"])):
         ctx = ParallelContext(rank=r, world_size=int(m["world_size"]), group=None)
         head = make_head(cfg, int(m["num_classes"]), int(m["embedding_dim"]), ctx)
@@ -253,11 +264,10 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
         w = w.float().numpy()
         n_cls = int(m["shard_ranges"][r][1]) - start
         k = w.shape[0] // max(1, n_cls)  # sub-centre heads: K class-major rows per class, all exported
-        ids = np.repeat(np.arange(start, start + n_cls, dtype=np.int64), k)
-        table = pa.table({"id": ids, "label": ids, "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(w.reshape(-1)), w.shape[1])})
-        f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
-        write_parquet_atomic(table, f)
-        files.append(f)
-        del head, w
-    return files
+        yield r, np.repeat(np.arange(start, start + n_cls, dtype=np.int64), k), w
+        del head
+
+
+def _class_table(ids: np.ndarray, w: np.ndarray) -> pa.Table:
+    return pa.table({"id": ids, "label": ids, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(w.reshape(-1)), w.shape[1])})

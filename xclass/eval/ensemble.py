@@ -66,3 +66,29 @@ def embed_ensemble(run_dirs: Sequence[str], split: str, out_path: str, data_path
             raise ConfigError(f"--run {run}: its {split} rows differ from --run {run_dirs[0]}'s")
         parts.append(emb)
     return write_embeddings(out_path, ids, fuse_embeddings(parts), labels)
+
+
+def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
+    """The K runs' heads as one set of fused class vectors (``labels-00000.parquet``: ``id`` /
+    ``label`` the class id, ``embedding`` [R, sum d_k]), fused as :func:`fuse_embeddings` fuses
+    rows: a fused query's cosine to a fused class vector is the mean of the K runs' cosines, so
+    ``scale`` times it is the mean of the runs' logits (a logit-averaging ensemble of the
+    classifiers). Every run must have the same class rows (one dataset, the same sub-centre
+    count); each run's head is gathered from its shards into memory (R x d_k floats per run)."""
+    from xclass.eval.embed import _class_table, head_shards
+    from xclass.eval.io import write_parquet_atomic
+
+    check_same_data(run_dirs, None)
+    ids, parts = None, []
+    for run in run_dirs:
+        shards = [(i, w) for _, i, w in head_shards(run)]
+        run_ids, w = np.concatenate([i for i, _ in shards]), np.concatenate([w for _, w in shards])
+        if ids is not None and not np.array_equal(run_ids, ids):
+            raise ConfigError(f"--run {run}: its head's class rows differ from --run {run_dirs[0]}'s "
+                              f"({len(run_ids)} against {len(ids)} rows)")
+        ids = run_ids
+        parts.append(w)
+    os.makedirs(out_dir, exist_ok=True)
+    f = os.path.join(out_dir, "labels-00000.parquet")
+    write_parquet_atomic(_class_table(ids, fuse_embeddings(parts)), f)
+    return [f]
