@@ -53,7 +53,9 @@ def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, T
     share class ids and scale). The class cosines are averaged over the runs (what the fused
     ``export-index --run A --run B --head`` vectors give a fused query); scores: the largest mean
     cosine and, with ``head["scale"]``, the largest softmax probability of scale * mean cosine
-    (one run: the classifier's largest probability; several: the logit-averaged ensemble's)."""
+    (one run: the classifier's largest probability; several: the logit-averaged ensemble's) and,
+    for several runs, the largest mean of the runs' probabilities (``..._head_mean_prob``: a deep
+    ensemble; not what the fused export gives)."""
     parts = [class_cosines(emb, head) for emb, head in members]
     classes = parts[0][0]
     if any(not np.array_equal(c, classes) for c, _ in parts):
@@ -65,7 +67,16 @@ def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, T
     if scale:
         z = scale * (cos - cos.max(axis=1, keepdims=True))
         out["xclass_trained_head_msp"] = (classes[best], 1.0 / np.exp(z).sum(axis=1))
+    if scale and len(parts) > 1:  # a deep ensemble: the runs' probabilities averaged instead of their logits
+        prob = sum(softmax_rows(scale * c) for _, c in parts) / len(parts)
+        out["xclass_trained_head_mean_prob"] = (classes[np.argmax(prob, axis=1)], prob.max(axis=1))
     return out
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``z`` [n, C] (float64, max-shifted)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.ndarray], x_te: Dict[str, np.ndarray],
