@@ -54,8 +54,8 @@ def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, T
     ``export-index --run A --run B --head`` vectors give a fused query); scores: the largest mean
     cosine and, with ``head["scale"]``, the largest softmax probability of scale * mean cosine
     (one run: the classifier's largest probability; several: the logit-averaged ensemble's) and,
-    for several runs, the largest mean of the runs' probabilities (``..._head_mean_prob``: a deep
-    ensemble; not what the fused export gives)."""
+    for several runs, the mean of the runs' probabilities of that class (``..._head_mean_prob``: a
+    deep ensemble, as ``evaluate --open-set-softmax S --ensemble-mean-prob`` scores fused files)."""
     parts = [class_cosines(emb, head) for emb, head in members]
     classes = parts[0][0]
     if any(not np.array_equal(c, classes) for c, _ in parts):
@@ -67,9 +67,9 @@ def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, T
     if scale:
         z = scale * (cos - cos.max(axis=1, keepdims=True))
         out["xclass_trained_head_msp"] = (classes[best], 1.0 / np.exp(z).sum(axis=1))
-    if scale and len(parts) > 1:  # a deep ensemble: the runs' probabilities averaged instead of their logits
+    if scale and len(parts) > 1:  # a deep ensemble: the runs' probabilities of that class averaged
         prob = sum(softmax_rows(scale * c) for _, c in parts) / len(parts)
-        out["xclass_trained_head_mean_prob"] = (classes[np.argmax(prob, axis=1)], prob.max(axis=1))
+        out["xclass_trained_head_mean_prob"] = (classes[best], prob[np.arange(len(best)), best])
     return out
 
 

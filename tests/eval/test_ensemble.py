@@ -1,5 +1,6 @@
 """``export-index --run A --run B``: several runs' embeddings fused so that a cosine is the mean of
 the runs' cosines (xclass/eval/ensemble.py)."""
+import json
 import os
 
 import numpy as np
@@ -119,3 +120,87 @@ def test_head_of_two_runs_fuses_the_class_vectors(two_runs):
     want = (cos(queries[0], heads[0][1]) + cos(queries[1], heads[1][1])) / 2
     assert not np.allclose(cos(queries[0], heads[0][1]), want, atol=1e-3)
     np.testing.assert_allclose(q @ fused.T, want, atol=1e-5)
+
+
+def test_mean_prob_share_by_hand():
+    """Each run's own cosines (its part of the fused vectors), its softmax share on the 1-NN's
+    label, averaged over the runs; -1 neighbours count in no run."""
+    from scipy.special import softmax
+
+    from xclass.eval.ensemble import mean_prob_share
+
+    rng = np.random.default_rng(3)
+    parts_q = [rng.normal(size=(4, 3)), rng.normal(size=(4, 5))]
+    parts_g = [rng.normal(size=(4, 6, 3)), rng.normal(size=(4, 6, 5))]
+    labels = np.array([[2, 0, 2, 1, -1, -1], [1, 1, 0, 2, 3, 0], [0, 1, 2, 3, 4, 5], [3, 3, 3, 3, 3, -1]])
+    q = fuse_embeddings(parts_q)
+    nbr = np.stack([fuse_embeddings([parts_g[0][:, k], parts_g[1][:, k]]) for k in range(6)], axis=1)
+    got = mean_prob_share(q, nbr, labels, [3, 5], 7.0)
+    want = np.zeros(4)
+    for pq_, pg in zip(parts_q, parts_g):
+        cos = np.einsum("bd,bkd->bk", pq_, pg) / (np.linalg.norm(pq_, axis=1)[:, None] * np.linalg.norm(pg, axis=2))
+        for i in range(4):
+            ok = labels[i] >= 0
+            p = softmax(7.0 * cos[i][ok])
+            want[i] += p[labels[i][ok] == labels[i][0]].sum() / 2
+    np.testing.assert_allclose(got, want, rtol=1e-5)   # the fused vectors are float32
+    assert got[3] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="do not split"):
+        mean_prob_share(q, nbr, labels, [3, 4], 7.0)
+
+
+def test_evaluate_ensemble_mean_prob_against_brute_force(two_runs, capsys):
+    """``evaluate --open-set-softmax S --ensemble-mean-prob`` on a fused head and fused queries
+    (training rows: known, test rows: unknown classes) scores each query by the mean of the runs'
+    softmax probabilities of the fused 1-NN class."""
+    import pyarrow as pa
+    from scipy.special import softmax
+
+    from xclass.eval.open_set import open_set_report
+
+    d, (a, b, _), _, _ = two_runs
+    runs = ["--run", a, "--run", b]
+    assert xclass(["export-index", *runs, "--head", "--out", str(d / "mp_head")]) == 0
+    for split in ("train", "test"):
+        assert xclass(["export-index", *runs, "--split", split, "--out", str(d / f"mp_{split}")]) == 0
+    tables = [pq.read_table(os.path.join(d, f"mp_{s}", f"{s}_embeddings.parquet")) for s in ("train", "test")]
+    test = tables[1].set_column(0, "id", pa.array(np.asarray(tables[1]["id"]) + 10_000))
+    queries = pa.concat_tables([tables[0], test])
+    assert queries.schema.metadata[b"xclass.ensemble_dims"] == tables[0].schema.metadata[b"xclass.ensemble_dims"]
+    qpath = str(d / "mp_queries.parquet")
+    pq.write_table(queries, qpath)
+    out = str(d / "mp_report")
+    assert xclass(["evaluate", "--protocol", "ident", "--index", str(d / "mp_head"), "--gallery",
+                   str(d / "mp_head" / "label_embeddings"), "--queries", qpath, "--ks", "1,10",
+                   "--open-set-softmax", "4", "--ensemble-mean-prob", "--out", out, "--no-plots"]) == 0
+    got = json.load(open(os.path.join(out, "metrics.json")))["metrics"]
+
+    heads = []
+    for i, run in enumerate((a, b)):
+        assert xclass(["export-index", "--run", run, "--head", "--out", str(d / f"mp_h{i}")]) == 0
+        heads.append(_head(str(d / f"mp_h{i}"))[1])
+    fused_q = np.stack(queries.column("embedding").to_numpy(zero_copy_only=False))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    dims = json.loads(queries.schema.metadata[b"xclass.ensemble_dims"])
+    cos = [unit(fused_q[:, :dims[0]]) @ unit(heads[0]).T, unit(fused_q[:, dims[0]:]) @ unit(heads[1]).T]
+    best = ((cos[0] + cos[1]) / 2).argmax(1)
+    prob = (softmax(4 * cos[0], axis=1) + softmax(4 * cos[1], axis=1)) / 2
+    score = prob[np.arange(len(best)), best]
+    q_lab = np.asarray(queries["label"])
+    ref = open_set_report(best, score, q_lab, np.isin(q_lab, np.arange(heads[0].shape[0])))
+    for m in ("unknown_auroc", "knn_acc_mated", "dir@fpir=0.1"):
+        assert got[m] == pytest.approx(ref[m], abs=1e-4)
+
+
+def test_ensemble_mean_prob_needs_fused_files_and_a_scale(two_runs, capsys):
+    d, (a, _, _), _, _ = two_runs
+    assert xclass(["export-index", "--run", a, "--head", "--out", str(d / "one_head")]) == 0
+    assert xclass(["export-index", "--run", a, "--out", str(d / "one_q")]) == 0
+    args = ["evaluate", "--protocol", "ident", "--index", str(d / "one_head"), "--gallery",
+            str(d / "one_head" / "label_embeddings"), "--queries", str(d / "one_q" / "test_embeddings.parquet"),
+            "--ks", "1", "--ensemble-mean-prob"]
+    assert xclass(args) == 2
+    assert "needs --open-set-softmax" in capsys.readouterr().err
+    assert xclass(args + ["--open-set-softmax", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test_embeddings.parquet: not fused" in err[0]

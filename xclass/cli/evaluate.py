@@ -140,6 +140,10 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                         "exp(S * similarity) of its K nearest gallery rows that falls on the 1-NN's label, instead "
                         "of the 1-NN similarity; with the head's class vectors as the gallery (export-index --run "
                         "--head) and S the head's scale, the classifier's largest class probability")
+    p.add_argument("--ensemble-mean-prob", action="store_true",
+                   help="ident, with --open-set-softmax, on files fused from several runs (export-index --run A "
+                        "--run B ...): score by the mean of the runs' own softmax shares (a deep ensemble) instead "
+                        "of the softmax of their mean similarity")
     p.add_argument("--majority-k", type=int, default=5)
     p.add_argument("--batch-rows", type=int, default=4096)
     p.add_argument("--ef-search", type=int, default=None)
@@ -217,6 +221,8 @@ def _run_evaluate(args) -> int:
     if soft is not None and (args.protocol != "ident" or not 0 < soft < float("inf")):
         raise ValueError(f"--open-set-softmax is a finite scale > 0 for --protocol ident, got {soft} with "
                          f"--protocol {args.protocol}")
+    if getattr(args, "ensemble_mean_prob", False) and soft is None:
+        raise ValueError("--ensemble-mean-prob averages the runs' softmax shares: it needs --open-set-softmax S")
     for name in ("prop_a", "prop_b"):
         if not 0 <= getattr(args, name, 0) < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
@@ -262,14 +268,18 @@ def _identification(args, header: dict, rankings):
     fmap = read_file_map(args.file_map) if getattr(args, "file_map", None) else {}
     errors: list = []
     curve: dict = {}
+    from xclass.eval.ensemble import paired_dims
+
+    dims = paired_dims(args.queries, args.gallery) if getattr(args, "ensemble_mean_prob", False) else None
     metrics = ev.evaluate_identification(_open_index(args), args.gallery, args.queries, args.ks, args.majority_k,
                                          args.batch_rows, progress=not args.quiet, rankings_out=rankings,
                                          errors_out=errors if args.out and n else None, n_errors=n,
-                                         softmax_scale=soft, curve_out=curve)
+                                         softmax_scale=soft, curve_out=curve, ensemble_dims=dims)
     for e in errors:
         e["query_path"], e["nearest_path"] = fmap.get(e["query"], ""), fmap.get(e["nearest"], "")
     header.update({"index": args.index, "gallery": args.gallery, "queries": args.queries, "rankings": rankings,
-                   "open_set_score": f"softmax share, scale {soft}" if soft else "1-NN similarity",
+                   "open_set_score": (f"mean of {len(dims)} runs' softmax shares, scale {soft}" if dims else
+                                      f"softmax share, scale {soft}" if soft else "1-NN similarity"),
                    "file_map": getattr(args, "file_map", None)})
     return metrics, errors, ({"open_set": curve} if curve else None)
 

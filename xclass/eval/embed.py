@@ -119,16 +119,18 @@ def embed_split(run_dir: str, split: str, out_path: str, batch_rows: int = 512,
     return write_embeddings(out_path, ids, emb, labels)
 
 
-def write_embeddings(out_path: str, ids: np.ndarray, emb: np.ndarray, labels: List[Any]) -> str:
+def write_embeddings(out_path: str, ids: np.ndarray, emb: np.ndarray, labels: List[Any],
+                     metadata: Optional[Dict[str, str]] = None) -> str:
     """``id`` [n], ``embedding`` [n, d] float32 and the label column of ``labels`` (the per-batch
-    parts :func:`encode_split` returns) to ``out_path``, atomically."""
+    parts :func:`encode_split` returns) to ``out_path``, atomically; ``metadata``: Parquet schema
+    metadata (a fused file's run dimensions)."""
     cols: Dict[str, pa.Array] = {
         "id": pa.array(ids),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
     }
     cols.update(_label_column(labels))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    write_parquet_atomic(pa.table(cols), out_path)
+    write_parquet_atomic(pa.table(cols, metadata=metadata), out_path)
     return out_path
 
 

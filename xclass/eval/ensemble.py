@@ -12,12 +12,16 @@ fused ``[n, sum d_k]`` float32, rows in file order.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from xclass.config_types import ConfigError
+
+#: Parquet schema metadata key of a fused file: the JSON list of the runs' dimensions, in order
+DIMS_KEY = "xclass.ensemble_dims"
 
 
 def fuse_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -65,7 +69,68 @@ def embed_ensemble(run_dirs: Sequence[str], split: str, out_path: str, data_path
         if not np.array_equal(other_ids, ids):
             raise ConfigError(f"--run {run}: its {split} rows differ from --run {run_dirs[0]}'s")
         parts.append(emb)
-    return write_embeddings(out_path, ids, fuse_embeddings(parts), labels)
+    return write_embeddings(out_path, ids, fuse_embeddings(parts), labels, dims_metadata(parts))
+
+
+def dims_metadata(parts: Sequence[np.ndarray]) -> Dict[str, str]:
+    """The schema metadata that marks a fused file: ``{DIMS_KEY: "[d_1, ..., d_K]"}``."""
+    return {DIMS_KEY: json.dumps([int(p.shape[1]) for p in parts])}
+
+
+def read_ensemble_dims(paths: Sequence[str]) -> Optional[List[int]]:
+    """The runs' dimensions recorded in fused Parquet files (``paths``: files, directories or
+    globs), None when none is fused; files that disagree are an error naming one."""
+    import pyarrow.parquet as pq
+
+    from xclass.eval.io import expand_sources
+
+    found = {}
+    for f in expand_sources(list(paths)):
+        meta = pq.read_schema(str(f)).metadata or {}
+        raw = meta.get(DIMS_KEY.encode())
+        found[str(f)] = json.loads(raw) if raw else None
+    values = list(found.values())
+    for f, dims in found.items():
+        if dims != values[0]:
+            raise ValueError(f"{f}: fused from runs of dimensions {dims}, but {next(iter(found))} from {values[0]}; "
+                             "score files exported from the same runs")
+    return values[0] if values else None
+
+
+def paired_dims(queries: str, gallery: str) -> List[int]:
+    """The runs' dimensions of fused query and gallery files (:func:`read_ensemble_dims`); both
+    must be fused, from runs of the same dimensions, else an error naming the file."""
+    q, g = read_ensemble_dims([queries]), read_ensemble_dims([gallery])
+    for path, dims in ((queries, q), (gallery, g)):
+        if dims is None:
+            raise ValueError(f"{path}: not fused from several runs (export-index --run A --run B ...); "
+                             "--ensemble-mean-prob needs fused queries and gallery")
+    if q != g:
+        raise ValueError(f"{gallery}: fused from runs of dimensions {g}, the queries {queries} from {q}")
+    return q
+
+
+def mean_prob_share(q: np.ndarray, nbr: np.ndarray, labels: np.ndarray, dims: Sequence[int], scale: float) -> np.ndarray:
+    """A deep ensemble's open-set score. ``q`` [b, D] fused queries, ``nbr`` [b, K, D] the fused
+    vectors of their K nearest gallery rows (best first), ``labels`` [b, K] their labels (-1: no
+    row), ``dims`` the runs' dimensions (sum D) -> [b]: over the runs, the mean of each run's
+    share of the softmax weights ``exp(scale * cos_k)`` on the 1-NN's label, ``cos_k`` the run's
+    own cosine (its part of each vector, re-normalised). With a fused head as the gallery and K at
+    least the class count, the mean of the runs' probabilities of the predicted class."""
+    from xclass.eval.ident_eval import softmax_share
+
+    if sum(dims) != q.shape[1] or nbr.shape[-1] != q.shape[1]:
+        raise ValueError(f"fused vectors of dimension {q.shape[1]} / {nbr.shape[-1]} do not split into runs of {list(dims)}")
+    out = np.zeros(len(q), np.float64)
+    start = 0
+    for d in dims:
+        qk = q[:, start:start + d].astype(np.float64)
+        gk = nbr[:, :, start:start + d].astype(np.float64)
+        cos = np.einsum("bd,bkd->bk", qk, gk) / np.maximum(
+            np.linalg.norm(qk, axis=1)[:, None] * np.linalg.norm(gk, axis=2), 1e-12)
+        out += softmax_share(cos, labels, scale)     # the 1-NN's label is column 0 in every run
+        start += d
+    return out / len(dims)
 
 
 def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
@@ -90,5 +155,6 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
         parts.append(w)
     os.makedirs(out_dir, exist_ok=True)
     f = os.path.join(out_dir, "labels-00000.parquet")
-    write_parquet_atomic(_class_table(ids, fuse_embeddings(parts)), f)
+    table = _class_table(ids, fuse_embeddings(parts))
+    write_parquet_atomic(table.replace_schema_metadata(dims_metadata(parts)), f)
     return [f]

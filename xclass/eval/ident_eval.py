@@ -5,7 +5,7 @@ when some queries belong to no gallery class, :func:`xclass.eval.open_set.open_s
 the 1-NN similarity or (``softmax_scale``) :func:`softmax_share` as the open-set score."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
                             majority_k: int = 5, batch_rows: int = 4096,
                             progress: bool = True, rankings_out: Optional[str] = None,
                             errors_out: Optional[list] = None, n_errors: int = 20,
-                            softmax_scale: Optional[float] = None, curve_out: Optional[dict] = None) -> dict:
+                            softmax_scale: Optional[float] = None, curve_out: Optional[dict] = None,
+                            ensemble_dims: Optional[Sequence[int]] = None) -> dict:
     """kNN / rank-k identification: gallery labels come from the gallery Parquet's ``label``
     (``gallery``: a file, or a directory or glob of files, as ``export-index --head`` writes one per rank).
     ``rankings_out``: also write, per query, the labels of its K nearest gallery rows and their
@@ -29,19 +30,12 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     score a query by :func:`softmax_share` of its K nearest rows instead of its 1-NN similarity
     (cosine and inner-product indexes only). ``curve_out``: a dict that receives the open-set
     curve (``fpir``, ``dir``: :func:`xclass.eval.open_set.dir_fpir_curve`) when some queries are
-    non-mated and some mated."""
-    g_ids, g_lab = [], []
-    for src in expand_sources([gallery]):       # a file, or a directory / glob of them (a head per rank)
-        for b in iter_batches(src, 1 << 18, with_labels=True):
-            if np.any(np.diff(b.labels.indptr) != 1):
-                raise ValueError(f"{src}: identification needs exactly one label per gallery row")
-            g_ids.append(b.ids)
-            g_lab.append(b.labels.indices)
-    g_ids, g_lab = np.concatenate(g_ids), np.concatenate(g_lab)
-    order = np.argsort(g_ids)
-    g_ids, g_lab = g_ids[order], g_lab[order]
+    non-mated and some mated. ``ensemble_dims`` (with ``softmax_scale``; queries and gallery fused
+    from runs of these dimensions, :mod:`xclass.eval.ensemble`): the open-set score is the mean of
+    the runs' own softmax shares (:func:`~xclass.eval.ensemble.mean_prob_share`, a deep ensemble)."""
+    g_ids, g_lab, g_emb = _read_gallery(gallery, with_emb=bool(ensemble_dims and softmax_scale))
     K = max(max(ks), majority_k)
-    nl, ql, sc, qid, nid = [], [], [], [], []
+    nl, ql, sc, qid, nid, mean_prob = [], [], [], [], [], []
     bar = progress_bar(num_rows(queries), "identification", progress)
     with ranking_writer(rankings_out, K) as writer:
         for b in iter_batches(queries, batch_rows, with_labels=True):
@@ -51,6 +45,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
             sc.append(D)
             qid.append(b.ids)
             nid.append(I[:, 0])
+            if g_emb is not None:
+                mean_prob.append(_mean_prob(b.emb, I, g_ids, g_emb, nl[-1], ensemble_dims, softmax_scale))
             if writer is not None:
                 writer.write(b.ids, nl[-1], D)
             if bar is not None:
@@ -63,7 +59,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     top1 = -sc[:, 0] if l2 else sc[:, 0]
     if softmax_scale is not None and l2:
         raise ValueError(f"{gallery}: the softmax open-set score needs a cosine or inner-product index, not l2")
-    known = softmax_share(sc, nl, softmax_scale) if softmax_scale is not None else top1
+    known = top1 if softmax_scale is None else (
+        np.concatenate(mean_prob) if g_emb is not None else softmax_share(sc, nl, softmax_scale))
     mated = np.isin(ql, g_lab)
     out.update(open_set_report(nl[:, 0], known, ql, mated))   # queries of no gallery class
     if curve_out is not None and mated.any() and not mated.all():
@@ -71,6 +68,37 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     if errors_out is not None:
         errors_out += _worst(np.concatenate(qid), ql, np.concatenate(nid), nl[:, 0], top1, n_errors)
     return out
+
+
+def _read_gallery(gallery: Source, with_emb: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Gallery ids [G] (sorted), their labels [G] and, ``with_emb``, their vectors [G, d] (else None)."""
+    g_ids, g_lab, g_emb = [], [], []
+    for src in expand_sources([gallery]):       # a file, or a directory / glob of them (a head per rank)
+        for b in iter_batches(src, 1 << 18, with_labels=True):
+            if np.any(np.diff(b.labels.indptr) != 1):
+                raise ValueError(f"{src}: identification needs exactly one label per gallery row")
+            g_ids.append(b.ids)
+            g_lab.append(b.labels.indices)
+            if with_emb:
+                g_emb.append(b.emb)
+    ids = np.concatenate(g_ids)
+    order = np.argsort(ids)
+    return ids[order], np.concatenate(g_lab)[order], (np.concatenate(g_emb)[order] if with_emb else None)
+
+
+def _mean_prob(q: np.ndarray, I: np.ndarray, g_ids: np.ndarray, g_emb: np.ndarray, labels: np.ndarray,
+               dims: Sequence[int], scale: float, rows: int = 256) -> np.ndarray:
+    """:func:`~xclass.eval.ensemble.mean_prob_share` of queries ``q`` [b, D] over their neighbours
+    ``I`` [b, K] (gallery ids, -1 pads: zero vectors, masked by their -1 labels), ``rows`` queries
+    at a time ([rows, K, D] gathered)."""
+    from xclass.eval.ensemble import mean_prob_share
+
+    pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
+    out = []
+    for s in range(0, len(q), rows):
+        nbr = np.where((I[s:s + rows] >= 0)[..., None], g_emb[pos[s:s + rows]], 0.0)
+        out.append(mean_prob_share(q[s:s + rows], nbr, labels[s:s + rows], dims, scale))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def softmax_share(scores: np.ndarray, labels: np.ndarray, scale: float) -> np.ndarray:
