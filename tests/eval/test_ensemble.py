@@ -204,3 +204,18 @@ def test_ensemble_mean_prob_needs_fused_files_and_a_scale(two_runs, capsys):
     assert xclass(args + ["--open-set-softmax", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test_embeddings.parquet: not fused" in err[0]
+
+
+def test_head_export_replaces_stale_rank_files(two_runs):
+    """A head directory that held more rank files before keeps only this export's (else the
+    directory, as a gallery, would mix old class vectors in)."""
+    d, (a, b, _), _, _ = two_runs
+    out = str(d / "stale")
+    assert xclass(["export-index", "--run", a, "--head", "--out", out]) == 0
+    stale = os.path.join(out, "label_embeddings", "labels-00001.parquet")
+    os.link(os.path.join(out, "label_embeddings", "labels-00000.parquet"), stale)
+    assert xclass(["export-index", "--run", a, "--run", b, "--head", "--out", out, "--overwrite"]) == 0
+    assert sorted(os.listdir(os.path.join(out, "label_embeddings"))) == ["labels-00000.parquet"]
+    os.link(os.path.join(out, "label_embeddings", "labels-00000.parquet"), stale)
+    assert xclass(["export-index", "--run", a, "--head", "--out", out, "--overwrite"]) == 0
+    assert sorted(os.listdir(os.path.join(out, "label_embeddings"))) == ["labels-00000.parquet"]

@@ -242,8 +242,20 @@ def export_head(run_dir: str, out_dir: str) -> List[str]:
     files = []
     for r, ids, w in head_shards(run_dir):
         f = os.path.join(out_dir, f"labels-{r:05d}.parquet")
-        write_parquet_atomic(_class_table(ids, w), f)
+        write_parquet_atomic(class_table(ids, w), f)
         files.append(f)
+    return remove_stale_labels(out_dir, files)
+
+
+def remove_stale_labels(out_dir: str, files: List[str]) -> List[str]:
+    """Delete the ``labels-*.parquet`` in ``out_dir`` that this export did not write (a head saved
+    on more ranks before), so the directory as a gallery holds this export only; -> ``files``."""
+    import glob
+
+    keep = {os.path.abspath(f) for f in files}
+    for old in glob.glob(os.path.join(out_dir, "labels-*.parquet")):
+        if os.path.abspath(old) not in keep:
+            os.remove(old)
     return files
 
 
@@ -270,6 +282,7 @@ def head_shards(run_dir: str):
         del head
 
 
-def _class_table(ids: np.ndarray, w: np.ndarray) -> pa.Table:
+def class_table(ids: np.ndarray, w: np.ndarray) -> pa.Table:
+    """Class vectors ``w`` [R, d] with their class ids [R] as an embedding table (``label`` = ``id``)."""
     return pa.table({"id": ids, "label": ids, "embedding": pa.FixedSizeListArray.from_arrays(
         pa.array(w.reshape(-1)), w.shape[1])})

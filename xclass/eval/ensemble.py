@@ -140,7 +140,7 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
     ``scale`` times it is the mean of the runs' logits (a logit-averaging ensemble of the
     classifiers). Every run must have the same class rows (one dataset, the same sub-centre
     count); each run's head is gathered from its shards into memory (R x d_k floats per run)."""
-    from xclass.eval.embed import _class_table, head_shards
+    from xclass.eval.embed import class_table, head_shards, remove_stale_labels
     from xclass.eval.io import write_parquet_atomic
 
     check_same_data(run_dirs, None)
@@ -155,6 +155,6 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
         parts.append(w)
     os.makedirs(out_dir, exist_ok=True)
     f = os.path.join(out_dir, "labels-00000.parquet")
-    table = _class_table(ids, fuse_embeddings(parts))
+    table = class_table(ids, fuse_embeddings(parts))
     write_parquet_atomic(table.replace_schema_metadata(dims_metadata(parts)), f)
-    return [f]
+    return remove_stale_labels(out_dir, [f])
