@@ -219,3 +219,43 @@ def test_head_export_replaces_stale_rank_files(two_runs):
     os.link(os.path.join(out, "label_embeddings", "labels-00000.parquet"), stale)
     assert xclass(["export-index", "--run", a, "--head", "--out", out, "--overwrite"]) == 0
     assert sorted(os.listdir(os.path.join(out, "label_embeddings"))) == ["labels-00000.parquet"]
+
+
+def _train_on_ranks(ctx, cfg_dict):
+    from xclass.config import RunConfig
+    from xclass.train.loop import train
+
+    train(RunConfig.from_dict(cfg_dict), ctx)
+
+
+@pytest.mark.dist
+def test_heads_saved_on_ranks_fuse_shard_by_shard(tmp_path):
+    """Runs saved on the same 2 ranks: one fused file per shard; a run saved on 1 rank with them:
+    gathered into one file. Either way the vectors are the fusion of each run's whole head."""
+    import pyarrow as pa
+
+    from tests.distutil import run_on_ranks
+    from tests.train.common import features_config, write_features_data
+    from xclass.eval.embed import export_head
+    from xclass.eval.ensemble import export_head_ensemble
+    from xclass.parallel import ParallelContext
+    from xclass.train.loop import train
+
+    data = write_features_data(str(tmp_path / "feat"))
+    runs = [str(tmp_path / f"r{k}") for k in range(3)]
+    for k in (0, 1):
+        run_on_ranks(_train_on_ranks, 2, features_config(data, runs[k], f"train.seed={k}").to_dict())
+    train(features_config(data, runs[2], "train.seed=2"), ParallelContext.single())
+
+    def whole(files):
+        t = pa.concat_tables([pq.read_table(f) for f in files])
+        return np.asarray(t["id"]), np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
+
+    single = [whole(export_head(r, str(tmp_path / f"h{k}"))) for k, r in enumerate(runs)]
+    for pair, n_files in (((0, 1), 2), ((0, 2), 1)):
+        files = export_head_ensemble([runs[k] for k in pair], str(tmp_path / f"fused{pair}"))
+        assert [os.path.basename(f) for f in files] == [f"labels-{r:05d}.parquet" for r in range(n_files)]
+        ids, fused = whole(files)
+        np.testing.assert_array_equal(ids, single[0][0])
+        np.testing.assert_allclose(fused, fuse_embeddings([single[k][1] for k in pair]), rtol=1e-6, atol=1e-7)
+        assert all(pq.read_schema(f).metadata[b"xclass.ensemble_dims"] == b"[8, 8]" for f in files)

@@ -134,27 +134,51 @@ def mean_prob_share(q: np.ndarray, nbr: np.ndarray, labels: np.ndarray, dims: Se
 
 
 def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
-    """The K runs' heads as one set of fused class vectors (``labels-00000.parquet``: ``id`` /
+    """The K runs' heads as one set of fused class vectors (``labels-XXXXX.parquet``: ``id`` /
     ``label`` the class id, ``embedding`` [R, sum d_k]), fused as :func:`fuse_embeddings` fuses
     rows: a fused query's cosine to a fused class vector is the mean of the K runs' cosines, so
     ``scale`` times it is the mean of the runs' logits (a logit-averaging ensemble of the
     classifiers). Every run must have the same class rows (one dataset, the same sub-centre
-    count); each run's head is gathered from its shards into memory (R x d_k floats per run)."""
+    count). Runs saved on the same ranks are fused shard by shard (one shard of each run in
+    memory, a file per shard); otherwise each run's head is gathered into memory (R x d_k floats
+    per run) and written as one file."""
     from xclass.eval.embed import class_table, head_shards, remove_stale_labels
     from xclass.eval.io import write_parquet_atomic
 
     check_same_data(run_dirs, None)
-    ids, parts = None, []
-    for run in run_dirs:
-        shards = [(i, w) for _, i, w in head_shards(run)]
-        run_ids, w = np.concatenate([i for i, _ in shards]), np.concatenate([w for _, w in shards])
-        if ids is not None and not np.array_equal(run_ids, ids):
-            raise ConfigError(f"--run {run}: its head's class rows differ from --run {run_dirs[0]}'s "
-                              f"({len(run_ids)} against {len(ids)} rows)")
-        ids = run_ids
-        parts.append(w)
     os.makedirs(out_dir, exist_ok=True)
-    f = os.path.join(out_dir, "labels-00000.parquet")
-    table = class_table(ids, fuse_embeddings(parts))
-    write_parquet_atomic(table.replace_schema_metadata(dims_metadata(parts)), f)
-    return remove_stale_labels(out_dir, [f])
+    layouts = [_shard_layout(r) for r in run_dirs]
+    if all(lay == layouts[0] for lay in layouts):
+        groups = zip(*(head_shards(r) for r in run_dirs))      # the r-th shard of every run
+    else:
+        groups = iter([[(0, *_gathered(run)) for run in run_dirs]])
+    files = []
+    for shards in groups:
+        ids = shards[0][1]
+        for run, (_, run_ids, _) in zip(run_dirs[1:], shards[1:]):
+            if not np.array_equal(run_ids, ids):
+                raise ConfigError(f"--run {run}: its head's class rows differ from --run {run_dirs[0]}'s "
+                                  f"({len(run_ids)} against {len(ids)} rows)")
+        parts = [w for _, _, w in shards]
+        f = os.path.join(out_dir, f"labels-{shards[0][0]:05d}.parquet")
+        write_parquet_atomic(class_table(ids, fuse_embeddings(parts)).replace_schema_metadata(dims_metadata(parts)), f)
+        files.append(f)
+    return remove_stale_labels(out_dir, files)
+
+
+def _shard_layout(run_dir: str) -> List[Any]:
+    """The class range of each head shard of the run's newest checkpoint."""
+    from xclass.train import checkpoint as ckpt
+
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
+    return [list(r) for r in ckpt.read_manifest(path)["shard_ranges"]]
+
+
+def _gathered(run_dir: str):
+    """(ids [R], vectors [R, d]) of the run's whole head, its shards concatenated."""
+    from xclass.eval.embed import head_shards
+
+    shards = [(i, w) for _, i, w in head_shards(run_dir)]
+    return np.concatenate([i for i, _ in shards]), np.concatenate([w for _, w in shards])
