@@ -259,3 +259,17 @@ def test_heads_saved_on_ranks_fuse_shard_by_shard(tmp_path):
         np.testing.assert_array_equal(ids, single[0][0])
         np.testing.assert_allclose(fused, fuse_embeddings([single[k][1] for k in pair]), rtol=1e-6, atol=1e-7)
         assert all(pq.read_schema(f).metadata[b"xclass.ensemble_dims"] == b"[8, 8]" for f in files)
+
+
+@pytest.mark.parametrize("raw", [b"not json", b'{"a": 1}', b"[64]", b"[64, -1]", b'[64, "8"]', b"[true, 8]"])
+def test_bad_dims_metadata_is_one_line_naming_the_file(tmp_path, raw):
+    import pyarrow as pa
+
+    from xclass.eval.ensemble import DIMS_KEY, read_ensemble_dims
+
+    f = str(tmp_path / "q.parquet")
+    t = pa.table({"id": pa.array([0], pa.int64()), "label": pa.array([0], pa.int64()),
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 0.0], pa.float32()), 2)})
+    pq.write_table(t.replace_schema_metadata({DIMS_KEY: raw}), f)
+    with pytest.raises(ValueError, match=r"q\.parquet: schema metadata xclass.ensemble_dims"):
+        read_ensemble_dims([f])

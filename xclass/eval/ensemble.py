@@ -88,13 +88,26 @@ def read_ensemble_dims(paths: Sequence[str]) -> Optional[List[int]]:
     for f in expand_sources(list(paths)):
         meta = pq.read_schema(str(f)).metadata or {}
         raw = meta.get(DIMS_KEY.encode())
-        found[str(f)] = json.loads(raw) if raw else None
+        found[str(f)] = _parse_dims(str(f), raw) if raw else None
     values = list(found.values())
     for f, dims in found.items():
         if dims != values[0]:
             raise ValueError(f"{f}: fused from runs of dimensions {dims}, but {next(iter(found))} from {values[0]}; "
                              "score files exported from the same runs")
     return values[0] if values else None
+
+
+def _parse_dims(path: str, raw: bytes) -> List[int]:
+    """The ``DIMS_KEY`` value of ``path``: a JSON list of two or more positive integers."""
+    try:
+        dims = json.loads(raw)
+    except ValueError:
+        dims = None
+    if not (isinstance(dims, list) and len(dims) >= 2 and
+            all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+        raise ValueError(f"{path}: schema metadata {DIMS_KEY} is {raw[:80]!r}, not a list of the runs' "
+                         "dimensions (export-index --run A --run B ... writes it)")
+    return dims
 
 
 def paired_dims(queries: str, gallery: str) -> List[int]:

@@ -34,6 +34,8 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     from runs of these dimensions, :mod:`xclass.eval.ensemble`): the open-set score is the mean of
     the runs' own softmax shares (:func:`~xclass.eval.ensemble.mean_prob_share`, a deep ensemble)."""
     g_ids, g_lab, g_emb = _read_gallery(gallery, with_emb=bool(ensemble_dims and softmax_scale))
+    if g_emb is not None and g_emb.shape[1] != sum(ensemble_dims):
+        raise ValueError(f"{gallery}: vectors of dimension {g_emb.shape[1]}, but fused from runs of {list(ensemble_dims)}")
     K = max(max(ks), majority_k)
     nl, ql, sc, qid, nid, mean_prob = [], [], [], [], [], []
     bar = progress_bar(num_rows(queries), "identification", progress)
