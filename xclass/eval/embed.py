@@ -259,6 +259,14 @@ def remove_stale_labels(out_dir: str, files: List[str]) -> List[str]:
     return files
 
 
+def head_layout(run_dir: str) -> List[List[int]]:
+    """The class range ``[start, end)`` of each head shard of the run's newest checkpoint."""
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
+    return [list(r) for r in ckpt.read_manifest(path)["shard_ranges"]]
+
+
 def head_shards(run_dir: str):
     """Yield ``(rank, ids [R_r], vectors [R_r, d] float32)`` of every saved head shard of the run's
     newest checkpoint, one shard in memory at a time (``ids``: the class id of each row; K rows

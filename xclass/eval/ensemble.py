@@ -155,12 +155,12 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
     count). Runs saved on the same ranks are fused shard by shard (one shard of each run in
     memory, a file per shard); otherwise each run's head is gathered into memory (R x d_k floats
     per run) and written as one file."""
-    from xclass.eval.embed import class_table, head_shards, remove_stale_labels
+    from xclass.eval.embed import class_table, head_layout, head_shards, remove_stale_labels
     from xclass.eval.io import write_parquet_atomic
 
     check_same_data(run_dirs, None)
     os.makedirs(out_dir, exist_ok=True)
-    layouts = [_shard_layout(r) for r in run_dirs]
+    layouts = [head_layout(r) for r in run_dirs]
     if all(lay == layouts[0] for lay in layouts):
         groups = zip(*(head_shards(r) for r in run_dirs))      # the r-th shard of every run
     else:
@@ -177,16 +177,6 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
         write_parquet_atomic(class_table(ids, fuse_embeddings(parts)).replace_schema_metadata(dims_metadata(parts)), f)
         files.append(f)
     return remove_stale_labels(out_dir, files)
-
-
-def _shard_layout(run_dir: str) -> List[Any]:
-    """The class range of each head shard of the run's newest checkpoint."""
-    from xclass.train import checkpoint as ckpt
-
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
-    return [list(r) for r in ckpt.read_manifest(path)["shard_ranges"]]
 
 
 def _gathered(run_dir: str):
