@@ -24,11 +24,13 @@ def test_ensemble_rows_against_the_mean_cosine(tmp_path):
     out = str(tmp_path / "out")
     res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_ensemble.py"), "--config",
                           "configs/speaker/cpu.yaml", "--pairs", os.path.join(data, "trials.parquet"), "--seeds", "0,1",
-                          "--groups", "2", "--out", out, f"data.path={data}", "train.max_steps=3", "data.batch_size=16"],
+                          "--groups", "2", "--out", out, "--png", os.path.join(out, "e.png"), f"data.path={data}",
+                          "train.max_steps=3", "data.batch_size=16"],
                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["kind"] for r in rows] == ["single", "single", "ensemble"] and rows[2]["seeds"] == [0, 1]
+    assert os.path.getsize(os.path.join(out, "e.png")) > 0
     assert rows[2]["members_mean_eer"] == pytest.approx((rows[0]["eer"] + rows[1]["eer"]) / 2, abs=1e-6)
 
     trials = pq.read_table(os.path.join(data, "trials.parquet")).to_pydict()
