@@ -42,13 +42,14 @@ def evaluate_identification(index, gallery: Source, queries: Source, ks=(1, 5, 1
     with ranking_writer(rankings_out, K) as writer:
         for b in iter_batches(queries, batch_rows, with_labels=True):
             D, I = index.search(b.emb, K)
-            nl.append(_gallery_labels(I, g_ids, g_lab, gallery, b.offset))
+            pos = _gallery_positions(I, g_ids, gallery, b.offset)
+            nl.append(np.where(I >= 0, g_lab[pos], -1))
             ql.append(b.labels.indices[b.labels.indptr[:-1]])
             sc.append(D)
             qid.append(b.ids)
             nid.append(I[:, 0])
             if g_emb is not None:
-                mean_prob.append(_mean_prob(b.emb, I, g_ids, g_emb, nl[-1], ensemble_dims, softmax_scale))
+                mean_prob.append(_mean_prob(b.emb, I, pos, g_emb, nl[-1], ensemble_dims, softmax_scale))
             if writer is not None:
                 writer.write(b.ids, nl[-1], D)
             if bar is not None:
@@ -88,14 +89,13 @@ def _read_gallery(gallery: Source, with_emb: bool) -> Tuple[np.ndarray, np.ndarr
     return ids[order], np.concatenate(g_lab)[order], (np.concatenate(g_emb)[order] if with_emb else None)
 
 
-def _mean_prob(q: np.ndarray, I: np.ndarray, g_ids: np.ndarray, g_emb: np.ndarray, labels: np.ndarray,
+def _mean_prob(q: np.ndarray, I: np.ndarray, pos: np.ndarray, g_emb: np.ndarray, labels: np.ndarray,
                dims: Sequence[int], scale: float, rows: int = 256) -> np.ndarray:
     """:func:`~xclass.eval.ensemble.mean_prob_share` of queries ``q`` [b, D] over their neighbours
-    ``I`` [b, K] (gallery ids, -1 pads: zero vectors, masked by their -1 labels), ``rows`` queries
-    at a time ([rows, K, D] gathered)."""
+    ``I`` [b, K] (gallery ids, -1 pads: zero vectors, masked by their -1 labels) at rows ``pos``
+    [b, K] of ``g_emb`` (:func:`_gallery_positions`), ``rows`` queries at a time ([rows, K, D] gathered)."""
     from xclass.eval.ensemble import mean_prob_share
 
-    pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
     out = []
     for s in range(0, len(q), rows):
         nbr = np.where((I[s:s + rows] >= 0)[..., None], g_emb[pos[s:s + rows]], 0.0)
@@ -126,13 +126,13 @@ def _worst(q_ids, q_lab, n_ids, n_lab, score, n: int) -> List[dict]:
              "nearest": int(n_ids[i]), "nearest_label": int(n_lab[i])} for r, i in enumerate(wrong)]
 
 
-def _gallery_labels(I: np.ndarray, g_ids: np.ndarray, g_lab: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
-    """Neighbour ids ``I [b, K]`` (-1 pads) -> their gallery labels (-1 pads); an id the gallery
-    (sorted ``g_ids``) lacks is an error naming the query row."""
+def _gallery_positions(I: np.ndarray, g_ids: np.ndarray, gallery: Source, offset: int) -> np.ndarray:
+    """Neighbour ids ``I [b, K]`` (-1 pads) -> their rows in the sorted gallery ``g_ids`` (pads:
+    any row, to be masked by ``I < 0``); an id the gallery lacks is an error naming the query row."""
     pos = np.clip(np.searchsorted(g_ids, I), 0, len(g_ids) - 1)
     unknown = (I >= 0) & (g_ids[pos] != I)
     if unknown.any():
         r, c = np.argwhere(unknown)[0]
         raise ValueError(f"{gallery}: has no row for id {int(I[r, c])}, which the index returned for query "
                          f"row {int(offset + r)}; was the index built from this gallery file?")
-    return np.where(I >= 0, g_lab[pos], -1)
+    return pos
