@@ -68,15 +68,12 @@ def head_scores(members: List[Tuple[np.ndarray, Dict[str, Any]]]) -> Dict[str, T
         z = scale * (cos - cos.max(axis=1, keepdims=True))
         out["xclass_trained_head_msp"] = (classes[best], 1.0 / np.exp(z).sum(axis=1))
     if scale and len(parts) > 1:  # a deep ensemble: the runs' probabilities of that class averaged
-        prob = sum(softmax_rows(scale * c) for _, c in parts) / len(parts)
+        from scipy.special import softmax
+
+        prob = sum(softmax(scale * c, axis=1) for _, c in parts) / len(parts)
         out["xclass_trained_head_mean_prob"] = (classes[best], prob[np.arange(len(best)), best])
     return out
 
-
-def softmax_rows(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``z`` [n, C] (float64, max-shifted)."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def detection_rows(tr: Dict, te: Dict, closed: np.ndarray, x_tr: Dict[str, np.ndarray], x_te: Dict[str, np.ndarray],

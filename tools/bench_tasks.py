@@ -61,7 +61,7 @@ from xclass import components
 from xclass.cli import main as xclass
 from xclass.config import load_config
 from xclass.data.reader import ParquetReader
-from xclass.eval.embed import encode_batch, export_head, load_encoder
+from xclass.eval.embed import encode_batch, gather_head, load_encoder
 from xclass.eval.ensemble import fuse_embeddings
 from xclass.data.meta import load_meta, split_files
 
@@ -160,14 +160,12 @@ def embed_runs(runs: List[str], meta: Dict, data: str) -> Tuple[Dict[str, Dict[s
              for name, ps in parts.items()}, parts["xclass_trained"])
 
 
-def head_vectors(run_dir: str, cfg: Any, out: str) -> Dict[str, Any]:
-    """The trained head's class vectors (``export-index --head``: ``ids`` [R], ``vectors`` [R, d])
-    and the scale of its margin (``scale``: ``s``, None for a margin without one)."""
+def head_vectors(run_dir: str, cfg: Any) -> Dict[str, Any]:
+    """The trained head's class vectors (as ``export-index --head`` writes them: ``ids`` [R],
+    ``vectors`` [R, d]) and the scale of its margin (``scale``: ``s``, None for a margin without one)."""
     from xclass.losses import MARGINS
 
-    tables = [pq.read_table(f) for f in export_head(run_dir, os.path.join(out, "head"))]
-    ids = np.concatenate([t.column("id").to_numpy() for t in tables])
-    vectors = np.concatenate([np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in tables])
+    ids, vectors = gather_head(run_dir)
     scale = getattr(MARGINS.build(cfg.head.margin, **cfg.head.margin_params), "s", None)
     return {"ids": ids, "vectors": vectors.astype(np.float32), "scale": float(scale) if scale else None}
 
@@ -212,7 +210,7 @@ def main() -> int:
     meta = load_meta(a.data)
     embs, own = embed_runs(runs, meta, a.data)
     if meta["task"] == "quic":
-        heads = [dict(head_vectors(rd, cfg, os.path.join(a.out, f"heads/{k}")), test=own[k]["test"])
+        heads = [dict(head_vectors(rd, cfg), test=own[k]["test"])
                  for k, rd in enumerate(runs)] if cfg.head.name == "margin" else None
         rows = traffic_rows(a.data, meta, embs, a.packets, a.seed, heads)
     else:

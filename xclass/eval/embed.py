@@ -290,6 +290,12 @@ def head_shards(run_dir: str):
         del head
 
 
+def gather_head(run_dir: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(class ids [R], vectors [R, d] float32) of the run's whole head, its shards in rank order."""
+    shards = [(ids, w) for _, ids, w in head_shards(run_dir)]
+    return np.concatenate([i for i, _ in shards]), np.concatenate([w for _, w in shards])
+
+
 def class_table(ids: np.ndarray, w: np.ndarray) -> pa.Table:
     """Class vectors ``w`` [R, d] with their class ids [R] as an embedding table (``label`` = ``id``)."""
     return pa.table({"id": ids, "label": ids, "embedding": pa.FixedSizeListArray.from_arrays(

@@ -155,7 +155,7 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
     count). Runs saved on the same ranks are fused shard by shard (one shard of each run in
     memory, a file per shard); otherwise each run's head is gathered into memory (R x d_k floats
     per run) and written as one file."""
-    from xclass.eval.embed import class_table, head_layout, head_shards, remove_stale_labels
+    from xclass.eval.embed import class_table, gather_head, head_layout, head_shards, remove_stale_labels
     from xclass.eval.io import write_parquet_atomic
 
     check_same_data(run_dirs, None)
@@ -164,7 +164,7 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
     if all(lay == layouts[0] for lay in layouts):
         groups = zip(*(head_shards(r) for r in run_dirs))      # the r-th shard of every run
     else:
-        groups = iter([[(0, *_gathered(run)) for run in run_dirs]])
+        groups = iter([[(0, *gather_head(run)) for run in run_dirs]])
     files = []
     for shards in groups:
         ids = shards[0][1]
@@ -178,10 +178,3 @@ def export_head_ensemble(run_dirs: Sequence[str], out_dir: str) -> list:
         files.append(f)
     return remove_stale_labels(out_dir, files)
 
-
-def _gathered(run_dir: str):
-    """(ids [R], vectors [R, d]) of the run's whole head, its shards concatenated."""
-    from xclass.eval.embed import head_shards
-
-    shards = [(i, w) for _, i, w in head_shards(run_dir)]
-    return np.concatenate([i for i, _ in shards]), np.concatenate([w for _, w in shards])
