@@ -69,18 +69,15 @@ def run_export_cli(args: argparse.Namespace) -> int:
 
             check_same_data(runs, args.data)
         os.makedirs(out, exist_ok=True)
-        kw = dict(batch_rows=args.encode_batch_rows, data_path=args.data, device=encode_device(args.gpu),
-                  bf16=args.bf16, average_last=args.average_last, flip_test=args.flip_test)
-        if args.head and len(runs) == 1:
-            args.embeddings = export_head(runs[0], os.path.join(out, "label_embeddings"))
-        elif args.head:
-            from xclass.eval.ensemble import export_head_ensemble
+        from xclass.eval.ensemble import embed_ensemble, export_head_ensemble
 
-            args.embeddings = export_head_ensemble(runs, os.path.join(out, "label_embeddings"))
-        elif len(runs) == 1:
-            args.embeddings = [embed_split(runs[0], args.split, emb, **kw)]
-        else:
-            from xclass.eval.ensemble import embed_ensemble
-
-            args.embeddings = [embed_ensemble(runs, args.split, emb, **kw)]
+        if args.head:
+            labels_dir = os.path.join(out, "label_embeddings")
+            args.embeddings = export_head(runs[0], labels_dir) if len(runs) == 1 else \
+                export_head_ensemble(runs, labels_dir)
+        else:   # the encoder's device and options only where a split is encoded
+            kw = dict(batch_rows=args.encode_batch_rows, data_path=args.data, device=encode_device(args.gpu),
+                      bf16=args.bf16, average_last=args.average_last, flip_test=args.flip_test)
+            args.embeddings = [embed_split(runs[0], args.split, emb, **kw) if len(runs) == 1 else
+                               embed_ensemble(runs, args.split, emb, **kw)]
     return int(run_export(args) or 0)
