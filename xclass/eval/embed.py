@@ -259,12 +259,17 @@ def remove_stale_labels(out_dir: str, files: List[str]) -> List[str]:
     return files
 
 
-def head_layout(run_dir: str) -> List[List[int]]:
-    """The class range ``[start, end)`` of each head shard of the run's newest checkpoint."""
+def _newest_checkpoint(run_dir: str) -> Tuple[str, Dict[str, Any]]:
+    """(path, manifest) of the run's newest complete checkpoint; none is a CheckpointError."""
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
-    return [list(r) for r in ckpt.read_manifest(path)["shard_ranges"]]
+    return path, ckpt.read_manifest(path)
+
+
+def head_layout(run_dir: str) -> List[List[int]]:
+    """The class range ``[start, end)`` of each head shard of the run's newest checkpoint."""
+    return [list(r) for r in _newest_checkpoint(run_dir)[1]["shard_ranges"]]
 
 
 def head_shards(run_dir: str):
@@ -273,10 +278,7 @@ def head_shards(run_dir: str):
     per class for sub-centre heads)."""
     cfg = load_run(run_dir)
     components.load_all()
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no complete checkpoint")
-    m = ckpt.read_manifest(path)
+    path, m = _newest_checkpoint(run_dir)
     for r in range(int(m["world_size"])):
         ctx = ParallelContext(rank=r, world_size=int(m["world_size"]), group=None)
         head = make_head(cfg, int(m["num_classes"]), int(m["embedding_dim"]), ctx)
