@@ -123,6 +123,8 @@ class TrainConfig:
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png."""
     seed: int = 0
     """Seed of model initialisation."""
+    ensemble: int = 1
+    """Members of a deep ensemble trained by one command (K > 1): OUT_DIR/member-k, each a whole run with train.seed + 1000 k; export-index --run OUT_DIR fuses them (mean cosine)."""
     init_from: str = ""
     """Run directory whose newest checkpoint's ENCODER weights start this run (fine-tuning: the head, optimizer and schedule start fresh; a resume of this run takes precedence). "" = random init."""
     log_every: int = 10

@@ -19,7 +19,8 @@ _INT_RANGES = [
     ("data.spec_mask_frames", 0, None), ("data.spec_mask_bins", 0, None), ("data.crop_frames", 0, None),
     ("optim.warmup_steps", 0, None), ("train.epochs", 0, None), ("train.max_steps", 0, None),
     ("train.log_every", 1, None), ("train.checkpoint_every", 0, None), ("train.keep_last", 0, None),
-    ("train.grad_accum", 1, None), ("train.max_nonfinite_steps", 1, None), ("eval.batch_size", 1, None),
+    ("train.grad_accum", 1, None), ("train.ensemble", 1, None), ("train.max_nonfinite_steps", 1, None),
+    ("eval.batch_size", 1, None),
     ("cluster.workers", 1, None), ("cluster.cpus_per_worker", 1, None), ("cluster.max_failures", 0, None),
 ]
 _FLOAT_RANGES = [

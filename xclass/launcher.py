@@ -26,9 +26,15 @@ log = logging.getLogger("xclass")
 
 
 def run_training(cfg: RunConfig) -> Dict[str, Any]:
-    """Train ``cfg``; returns the final metrics row of rank 0."""
+    """Train ``cfg``; returns the final metrics row of rank 0 (an ensemble, ``train.ensemble`` > 1:
+    the members one after the other, :mod:`xclass.train.members`)."""
+    from xclass.train.members import refuse_ensemble, run_ensemble
     from xclass.train.rundir import prepare_run_dir
 
+    if cfg.train.ensemble > 1:
+        return run_ensemble(cfg, run_training, log=lambda line: print(line, flush=True))
+    if cfg.train.init_from:
+        refuse_ensemble(cfg.train.init_from, "train.init_from")
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
         prepare_run_dir(cfg)
         _cpu_env(cfg)

@@ -117,3 +117,20 @@ def test_gpu_workers_on_a_local_ray_without_gpus(local_ray, data, tmp_path):
     cfg = features_config(data, str(tmp_path / "fallback"), "cluster.workers=2", "cluster.use_gpu=true",
                           "cluster.backend=nccl", "cluster.allow_cpu_fallback=true")
     assert run_on_ray(cfg)["step"] == 6
+
+
+def test_an_ensemble_on_two_ray_workers_equals_its_members_alone(local_ray, data, tmp_path):
+    """``train.ensemble=2`` through the launcher: each member runs on the 2 workers and trains to
+    the losses of a single-process run with that member's seed."""
+    from xclass.launcher import run_training
+    from xclass.train.members import read_members
+
+    final = run_training(features_config(data, str(tmp_path / "ens"), "cluster.workers=2", "train.ensemble=2",
+                                         "train.seed=4"))
+    assert [r["step"] for r in final["members"]] == [6, 6]
+    for member, seed in zip(read_members(str(tmp_path / "ens")), (4, 1004)):
+        one = str(tmp_path / f"one{seed}")
+        train(features_config(data, one, f"train.seed={seed}"), ParallelContext.single())
+        np.testing.assert_allclose(losses(member), losses(one), rtol=2e-5, atol=2e-6)
+    a, b = (losses(m) for m in read_members(str(tmp_path / "ens")))
+    assert not np.allclose(a, b)   # two different initialisations

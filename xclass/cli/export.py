@@ -14,8 +14,9 @@ def add_export_cli_args(p: argparse.ArgumentParser) -> None:
     """``export-index``: the index options plus ``--run`` (encode a split, or ``--head``)."""
     p.add_argument("--run", action="append", metavar="RUN",
                    help="trained run directory: encode --split with its encoder first; give it again for an "
-                        "ensemble (each run's rows normalised and concatenated / sqrt(K): cosines are the mean "
-                        "of the runs' cosines; with --head the runs' class vectors fused alike)")
+                        "ensemble, or name a train.ensemble directory (each run's rows normalised and concatenated "
+                        "/ sqrt(K): cosines are the mean of the runs' cosines; with --head the runs' class vectors "
+                        "fused alike)")
     p.add_argument("--split", default="test", help="dataset split to encode with --run (default test)")
     p.add_argument("--data", default=None,
                    help="with --run: encode this dataset directory instead of the run's own (same task; its "
@@ -55,7 +56,9 @@ def run_export_cli(args: argparse.Namespace) -> int:
             from xclass.config_types import ConfigError
 
             raise ConfigError(f"{flag} is about the encoder a run encodes with: it needs --run and no --head")
-    runs = getattr(args, "run", None) or []
+    from xclass.train.members import expand_runs
+
+    runs = expand_runs(getattr(args, "run", None) or [])   # an ensemble directory: its members
     if runs:
         from xclass.eval.embed import embed_split, encode_device, export_head
 

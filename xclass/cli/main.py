@@ -45,6 +45,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from xclass.launcher import run_training
 
     result = run_training(cfg)
+    if "members" in result:
+        done = sum("loss" in r for r in result["members"])
+        print(f"[xclass] ensemble of {len(result['members'])} members ({done} trained now, the others already "
+              f"complete); export-index --run {os.path.abspath(cfg.train.out_dir)} fuses them")
+        return 0
     if "loss" not in result:  # nothing left to train: the run was already complete
         print(f"[xclass] run already complete at step {result.get('step', 0)}; nothing to train "
               f"(run directory: {os.path.abspath(cfg.train.out_dir)})")

@@ -34,6 +34,9 @@ from xclass.train.setup import make_head
 def load_run(run_dir: str) -> RunConfig:
     p = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(p):
+        from xclass.train.members import refuse_ensemble
+
+        refuse_ensemble(run_dir)
         raise FileNotFoundError(f"{p}: not a run directory (no config.yaml)")
     return load_config(p)
 

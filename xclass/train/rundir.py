@@ -21,13 +21,24 @@ from xclass.train.checkpoint import ckpt_root
 def prepare_run_dir(cfg: Any) -> Optional[str]:
     """Apply the rules above; returns where an old run was moved, if it was."""
     run_dir = os.path.abspath(cfg.train.out_dir)
+    from xclass.train.members import MANIFEST
+
+    ensemble = os.path.isfile(os.path.join(run_dir, MANIFEST))
+    if ensemble and cfg.train.resume:
+        raise ConfigError(f"train.out_dir={run_dir} holds an ensemble ({MANIFEST}) and train.ensemble=1: use a "
+                          "new out_dir, the ensemble's train.ensemble, or --overwrite with train.resume=false")
     clean_stale_checkpoint_tmp(run_dir)
-    if cfg.train.resume or not holds_run(run_dir):
+    if cfg.train.resume or not (ensemble or holds_run(run_dir)):
         return None
     if not cfg.train.overwrite:
         raise ConfigError(
             f"train.out_dir={run_dir} already holds a run and train.resume=false: refusing to mix two "
             "runs; pass --overwrite (train.overwrite=true) to move the old run aside, or use a new out_dir")
+    return move_aside(run_dir)
+
+
+def move_aside(run_dir: str) -> str:
+    """Rename ``run_dir`` to ``OUT_DIR.old-YYYYmmdd-HHMMSS`` (a free name); returns it."""
     aside = f"{run_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
     n = 1
     while os.path.exists(aside):
