@@ -3,8 +3,10 @@
     PYTHONPATH=. python tools/bench_tasks.py --data DIR --config CONFIG [--out runs/bench_tasks] [KEY=VALUE ...]
     ... [--validation F | --validation-classes K] [--train-labels N] [--ensemble K]
 
-``--ensemble K`` trains K runs (seeds ``seed + 1000 k``) and scores their fused embeddings
-(``export-index --run A --run B ...``; the random init fused from the K initial networks).
+A config with ``train.ensemble: K`` (or ``--ensemble K``, which sets it) trains K member runs
+(seeds ``seed + 1000 k``, :mod:`xclass.train.members`) and scores their fused embeddings, as
+``export-index --run OUT_DIR`` writes them (the random init fused from the K initial networks);
+``--ensemble 1`` scores one run of an ensemble recipe.
 ``--validation`` / ``--validation-classes`` score a closed / open split of the training rows
 instead of the test split (for choosing a recipe); ``--train-labels N`` trains on N of the
 training classes (a learning curve over labels). Both derive a dataset under ``--out``
@@ -28,8 +30,8 @@ seed), and scores every method on the same rows:
   When the test split holds both (``import pcap --test-fraction F --test-classes K``), ``detection``
   rows also say how well each method's top-1 score over the training rows tells the held-out
   labels from the known ones, and the trained head's class vectors are scored as a classifier
-  too (tools/bench_detect.py; with ``--ensemble`` the K heads' mean cosines, as the fused heads of
-  ``export-index --run A --run B --head`` give them).
+  too (tools/bench_detect.py; for an ensemble the K heads' mean cosines, as the fused heads of
+  ``export-index --run OUT_DIR --head`` give them).
 - face / speaker: verification EER (and face 10-fold accuracy) on pairs/trials; baselines grey
   pixels + PCA-64 fitted on the training split (face) and standardised log-mel mean + std over
   the utterance (speaker), cosine scores.
@@ -47,6 +49,7 @@ into queries with a gallery row of their label from their own file (capture) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -64,6 +67,7 @@ from xclass.data.reader import ParquetReader
 from xclass.eval.embed import encode_batch, gather_head, load_encoder
 from xclass.eval.ensemble import fuse_embeddings
 from xclass.data.meta import load_meta, split_files
+from xclass.train.members import read_members
 
 from bench_traffic import traffic_rows  # noqa: E402 (tools/ is on the path when run as a script)
 from task_splits import fewer_labels, validation_data  # noqa: E402
@@ -187,9 +191,10 @@ def main() -> int:
     ap.add_argument("--train-labels", type=int, default=0, metavar="N",
                     help="train on N of the training classes only (seeded by --seed; their closed-set test rows "
                          "go too, the open-set classes stay): how the result grows with the labels trained on")
-    ap.add_argument("--ensemble", type=int, default=1, metavar="K",
-                    help="train K runs (train.seed = seed + 1000 k) and score their fused embeddings, as "
-                         "export-index --run A --run B ... writes them (the random init: K initial networks, fused)")
+    ap.add_argument("--ensemble", type=int, default=None, metavar="K",
+                    help="train.ensemble=K (default: the config's): K member runs (train.seed = seed + 1000 k), "
+                         "scored fused as export-index --run OUT_DIR writes them (the random init: K initial "
+                         "networks, fused); 1 scores one run")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -199,14 +204,15 @@ def main() -> int:
     if a.train_labels:
         a.data = fewer_labels(a.data, a.train_labels, a.seed, a.out)
     t0 = time.perf_counter()
-    runs = [run_dir if k == 0 else f"{run_dir}_{k}" for k in range(a.ensemble)]
-    for k, rd in enumerate(runs):
-        rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={rd}",
-                     "train.progress=false", f"train.seed={a.seed + 1000 * k}", *a.overrides])
-        if rc:
-            return rc
+    members = [] if a.ensemble is None else [f"train.ensemble={a.ensemble}"]
+    with contextlib.redirect_stdout(sys.stderr):   # stdout carries the JSON rows only
+        rc = xclass(["train", "--config", a.config, f"data.path={a.data}", f"train.out_dir={run_dir}",
+                     "train.progress=false", f"train.seed={a.seed}", *members, *a.overrides])
+    if rc:
+        return rc
     train_s = time.perf_counter() - t0
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    runs = read_members(run_dir) or [run_dir]
+    cfg = load_config(os.path.join(runs[0], "config.yaml"))
     meta = load_meta(a.data)
     embs, own = embed_runs(runs, meta, a.data)
     if meta["task"] == "quic":
@@ -218,7 +224,7 @@ def main() -> int:
     for r in rows:
         print(json.dumps({"task": meta["task"], "data": os.path.abspath(a.data), "config": a.config,
                           "overrides": a.overrides, "seed": a.seed, "train_seconds": round(train_s, 1),
-                          **({"ensemble": a.ensemble} if a.ensemble > 1 else {}), **r}),
+                          **({"ensemble": len(runs)} if len(runs) > 1 else {}), **r}),
               flush=True)
     return 0
 

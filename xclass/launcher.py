@@ -32,7 +32,7 @@ def run_training(cfg: RunConfig) -> Dict[str, Any]:
     from xclass.train.rundir import prepare_run_dir
 
     if cfg.train.ensemble > 1:
-        return run_ensemble(cfg, run_training, log=lambda line: print(line, flush=True))
+        return run_ensemble(cfg, run_training, log=lambda line: print(line, file=sys.stderr, flush=True))
     if cfg.train.init_from:
         refuse_ensemble(cfg.train.init_from, "train.init_from")
     if cfg.cluster.workers <= 1 and not cfg.cluster.address:
