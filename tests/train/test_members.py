@@ -142,3 +142,15 @@ def test_a_malformed_manifest_is_one_error_naming_the_file(tmp_path, text):
 def test_ensemble_must_be_positive():
     with pytest.raises(ConfigError, match="train.ensemble"):
         load_config(None, ["train.ensemble=0"])
+
+
+def test_a_first_member_that_fails_on_its_config_leaves_no_manifest(trained, tmp_path, capsys):
+    _, data, _, _ = trained
+    out = tmp_path / "bad"
+    assert xclass(["train", *TRAIN, f"data.path={data}", f"train.out_dir={out}", "train.ensemble=2",
+                   "model.params.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert not (out / MANIFEST).exists()
+    assert xclass(["train", *TRAIN, f"data.path={data}", f"train.out_dir={out}", "train.ensemble=3",
+                   "train.max_steps=1"]) == 0   # a later ensemble of another size is not refused
+    assert len(read_members(str(out))) == 3

@@ -82,9 +82,9 @@ def member_configs(cfg: Any) -> List[Any]:
         overwrite=False, init_from=inits[k])) for k in range(t.ensemble)]
 
 
-def _prepare(cfg: Any) -> None:
+def _prepare(cfg: Any) -> bool:
     """The run-directory rules for the ensemble directory, then its manifest (written atomically;
-    an existing one must name the same members and seeds)."""
+    an existing one must name the same members and seeds). True when the manifest is new."""
     from xclass.train.rundir import holds_run, move_aside
 
     t, out = cfg.train, os.path.abspath(cfg.train.out_dir)
@@ -108,24 +108,33 @@ def _prepare(cfg: Any) -> None:
             raise ConfigError(f"train.out_dir={out} holds an ensemble of {len(doc['members'])} members with seeds "
                               f"{doc.get('seeds')}; train.ensemble={t.ensemble} train.seed={t.seed} would give "
                               f"{seeds}: resume with the same settings or use a new out_dir")
-        return
+        return False
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"members": names, "seeds": seeds, "seed_stride": SEED_STRIDE}, f, indent=2)
         f.write("\n")
     os.replace(tmp, os.path.join(out, MANIFEST))
+    return True
 
 
 def run_ensemble(cfg: Any, train_one: Callable[[Any], Dict[str, Any]],
                  log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train every member with ``train_one`` (the launcher's one-run path); returns the last
-    member's final row with ``members``: every member's row, in order."""
-    _prepare(cfg)
-    members = member_configs(cfg)
+    member's final row with ``members``: every member's row, in order. A new ensemble whose first
+    member fails before it saved anything (a config or data error) leaves no manifest behind."""
+    from xclass.train.rundir import holds_run
+
+    members = member_configs(cfg)   # before the manifest: an init_from mismatch writes nothing
+    created = _prepare(cfg)
     rows = []
-    for k, m in enumerate(members):
-        log(f"[xclass] ensemble member {k + 1}/{len(members)}: train.seed={m.train.seed}, "
-            f"run directory {m.train.out_dir}")
-        rows.append(train_one(m))
+    try:
+        for k, m in enumerate(members):
+            log(f"[xclass] ensemble member {k + 1}/{len(members)}: train.seed={m.train.seed}, "
+                f"run directory {m.train.out_dir}")
+            rows.append(train_one(m))
+    except BaseException:
+        if created and not any(holds_run(m.train.out_dir) for m in members):
+            os.remove(os.path.join(os.path.abspath(cfg.train.out_dir), MANIFEST))
+        raise
     return dict(rows[-1], members=rows)
