@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_commands(sub)
     _command(sub, "train", _add_train_args, _cmd_train,
              "train an encoder + classifier head from a YAML config",
-             "Train on 1 process, or on N Ray workers (local or a cluster).")
+             "Train on 1 process, or on N Ray workers (local or a cluster). With train.ensemble=K, K member "
+             "runs one after the other in OUT_DIR/member-k (train.seed + 1000 k); export-index --run OUT_DIR "
+             "fuses them.")
     _command(sub, "export-index", add_export_cli_args, _cmd_export,
              "embed items/labels from a run and write a FAISS index",
              "Encode a split with a trained run (or take an embedding Parquet) and write embeddings + "
