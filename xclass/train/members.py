@@ -93,11 +93,7 @@ def _prepare(cfg: Any) -> bool:
         if t.resume:
             raise ConfigError(f"train.out_dir={out} holds one run (not an ensemble): train.ensemble={t.ensemble} "
                               "needs a directory of its own, or pass --overwrite with train.resume=false")
-        if not t.overwrite:
-            raise ConfigError(f"train.out_dir={out} already holds a run and train.resume=false: refusing to mix two "
-                              "runs; pass --overwrite (train.overwrite=true) to move the old run aside, or use a new "
-                              "out_dir")
-        move_aside(out)
+        move_aside(out, t.overwrite)
         existing = None
     names = [f"member-{k}" for k in range(t.ensemble)]
     seeds = [t.seed + SEED_STRIDE * k for k in range(t.ensemble)]
