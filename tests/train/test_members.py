@@ -154,3 +154,15 @@ def test_a_first_member_that_fails_on_its_config_leaves_no_manifest(trained, tmp
     assert xclass(["train", *TRAIN, f"data.path={data}", f"train.out_dir={out}", "train.ensemble=3",
                    "train.max_steps=1"]) == 0   # a later ensemble of another size is not refused
     assert len(read_members(str(out))) == 3
+
+
+def test_a_single_run_with_overwrite_moves_an_ensemble_aside(tmp_path):
+    from xclass.train.rundir import prepare_run_dir
+
+    ens = tmp_path / "e"
+    ens.mkdir()
+    (ens / MANIFEST).write_text(json.dumps({"members": ["member-0"], "seeds": [0]}))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run_dir(load_config(None, [f"train.out_dir={ens}", "train.resume=false"]))
+    aside = prepare_run_dir(load_config(None, [f"train.out_dir={ens}", "train.resume=false", "train.overwrite=true"]))
+    assert os.path.exists(os.path.join(aside, MANIFEST)) and not ens.exists()
