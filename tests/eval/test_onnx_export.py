@@ -105,3 +105,36 @@ def test_export_model_cli_on_a_run(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert xclass(["export-model", "--run", run, "--out", out, "--overwrite", "--tolerance", "0"]) == 2
     assert "--tolerance must be > 0" in capsys.readouterr().err
+
+
+def test_export_model_of_an_ensemble_gives_the_fused_embedding(tmp_path):
+    """``export-model --run ENSEMBLE_DIR``: one ONNX model whose output on the test rows equals
+    the fused embeddings ``export-index --run ENSEMBLE_DIR`` writes (numpy fusion of each member's
+    own encoding)."""
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    data, ens = str(tmp_path / "d"), str(tmp_path / "ens")
+    assert xclass(["make-data", "--task", "quic", *get_task("quic").demo_args, "--out", data]) == 0
+    assert xclass(["train", "--config", "configs/quic/cpu.yaml", f"data.path={data}", f"train.out_dir={ens}",
+                   "train.progress=false", "train.max_steps=2", "train.ensemble=2"]) == 0
+    out = str(tmp_path / "m" / "ens.onnx")
+    assert xclass(["export-model", "--run", ens, "--out", out]) == 0
+    assert xclass(["export-index", "--run", ens, "--split", "test", "--out", str(tmp_path / "idx")]) == 0
+    want = np.stack(pq.read_table(str(tmp_path / "idx" / "test_embeddings.parquet")).column("embedding")
+                    .to_numpy(zero_copy_only=False))
+    spec = json.load(open(out + ".json"))
+    assert spec["ensemble_dims"] == [want.shape[1] // 2] * 2 and len(spec["members"]) == 2
+    assert spec["embedding_dim"] == want.shape[1]
+    from xclass.config import load_config
+
+    cfg = load_config(os.path.join(ens, "member-0", "config.yaml"))
+    meta = load_meta(data)
+    reader = ParquetReader(split_files(data, "test"), components.input_columns("quic", cfg.model.encoder, meta),
+                           rank=0, world_size=1, batch_rows=len(want), seed=0, shuffle=False)
+    reader.set_epoch(0)
+    batch = components.make_decoder("quic", meta, cfg.model)(next(iter(reader)))[0]
+    sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    got = sess.run(["xclass_embedding"], {i["name"]: batch[i["name"]].numpy() for i in spec["inputs"]})[0]
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -94,9 +94,10 @@ def test_an_ensemble_into_a_single_run_directory_is_refused(trained, capsys):
 
 def test_commands_that_need_one_run_name_the_ensemble(trained, tmp_path, capsys):
     _, data, ens, _ = trained
-    assert xclass(["export-model", "--run", ens, "--out", str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert "is an ensemble of 2 runs" in err and "member-0" in err
+    from xclass.eval.embed import load_run
+
+    with pytest.raises(ConfigError, match="is an ensemble of 2 runs.*member-0"):
+        load_run(ens)
     assert xclass(["train", *TRAIN, f"data.path={data}", f"train.out_dir={tmp_path / 'ft'}",
                    f"train.init_from={ens}"]) == 2
     assert "train.init_from" in capsys.readouterr().err

@@ -76,7 +76,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="trained run directory")
+    p.add_argument("--run", required=True,
+                   help="trained run directory (a train.ensemble directory: one model of all members, whose output "
+                        "is their fused embedding)")
     p.add_argument("--out", required=True, help="ONNX file to write (OUT.json beside it describes the inputs)")
     p.add_argument("--data", default=None, help="dataset whose rows serve as the example and check batches "
                                                 "(default: the run's own)")

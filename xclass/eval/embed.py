@@ -31,6 +31,13 @@ from xclass.data.meta import check_same_inputs, load_meta, split_files
 from xclass.train.setup import make_head
 
 
+def run_members(run_dir: str) -> Optional[List[str]]:
+    """The member run directories of a ``train.ensemble`` directory, None for one run."""
+    from xclass.train.members import read_members
+
+    return read_members(run_dir)
+
+
 def load_run(run_dir: str) -> RunConfig:
     p = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(p):

@@ -13,10 +13,12 @@ fused ``[n, sum d_k]`` float32, rows in file order.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from xclass.config_types import ConfigError
 
@@ -36,6 +38,20 @@ def fuse_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
     unit = [p.astype(np.float32) / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12).astype(np.float32)
             for p in parts]
     return (np.concatenate(unit, axis=1) / np.float32(np.sqrt(len(parts)))).astype(np.float32)
+
+
+class FusedEncoder(torch.nn.Module):
+    """K encoders of one input dict -> their outputs fused as :func:`fuse_embeddings` fuses rows
+    (each L2-normalised, concatenated, / sqrt(K)): ``[B, sum d_k]`` float32, one model for an
+    ensemble (``export-model --run ENSEMBLE_DIR``)."""
+
+    def __init__(self, encoders: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(encoders)
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [torch.nn.functional.normalize(m(inputs).float(), dim=1, eps=1e-12) for m in self.members]
+        return torch.cat(parts, dim=1) / math.sqrt(len(parts))
 
 
 def check_same_data(run_dirs: Sequence[str], data_path: Optional[str]) -> None:

@@ -4,7 +4,8 @@ The model takes what the encoder takes: the task decoder's tensors for a batch o
 ``image`` uint8 [B, C, H, W]; speaker ``fbank`` float32 [B, T, n_mels] + ``lengths`` [B]; quic
 packets and statistics; XMC ``tokens`` [B, L] + ``lengths`` ...), one ONNX input each, named
 after them, and returns ``xclass_embedding`` float32 [B, d] (as the encoder gives it: normalised
-only where the encoder normalises). The batch axis is dynamic,
+only where the encoder normalises; an ensemble directory: the members' fused embedding, unit
+rows, with ``members`` and ``ensemble_dims`` in ``OUT.json``). The batch axis is dynamic,
 and so is the length axis of the task's ``sequence_inputs`` (speaker frames, XMC tokens).
 
 Export goes through ``torch.onnx.export(dynamo=True)`` on a batch of the run's own data; the
@@ -27,7 +28,7 @@ import torch
 from xclass import components
 from xclass.config_types import ConfigError
 from xclass.data.meta import split_files
-from xclass.eval.embed import dataset_meta, load_encoder, load_run
+from xclass.eval.embed import dataset_meta, load_encoder, load_run, run_members
 from xclass.tasks import get_task
 
 
@@ -77,17 +78,28 @@ def _onnx_modules() -> Any:
 
 def export_model(run_dir: str, out: str, *, data_path: Optional[str] = None, average_last: int = 1,
                  rows: int = 8, tol: float = 1e-3, overwrite: bool = False) -> Dict[str, Any]:
-    """Write the run's encoder to ``out`` (ONNX) and ``out.json``; returns the JSON dict."""
+    """Write the run's encoder to ``out`` (ONNX) and ``out.json``; returns the JSON dict. An
+    ensemble directory (``train.ensemble``) gives one model of all its members, whose output is
+    their fused embedding, as ``export-index --run`` writes it (:class:`~xclass.eval.ensemble.FusedEncoder`)."""
+    from xclass.eval.ensemble import FusedEncoder, check_same_data
+
     if not overwrite and (os.path.exists(out) or os.path.exists(out + ".json")):
         raise FileExistsError(f"{out}: exists; pass --overwrite to replace it")
     _onnx_modules()
-    cfg = load_run(run_dir)
-    meta = dataset_meta(cfg, data_path)
-    enc = load_encoder(run_dir, cfg, meta, average_last=average_last)
+    members = run_members(run_dir)
+    runs = members or [run_dir]
+    if members:
+        check_same_data(members, data_path)
+    cfgs = [load_run(r) for r in runs]
+    cfg, meta = cfgs[0], dataset_meta(cfgs[0], data_path)
+    encs = [load_encoder(r, c, meta, average_last=average_last) for r, c in zip(runs, cfgs)]
     batches = _batches(cfg, meta, data_path or cfg.data.path, rows)
     about = {"run": os.path.abspath(run_dir), "task": cfg.data.task, "encoder": cfg.model.encoder,
-             "embedding_dim": cfg.model.embedding_dim, "average_last": average_last,
+             "embedding_dim": sum(c.model.embedding_dim for c in cfgs), "average_last": average_last,
              "meta_inputs": meta.get("inputs", {})}
+    if members:   # the output is fused: each member's part L2-normalised, the whole / sqrt(K)
+        about.update(members=runs, ensemble_dims=[c.model.embedding_dim for c in cfgs])
+    enc = FusedEncoder(encs) if members else encs[0]
     return export_encoder(enc, batches, get_task(cfg.data.task).sequence_inputs, out, tol, about)
 
 

@@ -5,7 +5,8 @@ with ``train.seed = seed + 1000 k`` (a different initialisation; the data order,
 is shared) and otherwise the same config. ``OUT_DIR/ensemble.json`` names the members and their
 seeds; ``export-index --run OUT_DIR`` reads it and fuses the members' embeddings (or head
 vectors) as it fuses runs named one by one (:mod:`xclass.eval.ensemble`): each member's rows
-normalised, concatenated and divided by sqrt(K), so a cosine is the mean of the members' cosines.
+normalised, concatenated and divided by sqrt(K), so a cosine is the mean of the members' cosines;
+``export-model --run OUT_DIR`` writes one ONNX model that fuses them the same way in its graph.
 
 Members are trained one after the other (each on all of ``cluster.workers``); a killed ensemble
 resumes where it stopped: finished members are complete runs (nothing left to train), the
@@ -60,7 +61,7 @@ def refuse_ensemble(run_dir: str, key: str = "the run") -> None:
     members = read_members(run_dir)
     if members is not None:
         raise ConfigError(f"{key} {run_dir} is an ensemble of {len(members)} runs ({MANIFEST}): name one member "
-                          f"({members[0]}); export-index --run fuses the whole ensemble")
+                          f"({members[0]}); export-index --run and export-model take the whole ensemble")
 
 
 def member_configs(cfg: Any) -> List[Any]:
