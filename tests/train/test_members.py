@@ -111,7 +111,7 @@ def test_overwrite_moves_the_ensemble_aside(tmp_path):
                              "train.overwrite=true"])
     from xclass.train.members import _prepare
 
-    _prepare(cfg)
+    _prepare(cfg, member_configs(cfg))
     aside = [p for p in os.listdir(tmp_path) if p.startswith("e.old-")]
     assert len(aside) == 1 and (tmp_path / aside[0] / MANIFEST).exists()
     assert json.load(open(ens / MANIFEST))["members"] == ["member-0", "member-1"]

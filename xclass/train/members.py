@@ -29,9 +29,9 @@ MANIFEST = "ensemble.json"
 SEED_STRIDE = 1000
 
 
-def read_members(run_dir: str) -> Optional[List[str]]:
-    """The member run directories of an ensemble directory (absolute, in order), or None when
-    ``run_dir`` holds no :data:`MANIFEST`. A malformed manifest is one error naming the file."""
+def _read_manifest(run_dir: str) -> Optional[Dict[str, Any]]:
+    """``run_dir``'s :data:`MANIFEST` (``members``: sub-directory names, ``seeds``), or None when
+    it has none. A malformed manifest is one error naming the file."""
     path = os.path.join(run_dir, MANIFEST)
     if not os.path.isfile(path):
         return None
@@ -44,7 +44,14 @@ def read_members(run_dir: str) -> Optional[List[str]]:
             raise ValueError("'members' must be a non-empty list of sub-directory names")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not an xclass ensemble manifest ({exc})") from None
-    return [os.path.join(os.path.abspath(run_dir), n) for n in names]
+    return doc
+
+
+def read_members(run_dir: str) -> Optional[List[str]]:
+    """The member run directories of an ensemble directory (absolute, in order), or None when
+    ``run_dir`` holds no :data:`MANIFEST`."""
+    doc = _read_manifest(run_dir)
+    return None if doc is None else [os.path.join(os.path.abspath(run_dir), n) for n in doc["members"]]
 
 
 def expand_runs(run_dirs: Sequence[str]) -> List[str]:
@@ -83,28 +90,27 @@ def member_configs(cfg: Any) -> List[Any]:
         overwrite=False, init_from=inits[k])) for k in range(t.ensemble)]
 
 
-def _prepare(cfg: Any) -> bool:
-    """The run-directory rules for the ensemble directory, then its manifest (written atomically;
-    an existing one must name the same members and seeds). True when the manifest is new."""
+def _prepare(cfg: Any, members: List[Any]) -> bool:
+    """The run-directory rules for the ensemble directory, then its manifest naming ``members``
+    (their configs, :func:`member_configs`), written atomically; an existing one must name the
+    same members and seeds. True when the manifest is new."""
     from xclass.train.rundir import holds_run, move_aside
 
     t, out = cfg.train, os.path.abspath(cfg.train.out_dir)
-    existing = read_members(out)
+    existing = _read_manifest(out)
     if holds_run(out) or (existing is not None and not t.resume):
         if t.resume:
             raise ConfigError(f"train.out_dir={out} holds one run (not an ensemble): train.ensemble={t.ensemble} "
                               "needs a directory of its own, or pass --overwrite with train.resume=false")
         move_aside(out, t.overwrite)
         existing = None
-    names = [f"member-{k}" for k in range(t.ensemble)]
-    seeds = [t.seed + SEED_STRIDE * k for k in range(t.ensemble)]
+    names = [os.path.basename(m.train.out_dir) for m in members]
+    seeds = [m.train.seed for m in members]
     if existing is not None:
-        with open(os.path.join(out, MANIFEST)) as f:
-            doc = json.load(f)
-        if doc["members"] != names or doc.get("seeds") != seeds:
-            raise ConfigError(f"train.out_dir={out} holds an ensemble of {len(doc['members'])} members with seeds "
-                              f"{doc.get('seeds')}; train.ensemble={t.ensemble} train.seed={t.seed} would give "
-                              f"{seeds}: resume with the same settings or use a new out_dir")
+        if existing["members"] != names or existing.get("seeds") != seeds:
+            raise ConfigError(f"train.out_dir={out} holds an ensemble of {len(existing['members'])} members with "
+                              f"seeds {existing.get('seeds')}; train.ensemble={t.ensemble} train.seed={t.seed} would "
+                              f"give {seeds}: resume with the same settings or use a new out_dir")
         return False
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, MANIFEST + ".tmp")
@@ -123,7 +129,7 @@ def run_ensemble(cfg: Any, train_one: Callable[[Any], Dict[str, Any]],
     from xclass.train.rundir import holds_run
 
     members = member_configs(cfg)   # before the manifest: an init_from mismatch writes nothing
-    created = _prepare(cfg)
+    created = _prepare(cfg, members)
     rows = []
     try:
         for k, m in enumerate(members):
